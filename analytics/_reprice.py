@@ -1,0 +1,392 @@
+"""Repricing past usage rows after prices change, with the rollup kept consistent.
+
+Prices come from the one shared `comptroller.pricing.Pricer` (genai-prices, then the fallback
+registry of the settings), so a repriced row gets exactly the cost the control plane or the
+collector would give it now. Each (provider, response model, request model, UTC date) group
+asks the pricer for its per-kind `coefficients` in force that date and the update runs in
+SQL, tiers included (each tier is a row of the coefficient table, matched on the input
+count). A model whose price changes with the time of day (off-peak rates) is priced row by
+row with `Pricer.price` at each row's own timestamp, as are coefficients too fine for the
+SQL decimal type: the results always equal the pricer's.
+
+A model known to neither genai-prices nor the registry is unpriced (NULL cost, never 0), as
+is a row whose counts are inconsistent (cache tokens above input tokens). Rows whose cost came
+from the provider, and estimated rows (charged their reservation), keep their cost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pyarrow as pa
+
+from comptroller.analytics._rollup import apply_usage_batch, rollup_timezone
+from comptroller.config._control import PriceSpec
+from comptroller.pricing import UNPRICED_SOURCE, PriceCoefficients, Pricer, Usage
+
+_COEF_SCALE = 18
+_COEF = pa.decimal128(38, _COEF_SCALE)
+_QUANTUM = Decimal(1).scaleb(-_COEF_SCALE)
+_COEF_LIMIT = Decimal(10) ** (38 - _COEF_SCALE - 1)
+_KINDS = ("per_request", "input", "cache_read", "cache_write", "output", "reasoning")
+_TOKENS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+"""The token columns of llm_usage, named as the fields of `Usage`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepriceLine:
+    """Old and new totals of one provider:model."""
+
+    provider: str
+    model: str
+    rows: int
+    old_usd: Decimal
+    new_usd: Decimal
+    old_unpriced: int
+    new_unpriced: int
+    source: str
+    """Where the new prices came from: genai-prices@<version>, fallback, unpriced, or mixed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepriceResult:
+    """What `reprice` changed."""
+
+    rows: int
+    """Rows considered (not provider-priced, not estimated, within the filters)."""
+    changed: int
+    """Rows whose cost or price source changed."""
+    old_total_usd: Decimal
+    new_total_usd: Decimal
+    old_unpriced: int
+    new_unpriced: int
+    lines: tuple[RepriceLine, ...]
+    rollup_groups: int
+    """Rollup groups recomputed."""
+    dry_run: bool
+
+
+def reprice(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: dt.date | None = None,
+    models: Sequence[str] = (),
+    fallback_prices: Mapping[str, PriceSpec] | None = None,
+    pricer: Pricer | None = None,
+    timezone: str | None = None,
+    dry_run: bool = False,
+) -> RepriceResult:
+    """Recompute the cost of past usage rows and the rollup groups they belong to.
+
+    Args:
+        con: A writable connection (a collector must not be writing the file).
+        since: First local day to reprice (default: all rows).
+        models: Only these models (`model` or `provider:model`); default all.
+        fallback_prices: `provider:model` → price, for models genai-prices does not know
+            (ignored when `pricer` is given).
+        pricer: The pricer (default: `Pricer(fallback_prices)`).
+        timezone: Time zone of the days (default: the rollup's, else UTC).
+        dry_run: Compute and report, change nothing.
+
+    Returns:
+        Old and new totals, overall and per model.
+    """
+    zone = timezone or rollup_timezone(con) or "UTC"
+    pricer = pricer or Pricer(fallback_prices)
+    con.execute("BEGIN TRANSACTION").fetchall()
+    try:
+        result = _reprice(con, since, models, zone, pricer, dry_run)
+    except BaseException:
+        con.execute("ROLLBACK").fetchall()
+        raise
+    con.execute("ROLLBACK" if dry_run else "COMMIT").fetchall()
+    return result
+
+
+def _model(p: str = "") -> str:
+    return f"coalesce({p}response_model, {p}request_model, '')"
+
+
+def _filters(
+    since: dt.date | None, models: Sequence[str], zone: str, p: str = ""
+) -> tuple[str, dict[str, object]]:
+    """The rows to reprice, as SQL over llm_usage (columns prefixed with `p`)."""
+    clauses = [f"NOT {p}estimated", f"{p}price_source NOT IN ('provider', 'reservation')"]
+    params: dict[str, object] = {}
+    if since is not None:
+        clauses.append(f"{p}ts >= $since")
+        params["since"] = dt.datetime.combine(since, dt.time(), tzinfo=ZoneInfo(zone))
+    if models:
+        clauses.append(
+            f"({_model(p)} IN (SELECT unnest($models)) "
+            f"OR coalesce({p}provider, '') || ':' || {_model(p)} IN (SELECT unnest($models)))"
+        )
+        params["models"] = list(models)
+    return " AND ".join(clauses), params
+
+
+def _totals(
+    con: duckdb.DuckDBPyConnection, where: str, params: dict[str, object]
+) -> dict[tuple[str, str], tuple[int, Decimal, int, str]]:
+    rows = con.execute(
+        f"""
+        SELECT coalesce(provider, ''), {_model()}, count(*), coalesce(sum(cost_usd), 0),
+               count(*) FILTER (WHERE cost_usd IS NULL),
+               CASE WHEN count(DISTINCT price_source) = 1 THEN any_value(price_source)
+                    ELSE 'mixed' END
+        FROM llm_usage WHERE {where} GROUP BY ALL
+        """,
+        params,
+    ).fetchall()
+    return {(p, m): (int(n), Decimal(c), int(u), str(s)) for p, m, n, c, u, s in rows}
+
+
+_Group = tuple[str, str | None, str | None, dt.date]
+
+
+def _reprice(
+    con: duckdb.DuckDBPyConnection,
+    since: dt.date | None,
+    models: Sequence[str],
+    zone: str,
+    pricer: Pricer,
+    dry_run: bool,
+) -> RepriceResult:
+    where, params = _filters(since, models, zone)
+    before = _totals(con, where, params)
+    # UTC dates: genai-prices' price changes take effect at UTC midnight, whatever the zone.
+    groups = con.execute(
+        f"""
+        SELECT coalesce(provider, ''), response_model, request_model,
+               timezone('UTC', ts)::DATE AS day
+        FROM llm_usage WHERE {where} GROUP BY ALL
+        """,
+        params,
+    ).fetchall()
+    coefficient_rows: list[dict[str, Any]] = []
+    row_by_row: list[_Group] = []
+    for provider, response_model, request_model, day in groups:
+        model = pricer.priced_model(provider, response_model, request_model)
+        at = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        found = pricer.coefficients(provider, model, at) if model else None
+        if found is not None and (found.time_of_day or not _fits_sql(found)):
+            row_by_row.append((provider, response_model, request_model, day))
+            continue
+        coefficient_rows.extend(
+            _coefficient_rows(provider, response_model, request_model, day, found)
+        )
+    changed = 0
+    if coefficient_rows:
+        changed += _update_in_sql(con, since, models, zone, coefficient_rows)
+    if row_by_row:
+        changed += _update_row_by_row(con, where, params, pricer, row_by_row)
+    groups_recomputed = 0
+    if changed:
+        keys = con.sql(
+            f"""
+            SELECT min(ts) AS ts, tenant, org, context, purpose, provider, request_model,
+                   response_model
+            FROM llm_usage WHERE {where}
+            GROUP BY timezone($tz, ts)::DATE, tenant, org, context, purpose, provider,
+                     request_model, response_model
+            """,
+            params={**params, "tz": zone},
+        ).to_arrow_table()
+        groups_recomputed = apply_usage_batch(con, keys, timezone=zone)
+    after = _totals(con, where, params)
+    lines = tuple(
+        RepriceLine(
+            provider=key[0],
+            model=key[1],
+            rows=before[key][0],
+            old_usd=before[key][1],
+            new_usd=after[key][1],
+            old_unpriced=before[key][2],
+            new_unpriced=after[key][2],
+            source=after[key][3],
+        )
+        for key in sorted(before, key=lambda k: (-before[k][1], k))
+    )
+    return RepriceResult(
+        rows=sum(line.rows for line in lines),
+        changed=changed,
+        old_total_usd=sum((line.old_usd for line in lines), Decimal(0)),
+        new_total_usd=sum((line.new_usd for line in lines), Decimal(0)),
+        old_unpriced=sum(line.old_unpriced for line in lines),
+        new_unpriced=sum(line.new_unpriced for line in lines),
+        lines=lines,
+        rollup_groups=groups_recomputed,
+        dry_run=dry_run,
+    )
+
+
+def _fits_sql(found: PriceCoefficients) -> bool:
+    """Whether every coefficient is exact in the SQL coefficient type (DECIMAL(38, 18))."""
+    for tier in found.tiers:
+        for kind in _KINDS:
+            value: Decimal = getattr(tier, kind)
+            if abs(value) >= _COEF_LIMIT or value != value.quantize(_QUANTUM):
+                return False
+    return True
+
+
+def _coefficient_rows(
+    provider: str,
+    response_model: str | None,
+    request_model: str | None,
+    day: dt.date,
+    found: PriceCoefficients | None,
+) -> list[dict[str, Any]]:
+    key = {
+        "provider": provider,
+        "response_model": response_model,
+        "request_model": request_model,
+        "day": day,
+    }
+    if found is None:
+        zero = dict.fromkeys((f"k_{kind}" for kind in _KINDS), Decimal(0))
+        return [{**key, "above": None, "upto": None, **zero, "source": UNPRICED_SOURCE}]
+    return [
+        {
+            **key,
+            "above": tier.above,
+            "upto": tier.upto,
+            **{f"k_{kind}": getattr(tier, kind) for kind in _KINDS},
+            "source": found.source,
+        }
+        for tier in found.tiers
+    ]
+
+
+# The arithmetic of `Pricer.price` (comptroller.pricing.TierCoefficients), exact in DECIMAL;
+# the cast to the column's DECIMAL(20, 10) rounds as the landing's cast of a cost string does.
+_CONSISTENT = (
+    "u.cache_read_tokens + u.cache_write_tokens <= u.input_tokens"
+    " AND u.reasoning_tokens <= u.output_tokens"
+    " AND least(u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,"
+    " u.reasoning_tokens) >= 0"
+)
+_NEW_COST = (
+    f"CASE WHEN c.source = '{UNPRICED_SOURCE}' OR NOT ({_CONSISTENT}) THEN NULL ELSE CAST("
+    "c.k_per_request"
+    " + c.k_input * (u.input_tokens - u.cache_read_tokens - u.cache_write_tokens)"
+    " + c.k_cache_read * u.cache_read_tokens + c.k_cache_write * u.cache_write_tokens"
+    " + c.k_output * (u.output_tokens - u.reasoning_tokens)"
+    " + c.k_reasoning * u.reasoning_tokens AS DECIMAL(20, 10)) END"
+)
+_NEW_SOURCE = f"CASE WHEN {_CONSISTENT} THEN c.source ELSE '{UNPRICED_SOURCE}' END"
+
+
+def _update_in_sql(
+    con: duckdb.DuckDBPyConnection,
+    since: dt.date | None,
+    models: Sequence[str],
+    zone: str,
+    rows: list[dict[str, Any]],
+) -> int:
+    schema = pa.schema(
+        [
+            ("provider", pa.string()),
+            ("response_model", pa.string()),
+            ("request_model", pa.string()),
+            ("day", pa.date32()),
+            ("above", pa.int64()),
+            ("upto", pa.int64()),
+        ]
+        + [(f"k_{kind}", _COEF) for kind in _KINDS]
+        + [("source", pa.string())]
+    )
+    where, params = _filters(since, models, zone, p="u.")
+    name = f"_comptroller_prices_{uuid.uuid4().hex}"
+    con.register(name, pa.Table.from_pylist(rows, schema=schema))
+    try:
+        result = con.execute(
+            f"""
+            UPDATE llm_usage AS u
+            SET cost_usd = {_NEW_COST}, price_source = {_NEW_SOURCE}
+            FROM {name} AS c
+            WHERE coalesce(u.provider, '') = c.provider
+              AND u.response_model IS NOT DISTINCT FROM c.response_model
+              AND u.request_model IS NOT DISTINCT FROM c.request_model
+              AND timezone('UTC', u.ts)::DATE = c.day
+              AND (c.above IS NULL OR u.input_tokens > c.above)
+              AND (c.upto IS NULL OR u.input_tokens <= c.upto)
+              AND {where}
+              AND ({_NEW_COST} IS DISTINCT FROM u.cost_usd OR {_NEW_SOURCE} <> u.price_source)
+            """,
+            params,
+        ).fetchall()
+    finally:
+        con.unregister(name)
+    return int(result[0][0]) if result else 0
+
+
+def _update_row_by_row(
+    con: duckdb.DuckDBPyConnection,
+    where: str,
+    params: dict[str, object],
+    pricer: Pricer,
+    groups: list[_Group],
+) -> int:
+    priced: list[dict[str, Any]] = []
+    for provider, response_model, request_model, day in groups:
+        model = pricer.priced_model(provider, response_model, request_model)
+        rows = con.execute(
+            f"""
+            SELECT usage_id, epoch_us(ts), {", ".join(_TOKENS)}
+            FROM llm_usage
+            WHERE {where} AND coalesce(provider, '') = $p
+              AND response_model IS NOT DISTINCT FROM $response_model
+              AND request_model IS NOT DISTINCT FROM $request_model
+              AND timezone('UTC', ts)::DATE = $day
+            """,
+            {
+                **params,
+                "p": provider,
+                "response_model": response_model,
+                "request_model": request_model,
+                "day": day,
+            },
+        ).fetchall()
+        for usage_id, epoch_us, *counts in rows:
+            at = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=epoch_us)
+            usage = Usage(**dict(zip(_TOKENS, counts, strict=True)))
+            price = pricer.price(provider, model or "", usage, at)
+            cost = None if price.cost_usd is None else str(price.cost_usd)
+            priced.append({"usage_id": usage_id, "cost": cost, "source": price.source})
+    name = f"_comptroller_exact_{uuid.uuid4().hex}"
+    table = pa.Table.from_pylist(
+        priced,
+        schema=pa.schema(
+            [("usage_id", pa.string()), ("cost", pa.string()), ("source", pa.string())]
+        ),
+    )
+    con.register(name, table)
+    try:
+        # The cost travels as its decimal string and is cast as the landing casts it.
+        result = con.execute(
+            f"""
+            UPDATE llm_usage AS u
+            SET cost_usd = CAST(x.cost AS DECIMAL(20, 10)), price_source = x.source
+            FROM {name} AS x
+            WHERE u.usage_id = x.usage_id
+              AND (CAST(x.cost AS DECIMAL(20, 10)) IS DISTINCT FROM u.cost_usd
+                   OR x.source <> u.price_source)
+            """
+        ).fetchall()
+    finally:
+        con.unregister(name)
+    return int(result[0][0]) if result else 0

@@ -1,0 +1,305 @@
+"""DuckDB schema of comptroller, as ordered migrations applied on open.
+
+The schema belongs to analytics; the collector lands rows into it and every reader (SQL,
+polars, dashboards, TUI) queries it. Migrations are append-only: never edit one that has
+shipped, add the next. A file written by a newer comptroller is refused with both versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from comptroller.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Migration:
+    version: int
+    """Schema version this migration brings the database to."""
+    description: str
+    sql: str
+
+
+# Token columns are inclusive counts (input includes cached, output includes reasoning), as in
+# the OpenTelemetry GenAI specification and genai-prices.
+_V1 = """
+CREATE TABLE IF NOT EXISTS llm_usage (
+    usage_id            VARCHAR PRIMARY KEY,   -- idempotency key of the landing
+    ts                  TIMESTAMPTZ NOT NULL,  -- request start
+    trace_id            VARCHAR,
+    span_id             VARCHAR,
+    service_name        VARCHAR,
+    tenant              VARCHAR,               -- the domain (workspace)
+    org                 VARCHAR,
+    context             VARCHAR,
+    purpose             VARCHAR,
+    operation           VARCHAR,
+    provider            VARCHAR,
+    request_model       VARCHAR,
+    response_model      VARCHAR,
+    input_tokens        BIGINT NOT NULL DEFAULT 0,
+    output_tokens       BIGINT NOT NULL DEFAULT 0,
+    cache_read_tokens   BIGINT NOT NULL DEFAULT 0,
+    cache_write_tokens  BIGINT NOT NULL DEFAULT 0,
+    reasoning_tokens    BIGINT NOT NULL DEFAULT 0,
+    cost_usd            DECIMAL(20, 10),       -- NULL when unpriced: never a silent 0
+    price_source        VARCHAR NOT NULL,      -- genai-prices@<ver> | fallback | provider | reservation | unpriced
+    estimated           BOOLEAN NOT NULL DEFAULT FALSE,
+    outcome             VARCHAR NOT NULL,      -- ok | error | …
+    error_type          VARCHAR,
+    attempt             INTEGER,
+    fallback_depth      INTEGER,
+    profile_id          VARCHAR,
+    profile_version     INTEGER,
+    latency_ms          DOUBLE,
+    budget_cap_usd      DECIMAL(20, 10),       -- daily cap in force for (tenant, context, purpose)
+    source              VARCHAR NOT NULL       -- comptroller | derived:<dialect>
+);
+
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id            VARCHAR NOT NULL,
+    span_id             VARCHAR NOT NULL,
+    parent_span_id      VARCHAR,
+    name                VARCHAR NOT NULL,
+    kind                VARCHAR,
+    start_ts            TIMESTAMPTZ NOT NULL,
+    end_ts              TIMESTAMPTZ,
+    duration_ms         DOUBLE,
+    status_code         VARCHAR,
+    status_message      VARCHAR,
+    service_name        VARCHAR,
+    scope_name          VARCHAR,
+    is_genai            BOOLEAN NOT NULL DEFAULT FALSE,
+    dialect             VARCHAR,               -- which alias set the GenAI columns came from
+    semconv_version     VARCHAR,
+    operation           VARCHAR,
+    provider            VARCHAR,
+    request_model       VARCHAR,
+    response_model      VARCHAR,
+    response_id         VARCHAR,
+    finish_reasons      VARCHAR[],
+    input_tokens        BIGINT,
+    output_tokens       BIGINT,
+    cache_read_tokens   BIGINT,
+    cache_write_tokens  BIGINT,
+    reasoning_tokens    BIGINT,
+    error_type          VARCHAR,
+    server_address      VARCHAR,
+    purpose             VARCHAR,
+    tenant              VARCHAR,
+    org                 VARCHAR,
+    context             VARCHAR,
+    profile_id          VARCHAR,
+    profile_version     INTEGER,
+    attempt             INTEGER,
+    fallback_depth      INTEGER,
+    cost_usd            DECIMAL(20, 10),
+    outcome             VARCHAR,
+    attributes          JSON,                  -- raw span attributes: re-normalise old data
+    resource            JSON,
+    PRIMARY KEY (trace_id, span_id)
+);
+
+CREATE TABLE IF NOT EXISTS circuit_events (
+    event_id            VARCHAR PRIMARY KEY,
+    ts                  TIMESTAMPTZ NOT NULL,
+    provider            VARCHAR,
+    model               VARCHAR,
+    state               VARCHAR NOT NULL,      -- opened | half_opened | closed
+    reason              VARCHAR,
+    failures            INTEGER,
+    calls               INTEGER,
+    cooldown_s          DOUBLE,
+    service_name        VARCHAR,
+    attributes          JSON
+);
+
+CREATE TABLE IF NOT EXISTS profile_events (
+    event_id            VARCHAR PRIMARY KEY,
+    ts                  TIMESTAMPTZ NOT NULL,
+    action              VARCHAR NOT NULL,      -- activated | rolled_back | warning
+    scope_kind          VARCHAR,               -- global | org | domain
+    scope_id            VARCHAR,
+    purpose             VARCHAR,
+    version             INTEGER,
+    previous_version    INTEGER,
+    model               VARCHAR,
+    actor               VARCHAR,
+    reason              VARCHAR,
+    detail              JSON,
+    service_name        VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS budget_events (
+    event_id            VARCHAR PRIMARY KEY,
+    ts                  TIMESTAMPTZ NOT NULL,
+    day                 DATE,
+    kind                VARCHAR NOT NULL,      -- warning | exceeded | rejected
+    tenant              VARCHAR,
+    context             VARCHAR,
+    purpose             VARCHAR,
+    cap_usd             DECIMAL(20, 10),
+    spent_usd           DECIMAL(20, 10),
+    reserved_usd        DECIMAL(20, 10),
+    service_name        VARCHAR,
+    attributes          JSON
+);
+
+-- Derived from llm_usage by analytics (incrementally as batches land; rebuilt on demand).
+CREATE TABLE IF NOT EXISTS llm_usage_daily (
+    day                 DATE NOT NULL,         -- in the configured time zone
+    tenant              VARCHAR NOT NULL,
+    org                 VARCHAR NOT NULL,
+    context             VARCHAR NOT NULL,
+    purpose             VARCHAR NOT NULL,
+    provider            VARCHAR NOT NULL,
+    model               VARCHAR NOT NULL,
+    calls               BIGINT NOT NULL,
+    errors              BIGINT NOT NULL,
+    estimated_calls     BIGINT NOT NULL,
+    unpriced_calls      BIGINT NOT NULL,
+    input_tokens        BIGINT NOT NULL,
+    output_tokens       BIGINT NOT NULL,
+    cache_read_tokens   BIGINT NOT NULL,
+    cache_write_tokens  BIGINT NOT NULL,
+    reasoning_tokens    BIGINT NOT NULL,
+    cost_usd            DECIMAL(38, 10) NOT NULL,  -- priced rows only; see unpriced_calls
+    budget_cap_usd      DECIMAL(20, 10),       -- latest cap in force for the group's key that day
+    budget_cap_ts       TIMESTAMPTZ,           -- when that cap was last seen
+    first_ts            TIMESTAMPTZ NOT NULL,
+    last_ts             TIMESTAMPTZ NOT NULL
+    -- Unique on (day, tenant, org, context, purpose, provider, model), kept so by
+    -- analytics' rollup code. No PRIMARY KEY on purpose: its index made a full rebuild
+    -- of a 10M-row table 5x slower, and the table is derived (rebuilt from llm_usage).
+);
+
+-- Derived from llm_usage_daily by analytics: today's spend per budget key, read by the
+-- budget state (a few hundred rows a day instead of thousands of rollup groups).
+CREATE TABLE IF NOT EXISTS llm_budget_daily (
+    day                 DATE NOT NULL,
+    tenant              VARCHAR NOT NULL,
+    context             VARCHAR NOT NULL,
+    purpose             VARCHAR NOT NULL,
+    spent_usd           DECIMAL(38, 10) NOT NULL,
+    budget_cap_usd      DECIMAL(20, 10),
+    budget_cap_ts       TIMESTAMPTZ,
+    calls               BIGINT NOT NULL,
+    errors              BIGINT NOT NULL,
+    estimated_calls     BIGINT NOT NULL,
+    unpriced_calls      BIGINT NOT NULL,
+    unpriced_models     VARCHAR[] NOT NULL,
+    last_ts             TIMESTAMPTZ NOT NULL
+);
+
+-- Settings the data depends on, e.g. the time zone the rollup's days are cut in.
+CREATE TABLE IF NOT EXISTS comptroller_meta (
+    key                 VARCHAR PRIMARY KEY,
+    value               VARCHAR NOT NULL
+);
+"""
+
+MIGRATIONS: Sequence[Migration] = (
+    Migration(version=1, description="usage, spans, events and the daily rollup", sql=_V1),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+"""The schema version this build of comptroller writes and reads."""
+
+_META = """
+CREATE TABLE IF NOT EXISTS comptroller_schema (
+    version     INTEGER NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    description VARCHAR
+)
+"""
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version of an open database (0 for an empty one)."""
+    # fetchall, not fetchone: DuckDB 2.0 refuses further work on a connection whose last
+    # result was not read to the end.
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'comptroller_schema'"
+    ).fetchall()
+    if not exists or not exists[0][0]:
+        return 0
+    rows = con.execute("SELECT max(version) FROM comptroller_schema").fetchall()
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection, *, path: Path | str = "database") -> list[int]:
+    """Apply every pending migration, each in its own transaction.
+
+    Returns:
+        The versions applied (empty when the database was current).
+
+    Raises:
+        ConfigError: The database was written by a newer comptroller.
+    """
+    current = schema_version(con)
+    if current > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path}: schema version {current} is newer than this comptroller's "
+            f"{SCHEMA_VERSION}; upgrade comptroller to read it"
+        )
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        if migration.version <= current:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(_META)
+            con.execute(migration.sql)
+            con.execute(
+                "INSERT INTO comptroller_schema (version, description) VALUES (?, ?)",
+                [migration.version, migration.description],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied
+
+
+def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file at `path`, creating and migrating it unless `read_only`.
+
+    Raises:
+        ConfigError: The file cannot be opened (locked by another writer, unreadable,
+            not a DuckDB file) or is from a newer version; the message says which.
+    """
+    target = Path(path)
+    if read_only and not target.exists():
+        raise ConfigError(
+            f"{target}: no such database (run 'comptroller demo' or a collector first)"
+        )
+    try:
+        if not read_only:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(target), read_only=read_only)
+    except duckdb.IOException as exc:
+        raise ConfigError(f"{target}: cannot open database: {_first_line(exc)}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot open database: {exc.strerror or exc}") from exc
+    try:
+        if read_only:
+            current = schema_version(con)
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{target}: schema version {current} is newer than this comptroller's "
+                    f"{SCHEMA_VERSION}; upgrade comptroller to read it"
+                )
+        else:
+            migrate(con, path=target)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

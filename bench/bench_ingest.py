@@ -1,0 +1,234 @@
+"""Collector ingest benchmark: where the time goes, sustained spans/s, RSS, p99 latency.
+
+    uv run python bench/bench_ingest.py [--seconds 10] [--dialect openai_v2|comptroller]
+
+1. Split, in-process, over pre-encoded requests of 512 GenAI spans: decode (upb protobuf),
+   normalise (incl. pricing), price alone, append (DuckDB landing incl. derived-usage
+   settlement and the daily rollup).
+2. Sustained: a `comptroller collect` subprocess on an ephemeral port, fed by
+   bench/otlp_load.py in a separate process over 16 keep-alive connections (a fleet of SDK
+   batch processors, each waiting for its ack); spans/s acknowledged,
+   the collector's peak RSS (VmHWM), and rows actually landed.
+3. Latency below saturation: the same generator paced at about half the sustained rate; p99.
+4. End to end with the real SDK: TracerProvider + BatchSpanProcessor + OTLPSpanExporter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from otlp_load import MARK, build_request  # noqa: E402
+
+
+def split(dialect: str, requests: int = 40) -> dict[str, float]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from comptroller.analytics import connect
+    from comptroller.collector import Lander, Normaliser
+    from comptroller.pricing import Usage
+
+    template = build_request(512, dialect)
+    bodies = [template.replace(MARK, i.to_bytes(4, "big")) for i in range(requests)]
+    spans = 512 * requests
+    t0 = time.perf_counter()
+    messages = [ExportTraceServiceRequest.FromString(b) for b in bodies]
+    t1 = time.perf_counter()
+    normaliser = Normaliser()
+    normaliser.traces(messages[0])  # warm the price cache
+    t2 = time.perf_counter()
+    batches = [normaliser.traces(m) for m in messages]
+    t3 = time.perf_counter()
+    prices = normaliser.prices
+    at = datetime.now(UTC)
+    for _ in range(spans):
+        prices.price(
+            "openai",
+            "gpt-4o",
+            Usage(input_tokens=1000, output_tokens=100, cache_read_tokens=32),
+            at,
+        )
+    t4 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        con = connect(Path(tmp) / "split.duckdb")
+        lander = Lander(con)
+        lander.land(batches[:1])
+        t5 = time.perf_counter()
+        # 8 requests per transaction: what the writer's group commit does under load.
+        for i in range(1, requests, 8):
+            lander.land(batches[i : i + 8])
+        t6 = time.perf_counter()
+        phases = {k: round(v / (512 * requests) * 1e6, 2) for k, v in lander.timings.items()}
+        con.close()
+    landed = 512 * (requests - 1)
+    return {
+        "decode_us_per_span": round((t1 - t0) / spans * 1e6, 2),
+        "normalise_us_per_span (incl. price)": round((t3 - t2) / spans * 1e6, 2),
+        "price_us_per_span": round((t4 - t3) / spans * 1e6, 2),
+        "append_us_per_span": round((t6 - t5) / landed * 1e6, 2),
+        "append_phases_us_per_span": phases,
+    }
+
+
+def _start_collector(db: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from comptroller.cli import main; main()",
+            "collect",
+            "--db",
+            str(db),
+            "--port",
+            "0",
+            "--no-grpc",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    if "http://" not in line:
+        raise SystemExit(f"collector did not start: {line}{proc.stderr.read()}")
+    url = line.split("on ", 1)[1].split(",")[0].strip()
+    return proc, url
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _load(
+    url: str, seconds: float, connections: int, dialect: str, rate: float | None = None
+) -> dict[str, object]:
+    cmd = [
+        sys.executable,
+        str(HERE / "otlp_load.py"),
+        "--url",
+        url,
+        "--seconds",
+        str(seconds),
+        "--connections",
+        str(connections),
+        "--dialect",
+        dialect,
+    ]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sustained(seconds: float, dialect: str) -> dict[str, object]:
+    import duckdb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.duckdb"
+        proc, url = _start_collector(db)
+        try:
+            cpu0 = _cpu_s(proc.pid)
+            saturated = _load(url, seconds, 16, dialect)
+            cpu1 = _cpu_s(proc.pid)
+            saturated["collector_cpu_us_per_span"] = round(
+                (cpu1 - cpu0) / max(1, saturated["spans"]) * 1e6,
+                1,  # type: ignore[arg-type]
+            )
+            with open("/proc/loadavg") as fh:
+                saturated["loadavg_after"] = fh.read().split()[0]
+            rate = max(1.0, saturated["spans_per_s"] / 512 * 0.5)  # type: ignore[operator]
+            paced = _load(url, seconds, 8, dialect, rate=rate)
+            rss = _rss_peak_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        con = duckdb.connect(str(db), read_only=True)
+        spans_rows = con.execute("select count(*) from spans").fetchone()[0]  # type: ignore[index]
+        usage_rows = con.execute("select count(*) from llm_usage").fetchone()[0]  # type: ignore[index]
+        con.close()
+    return {
+        "saturated": saturated,
+        "paced_half_rate": paced,
+        "collector_peak_rss_mb": round(rss, 1),
+        "rows_in_db": {"spans": spans_rows, "llm_usage": usage_rows},
+        "acknowledged_spans": saturated["spans"] + paced["spans"],  # type: ignore[operator]
+    }
+
+
+def sdk_end_to_end(spans: int = 20_000) -> dict[str, object]:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = _start_collector(Path(tmp) / "sdk.duckdb")
+        try:
+            provider = TracerProvider()
+            provider.add_span_processor(
+                BatchSpanProcessor(
+                    OTLPSpanExporter(endpoint=f"{url}/v1/traces"),
+                    max_queue_size=spans,
+                    max_export_batch_size=512,
+                )
+            )
+            tracer = provider.get_tracer("opentelemetry.instrumentation.openai_v2")
+            started = time.perf_counter()
+            for i in range(spans):
+                with tracer.start_as_current_span(
+                    "chat gpt-4o-mini",
+                    attributes={
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.provider.name": "openai",
+                        "gen_ai.request.model": "gpt-4o-mini",
+                        "gen_ai.response.model": "gpt-4o-mini",
+                        "gen_ai.usage.input_tokens": 100 + i % 50,
+                        "gen_ai.usage.output_tokens": 20,
+                        "server.address": "api.openai.com",
+                    },
+                ):
+                    pass
+            provider.force_flush(120_000)
+            elapsed = time.perf_counter() - started
+            provider.shutdown()
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return {"spans": spans, "elapsed_s": round(elapsed, 2), "spans_per_s": round(spans / elapsed)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--dialect", default="openai_v2", choices=["openai_v2", "comptroller"])
+    parser.add_argument("--skip-sdk", action="store_true")
+    args = parser.parse_args()
+    report: dict[str, object] = {"dialect": args.dialect, "split": split(args.dialect)}
+    print(json.dumps(report["split"]), flush=True)
+    report["sustained"] = sustained(args.seconds, args.dialect)
+    print(json.dumps(report["sustained"]), flush=True)
+    if not args.skip_sdk:
+        report["sdk_end_to_end"] = sdk_end_to_end()
+        print(json.dumps(report["sdk_end_to_end"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

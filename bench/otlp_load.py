@@ -1,0 +1,197 @@
+"""OTLP/HTTP load generator: replays pre-encoded export requests over keep-alive connections.
+
+Each request is an `ExportTraceServiceRequest` of 512 GenAI spans with ~15 realistic
+attributes (what the SDK's batch processor sends), encoded ONCE; every replay patches a
+4-byte counter into the trace ids (bytes.replace, no re-encoding) so that each request lands
+new rows instead of being deduplicated. Encoding in the Python SDK costs ~50 µs a span and
+would measure the generator, not the collector.
+
+    python bench/otlp_load.py --url http://127.0.0.1:4318 --seconds 10 --connections 4
+    python bench/otlp_load.py --url … --rate 40   # paced: requests/s, for latency below saturation
+
+Prints one JSON line: requests, spans, elapsed, spans_per_s, latency percentiles (ms), errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import struct
+import threading
+import time
+import urllib.parse
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+MARK = b"\xfe\xedRQ"
+MODELS = [("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-5")]
+
+
+def _kv(key: str, value: object) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+
+def build_request(spans: int = 512, dialect: str = "openai_v2", seed: int = 1) -> bytes:
+    """One encoded export request of `spans` GenAI spans; trace ids end with MARK."""
+    rnd = random.Random(seed)
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.extend(
+        [_kv("service.name", "bench-app"), _kv("telemetry.sdk.language", "python")]
+    )
+    ss = rs.scope_spans.add()
+    ss.scope.name = (
+        "comptroller.control"
+        if dialect == "comptroller"
+        else "opentelemetry.instrumentation.openai_v2"
+    )
+    now = time.time_ns()
+    for i in range(spans):
+        provider, model = MODELS[i % len(MODELS)]
+        span = ss.spans.add()
+        span.trace_id = rnd.randbytes(12) + MARK
+        span.span_id = rnd.randbytes(8)
+        span.name = f"chat {model}"
+        span.kind = Span.SPAN_KIND_CLIENT
+        span.start_time_unix_nano = now + i * 1000
+        span.end_time_unix_nano = now + i * 1000 + 850_000_000
+        attrs = [
+            ("gen_ai.operation.name", "chat"),
+            ("gen_ai.provider.name", provider),
+            ("gen_ai.request.model", model),
+            ("gen_ai.response.model", model),
+            ("gen_ai.response.id", f"chatcmpl-{rnd.getrandbits(64):x}"),
+            ("gen_ai.request.max_tokens", 1024),
+            ("gen_ai.request.temperature", 0.2),
+            ("gen_ai.usage.input_tokens", rnd.randint(50, 4000)),
+            ("gen_ai.usage.output_tokens", rnd.randint(5, 800)),
+            ("gen_ai.usage.cache_read.input_tokens", rnd.choice([0, 0, 32])),
+            ("server.address", "api.openai.com"),
+            ("server.port", 443),
+        ]
+        if dialect == "comptroller":
+            attrs += [
+                ("comptroller.purpose", "reasoning"),
+                ("comptroller.tenant", f"tenant-{i % 7}"),
+                ("comptroller.context", "support"),
+                ("comptroller.attempt", 1),
+            ]
+        else:
+            attrs += [("gen_ai.openai.response.service_tier", "default"), ("async", False)]
+        span.attributes.extend([_kv(k, v) for k, v in attrs])
+        span.attributes.append(
+            KeyValue(
+                key="gen_ai.response.finish_reasons",
+                value=AnyValue(array_value={"values": [AnyValue(string_value="stop")]}),
+            )
+        )
+    return req.SerializeToString()
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value = os.getpid() << 12
+
+    def next(self) -> bytes:
+        with self.lock:
+            self.value += 1
+            return struct.pack(">I", self.value & 0xFFFFFFFF)
+
+
+def run(
+    url: str, body: bytes, spans: int, seconds: float, connections: int, rate: float | None
+) -> dict[str, object]:
+    parts = urllib.parse.urlsplit(url)
+    counter = _Counter()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    done = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+    interval = connections / rate if rate else 0.0
+
+    def worker(index: int) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        next_at = time.perf_counter() + index * (interval / connections if interval else 0)
+        local: list[float] = []
+        while True:
+            now = time.perf_counter()
+            if now >= stop_at:
+                break
+            if interval:
+                if now < next_at:
+                    time.sleep(next_at - now)
+                next_at += interval
+            payload = body.replace(MARK, counter.next())
+            started = time.perf_counter()
+            conn.request("POST", "/v1/traces", payload, {"Content-Type": "application/x-protobuf"})
+            response = conn.getresponse()
+            response.read()
+            elapsed = time.perf_counter() - started
+            if response.status == 200:
+                local.append(elapsed)
+            else:
+                with lock:
+                    errors[str(response.status)] = errors.get(str(response.status), 0) + 1
+                if response.status in (429, 503):
+                    time.sleep(float(response.getheader("Retry-After") or 1) / 10)
+        conn.close()
+        with lock:
+            latencies.extend(local)
+            done[0] += len(local)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+
+    def pct(p: float) -> float | None:
+        if not latencies:
+            return None
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+
+    return {
+        "requests": done[0],
+        "spans": done[0] * spans,
+        "elapsed_s": round(elapsed, 3),
+        "spans_per_s": round(done[0] * spans / elapsed),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--spans", type=int, default=512)
+    parser.add_argument("--rate", type=float, default=None, help="requests/s over all connections")
+    parser.add_argument("--dialect", default="openai_v2", choices=["openai_v2", "comptroller"])
+    args = parser.parse_args()
+    body = build_request(args.spans, args.dialect)
+    result = run(args.url, body, args.spans, args.seconds, args.connections, args.rate)
+    result["request_bytes"] = len(body)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

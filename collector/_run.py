@@ -1,0 +1,125 @@
+"""Run a collector process: OTLP/HTTP (uvicorn) and OTLP/gRPC over one `Collector`.
+
+SIGTERM and Ctrl-C stop accepting, land everything already accepted, checkpoint and exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from comptroller.collector._grpc import start_grpc
+from comptroller.collector._normalise import Limits
+from comptroller.collector._server import create_app
+from comptroller.collector._service import Collector, check_bind
+from comptroller.pricing import Pricer
+
+
+class _Server(uvicorn.Server):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_ready: Callable[[int], None],
+        on_stop: Callable[[], None],
+    ) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+        self._on_stop = on_stop
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        # Flush before uvicorn re-raises SIGTERM/SIGINT to end the process.
+        await super().shutdown(sockets)
+        self._on_stop()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            self._on_ready(port)
+
+
+def serve(
+    db_path: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4318,
+    grpc_port: int | None = 4317,
+    token: str | None = None,
+    timezone: str = "UTC",
+    max_request_bytes: int = 16 * 1024 * 1024,
+    max_queue_rows: int = 50_000,
+    limits: Limits | None = None,
+    on_ready: Callable[[int, int | None], None] | None = None,
+    prices: Pricer | None = None,
+) -> None:
+    """Serve until SIGTERM / Ctrl-C, then flush and close.
+
+    Args:
+        db_path: The DuckDB file the collector owns.
+        host: Interface to listen on (anything but loopback needs `token`).
+        port: OTLP/HTTP port (0: any free port).
+        grpc_port: OTLP/gRPC port, None to serve no gRPC (0: any free port).
+        token: Bearer token clients must send.
+        timezone: Time zone of the daily rollup.
+        max_request_bytes: Largest request body (after inflating).
+        max_queue_rows: Rows waiting for landing before clients get 429.
+        limits: Per-span and per-record limits.
+        on_ready: Called with the bound HTTP and gRPC ports once both listen.
+        prices: Prices usage derived from third-party GenAI spans (the CLI passes
+            `Pricer.from_settings(settings)`: genai-prices plus the configured fallback prices).
+
+    Raises:
+        ConfigError: No token for a non-loopback host, or the database cannot be opened.
+    """
+    check_bind(host, token)
+    collector = Collector(
+        db_path,
+        timezone=timezone,
+        token=token,
+        limits=limits,
+        max_queue_rows=max_queue_rows,
+        max_request_bytes=max_request_bytes,
+        prices=prices,
+    )
+    grpc_server: Any = None
+    grpc_bound: int | None = None
+
+    def stop() -> None:
+        if grpc_server is not None:
+            grpc_server.stop(grace=5).wait()
+        collector.close()
+
+    try:
+        if grpc_port is not None:
+            grpc_server, grpc_bound = start_grpc(collector, host, grpc_port)
+        app = create_app(collector)
+
+        def ready(http_port: int) -> None:
+            if on_ready is not None:
+                on_ready(http_port, grpc_bound)
+            else:
+                grpc_note = f", OTLP/gRPC on {host}:{grpc_bound}" if grpc_bound else ""
+                print(
+                    f"comptroller collector: OTLP/HTTP on http://{host}:{http_port}{grpc_note}, "
+                    f"landing into {db_path}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=30,
+            lifespan="on",
+            timeout_graceful_shutdown=20,
+        )
+        _Server(config, ready, stop).run()
+    finally:
+        stop()

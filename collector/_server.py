@@ -1,0 +1,215 @@
+"""OTLP/HTTP receiver (`/v1/traces`, `/v1/logs`, `/v1/metrics`), health and read API.
+
+Status codes follow the OTLP/HTTP specification: 200 with an `Export*ServiceResponse`
+(`partial_success` naming how many spans or records were rejected and why), 400 for a body
+that cannot be decoded, 401 without the bearer token, 413 for a body over the limit, 415 for
+an unsupported Content-Type or Content-Encoding, 429 when the landing queue is full and 503
+when the collector cannot land (both with `Retry-After`, which the SDK exporters honour).
+Error bodies are a `google.rpc.Status` in the request's encoding.
+
+CPU work (inflate, decode, normalise) runs on one worker thread so the event loop keeps
+answering health checks; landing runs on the pipeline's writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.ipc
+from google.rpc import status_pb2  # type: ignore[import-untyped]
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from comptroller import analytics
+from comptroller.collector._decode import (
+    DecodeError,
+    Encoding,
+    Signal,
+    content_encoding,
+    decode,
+    encode_response,
+    gunzip,
+)
+from comptroller.collector._normalise import Batch
+from comptroller.collector._pipeline import QueueFull, Unavailable
+from comptroller.collector._service import Collector
+
+_MEDIA = {"protobuf": "application/x-protobuf", "json": "application/json"}
+_GRPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 429: 8, 503: 14}
+
+
+def _status_response(
+    status: int, message: str, encoding: Encoding, retry_after_s: int | None = None
+) -> Response:
+    body = status_pb2.Status(code=_GRPC_CODES.get(status, 2), message=message)
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return Response(
+        encode_response(body, encoding),
+        status_code=status,
+        media_type=_MEDIA[encoding],
+        headers=headers,
+    )
+
+
+def _export_response(signal: Signal, batch: Batch) -> Any:
+    if signal == "traces":
+        response = ExportTraceServiceResponse()
+        if batch.rejected:
+            response.partial_success.rejected_spans = batch.rejected
+            response.partial_success.error_message = batch.message()
+        return response
+    if signal == "logs":
+        logs = ExportLogsServiceResponse()
+        if batch.rejected:
+            logs.partial_success.rejected_log_records = batch.rejected
+            logs.partial_success.error_message = batch.message()
+        return logs
+    return ExportMetricsServiceResponse()
+
+
+def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlette:
+    """The ASGI app of a collector.
+
+    Args:
+        collector: The core that lands and answers queries.
+        owns_collector: Close the collector (flushing the queue) when the app shuts down.
+    """
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="comptroller-normalise")
+    limit = collector.max_request_bytes
+    stats = collector.stats
+    pipeline = collector.pipeline
+
+    def prepare(signal: Signal, encoding: Encoding, gzip: bool, body: bytes) -> Batch:
+        if gzip:
+            body = gunzip(body, max_bytes=limit)
+        message = decode(signal, encoding, body)
+        return collector.normalise(signal, message)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise DecodeError(
+                413, f"request body of {declared} bytes is over the limit of {limit}", "too_large"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise DecodeError(
+                    413, f"request body is over the limit of {limit} bytes", "too_large"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def export(signal: Signal) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            encoding: Encoding = "json"
+            try:
+                encoding = content_encoding(request.headers.get("content-type"))
+                if not collector.authorised(request.headers.get("authorization")):
+                    return _status_response(
+                        401, "missing or wrong bearer token (Authorization: Bearer …)", encoding
+                    )
+                pipeline.check_open()
+                if pipeline.saturated():
+                    raise QueueFull(pipeline.queued_rows, pipeline.max_queue_rows, 1)
+                content_coding = request.headers.get("content-encoding", "identity").lower()
+                if content_coding not in ("gzip", "identity", ""):
+                    raise DecodeError(
+                        415,
+                        f"unsupported Content-Encoding {content_coding!r}: send gzip or none",
+                        "unsupported_encoding",
+                    )
+                body = await read_body(request)
+                loop = asyncio.get_running_loop()
+                batch = await loop.run_in_executor(
+                    worker, prepare, signal, encoding, content_coding == "gzip", body
+                )
+                await asyncio.wrap_future(pipeline.submit(batch))
+            except DecodeError as exc:
+                stats.count_request_rejected(exc.kind)
+                return _status_response(exc.status, exc.reason, encoding)
+            except QueueFull as exc:
+                stats.count_request_rejected("queue_full")
+                return _status_response(429, str(exc), encoding, exc.retry_after_s)
+            except Unavailable as exc:
+                stats.count_request_rejected("unavailable")
+                return _status_response(503, str(exc), encoding, exc.retry_after_s)
+            with stats.lock:
+                stats.requests_ok += 1
+            return Response(
+                encode_response(_export_response(signal, batch), encoding),
+                media_type=_MEDIA[encoding],
+            )
+
+        return handler
+
+    async def health(request: Request) -> Response:
+        if not collector.authorised(request.headers.get("authorization")):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        return JSONResponse(pipeline.health())
+
+    async def query(request: Request) -> Response:
+        if not collector.authorised(request.headers.get("authorization")):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        try:
+            payload = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return JSONResponse({"error": f"body must be JSON: {exc}"}, status_code=400)
+        if not isinstance(payload, dict) or not isinstance(payload.get("sql"), str):
+            return JSONResponse({"error": 'send {"sql": "...", "params": {...}}'}, status_code=400)
+        params = payload.get("params") or {}
+        if not isinstance(params, dict):
+            return JSONResponse({"error": "params must be a JSON object"}, status_code=400)
+        loop = asyncio.get_running_loop()
+        try:
+            table = await loop.run_in_executor(None, collector.query, payload["sql"], params)
+        except analytics.QueryError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        sink = pa.BufferOutputStream()
+        with pyarrow.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return Response(sink.getvalue().to_pybytes(), media_type=analytics.ARROW_STREAM)
+
+    async def budget_state(request: Request) -> Response:
+        if not collector.authorised(request.headers.get("authorization")):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await loop.run_in_executor(None, collector.budget_state)
+        except analytics.AnalyticsError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=500)
+        return Response(orjson.dumps(rows), media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            worker.shutdown(wait=True)
+            if owns_collector:
+                await asyncio.get_running_loop().run_in_executor(None, collector.close)
+
+    routes = [
+        Route("/v1/traces", export("traces"), methods=["POST"]),
+        Route("/v1/logs", export("logs"), methods=["POST"]),
+        Route("/v1/metrics", export("metrics"), methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/api/query", query, methods=["POST"]),
+        Route("/api/budget-state", budget_state, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

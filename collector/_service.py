@@ -1,0 +1,182 @@
+"""The collector's core, shared by the HTTP and gRPC receivers and the read API.
+
+`Collector` owns the DuckDB file (one writer per file), the normaliser and the landing
+pipeline. Receivers hand it decoded requests; readers of other processes query through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hmac
+import ipaddress
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from google.protobuf.message import Message
+
+from comptroller import analytics
+from comptroller.collector._land import Lander
+from comptroller.collector._normalise import Batch, Limits, Normaliser
+from comptroller.collector._pipeline import Pipeline, Stats
+from comptroller.errors import ConfigError
+from comptroller.pricing import Pricer
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and the loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Collector:
+    """The DuckDB writer with its normaliser and queue.
+
+    Args:
+        db_path: The DuckDB file (created and migrated if needed).
+        timezone: Time zone of the daily rollup.
+        token: Bearer token clients must send (None: none required).
+        limits: Per-span and per-record limits.
+        max_queue_rows: Rows that may wait for landing before requests get 429.
+        max_request_bytes: Largest request body, after inflating.
+        duckdb_memory_mb: DuckDB's memory limit.
+        prices: Prices derived usage rows (default: genai-prices only; pass
+            `Pricer.from_settings(settings)` for the configured fallback prices).
+    """
+
+    def __init__(
+        self,
+        db_path: Path | str,
+        *,
+        timezone: str = "UTC",
+        token: str | None = None,
+        limits: Limits | None = None,
+        max_queue_rows: int = 50_000,
+        max_request_bytes: int = 16 * 1024 * 1024,
+        duckdb_memory_mb: int = 256,
+        prices: Pricer | None = None,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.timezone = timezone
+        self.token = token
+        self.max_request_bytes = max_request_bytes
+        self.con = analytics.connect(self.db_path)
+        # Bounded memory: DuckDB's buffer pool is the collector's largest consumer.
+        self.con.execute(f"SET memory_limit = '{duckdb_memory_mb}MB'").fetchall()
+        # The read API runs other people's SELECTs on this database: no file access.
+        self.con.execute("SET enable_external_access = false").fetchall()
+        self.con.execute("SET lock_configuration = true").fetchall()
+        self.normaliser = Normaliser(limits=limits, prices=prices)
+        self.stats = Stats()
+        self.pipeline = Pipeline(
+            Lander(self.con, timezone=timezone), max_queue_rows=max_queue_rows, stats=self.stats
+        )
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def authorised(self, header: str | None) -> bool:
+        """Check an `Authorization` header against the token (always true without one)."""
+        if self.token is None:
+            return True
+        expected = f"Bearer {self.token}"
+        ok = header is not None and hmac.compare_digest(header.encode(), expected.encode())
+        if not ok:
+            self.stats.count_unauthorized()
+        return ok
+
+    def normalise(self, signal: str, message: Message) -> Batch:
+        """Normalise a decoded export request of `signal`."""
+        if signal == "traces":
+            batch = self.normaliser.traces(message)  # type: ignore[arg-type]
+        elif signal == "logs":
+            batch = self.normaliser.logs(message)  # type: ignore[arg-type]
+        else:
+            batch = Batch()
+            points = _count_points(message)
+            with self.stats.lock:
+                self.stats.metric_points_dropped += points
+        self.stats.count_rows_rejected(batch.reasons)
+        return batch
+
+    def query(self, sql: str, params: Mapping[str, object] | None = None) -> pa.Table:
+        """Run one read-only statement on a cursor of its own.
+
+        Raises:
+            comptroller.analytics.QueryError: Not a single read-only statement, or it failed.
+        """
+        analytics.check_read_only(sql)
+        reader = analytics.DuckDBReader(self.con.cursor(), owned=True)
+        try:
+            return reader.query(sql, params)
+        finally:
+            reader.close()
+
+    def budget_state(self, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Today's spend per budget key, as JSON-ready dicts."""
+        reader = analytics.DuckDBReader(self.con.cursor(), owned=True)
+        try:
+            states = analytics.budget_state(reader, now=now, timezone=self.timezone)
+        finally:
+            reader.close()
+        return [_jsonable(asdict(state)) for state in states]
+
+    def close(self) -> None:
+        """Land what was accepted, then close the database. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.pipeline.close()
+        # The data is in the WAL already; a checkpoint is a courtesy.
+        with contextlib.suppress(Exception):
+            self.con.execute("CHECKPOINT").fetchall()
+        self.con.close()
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a token.
+
+    Raises:
+        ConfigError: `host` is not loopback and no token is set.
+    """
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"listening on {host} needs a bearer token: set COMPTROLLER_COLLECTOR_TOKEN "
+            "(or [collector] token) or listen on 127.0.0.1"
+        )
+
+
+def _count_points(message: Message) -> int:
+    total = 0
+    for rm in getattr(message, "resource_metrics", ()):
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    total += len(getattr(metric, kind).data_points)
+    return total
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, float) and value != value:
+        return None
+    if value in (float("inf"), float("-inf")):
+        return str(value)
+    return value

@@ -1,0 +1,3 @@
+from comptroller.cli import main
+
+main()

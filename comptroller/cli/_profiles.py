@@ -1,0 +1,535 @@
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from comptroller.cli._app import AppContext, pass_app
+from comptroller.errors import UsageError
+
+if TYPE_CHECKING:
+    from comptroller.config import Settings
+    from comptroller.control import (
+        Actor,
+        ControlPlane,
+        ProfileService,
+        ProfileSpec,
+        ProfileVersion,
+        ResolvedProfile,
+        Scope,
+    )
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENV_ACTOR = "COMPTROLLER_ACTOR"
+
+
+def scope_options(func: F) -> F:
+    """--global / --org / --domain, shared by the profile and credential commands."""
+    func = click.option(
+        "--domain",
+        "--workspace",
+        "domain",
+        metavar="ID",
+        help="A domain (workspace) scope; give its org with --org.",
+    )(func)
+    func = click.option("--org", metavar="ID", help="An org scope (or the org of --domain).")(func)
+    func = click.option("--global", "is_global", is_flag=True, help="The global scope.")(func)
+    return func
+
+
+def actor_options(func: F) -> F:
+    """Who makes the change, and in which role (checked by the service)."""
+    func = click.option(
+        "--actor-domain", metavar="ID", help="The domain a domain_admin administers."
+    )(func)
+    func = click.option("--actor-org", metavar="ID", help="The org an org_admin administers.")(func)
+    func = click.option(
+        "--role",
+        type=click.Choice(["platform", "org_admin", "domain_admin"]),
+        default="platform",
+        show_default=True,
+        help="The role the change is made in.",
+    )(func)
+    func = click.option(
+        "--actor",
+        metavar="NAME",
+        help=f"Who makes the change (audit log) [default: ${ENV_ACTOR}, else the login name].",
+    )(func)
+    return func
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def make_scope(is_global: bool, org: str | None, domain: str | None, *, required: bool) -> Scope:
+    from comptroller.control import Scope
+
+    if is_global and (org or domain):
+        raise click.UsageError("--global cannot be combined with --org or --domain")
+    if domain:
+        return Scope.of_domain(domain, org=org)
+    if org:
+        return Scope.of_org(org)
+    if required and not is_global:
+        raise click.UsageError("name the scope: --global, --org ID or --domain ID [--org ID]")
+    return Scope.global_()
+
+
+def make_actor(
+    actor: str | None, role: str, actor_org: str | None, actor_domain: str | None
+) -> Actor:
+    from comptroller.control import Actor
+
+    name = actor or os.environ.get(ENV_ACTOR) or _login()
+    try:
+        return Actor(name=name, role=role, org=actor_org, domain=actor_domain)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(f"{exc} (use --actor-org / --actor-domain)") from None
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@contextmanager
+def open_service(app: AppContext, *, events: bool = False) -> Iterator[ProfileService]:
+    """The profile service of the settings; with `events`, wired to the telemetry pipeline
+    (embedded DuckDB sink or OTLP, as configured) so that changes reach `profile_events`."""
+    from comptroller.control import ProfileService
+
+    settings = app.settings()
+    if settings.control.profile_store_url is None:
+        settings.ensure_data_dir()
+    plane = _event_plane(settings) if events else None
+    service = ProfileService.from_settings(settings, events=plane.events if plane else None)
+    try:
+        yield service
+    finally:
+        service.close()
+        if plane is not None:
+            try:
+                plane.shutdown()  # flushes the events
+            except Exception as exc:
+                _warn_events(exc)
+
+
+def _event_plane(settings: Settings) -> ControlPlane | None:
+    # The CLI is an operator's main way to change profiles: its changes must show in the
+    # profile history like an application's, through the same telemetry pipeline (a control
+    # plane's). Telemetry trouble never blocks the change.
+    if settings.telemetry == "none":
+        return None
+    try:
+        from comptroller.control import ControlPlane, MemoryGuard, StaticProfiles
+
+        return ControlPlane(settings, resolver=StaticProfiles(), guard=MemoryGuard())
+    except Exception as exc:
+        _warn_events(exc)
+        return None
+
+
+def _warn_events(exc: Exception) -> None:
+    click.echo(
+        f"comptroller: warning: profile events not recorded ({type(exc).__name__}: {exc}); "
+        "the change itself is saved",
+        err=True,
+    )
+
+
+def version_json(version: ProfileVersion) -> dict[str, Any]:
+    return {
+        "profile_id": version.profile_id,
+        "scope": str(version.scope),
+        "purpose": version.purpose,
+        "version": version.version,
+        "active": version.active,
+        "spec": version.spec.to_json(),
+        "created_by": version.created_by,
+        "created_at": version.created_at.isoformat(),
+        "activated_at": version.activated_at.isoformat(),
+        "deactivated_at": version.deactivated_at.isoformat() if version.deactivated_at else None,
+        "reason": version.reason,
+        "rollback_of": version.rollback_of,
+    }
+
+
+def profile_json(profile: ResolvedProfile) -> dict[str, Any]:
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"provider", "model"}:
+                return f"{value['provider']}:{value['model']}"
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, Decimal):
+            return str(value)
+        return value
+
+    return {k: clean(v) for k, v in asdict(profile).items()}
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _spec_text(spec: ProfileSpec) -> str:
+    data = spec.to_json()
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in data.items()) or "(inherits everything)"
+
+
+@click.group(name="profiles")
+def profiles() -> None:
+    """Show, set, diff and roll back model profiles per purpose and scope.
+
+    Scopes: --global, --org ID, --domain ID --org ID (most specific wins when resolving).
+    """
+
+
+@profiles.command(name="set")
+@click.argument("purpose")
+@scope_options
+@click.option("--model", metavar="PROVIDER:MODEL", help="The model serving the purpose.")
+@click.option(
+    "--fallback", "fallbacks", multiple=True, metavar="PROVIDER:MODEL", help="Fallback (repeat)."
+)
+@click.option(
+    "--cross-provider/--same-provider",
+    "cross_provider",
+    default=None,
+    help="Whether fallbacks may leave the model's provider.",
+)
+@click.option("--requests", type=click.IntRange(min=1), help="Requests per interval.")
+@click.option("--tokens", type=click.IntRange(min=1), help="Tokens per interval.")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), help="Seconds [60].")
+@click.option("--burst", type=click.IntRange(min=1), help="Bucket capacity in requests.")
+@click.option("--daily-budget", metavar="USD", help="Daily spend cap in USD.")
+@click.option("--temperature", type=float)
+@click.option("--max-tokens", type=click.IntRange(min=1))
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.option("--credential-source", type=click.Choice(["managed", "byo"]))
+@click.option("--credential-ref", metavar="REF", help="A stored credential's ref.")
+@click.option("--base-url", metavar="URL", help="Endpoint of an OpenAI-compatible server.")
+@click.option("--degrade-after", type=click.IntRange(min=1), help="Failures that upgrade.")
+@click.option("--degrade-window", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.option("--degrade-to", metavar="PURPOSE", help="The purpose upgraded to.")
+@click.option("--variant", help="A/B routing variant (reserved).")
+@click.option("--unset", "unset", multiple=True, metavar="FIELD", help="Inherit FIELD again.")
+@click.option("--replace", is_flag=True, help="Start from an empty profile, not the active one.")
+@click.option("--reason", default="", help="Why (written to the audit log).")
+@actor_options
+@json_option
+@pass_app
+def set_(
+    app: AppContext,
+    purpose: str,
+    is_global: bool,
+    org: str | None,
+    domain: str | None,
+    model: str | None,
+    fallbacks: tuple[str, ...],
+    cross_provider: bool | None,
+    requests: int | None,
+    tokens: int | None,
+    interval: float | None,
+    burst: int | None,
+    daily_budget: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    timeout: float | None,
+    credential_source: str | None,
+    credential_ref: str | None,
+    base_url: str | None,
+    degrade_after: int | None,
+    degrade_window: float | None,
+    degrade_to: str | None,
+    variant: str | None,
+    unset: tuple[str, ...],
+    replace: bool,
+    reason: str,
+    actor: str | None,
+    role: str,
+    actor_org: str | None,
+    actor_domain: str | None,
+    as_json: bool,
+) -> None:
+    """Activate a new version of PURPOSE's profile at a scope (fields not given are kept)."""
+    from comptroller.control import (
+        BudgetSpec,
+        DegradationPolicy,
+        ModelRef,
+        ProfileSpec,
+        RateLimitSpec,
+    )
+
+    scope = make_scope(is_global, org, domain, required=True)
+    who = make_actor(actor, role, actor_org, actor_domain)
+    fields: dict[str, Any] = {}
+    try:
+        if model:
+            fields["model"] = ModelRef.parse(model)
+        if fallbacks:
+            fields["fallbacks"] = tuple(ModelRef.parse(f) for f in fallbacks)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if cross_provider is not None:
+        fields["allow_cross_provider"] = cross_provider
+    if any(v is not None for v in (requests, tokens, interval, burst)):
+        fields["rate_limit"] = RateLimitSpec(
+            requests_per_interval=requests,
+            tokens_per_interval=tokens,
+            interval_s=interval if interval is not None else 60.0,
+            burst=burst,
+        )
+    if daily_budget is not None:
+        try:
+            amount = Decimal(daily_budget)
+        except InvalidOperation:
+            raise click.BadParameter(
+                f"--daily-budget must be a number of USD, got {daily_budget!r}"
+            ) from None
+        if not amount.is_finite() or amount < 0:
+            raise click.BadParameter(f"--daily-budget must be ≥ 0 USD, got {daily_budget}")
+        fields["budget"] = BudgetSpec(daily_usd=amount)
+    degrade = (degrade_after, degrade_window, degrade_to)
+    if any(v is not None for v in degrade):
+        if degrade_after is None or degrade_window is None or degrade_to is None:
+            raise click.UsageError("--degrade-after, --degrade-window and --degrade-to go together")
+        fields["degradation"] = DegradationPolicy(
+            failures=degrade_after, window_s=degrade_window, upgrade_to=degrade_to
+        )
+    for name, value in (
+        ("temperature", temperature),
+        ("max_tokens", max_tokens),
+        ("timeout_s", timeout),
+        ("credential_source", credential_source),
+        ("credential_ref", credential_ref),
+        ("base_url", base_url),
+        ("variant", variant),
+    ):
+        if value is not None:
+            fields[name] = value
+    if not fields and not unset and not replace:
+        raise click.UsageError("nothing to set: give at least one field (e.g. --model) or --unset")
+    spec = ProfileSpec(**fields)
+    with open_service(app, events=True) as service:
+        try:
+            version = service.set_profile(
+                scope, purpose, spec, actor=who, reason=reason, unset=unset, replace=replace
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if as_json:
+        _echo_json(version_json(version))
+        return
+    click.echo(
+        f"activated {version.profile_id} version {version.version}: {_spec_text(version.spec)}"
+    )
+
+
+@profiles.command(name="show")
+@scope_options
+@click.option("--purpose", help="Only this purpose.")
+@json_option
+@pass_app
+def show(
+    app: AppContext,
+    is_global: bool,
+    org: str | None,
+    domain: str | None,
+    purpose: str | None,
+    as_json: bool,
+) -> None:
+    """The active profiles set at exactly one scope (default: global)."""
+    scope = make_scope(is_global, org, domain, required=False)
+    with open_service(app) as service:
+        active = service.active(scope, purpose)
+    if as_json:
+        _echo_json([version_json(v) for v in active])
+        return
+    if not active:
+        click.echo(f"{scope}: no profiles set (everything inherits)")
+        return
+    for version in active:
+        click.echo(f"{version.purpose}\tv{version.version}\t{_spec_text(version.spec)}")
+
+
+@profiles.command(name="resolve")
+@click.argument("purpose")
+@click.option("--domain", "--workspace", "domain", metavar="ID", help="The call's domain.")
+@click.option("--org", metavar="ID", help="The call's org.")
+@json_option
+@pass_app
+def resolve(
+    app: AppContext, purpose: str, domain: str | None, org: str | None, as_json: bool
+) -> None:
+    """The effective profile of a call, field by field, and which scope supplied each."""
+    with open_service(app) as service:
+        resolution = service.explain(purpose, domain=domain, org=org)
+    data = profile_json(resolution.profile)
+    if as_json:
+        _echo_json({"profile": data, "sources": dict(resolution.sources)})
+        return
+    sources = resolution.sources
+    click.echo(f"purpose {purpose} at domain={domain or '-'} org={org or '-'}")
+    keys = {"temperature": "defaults", "max_tokens": "defaults", "timeout_s": "defaults"}
+    for name, source in sources.items():
+        value = data.get(name) if name not in keys else data["defaults"][name]
+        click.echo(f"  {name:<21} {json.dumps(value):<40} {source}")
+
+
+@profiles.command(name="history")
+@click.argument("purpose")
+@scope_options
+@json_option
+@pass_app
+def history(
+    app: AppContext,
+    purpose: str,
+    is_global: bool,
+    org: str | None,
+    domain: str | None,
+    as_json: bool,
+) -> None:
+    """Every version of PURPOSE's profile at a scope, oldest first."""
+    scope = make_scope(is_global, org, domain, required=False)
+    with open_service(app) as service:
+        versions = service.history(scope, purpose)
+    if as_json:
+        _echo_json([version_json(v) for v in versions])
+        return
+    if not versions:
+        click.echo(f"{scope}/{purpose}: no versions")
+        return
+    for v in versions:
+        mark = "*" if v.active else " "
+        extra = f" (rollback to v{v.rollback_of})" if v.rollback_of is not None else ""
+        click.echo(
+            f"{mark} v{v.version}\t{v.activated_at.isoformat(timespec='seconds')}\t{v.created_by}"
+            f"\t{_spec_text(v.spec)}{extra}\t{v.reason}"
+        )
+
+
+@profiles.command(name="diff")
+@click.argument("purpose")
+@scope_options
+@click.option("--from", "a", type=click.IntRange(min=0), help="Version [the one before --to].")
+@click.option("--to", "b", type=click.IntRange(min=1), help="Version [the active one].")
+@json_option
+@pass_app
+def diff(
+    app: AppContext,
+    purpose: str,
+    is_global: bool,
+    org: str | None,
+    domain: str | None,
+    a: int | None,
+    b: int | None,
+    as_json: bool,
+) -> None:
+    """The fields that differ between two versions."""
+    scope = make_scope(is_global, org, domain, required=False)
+    with open_service(app) as service:
+        changes = service.diff(scope, purpose, a=a, b=b)
+    if as_json:
+        _echo_json([{"field": c.field, "before": c.before, "after": c.after} for c in changes])
+        return
+    if not changes:
+        click.echo("no differences")
+    for change in changes:
+        click.echo(f"{change.field}: {json.dumps(change.before)} -> {json.dumps(change.after)}")
+
+
+@profiles.command(name="rollback")
+@click.argument("purpose")
+@scope_options
+@click.option("--to", "to_version", type=click.IntRange(min=1), help="Version [the previous].")
+@click.option("--reason", default="", help="Why (written to the audit log).")
+@actor_options
+@json_option
+@pass_app
+def rollback(
+    app: AppContext,
+    purpose: str,
+    is_global: bool,
+    org: str | None,
+    domain: str | None,
+    to_version: int | None,
+    reason: str,
+    actor: str | None,
+    role: str,
+    actor_org: str | None,
+    actor_domain: str | None,
+    as_json: bool,
+) -> None:
+    """Re-activate a prior version of PURPOSE's profile, as a new version."""
+    scope = make_scope(is_global, org, domain, required=True)
+    who = make_actor(actor, role, actor_org, actor_domain)
+    with open_service(app, events=True) as service:
+        version = service.rollback(scope, purpose, to_version=to_version, actor=who, reason=reason)
+    if as_json:
+        _echo_json(version_json(version))
+        return
+    click.echo(
+        f"rolled back {version.profile_id} to version {version.rollback_of} "
+        f"(now version {version.version}): {_spec_text(version.spec)}"
+    )
+
+
+@profiles.command(name="audit")
+@scope_options
+@click.option("--purpose", help="Only this purpose.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many entries.")
+@json_option
+@pass_app
+def audit(
+    app: AppContext,
+    is_global: bool,
+    org: str | None,
+    domain: str | None,
+    purpose: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """The audit log: who changed what, when, from what to what, and why."""
+    scope = (
+        make_scope(is_global, org, domain, required=False) if (is_global or org or domain) else None
+    )
+    with open_service(app) as service:
+        entries = service.audit(scope=scope, purpose=purpose, limit=limit)
+    rows = [
+        {
+            "id": e.id,
+            "at": e.at.isoformat(),
+            "actor": e.actor,
+            "role": e.role,
+            "action": e.action,
+            "scope": str(e.scope),
+            "purpose": e.purpose,
+            "version": e.version,
+            "before": e.before,
+            "after": e.after,
+            "reason": e.reason,
+        }
+        for e in entries
+    ]
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        click.echo(
+            f"{row['at']}\t{row['actor']} ({row['role']})\t{row['action']}\t{row['scope']}"
+            f"\t{row['purpose'] or '-'}"
+            f"\t{'v' + str(row['version']) if row['version'] else '-'}\t{row['reason']}"
+        )

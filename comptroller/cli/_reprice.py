@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import click
+
+from comptroller.cli._app import AppContext, pass_app
+
+
+@click.command(name="reprice")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="First local day to reprice [default: every row].",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Only this model (`model` or `provider:model`); repeat for several.",
+)
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="DuckDB file [default: the data directory's]. No collector may be writing it.",
+)
+@click.option("--dry-run", is_flag=True, help="Report the new totals, change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def reprice(
+    app: AppContext,
+    since: dt.datetime | None,
+    models: tuple[str, ...],
+    db: Path | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Recompute the cost of past usage rows after prices change, and the daily rollup.
+
+    Prices come from the installed genai-prices, then the fallback registry
+    (`[control.prices."provider:model"]`); models known to neither stay unpriced. Rows
+    priced by the provider and estimated rows keep their cost. Prints the old and new
+    totals per model.
+
+    \b
+    Examples:
+      uv lock --upgrade-package genai-prices && comptroller reprice --since 2026-11-01
+      comptroller reprice --model ollama:llama3   # after adding its fallback price
+    """
+    from comptroller.analytics import connect
+    from comptroller.analytics._gate import usd
+    from comptroller.analytics._reprice import reprice as run
+
+    settings = app.settings()
+    if db is None:
+        settings.ensure_data_dir()
+    path = db if db is not None else settings.db_file
+    con = connect(path)
+    try:
+        result = run(
+            con,
+            since=since.date() if since else None,
+            models=models,
+            fallback_prices=settings.control.prices,
+            dry_run=dry_run,
+        )
+    finally:
+        con.close()
+    if as_json:
+        payload = {
+            "dry_run": result.dry_run,
+            "rows": result.rows,
+            "changed": result.changed,
+            "old_total_usd": str(result.old_total_usd),
+            "new_total_usd": str(result.new_total_usd),
+            "old_unpriced": result.old_unpriced,
+            "new_unpriced": result.new_unpriced,
+            "rollup_groups": result.rollup_groups,
+            "models": [
+                {
+                    "provider": line.provider,
+                    "model": line.model,
+                    "rows": line.rows,
+                    "old_usd": str(line.old_usd),
+                    "new_usd": str(line.new_usd),
+                    "old_unpriced": line.old_unpriced,
+                    "new_unpriced": line.new_unpriced,
+                    "source": line.source,
+                }
+                for line in result.lines
+            ],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    for line in result.lines:
+        unpriced = (
+            f"  unpriced {line.old_unpriced} -> {line.new_unpriced}"
+            if line.old_unpriced or line.new_unpriced
+            else ""
+        )
+        click.echo(
+            f"{line.provider}:{line.model}  {line.rows} rows  ${usd(line.old_usd)} -> "
+            f"${usd(line.new_usd)}  ({line.source}){unpriced}"
+        )
+    verb = "would change" if dry_run else "changed"
+    click.echo(
+        f"total: ${usd(result.old_total_usd)} -> ${usd(result.new_total_usd)}; "
+        f"unpriced calls {result.old_unpriced} -> {result.new_unpriced}; "
+        f"{result.changed} of {result.rows} rows {verb}"
+        + ("" if dry_run else f"; {result.rollup_groups} rollup groups recomputed")
+    )

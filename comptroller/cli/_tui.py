@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from comptroller.cli._app import AppContext, pass_app
+from comptroller.errors import UsageError
+
+_ROLES = ("platform", "org_admin", "domain_admin")
+
+
+@click.command(name="tui")
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="DuckDB file to read (read-only) [default: the data directory's].",
+)
+@click.option(
+    "--url",
+    help="Read through a running collector instead, e.g. http://127.0.0.1:4318 "
+    "[default: analytics.read_url].",
+)
+@click.option("--token", help="Bearer token of the collector [default: collector.token].")
+@click.option(
+    "--refresh",
+    "refresh_s",
+    type=click.FloatRange(min=0.1),
+    help="Seconds between refreshes [default: tui.refresh_s].",
+)
+@click.option("--operator", help="Your name, recorded in the audit log: enables profile rollback.")
+@click.option("--role", type=click.Choice(_ROLES), help="The role you act in (with --operator).")
+@click.option("--org", help="The org an org_admin administers.")
+@click.option("--domain", help="The domain a domain_admin administers.")
+@click.option(
+    "--theme", type=click.Choice(["dark", "light"]), help="Colour theme [default: tui.theme]."
+)
+@pass_app
+def tui(
+    app: AppContext,
+    db: Path | None,
+    url: str | None,
+    token: str | None,
+    refresh_s: float | None,
+    operator: str | None,
+    role: str | None,
+    org: str | None,
+    domain: str | None,
+    theme: str | None,
+) -> None:
+    """Open the terminal dashboard: spend, budgets, circuits, profiles, calls.
+
+    Read-only unless started with --operator NAME --role ROLE; rollbacks then ask for a
+    confirmation and a reason, and leave an audit entry.
+
+    Example: comptroller tui --db ./usage.duckdb --refresh 5
+    """
+    from comptroller.tui import AppOptions, ComptrollerApp, Operator, open_source, profile_admin
+
+    if db is not None and url is not None:
+        raise UsageError("give --db FILE or --url URL, not both")
+    if (operator is None) != (role is None):
+        raise UsageError("--operator NAME and --role ROLE go together (rollback needs both)")
+    settings = app.settings()
+    if db is None and url is None:
+        url = settings.analytics.read_url
+    source = open_source(
+        db=db if url is None else None,
+        url=url,
+        token=token or settings.collector.token,
+        default_db=settings.db_file,
+    )
+    who = Operator(name=operator, role=role, org=org, domain=domain) if operator and role else None
+    options = AppOptions(
+        refresh_s=refresh_s or settings.tui.refresh_s,
+        max_rows=settings.tui.max_rows,
+        timezone=settings.timezone,
+        theme=f"textual-{theme}" if theme else settings.tui.theme,
+        export_dir=settings.tui.export_dir or Path.cwd(),
+        keys=settings.tui.keys or None,
+        panel_dirs=tuple(settings.analytics.panel_dirs),
+    )
+    try:
+        ComptrollerApp(
+            source, options=options, operator=who, admin=profile_admin(settings) if who else None
+        ).run()
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,36 @@
+"""Configuration: one settings model from `comptroller.toml` and `COMPTROLLER_*` variables.
+
+Example:
+    >>> from comptroller.config import load_settings
+    >>> settings = load_settings()  # doctest: +SKIP
+    >>> settings.collector.port  # doctest: +SKIP
+    4318
+"""
+
+from comptroller.config._analytics import AnalyticsSettings
+from comptroller.config._collector import CollectorSettings
+from comptroller.config._control import ControlSettings
+from comptroller.config._settings import (
+    CONFIG_FILENAME,
+    ENV_CONFIG,
+    Settings,
+    default_data_dir,
+    find_config_file,
+    load_settings,
+    settings_field_docs,
+)
+from comptroller.config._tui import TuiSettings
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "ENV_CONFIG",
+    "AnalyticsSettings",
+    "CollectorSettings",
+    "ControlSettings",
+    "Settings",
+    "TuiSettings",
+    "default_data_dir",
+    "find_config_file",
+    "load_settings",
+    "settings_field_docs",
+]

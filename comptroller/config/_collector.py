@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CollectorSettings(BaseModel):
+    """Settings of the OTLP collector (`[collector]` in the file).
+
+    Environment: `COMPTROLLER_COLLECTOR_<FIELD>`, e.g. `COMPTROLLER_COLLECTOR_PORT`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Interface to listen on. Anything but loopback requires `token`."""
+    port: int = Field(default=4318, ge=0, le=65535)
+    """OTLP/HTTP port (the OpenTelemetry standard is 4318)."""
+    grpc_port: int | None = Field(default=4317, ge=0, le=65535)
+    """OTLP/gRPC port (the standard is 4317); unset to disable gRPC."""
+    token: str | None = None
+    """Bearer token that clients must send. Required when not on loopback."""
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """Largest accepted request body, after decompression."""
+    max_queue_rows: int = Field(default=50_000, gt=0)
+    """Rows that may wait for landing; beyond, clients get 429 with Retry-After."""
+    max_future_s: float = Field(default=86_400.0, gt=0)
+    """Spans and records starting further ahead of the collector's clock are rejected."""
+    max_attribute_bytes: int = Field(default=1 << 20, gt=0)
+    """Largest single attribute value; a span or record holding a bigger one is rejected."""

@@ -1,0 +1,104 @@
+"""Telemetry names shared by the emitter (control) and the readers (collector, analytics).
+
+This module is the contract between the parts: the control plane writes these attribute and
+event names, the collector reads them (plus every alias of other instrumentations, kept in
+the collector's alias table) and analytics stores them in columns.
+
+GenAI attribute names come from `opentelemetry-semantic-conventions` (the pinned package),
+never hand-typed; the `comptroller.*` names are the project's own. Keep this module free of
+heavy imports: every subpackage imports it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Final
+
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _g
+from opentelemetry.semconv.attributes import error_attributes as _err
+from opentelemetry.semconv.attributes import server_attributes as _srv
+
+SEMCONV_PACKAGE_VERSION: Final = version("opentelemetry-semantic-conventions")
+"""Version of the semantic-conventions package whose names we emit (recorded on spans)."""
+
+# --- GenAI semantic conventions (names of the pinned package) -------------------------------
+GEN_AI_OPERATION_NAME: Final = _g.GEN_AI_OPERATION_NAME
+GEN_AI_PROVIDER_NAME: Final = _g.GEN_AI_PROVIDER_NAME
+GEN_AI_REQUEST_MODEL: Final = _g.GEN_AI_REQUEST_MODEL
+GEN_AI_REQUEST_MAX_TOKENS: Final = _g.GEN_AI_REQUEST_MAX_TOKENS
+GEN_AI_REQUEST_TEMPERATURE: Final = _g.GEN_AI_REQUEST_TEMPERATURE
+GEN_AI_RESPONSE_MODEL: Final = _g.GEN_AI_RESPONSE_MODEL
+GEN_AI_RESPONSE_ID: Final = _g.GEN_AI_RESPONSE_ID
+GEN_AI_RESPONSE_FINISH_REASONS: Final = _g.GEN_AI_RESPONSE_FINISH_REASONS
+GEN_AI_USAGE_INPUT_TOKENS: Final = _g.GEN_AI_USAGE_INPUT_TOKENS
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = _g.GEN_AI_USAGE_OUTPUT_TOKENS
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = _g.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = _g.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = _g.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS
+ERROR_TYPE: Final = _err.ERROR_TYPE
+SERVER_ADDRESS: Final = _srv.SERVER_ADDRESS
+
+OPERATION_CHAT: Final = "chat"
+OPERATION_EMBEDDINGS: Final = "embeddings"
+
+# --- comptroller.* attributes (on spans and on log records) ---------------------------------
+PURPOSE: Final = "comptroller.purpose"
+TENANT: Final = "comptroller.tenant"
+ORG: Final = "comptroller.org"
+CONTEXT: Final = "comptroller.context"
+PROFILE_ID: Final = "comptroller.profile.id"
+PROFILE_VERSION: Final = "comptroller.profile.version"
+ATTEMPT: Final = "comptroller.attempt"
+FALLBACK_DEPTH: Final = "comptroller.fallback.depth"
+COST_USD: Final = "comptroller.cost.usd"
+"""Cost of one attempt in USD. On log records a decimal string (exact); on spans a float."""
+PRICE_SOURCE: Final = "comptroller.price.source"
+"""`genai-prices@<version>`, `fallback`, `provider`, `reservation` or `unpriced`."""
+OUTCOME: Final = "comptroller.outcome"
+"""`ok`, `error`, `budget_exceeded`, `rate_limited`, `circuit_open`, `exhausted_fallbacks`, …"""
+ESTIMATED: Final = "comptroller.estimated"
+"""True when usage was missing and the row charges the reservation instead."""
+USAGE_ID: Final = "comptroller.usage.id"
+"""Unique id of a usage row: the idempotency key of the landing."""
+RATE_LIMIT_WAIT_MS: Final = "comptroller.rate_limit.wait_ms"
+LATENCY_MS: Final = "comptroller.latency_ms"
+SEMCONV_VERSION: Final = "comptroller.semconv.version"
+
+# --- log-record event names (`event_name` of the OTel log record) ---------------------------
+EVENT_USAGE: Final = "comptroller.usage"
+EVENT_CIRCUIT_OPENED: Final = "llm.circuit.opened"
+EVENT_CIRCUIT_HALF_OPENED: Final = "llm.circuit.half_opened"
+EVENT_CIRCUIT_CLOSED: Final = "llm.circuit.closed"
+EVENT_PROFILE_ACTIVATED: Final = "comptroller.profile.activated"
+EVENT_PROFILE_ROLLED_BACK: Final = "comptroller.profile.rolled_back"
+EVENT_PROFILE_WARNING: Final = "comptroller.profile.warning"
+EVENT_BUDGET_WARNING: Final = "comptroller.budget.warning"
+EVENT_BUDGET_EXCEEDED: Final = "comptroller.budget.exceeded"
+EVENT_BUDGET_REJECTED: Final = "comptroller.budget.rejected"
+EVENT_PURPOSE_UPGRADED: Final = "comptroller.purpose.upgraded"
+
+# Attributes of circuit / profile / budget events.
+CIRCUIT_STATE: Final = "comptroller.circuit.state"
+CIRCUIT_REASON: Final = "comptroller.circuit.reason"
+CIRCUIT_FAILURES: Final = "comptroller.circuit.failures"
+CIRCUIT_CALLS: Final = "comptroller.circuit.calls"
+CIRCUIT_COOLDOWN_S: Final = "comptroller.circuit.cooldown_s"
+SCOPE_KIND: Final = "comptroller.scope.kind"
+SCOPE_ID: Final = "comptroller.scope.id"
+ACTOR: Final = "comptroller.actor"
+REASON: Final = "comptroller.reason"
+PROFILE_PREVIOUS_VERSION: Final = "comptroller.profile.previous_version"
+PROFILE_MODEL: Final = "comptroller.profile.model"
+PROFILE_DETAIL: Final = "comptroller.profile.detail"
+BUDGET_CAP_USD: Final = "comptroller.budget.cap_usd"
+BUDGET_SPENT_USD: Final = "comptroller.budget.spent_usd"
+BUDGET_RESERVED_USD: Final = "comptroller.budget.reserved_usd"
+BUDGET_DAY: Final = "comptroller.budget.day"
+
+# Appended by the guarded call (issue 4).
+GEN_AI_INPUT_MESSAGES: Final = _g.GEN_AI_INPUT_MESSAGES
+"""Prompt content (JSON); only recorded when `record_content` is enabled."""
+GEN_AI_OUTPUT_MESSAGES: Final = _g.GEN_AI_OUTPUT_MESSAGES
+"""Completion content (JSON); only recorded when `record_content` is enabled."""
+PURPOSE_UPGRADED_TO: Final = "comptroller.purpose.upgraded_to"
+"""The stronger purpose whose profile served a call (and of `comptroller.purpose.upgraded`)."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the profile store (run by `migrate()`, never by hand)."""

@@ -1,0 +1,1 @@
+"""Revisions of the profile store schema, oldest first."""

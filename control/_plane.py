@@ -1,0 +1,506 @@
+"""`ControlPlane`: builds guarded LangChain chat models, and owns what they share.
+
+One control plane holds one profile resolver, one guard (rate limits and budgets), one
+pricer, one set of circuit breakers, one provider registry and its own OpenTelemetry
+providers. `chat_model(purpose, …)` returns a LangChain `BaseChatModel` whose every call is
+a guarded call (see `_call.py`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import ConfigDict, PrivateAttr
+
+from comptroller.control._call import (
+    IDENTITY,
+    Binder,
+    CallCore,
+    CallScope,
+    RetryPolicy,
+    Route,
+    StructuredBinder,
+    ToolsBinder,
+    run_async,
+    run_sync,
+    stream_async,
+    stream_sync,
+)
+from comptroller.control._circuit import CircuitBreakers, CircuitPolicy, CircuitSnapshot
+from comptroller.control._clock import SYSTEM_CLOCK, Clock
+from comptroller.control._profile_types import ModelRef, ProfileResolver, ResolvedProfile
+from comptroller.control._providers import ChatModelFactory, ProviderRegistry
+from comptroller.control._telemetry import EventEmitter, NullSink, Telemetry, TelemetrySink
+from comptroller.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from langchain_core.callbacks import CallbackManagerForLLMRun
+
+    from comptroller.config import Settings
+    from comptroller.control._call import CredentialResolver, GuardLike, PricerLike
+
+_log = logging.getLogger("comptroller.control")
+
+
+class StaticProfiles:
+    """A `ProfileResolver` from a fixed map: purpose → profile (no store, no scopes).
+
+    Useful for tests and for applications that configure models in code. Purposes not in the
+    map fall back to `defaults` (`purpose → "provider:model"`, e.g. `settings.model`).
+
+    Example:
+        >>> profiles = StaticProfiles(defaults={"reasoning": "openai:gpt-4o-mini"})
+        >>> profiles.resolve("reasoning", domain=None, org=None).model
+        ModelRef(provider='openai', model='gpt-4o-mini')
+    """
+
+    def __init__(
+        self,
+        profiles: Mapping[str, ResolvedProfile] | None = None,
+        *,
+        defaults: Mapping[str, str] | None = None,
+    ) -> None:
+        self._profiles = dict(profiles or {})
+        for purpose, ref in (defaults or {}).items():
+            self._profiles.setdefault(
+                purpose, ResolvedProfile(purpose=purpose, model=ModelRef.parse(ref))
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StaticProfiles:
+        """Server defaults of `settings.model` (`COMPTROLLER_MODEL_<PURPOSE>=provider:model`)."""
+        return cls(defaults=settings.model)
+
+    def resolve(self, purpose: str, *, domain: str | None, org: str | None) -> ResolvedProfile:
+        """The profile of `purpose` (scopes are ignored).
+
+        Raises:
+            UsageError: No profile for `purpose`.
+        """
+        found = self._profiles.get(purpose)
+        if found is None:
+            raise UsageError(
+                f"no model configured for purpose {purpose!r} (known: "
+                f"{', '.join(sorted(self._profiles)) or 'none'}); set "
+                f"COMPTROLLER_MODEL_{purpose.upper()}=provider:model or add a profile"
+            )
+        return found
+
+
+class GuardedChatModel(BaseChatModel):
+    """A LangChain chat model whose calls run through a control plane.
+
+    Built by `ControlPlane.chat_model`; supports `invoke`, `ainvoke`, `batch`, `abatch`,
+    `stream`, `astream`, `bind_tools` and `with_structured_output`. Its calls raise the
+    control plane's typed errors (`RateLimited`, `BudgetExceeded`, `ExhaustedFallbacks`, …).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    purpose: str
+    domain: str | None = None
+    org: str | None = None
+    context: str | None = None
+    _route: Route = PrivateAttr()
+    _binder: Binder = PrivateAttr(default=IDENTITY)
+
+    @property
+    def _llm_type(self) -> str:
+        return "comptroller-guarded"
+
+    # The Runnable methods are overridden rather than going through BaseChatModel's
+    # generate(): the inner model runs LangChain's callbacks once, with the caller's config,
+    # and the wrapper adds no second callback run to every call.
+
+    def invoke(
+        self,
+        input: Any,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """Run one guarded call."""
+        private = self.__pydantic_private__
+        assert private is not None
+        result: AIMessage = run_sync(
+            private["_route"], private["_binder"], input, config, _kw(stop, kwargs)
+        )
+        return result
+
+    async def ainvoke(
+        self,
+        input: Any,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """Run one guarded call asynchronously."""
+        result: AIMessage = await run_async(
+            self._route, self._binder, input, config, _kw(stop, kwargs)
+        )
+        return result
+
+    def stream(
+        self,
+        input: Any,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[Any]:
+        """Stream one guarded call; the stream must end with its usage or it is an error."""
+        return stream_sync(self._route, self._binder, input, config, _kw(stop, kwargs))
+
+    def astream(
+        self,
+        input: Any,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        """Async twin of `stream`."""
+        return stream_async(self._route, self._binder, input, config, _kw(stop, kwargs))
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        message = run_sync(self._route, self._binder, messages, None, _kw(stop, kwargs))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> GuardedChatModel:
+        """Bind tools; each concrete model of the chain binds them its own way."""
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        copy = self.model_copy()
+        copy._route = self._route
+        copy._binder = ToolsBinder(self._binder, list(tools), kwargs)
+        return copy
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[Any, Any]:
+        """A runnable returning `schema`-shaped output; parse errors and refusals count for
+        the purpose-upgrade policy and are raised (or returned with `include_raw=True`)."""
+        return GuardedStructured(self._route, StructuredBinder(schema, include_raw, kwargs))
+
+    def circuit_states(self) -> list[CircuitSnapshot]:
+        """The circuits of this model's control plane."""
+        return self._route.core.circuits.snapshots()
+
+
+class GuardedStructured(Runnable[Any, Any]):
+    """The runnable of `GuardedChatModel.with_structured_output`."""
+
+    def __init__(self, route: Route, binder: StructuredBinder) -> None:
+        self._route = route
+        self._binder = binder
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Run one guarded structured call."""
+        return run_sync(self._route, self._binder, input, config, kwargs or None)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Async twin of `invoke`."""
+        return await run_async(self._route, self._binder, input, config, kwargs or None)
+
+
+def _kw(stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    if stop is not None:
+        kwargs["stop"] = stop
+    return kwargs or None
+
+
+TelemetryMode = Literal["embedded", "otlp", "none"]
+
+
+def _default_sink(settings: Settings, mode: TelemetryMode) -> TelemetrySink | None:
+    if mode == "none":
+        return NullSink()
+    if mode == "otlp":
+        from comptroller.control._otlp import OtlpSink
+
+        return OtlpSink.from_settings(settings)
+    try:
+        collector = importlib.import_module("comptroller.collector")
+        sink_cls = collector.EmbeddedSink
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"telemetry = 'embedded' needs comptroller.collector.EmbeddedSink ({exc}); set "
+            "COMPTROLLER_TELEMETRY=otlp or none"
+        ) from exc
+    settings.ensure_data_dir()
+    from comptroller.pricing import Pricer
+
+    sink: TelemetrySink = sink_cls(
+        settings.db_file, timezone=settings.timezone, prices=Pricer.from_settings(settings)
+    )
+    return sink
+
+
+class ControlPlane:
+    """The in-process control plane: routing, limits, budgets, retries, fallbacks, pricing and
+    telemetry around LangChain chat models.
+
+    Args:
+        settings: The settings (default: `load_settings()`); parts given explicitly win.
+        resolver: Resolves (purpose, domain, org) to a profile. Default: the store-backed
+            `ProfileService` when available, else `StaticProfiles.from_settings(settings)`.
+        guard: Rate limits and budgets. Default: `make_guard(settings)` (memory or Redis).
+        pricer: Prices attempts. Default: `Pricer.from_settings(settings)`.
+        sink: Where telemetry goes. Default: by `settings.telemetry` — the embedded DuckDB
+            sink, OTLP/HTTP with a durable spool, or nothing.
+        clock: Time and sleeping (tests inject `testing.FakeClock`).
+        providers: Extra chat-model factories by provider name, or a whole registry.
+        credentials: Resolves the secret of a call's model at call time. Default: the
+            resolver's credential store (`ProfileService.credentials`), if it has one.
+        circuit_policy: When circuits open and for how long.
+        retry_policy: Backoff and retry budget (default from `settings.control`).
+        rng: Randomness of the backoff jitter (tests pass a seeded one).
+
+    Example:
+        >>> with ControlPlane() as plane:  # doctest: +SKIP
+        ...     model = plane.chat_model("reasoning", org="acme", domain="acme-eu", context="support")
+        ...     model.invoke("Summarise the ticket")
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        resolver: ProfileResolver | None = None,
+        guard: GuardLike | None = None,
+        pricer: PricerLike | None = None,
+        sink: TelemetrySink | None = None,
+        clock: Clock | None = None,
+        providers: ProviderRegistry | Mapping[str, ChatModelFactory] | None = None,
+        credentials: CredentialResolver | None = None,
+        circuit_policy: CircuitPolicy | None = None,
+        retry_policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if settings is None:
+            from comptroller.config import load_settings
+
+            settings = load_settings()
+        self.settings = settings
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        if sink is None:
+            sink = _default_sink(settings, settings.telemetry)
+        self.telemetry = Telemetry(sink, record_content=settings.record_content)
+        self._owned_resolver: ProfileResolver | None = None
+        if resolver is None:
+            resolver = self._owned_resolver = _default_resolver(settings, self.telemetry)
+        if credentials is None:
+            # A resolver that carries a credential store (ProfileService) supplies the keys
+            # of its profiles, whether the plane built it or the caller did.
+            store = getattr(resolver, "credentials", None)
+            if callable(getattr(store, "resolve_secret", None)):
+                credentials = store
+        self.resolver: ProfileResolver = resolver
+        self._reconciler: Any = None
+        if guard is None:
+            from comptroller.control._guard import make_guard
+
+            guard = make_guard(settings, clock=self.clock)
+            self._reconciler = _start_reconciler(settings, guard, sink)
+        if pricer is None:
+            from comptroller.control._pricing import Pricer
+
+            pricer = Pricer.from_settings(settings)
+        if isinstance(providers, ProviderRegistry):
+            registry = providers
+        else:
+            registry = ProviderRegistry(providers)
+        self.providers = registry
+        control = settings.control
+        policy = circuit_policy or CircuitPolicy(
+            consecutive_failures=control.circuit_failures,
+            failure_ratio=control.circuit_failure_ratio,
+            window_s=control.circuit_window_s,
+            cooldown_s=control.circuit_cooldown_s,
+            quota_cooldown_s=control.circuit_quota_cooldown_s,
+        )
+        self.circuits = CircuitBreakers(policy, clock=self.clock, events=self.telemetry)
+        retry = retry_policy or RetryPolicy(
+            max_retries=control.max_retries,
+            base_s=control.retry_backoff_s,
+            max_backoff_s=control.retry_max_backoff_s,
+            max_retry_after_s=control.max_retry_after_s,
+        )
+        self._core = CallCore(
+            resolver=resolver,
+            guard=guard,
+            pricer=pricer,
+            telemetry=self.telemetry,
+            circuits=self.circuits,
+            providers=registry,
+            clock=self.clock,
+            retry=retry,
+            credentials=credentials,
+            max_reservation_usd=Decimal(str(control.budget_max_reservation_usd)),
+            default_max_output_tokens=control.default_max_output_tokens,
+            rng=rng,
+        )
+        self._handles: dict[CallScope, GuardedChatModel] = {}
+        self._closed = False
+
+    @property
+    def guard(self) -> GuardLike | None:
+        """The guard holding rate-limit buckets and the budget ledger."""
+        return self._core.guard
+
+    @property
+    def pricer(self) -> PricerLike:
+        """The pricer of this control plane."""
+        return self._core.pricer
+
+    @property
+    def events(self) -> EventEmitter:
+        """Emits events (log records) through this control plane's telemetry pipeline."""
+        return self.telemetry
+
+    def chat_model(
+        self,
+        purpose: str,
+        *,
+        domain: str | None = None,
+        org: str | None = None,
+        context: str | None = None,
+        rate_limit_wait_s: float = 0.0,
+    ) -> GuardedChatModel:
+        """A LangChain chat model for `purpose` at (domain, org), calling from `context`.
+
+        Args:
+            purpose: Why the calls are made; selects the profile.
+            domain: The tenant's workspace (most specific scope; the tenant of limits).
+            org: The tenant's organisation.
+            context: The calling subsystem; limits and budgets are per (tenant, context,
+                purpose).
+            rate_limit_wait_s: How long a call may wait for the rate limit; 0 raises
+                `RateLimited` at once.
+
+        Raises:
+            UsageError: A negative wait.
+        """
+        if rate_limit_wait_s < 0:
+            raise UsageError(f"rate_limit_wait_s must be ≥ 0, got {rate_limit_wait_s}")
+        scope = CallScope(
+            purpose=purpose,
+            domain=domain,
+            org=org,
+            context=context,
+            rate_limit_wait_s=rate_limit_wait_s,
+        )
+        # Handles are immutable in use (bind_tools and friends return new ones), so one per
+        # scope is shared: an application that asks for a handle per request pays a lookup.
+        model = self._handles.get(scope)
+        if model is None:
+            model = GuardedChatModel(purpose=purpose, domain=domain, org=org, context=context)
+            model._route = self._core.route(scope)
+            if len(self._handles) >= 100_000:
+                self._handles.clear()
+            self._handles[scope] = model
+        return model
+
+    def register_provider(self, name: str, factory: ChatModelFactory) -> None:
+        """Build the models of provider `name` with `factory` (any LangChain chat model)."""
+        self.providers.register(name, factory)
+
+    def circuit_states(self) -> list[CircuitSnapshot]:
+        """The state of every circuit used so far (for the TUI and API)."""
+        return self.circuits.snapshots()
+
+    def circuit_state(self, provider: str, model: str) -> CircuitSnapshot:
+        """The state of the circuit of (provider, model)."""
+        return self.circuits.snapshot(provider, model)
+
+    def flush(self, timeout_ms: int = 30_000) -> bool:
+        """Export every span, usage row and event emitted so far."""
+        return self.telemetry.flush(timeout_ms)
+
+    def shutdown(self) -> None:
+        """Flush telemetry and release the sink and the guard. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reconciler is not None:
+            self._reconciler.stop()
+        self.telemetry.shutdown()
+        for part in (self._core.guard, self._owned_resolver):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> ControlPlane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _start_reconciler(settings: Settings, guard: Any, sink: TelemetrySink | None) -> Any:
+    """Seed the budget ledger with today's landed spend, and keep it reconciled.
+
+    With `control.budget_state_url` (a collector shared by several processes) the ledger is
+    seeded now and then every `reconcile_interval_s`; with the embedded sink it is seeded once
+    from the sink's own database, which only this process writes. Seeding failures are
+    logged, not raised: the ledger then starts from what this process sees (the documented
+    overshoot bound), and budgets still fail closed on their own state.
+    """
+    from comptroller.control._guard import BudgetReconciler, make_reconciler
+
+    reconciler = make_reconciler(settings, guard)
+    periodic = reconciler is not None
+    if reconciler is None:
+        source = getattr(sink, "budget_state", None)
+        if not callable(source):
+            return None
+        reconciler = BudgetReconciler(guard, source)
+    try:
+        reconciler.run_once()
+    except Exception as exc:  # telemetry or collector trouble never breaks the caller
+        _log.warning("comptroller: could not seed budgets from the budget state: %s", exc)
+    if periodic:
+        reconciler.start()
+        return reconciler
+    return None
+
+
+def _default_resolver(settings: Settings, events: EventEmitter) -> ProfileResolver:
+    import comptroller.control as control
+
+    service = getattr(control, "ProfileService", None)
+    from_settings = getattr(service, "from_settings", None)
+    if from_settings is not None:
+        try:
+            resolver: ProfileResolver = from_settings(settings, events=events)
+        except TypeError:
+            resolver = from_settings(settings)
+        return resolver
+    return StaticProfiles.from_settings(settings)

@@ -1,0 +1,41 @@
+"""Test doubles for code that calls LLMs through comptroller — product, not test helpers.
+
+- `FakeChatModel`: canned replies keyed by purpose and content class (a value, a sequence
+  or a callable), and scripted failures (`Fail.rate_limited(retry_after_s=…)`,
+  `Fail.server_error()`, `Fail.timeout()`, `Fail.refusal()`, `Fail.invalid_json()`,
+  `Fail.truncated_stream()`) raised as the real provider SDK raises them.
+- `FakeClock`: time that moves only when told; sleeping advances it at once.
+- `InMemorySink`: a telemetry sink keeping spans, usage rows and events in memory.
+- `FakeOpenAIServer`: a real OpenAI-compatible HTTP server on an ephemeral local port, with
+  streaming usage, cached tokens, latency and injected 429/5xx/truncated streams.
+
+Cassette replay (no credential needed): record the exchanges of a test once with vcrpy,
+then replay them in CI. The profile's `base_url` points at the recorded endpoint and no
+credential is resolved (an OpenAI-compatible endpoint without a credential gets a
+placeholder key, and the cassette filters the Authorization header)::
+
+    import vcr
+    cassette = vcr.VCR(filter_headers=["authorization"], record_mode="none")
+    with cassette.use_cassette("tests/cassettes/summarise.yaml"):
+        model.invoke("Summarise the ticket")
+
+Example:
+    >>> from comptroller.control.testing import FakeChatModel, FakeClock, InMemorySink
+    >>> fake = FakeChatModel(responses={"reasoning": "42"})
+"""
+
+from comptroller.control.testing._clock import FakeClock
+from comptroller.control.testing._fake_model import Fail, FakeChatModel, FakeUsage
+from comptroller.control.testing._server import FakeOpenAIServer, ModelBehaviour, ServerReply
+from comptroller.control.testing._sink import InMemorySink
+
+__all__ = [
+    "Fail",
+    "FakeChatModel",
+    "FakeClock",
+    "FakeOpenAIServer",
+    "FakeUsage",
+    "InMemorySink",
+    "ModelBehaviour",
+    "ServerReply",
+]

@@ -1,0 +1,367 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+ReplyKind = Literal["ok", "rate_limited", "server_error", "truncated_stream", "quota_exhausted"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerReply:
+    """One scripted answer of `FakeOpenAIServer` (see the class methods)."""
+
+    kind: ReplyKind = "ok"
+    status: int = 200
+    retry_after_s: float | None = None
+    content: str | None = None
+    """Text of the answer (default: the model behaviour's content)."""
+
+    @classmethod
+    def ok(cls, content: str | None = None) -> ServerReply:
+        """A normal answer."""
+        return cls(content=content)
+
+    @classmethod
+    def rate_limited(cls, retry_after_s: float | None = 1.0) -> ServerReply:
+        """HTTP 429 with `Retry-After`."""
+        return cls(kind="rate_limited", status=429, retry_after_s=retry_after_s)
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> ServerReply:
+        """HTTP 5xx."""
+        return cls(kind="server_error", status=status)
+
+    @classmethod
+    def quota_exhausted(cls) -> ServerReply:
+        """HTTP 429 with `insufficient_quota` (not retryable)."""
+        return cls(kind="quota_exhausted", status=429)
+
+    @classmethod
+    def truncated_stream(cls) -> ServerReply:
+        """A stream cut before its final chunk and usage (a plain 200 when not streaming)."""
+        return cls(kind="truncated_stream")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelBehaviour:
+    """How the fake server answers for one model."""
+
+    content: str | Callable[[Mapping[str, Any]], str] = "Hello from the fake OpenAI server."
+    """The answer, or a function of the request JSON."""
+    prompt_tokens: int | None = None
+    """Reported prompt tokens (default: ~ 1 per 4 characters of the messages)."""
+    completion_tokens: int | None = None
+    """Reported completion tokens (default: words of the answer plus `reasoning_tokens`:
+    inclusive, as OpenAI reports them)."""
+    cached_tokens: int = 0
+    """Reported `prompt_tokens_details.cached_tokens`."""
+    reasoning_tokens: int = 0
+    """Reported `completion_tokens_details.reasoning_tokens`."""
+    latency_s: float = 0.0
+    """Delay before answering (and between streamed chunks, divided by their number)."""
+    tool_calls: Sequence[Mapping[str, Any]] = ()
+    """Tool calls to answer with (`{"name": …, "arguments": {…}}`) when tools are sent."""
+    response_model: str | None = None
+    """Model reported in the answer (default: the requested one)."""
+
+
+@dataclass
+class _ModelState:
+    behaviour: ModelBehaviour
+    script: deque[ServerReply] = field(default_factory=deque)
+
+
+class FakeOpenAIServer:
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 (an ephemeral port), for tests.
+
+    Serves `POST /v1/chat/completions` (buffered and streamed; with
+    `stream_options.include_usage` the usage comes in a final chunk, as OpenAI does), reports
+    cached and reasoning tokens, and can be scripted per model: latency, 429 with
+    Retry-After, 5xx, quota exhaustion, truncated streams. Runs uvicorn in a background
+    thread; use it as a context manager.
+
+    Example:
+        >>> with FakeOpenAIServer() as server:  # doctest: +SKIP
+        ...     server.behave("gpt-4o-mini", ModelBehaviour(content="hi", cached_tokens=8))
+        ...     server.script("gpt-4o-mini", ServerReply.rate_limited(2), ServerReply.ok())
+        ...     ChatOpenAI(base_url=server.base_url, api_key="x", model="gpt-4o-mini")
+    """
+
+    def __init__(self, default: ModelBehaviour | None = None, *, keep_alive: bool = False) -> None:
+        """Build a server (call `start`, or use it as a context manager).
+
+        Args:
+            default: Behaviour of models not configured with `behave`.
+            keep_alive: Keep connections open between requests. Off by default: clients
+                cache connection pools per base URL (langchain-openai does, process-wide), and
+                a pooled connection must not outlive the event loop of the test that opened it.
+        """
+        self._default = default or ModelBehaviour()
+        self._keep_alive = keep_alive
+        self._models: dict[str, _ModelState] = {}
+        self._lock = threading.Lock()
+        self.requests: list[dict[str, Any]] = []
+        """Every request body received, in order."""
+        self.headers: list[dict[str, str]] = []
+        """The headers of every request, in order."""
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+        self._socket: socket.socket | None = None
+        self.port = 0
+        self._counter = 0
+
+    # -- scripting -------------------------------------------------------------------------
+
+    def behave(self, model: str, behaviour: ModelBehaviour) -> None:
+        """Answer requests for `model` with `behaviour`."""
+        with self._lock:
+            self._state(model).behaviour = behaviour
+
+    def script(self, model: str, *replies: ServerReply) -> None:
+        """Answer the next requests for `model` with `replies`, in order, then normally."""
+        with self._lock:
+            self._state(model).script.extend(replies)
+
+    def _state(self, model: str) -> _ModelState:
+        state = self._models.get(model)
+        if state is None:
+            state = self._models[model] = _ModelState(behaviour=self._default)
+        return state
+
+    def _next(self, model: str) -> tuple[ModelBehaviour, ServerReply]:
+        with self._lock:
+            state = self._state(model)
+            reply = state.script.popleft() if state.script else ServerReply.ok()
+            self._counter += 1
+            return state.behaviour, reply
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:<port>/v1`: the `base_url` for ChatOpenAI."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def request_count(self, model: str | None = None) -> int:
+        """Requests received (for `model` only if given)."""
+        return sum(1 for body in self.requests if model is None or body.get("model") == model)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenAIServer:
+        """Start serving in a background thread; returns when the port accepts connections."""
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(2048)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app(),
+            log_level="error",
+            lifespan="off",
+            access_log=False,
+            backlog=2048,
+            timeout_keep_alive=30,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="fake-openai"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("FakeOpenAIServer did not start within 10 s")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._thread = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the app ---------------------------------------------------------------------------
+
+    def _app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response, StreamingResponse
+        from starlette.routing import Route
+
+        async def completions(request: Request) -> Response:
+            body = await request.json()
+            with self._lock:
+                self.requests.append(body)
+                self.headers.append(dict(request.headers))
+            model = str(body.get("model", ""))
+            behaviour, reply = self._next(model)
+            conn = {} if self._keep_alive else {"connection": "close"}
+            if behaviour.latency_s:
+                await asyncio.sleep(behaviour.latency_s)
+            if reply.kind in ("rate_limited", "server_error", "quota_exhausted"):
+                headers = dict(conn)
+                if reply.retry_after_s is not None:
+                    headers["retry-after"] = f"{reply.retry_after_s:g}"
+                code = "insufficient_quota" if reply.kind == "quota_exhausted" else None
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": f"scripted {reply.kind}",
+                            "type": reply.kind,
+                            "code": code,
+                        }
+                    },
+                    status_code=reply.status,
+                    headers=headers,
+                )
+            answer = self._answer(body, behaviour, reply)
+            if not body.get("stream"):
+                return JSONResponse(answer, headers=conn)
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                self._sse(
+                    answer, behaviour, include_usage, truncated=reply.kind == "truncated_stream"
+                ),
+                media_type="text/event-stream",
+                headers=conn,
+            )
+
+        async def models(request: Request) -> Response:
+            return JSONResponse(
+                {"object": "list", "data": [{"id": m, "object": "model"} for m in self._models]}
+            )
+
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", completions, methods=["POST"]),
+                Route("/chat/completions", completions, methods=["POST"]),
+                Route("/v1/models", models, methods=["GET"]),
+            ]
+        )
+
+    def _answer(
+        self, body: Mapping[str, Any], behaviour: ModelBehaviour, reply: ServerReply
+    ) -> dict[str, Any]:
+        content = reply.content
+        if content is None:
+            content = behaviour.content(body) if callable(behaviour.content) else behaviour.content
+        prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
+        prompt_tokens = (
+            behaviour.prompt_tokens
+            if behaviour.prompt_tokens is not None
+            else prompt_chars // 4 + 8
+        )
+        # OpenAI's completion_tokens include the reasoning tokens (inclusive counts).
+        completion_tokens = (
+            behaviour.completion_tokens
+            if behaviour.completion_tokens is not None
+            else max(1, len(content.split())) + behaviour.reasoning_tokens
+        )
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+        finish = "stop"
+        if body.get("tools") and behaviour.tool_calls:
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{index}",
+                    "type": "function",
+                    "function": {
+                        "name": call["name"],
+                        "arguments": json.dumps(call.get("arguments", {})),
+                    },
+                }
+                for index, call in enumerate(behaviour.tool_calls)
+            ]
+            finish = "tool_calls"
+        with self._lock:
+            self._counter += 1
+            number = self._counter
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": behaviour.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": behaviour.reasoning_tokens,
+                "audio_tokens": 0,
+            },
+        }
+        return {
+            "id": f"chatcmpl-fake{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": behaviour.response_model or body.get("model"),
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+            ],
+            "usage": usage,
+            "system_fingerprint": "fp_fake",
+        }
+
+    async def _sse(
+        self,
+        answer: Mapping[str, Any],
+        behaviour: ModelBehaviour,
+        include_usage: bool,
+        *,
+        truncated: bool,
+    ) -> AsyncIterator[bytes]:
+        base = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")}
+        base["object"] = "chat.completion.chunk"
+        message = answer["choices"][0]["message"]
+        text = message.get("content") or ""
+        pieces = (
+            [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
+            if text
+            else []
+        )
+
+        def chunk(delta: Mapping[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            data = {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": dict(delta), "finish_reason": finish, "logprobs": None}
+                ],
+                **extra,
+            }
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        yield chunk({"role": "assistant", "content": ""})
+        pause = behaviour.latency_s / max(1, len(pieces)) if behaviour.latency_s else 0.0
+        for piece in pieces:
+            if pause:
+                await asyncio.sleep(pause)
+            yield chunk({"content": piece})
+        if truncated:
+            return
+        for index, call in enumerate(message.get("tool_calls") or []):
+            yield chunk({"tool_calls": [{"index": index, **call}]})
+        yield chunk({}, answer["choices"][0]["finish_reason"])
+        if include_usage:
+            data = {**base, "choices": [], "usage": answer["usage"]}
+            yield f"data: {json.dumps(data)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+
+def replace_behaviour(behaviour: ModelBehaviour, **changes: Any) -> ModelBehaviour:
+    """A copy of `behaviour` with `changes`."""
+    return replace(behaviour, **changes)

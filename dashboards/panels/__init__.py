@@ -1,0 +1,1 @@
+"""The panels that ship with comptroller (one TOML file each)."""

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from comptroller.analytics import SCHEMA_VERSION, connect, schema_version
+from comptroller.cli import main
+from comptroller.errors import ConfigError
+
+
+def test_new_file_is_created_at_the_current_version(tmp_path: Path) -> None:
+    con = connect(tmp_path / "new.duckdb")
+    assert schema_version(con) == SCHEMA_VERSION
+    con.close()
+
+
+def future_file(tmp_path: Path) -> Path:
+    path = tmp_path / "future.duckdb"
+    connect(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO comptroller_schema (version, description) VALUES (99, 'future')")
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_file_from_a_newer_version_is_refused_naming_both_versions(
+    tmp_path: Path, read_only: bool
+) -> None:
+    path = future_file(tmp_path)
+    with pytest.raises(
+        ConfigError, match=rf"schema version 99 is newer than this comptroller's {SCHEMA_VERSION}"
+    ):
+        connect(path, read_only=read_only)
+
+
+def test_db_migrate_and_info_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "x.duckdb"
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert run("db", "migrate", "--db", str(path)) == (
+        0,
+        f"{path}: created at schema version {SCHEMA_VERSION}\n",
+        "",
+    )
+    code, out, _ = run("db", "migrate", "--db", str(path))
+    assert (code, out.strip().endswith("current")) == (0, True)
+    code, out, _ = run("db", "info", "--db", str(path), "--json")
+    assert code == 0
+    assert '"schema_version": 1' in out
+    code, _, err = run("db", "info", "--db", str(future_file(tmp_path)))
+    assert code == 2
+    assert "99" in err

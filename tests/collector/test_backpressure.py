@@ -1,0 +1,78 @@
+"""Bounded memory: a full queue answers 429, a stopping collector 503, both with Retry-After."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+
+import httpx
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+from .helpers import genai_spans
+
+PB = {"Content-Type": "application/x-protobuf"}
+# Generous timeouts: CI machines run other suites beside this one.
+_post = functools.partial(httpx.post, timeout=60)
+_get = functools.partial(httpx.get, timeout=60)
+
+
+def _body(n: int) -> bytes:
+    attrs = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.usage.input_tokens": 1,
+    }
+    return encode_spans(genai_spans([(f"s{i}", attrs) for i in range(n)], "x")).SerializeToString()
+
+
+def test_full_queue_answers_429_with_retry_after_and_stays_bounded(make_running) -> None:  # type: ignore[no-untyped-def]
+    run = make_running(max_queue_rows=6)
+    pipeline = run.collector.pipeline
+    results: list[int] = []
+    # A stalled disk: the writer cannot land while we hold the lander's lock.
+    with pipeline.lander.lock:
+        first = threading.Thread(
+            target=lambda: results.append(
+                _post(run.endpoint("traces"), content=_body(3), headers=PB, timeout=30).status_code
+            )
+        )
+        first.start()
+        deadline = time.monotonic() + 10
+        while pipeline.queued_rows < 6 and time.monotonic() < deadline:  # 3 spans + 3 derived rows
+            time.sleep(0.01)
+        assert pipeline.queued_rows == 6
+        refused = _post(run.endpoint("traces"), content=_body(1), headers=PB)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "1"
+        assert pipeline.queued_rows == 6  # nothing grew
+        health = _get(f"{run.url}/health").json()
+        assert health["queue"]["rows"] == 6
+        assert health["requests_rejected"] == {"queue_full": 1}
+    first.join(10)
+    assert results == [200]
+    assert run.sql("select count(*) as n from spans") == [{"n": 3}]
+
+
+def test_stopping_collector_answers_503_with_retry_after(make_running) -> None:  # type: ignore[no-untyped-def]
+    run = make_running()
+    run.collector.pipeline.close()
+    response = _post(run.endpoint("traces"), content=_body(1), headers=PB)
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_failed_landing_answers_503_and_the_collector_recovers(make_running) -> None:  # type: ignore[no-untyped-def]
+    run = make_running()
+    lander = run.collector.pipeline.lander
+    # A real database failure: the table the spans land in is gone for a moment.
+    lander.con.execute("ALTER TABLE spans RENAME TO spans_away").fetchall()
+    try:
+        failed = _post(run.endpoint("traces"), content=_body(1), headers=PB)
+    finally:
+        lander.con.execute("ALTER TABLE spans_away RENAME TO spans").fetchall()
+    assert failed.status_code == 503
+    assert "landing failed" in _get(f"{run.url}/health").json()["last_error"]
+    assert _post(run.endpoint("traces"), content=_body(1), headers=PB).status_code == 200
+    assert _get(f"{run.url}/health").json()["status"] == "ok"

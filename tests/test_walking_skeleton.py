@@ -1,0 +1,216 @@
+"""Issue 2's end-to-end path: ChatOpenAI over HTTP → control plane → embedded sink → DuckDB.
+
+Nothing here is a double but the OpenAI-compatible endpoint (the model boundary): the real
+langchain-openai client, the real OpenTelemetry SDK and the real DuckDB file.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
+
+from comptroller.config import load_settings
+from comptroller.control import ControlPlane, ModelRef, ResolvedProfile, StaticProfiles
+from comptroller.control.testing import FakeOpenAIServer, ModelBehaviour
+
+
+def test_chat_openai_call_lands_priced_span_and_usage_row_in_duckdb(data_dir: Path) -> None:
+    db_file = data_dir / "skeleton.duckdb"
+    settings = load_settings(None, data_dir=data_dir, db=db_file, telemetry="embedded")
+    with FakeOpenAIServer() as server:
+        server.behave(
+            "gpt-4o-mini",
+            ModelBehaviour(
+                content="The ticket is about a refund.",
+                prompt_tokens=120,
+                completion_tokens=30,
+                cached_tokens=40,
+            ),
+        )
+        profiles = StaticProfiles(
+            {
+                "reasoning": ResolvedProfile(
+                    purpose="reasoning",
+                    model=ModelRef(provider="openai", model="gpt-4o-mini"),
+                    base_url=server.base_url,
+                )
+            }
+        )
+        with ControlPlane(settings, resolver=profiles) as plane:
+            model = plane.chat_model("reasoning", org="acme", domain="acme-eu", context="support")
+            reply = model.invoke("Summarise the ticket")
+        assert "refund" in str(reply.content)
+        assert len(server.requests) == 1  # one HTTP call, no hidden SDK retries
+
+    con = duckdb.connect(str(db_file), read_only=True)
+    try:
+        spans = con.execute(
+            "select name, kind, operation, provider, request_model, response_model, "
+            "input_tokens, output_tokens, cache_read_tokens, purpose, tenant, org, context "
+            "from spans where is_genai and operation = 'chat'"
+        ).fetchall()
+        usage = con.execute(
+            "select provider, request_model, input_tokens, output_tokens, cache_read_tokens, "
+            "cost_usd, price_source, estimated, outcome, tenant, org, context, purpose, "
+            "trace_id, span_id from llm_usage"
+        ).fetchall()
+        span_ids = con.execute(
+            "select trace_id, span_id from spans where is_genai and operation = 'chat'"
+        ).fetchall()
+    finally:
+        con.close()
+
+    assert spans == [
+        (
+            "chat gpt-4o-mini",
+            "CLIENT",
+            "chat",
+            "openai",
+            "gpt-4o-mini",
+            "gpt-4o-mini",
+            120,
+            30,
+            40,
+            "reasoning",
+            "acme-eu",
+            "acme",
+            "support",
+        )
+    ]
+    assert len(usage) == 1
+    (
+        provider,
+        model_id,
+        inp,
+        out,
+        cached,
+        cost,
+        source,
+        estimated,
+        outcome,
+        tenant,
+        org,
+        context,
+        purpose,
+        trace_id,
+        span_id,
+    ) = usage[0]
+    assert (provider, model_id, inp, out, cached) == ("openai", "gpt-4o-mini", 120, 30, 40)
+    expected = calc_price(
+        GPUsage(input_tokens=120, output_tokens=30, cache_read_tokens=40),
+        model_ref="gpt-4o-mini",
+        provider_id="openai",
+        genai_request_timestamp=datetime.now(UTC),
+    ).total_price
+    assert cost == pytest.approx(Decimal(expected), abs=Decimal("1e-10"))
+    assert cost > 0
+    assert source.startswith("genai-prices@")
+    assert (estimated, outcome) == (False, "ok")
+    assert (tenant, org, context, purpose) == ("acme-eu", "acme", "support", "reasoning")
+    assert (trace_id, span_id) in span_ids  # the usage row points at its attempt span
+
+
+def test_demo_command_prints_totals_equal_to_duckdb(data_dir: Path) -> None:
+    db_file = data_dir / "demo.duckdb"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "comptroller",
+            "demo",
+            "--calls",
+            "120",
+            "--db",
+            str(db_file),
+            "--no-tui",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^total: \$([0-9.,]+)", result.stdout, re.MULTILINE)
+    assert match, result.stdout
+    printed = Decimal(match.group(1).replace(",", ""))
+    con = duckdb.connect(str(db_file), read_only=True)
+    try:
+        (total,) = con.execute("select sum(cost_usd) from llm_usage").fetchall()[0]
+        tenants = {
+            row[0] for row in con.execute("select distinct tenant from llm_usage").fetchall()
+        }
+        purposes = {
+            row[0] for row in con.execute("select distinct purpose from llm_usage").fetchall()
+        }
+        models = {
+            row[0] for row in con.execute("select distinct request_model from llm_usage").fetchall()
+        }
+    finally:
+        con.close()
+    assert printed == Decimal(total).quantize(Decimal("0.000001"))
+    assert len(tenants) >= 3
+    assert len(purposes) >= 4
+    assert len(models) >= 4
+    # Per purpose and per tenant tables add up to the same total.
+    for section in ("purpose", "tenant"):
+        block = result.stdout.split(f"\n{section} ")[1].split("\n\n")[0]
+        costs = [Decimal(m.replace(",", "")) for m in re.findall(r"\$([0-9.,]+)", block)]
+        assert sum(costs) == pytest.approx(printed, abs=Decimal("0.00001"))
+
+
+def test_demo_refuses_a_database_with_foreign_usage(data_dir: Path) -> None:
+    from comptroller.analytics import connect
+
+    db_file = data_dir / "prod.duckdb"
+    con = connect(db_file)
+    con.execute(
+        "insert into llm_usage (usage_id, ts, service_name, price_source, outcome, source) "
+        "values ('u1', now(), 'billing-app', 'unpriced', 'ok', 'comptroller')"
+    )
+    con.close()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "comptroller",
+            "demo",
+            "--calls",
+            "5",
+            "--db",
+            str(db_file),
+            "--no-tui",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "not from the demo" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("comptroller: error:")]
+    assert len(errors) == 1
+    con = duckdb.connect(str(db_file), read_only=True)
+    assert con.execute("select count(*) from llm_usage").fetchall() == [(1,)]
+    con.close()
+
+
+def test_demo_hands_its_database_to_the_dashboard() -> None:
+    # `comptroller demo --tui` invokes `comptroller tui` with db=<the demo's file>.
+    import click
+
+    from comptroller.cli import cli
+
+    with click.Context(cli) as ctx:
+        tui = cli.get_command(ctx, "tui")
+        demo = cli.get_command(ctx, "demo")
+    assert tui is not None
+    assert demo is not None
+    assert "db" in {param.name for param in tui.params}
+    assert "open_tui" in {param.name for param in demo.params}

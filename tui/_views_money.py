@@ -1,0 +1,317 @@
+"""The money views: Overview, Spend (with drill-down) and Budgets."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Grid, Horizontal
+from textual.widgets import DataTable, Label
+
+from comptroller.tui import _format as fmt
+from comptroller.tui._model import TimeFrame, ViewData
+from comptroller.tui._queries import QuerySpec, view_queries
+from comptroller.tui._view_base import View
+from comptroller.tui._widgets import Column, Context, DataGrid, Stat
+
+_COST = Column(key="cost_usd", label="Cost", kind="money")
+_CALLS = Column(key="calls", label="Calls", kind="count")
+
+
+class OverviewView(View):
+    """Today and the month at a glance, with what needs attention now."""
+
+    VIEW_ID = "overview"
+    TITLE = "Overview"
+
+    DEFAULT_CSS = """
+    OverviewView > #stats { height: 3; }
+    OverviewView > #tiles { grid-size: 2 3; grid-gutter: 0 1; height: 1fr; }
+    OverviewView #tile-profile-changes { column-span: 2; }
+    """
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="stats"):
+            yield Stat("Today", id="stat-today")
+            yield Stat("Month to date", id="stat-month")
+            yield Stat("Burn rate", id="stat-burn")
+            yield Stat("Calls today", id="stat-calls")
+        with Grid(id="tiles"):
+            yield DataGrid(
+                "Top purposes today",
+                [Column(key="purpose", label="Purpose"), _COST, _CALLS],
+                id="tile-top-purposes",
+            )
+            yield DataGrid(
+                "Top tenants today",
+                [Column(key="tenant", label="Tenant"), _COST, _CALLS],
+                id="tile-top-tenants",
+            )
+            yield DataGrid(
+                "Budgets near cap",
+                [
+                    Column(key="tenant", label="Tenant"),
+                    Column(key="context", label="Context"),
+                    Column(key="purpose", label="Purpose"),
+                    Column(key="utilisation", label="Used", kind="pct"),
+                    Column(key="status", label="Status"),
+                ],
+                id="tile-budgets",
+                empty="none",
+            )
+            yield DataGrid(
+                "Circuits open now",
+                [
+                    Column(key="provider", label="Provider"),
+                    Column(key="model", label="Model"),
+                    Column(key="state", label="State"),
+                    Column(key="since", label="For", kind="ago"),
+                ],
+                id="tile-circuits",
+                empty="none",
+            )
+            yield DataGrid(
+                "Latest profile changes",
+                [
+                    Column(key="ts", label="When", kind="instant"),
+                    Column(key="action", label="Action"),
+                    Column(key="purpose", label="Purpose"),
+                    Column(key="scope", label="Scope"),
+                    Column(key="version", label="Ver", kind="count"),
+                    Column(key="model", label="Model"),
+                    Column(key="actor", label="By"),
+                ],
+                id="tile-profile-changes",
+            )
+
+    def queries(self) -> list[QuerySpec]:
+        return view_queries("overview")
+
+    def show(self, data: ViewData, ctx: Context) -> None:
+        self.data = data
+        stats = (self.rows_of("stats")[0] or [{}])[0]
+        self.query_one("#stat-today", Stat).set_value(
+            f"{fmt.money(stats.get('today_usd', 0))} → {fmt.money(stats.get('projected_usd', 0))} eod"
+        )
+        self.query_one("#stat-month", Stat).set_value(fmt.money(stats.get("month_usd", 0)))
+        self.query_one("#stat-burn", Stat).set_value(
+            f"{fmt.money(stats.get('burn_usd_per_hour', 0))}/h"
+        )
+        errors = stats.get("errors_today") or 0
+        unpriced = stats.get("unpriced_today") or 0
+        calls_stat = self.query_one("#stat-calls", Stat)
+        calls_stat.border_title = (
+            f"Calls today · {unpriced} unpriced" if unpriced else "Calls today"
+        )
+        calls_stat.set_value(
+            fmt.count(stats.get("calls_today", 0))
+            + (f" · {fmt.count(errors)} err" if errors else "")
+        )
+        for key, grid_id in (
+            ("top_purposes", "#tile-top-purposes"),
+            ("top_tenants", "#tile-top-tenants"),
+            ("budgets_near_cap", "#tile-budgets"),
+            ("circuits_open", "#tile-circuits"),
+        ):
+            rows, truncated = self.rows_of(key)
+            self.query_one(grid_id, DataGrid).set_rows(rows, truncated=truncated, context=ctx)
+        rows, truncated = self.rows_of("profile_changes")
+        for row in rows:
+            row["scope"] = _scope(row)
+        self.query_one("#tile-profile-changes", DataGrid).set_rows(
+            rows, truncated=truncated, context=ctx
+        )
+
+
+def _scope(row: dict[str, object]) -> str:
+    kind = str(row.get("scope_kind") or "global")
+    ident = row.get("scope_id")
+    return kind if not ident else f"{kind}:{ident}"
+
+
+def series(rows: list[dict[str, object]], frame: TimeFrame, key: str) -> dict[str, list[float]]:
+    """Spend per `key` per bucket of `frame`, buckets without rows at 0."""
+    index: dict[object, int] = {}
+    for n, start in enumerate(frame.buckets):
+        index[start.date() if frame.bucket == "day" else start] = n
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(frame.buckets))
+    for row in rows:
+        bucket = row.get("bucket")
+        if isinstance(bucket, dt.datetime) and frame.bucket == "day":
+            bucket = bucket.date()
+        if isinstance(bucket, dt.datetime) and bucket.tzinfo is not None:
+            bucket = bucket.replace(tzinfo=None)
+        position = index.get(bucket)
+        if position is not None:
+            out[str(row.get(key))][position] += float(row.get("cost_usd") or 0.0)  # type: ignore[arg-type]
+    return out
+
+
+class SpendView(View):
+    """Spend by purpose over the range, with a trend per purpose; enter drills into one."""
+
+    VIEW_ID = "spend"
+    TITLE = "Spend"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drill: str | None = None
+
+    def compose_body(self) -> ComposeResult:
+        yield Label("", classes="crumb", id="spend-crumb")
+        yield DataGrid(
+            "Spend by purpose",
+            [
+                Column(key="purpose", label="Purpose"),
+                _COST,
+                _CALLS,
+                Column(key="tokens", label="Tokens", kind="count"),
+                Column(key="unpriced_calls", label="Unpriced", kind="count"),
+                Column(key="trend", label="Trend", kind="raw"),
+            ],
+            id="spend-purposes",
+        )
+        yield DataGrid(
+            "Tenants and contexts",
+            [
+                Column(key="tenant", label="Tenant"),
+                Column(key="context", label="Context"),
+                _COST,
+                _CALLS,
+                Column(key="tokens", label="Tokens", kind="count"),
+            ],
+            id="spend-tenants",
+        )
+        yield DataGrid(
+            "Models",
+            [
+                Column(key="provider", label="Provider"),
+                Column(key="model", label="Model"),
+                _COST,
+                _CALLS,
+                Column(key="tokens", label="Tokens", kind="count"),
+            ],
+            id="spend-models",
+        )
+
+    def on_mount(self) -> None:
+        self._layout()
+
+    def _layout(self) -> None:
+        drilled = self.drill is not None
+        self.query_one("#spend-purposes").display = not drilled
+        self.query_one("#spend-tenants").display = drilled
+        self.query_one("#spend-models").display = drilled
+        crumb = self.query_one("#spend-crumb", Label)
+        crumb.update(
+            f"Spend › {self.drill}   (esc: back to all purposes)"
+            if drilled
+            else "Spend by purpose   (enter: drill into tenants and models)"
+        )
+
+    def queries(self) -> list[QuerySpec]:
+        return view_queries("spend", drill=self.drill)
+
+    def drill_into(self, purpose: str) -> None:
+        """Show the tenants and models of `purpose`."""
+        self.drill = purpose
+        self._layout()
+        self.call_after_refresh(self.focus_default)  # once the tables are shown
+        self.post_message(View.StateChanged(self))
+
+    def back(self) -> bool:
+        if self.drill is None:
+            return False
+        self.drill = None
+        self._layout()
+        self.call_after_refresh(self.focus_default)
+        self.post_message(View.StateChanged(self))
+        return True
+
+    def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
+        grid = event.data_table.parent
+        if isinstance(grid, DataGrid) and grid.id == "spend-purposes":
+            event.stop()
+            row = grid.current_row()
+            if row is not None and row.get("purpose") is not None:
+                self.drill_into(str(row["purpose"]))
+
+    def show(self, data: ViewData, ctx: Context) -> None:
+        self.data = data
+        frame = data.frame
+        rows, truncated = self.rows_of("spend_by_purpose")
+        if frame is not None:
+            trend_rows = self.rows_of("spend_hourly" if frame.bucket == "hour" else "spend_daily")[
+                0
+            ]
+            trends = series(trend_rows, frame, "purpose")
+            for row in rows:
+                values = trends.get(str(row.get("purpose")), [0.0] * len(frame.buckets))
+                row["trend"] = Text(fmt.sparkline(values), style="green")
+        self.query_one("#spend-purposes", DataGrid).set_rows(rows, truncated=truncated, context=ctx)
+        if self.drill is not None:
+            for key, grid_id in (
+                ("spend_tenants", "#spend-tenants"),
+                ("spend_models", "#spend-models"),
+            ):
+                rows, truncated = self.rows_of(key)
+                grid = self.query_one(grid_id, DataGrid)
+                grid.title_text = f"{self.drill} · {'tenants and contexts' if key == 'spend_tenants' else 'models'}"
+                grid.set_rows(rows, truncated=truncated, context=ctx)
+
+
+class BudgetsView(View):
+    """Every budget's use today, projected to the end of the day, and the budget events."""
+
+    VIEW_ID = "budgets"
+    TITLE = "Budgets"
+
+    def compose_body(self) -> ComposeResult:
+        yield DataGrid(
+            "Budgets today",
+            [
+                Column(key="tenant", label="Tenant"),
+                Column(key="context", label="Context"),
+                Column(key="purpose", label="Purpose"),
+                Column(key="bar", label="Use", kind="raw"),
+                Column(key="utilisation", label="Used", kind="pct"),
+                Column(key="spent_usd", label="Spent", kind="money"),
+                Column(key="cap_usd", label="Cap", kind="money"),
+                Column(key="projected_usd", label="Proj. eod", kind="money"),
+                Column(key="status", label="Status"),
+            ],
+            id="budget-state",
+            empty="no budget has a cap today",
+        )
+        yield DataGrid(
+            "Budget events",
+            [
+                Column(key="ts", label="When", kind="instant"),
+                Column(key="kind", label="Event"),
+                Column(key="tenant", label="Tenant"),
+                Column(key="context", label="Context"),
+                Column(key="purpose", label="Purpose"),
+                Column(key="spent_usd", label="Spent", kind="money"),
+                Column(key="cap_usd", label="Cap", kind="money"),
+                Column(key="reserved_usd", label="Reserved", kind="money"),
+            ],
+            id="budget-events",
+        )
+
+    def queries(self) -> list[QuerySpec]:
+        return view_queries("budgets")
+
+    def show(self, data: ViewData, ctx: Context) -> None:
+        self.data = data
+        rows, truncated = self.rows_of("budget_state")
+        for row in rows:
+            used = float(row.get("utilisation") or 0.0)
+            colour = (
+                "red" if used >= 1.0 else "yellow" if row.get("status") == "warning" else "green"
+            )
+            row["bar"] = Text(fmt.bar(used, 10), style=colour)
+        self.query_one("#budget-state", DataGrid).set_rows(rows, truncated=truncated, context=ctx)
+        rows, truncated = self.rows_of("budget_events")
+        self.query_one("#budget-events", DataGrid).set_rows(rows, truncated=truncated, context=ctx)
