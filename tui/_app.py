@@ -449,11 +449,21 @@ class ComptrollerApp(App[None]):
             self._update_chrome()
 
     def is_loaded(self, view_id: str) -> bool:
-        """Whether `view_id` shows rows for the current filters and state."""
-        return (
-            self.loaded_generation.get(view_id) == self.generation[view_id]
-            and view_id not in self.inflight
-        )
+        """Whether `view_id` shows rows for the current filters and state.
+
+        Every query the view runs in its current state (a drill-down adds some) must have
+        answered, with rows or with an error: a drill-down is set at once but its
+        invalidation reaches the app only as a message.
+        """
+        if (
+            self.loaded_generation.get(view_id) != self.generation[view_id]
+            or view_id in self.inflight
+        ):
+            return False
+        view = self.view(view_id)
+        answered = set(view.data.results) if view.data is not None else set()
+        answered |= set(self.errors.get(view_id, {}))
+        return "source" in answered or all(spec.key in answered for spec in view.queries())
 
     def _invalidate(self, *view_ids: str) -> None:
         for view_id in view_ids or VIEW_IDS:

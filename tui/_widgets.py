@@ -198,9 +198,15 @@ class DataGrid(Vertical):
         cursor = table.cursor_coordinate
         table.clear()
         ctx = self.context
-        table.add_rows([_cell(c, row.get(c.key), ctx) for c in self.columns] for row in rows)
-        # DataTable sizes its columns on its own Idle event; rows added from another widget's
-        # handler may wait for one, leaving label-width columns on screen until the next event.
+        cells = [[_cell(c, row.get(c.key), ctx) for c in self.columns] for row in rows]
+        table.add_rows(cells)
+        # DataTable sizes its columns on its own Idle event, which a busy app may not reach
+        # before the next frame: label-width columns (cut values) were seen on screen. The
+        # widths are set here, from the rows shown, so columns also shrink when rows go.
+        for index, column in enumerate(table.ordered_columns):
+            widest = max((row[index].cell_len for row in cells), default=0)
+            column.content_width = max(column.label.cell_len, widest)
+        table.refresh(layout=True)
         table.check_idle()
         if rows:
             table.cursor_coordinate = Coordinate(

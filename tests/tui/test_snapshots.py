@@ -12,6 +12,7 @@ import pytest
 from textual.pilot import Pilot
 
 from comptroller.tui import VIEW_IDS, DuckDBSource
+from comptroller.tui._views_money import SpendView
 
 from .conftest import make_app, settle
 
@@ -46,6 +47,12 @@ def test_drill_down_snapshot(snap_compare: SnapCompare, source: DuckDBSource) ->
     async def run_before(pilot: Pilot[Any]) -> None:
         await _show(2)(pilot)
         await pilot.press("enter")
+        spend = pilot.app.query_one(SpendView)
+        for _ in range(500):  # the selection reaches the view as a message
+            if spend.drill is not None:
+                break
+            await pilot.pause(0.01)
+        assert spend.drill is not None, "enter on a purpose did not drill into it"
         await settle(pilot)
 
     assert snap_compare(make_app(source), terminal_size=(80, 24), run_before=run_before)
