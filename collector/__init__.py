@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from comptroller.collector._aliases import ALIAS_TABLE_VERSION, LEAF_OPERATIONS, Dialect
 from comptroller.collector._embedded import EmbeddedSink
+from comptroller.collector._ingest_log import IngestLog, IngestLogError
 from comptroller.collector._land import Lander, LandResult
 from comptroller.collector._normalise import Batch, Limits, Normaliser
 from comptroller.collector._pipeline import (
@@ -64,6 +65,8 @@ __all__ = [
     "CollectorError",
     "Dialect",
     "EmbeddedSink",
+    "IngestLog",
+    "IngestLogError",
     "LandResult",
     "Lander",
     "Limits",

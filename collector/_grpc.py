@@ -24,8 +24,6 @@ from comptroller.collector._pipeline import QueueFull, Unavailable
 from comptroller.collector._service import Collector
 from comptroller.errors import ConfigError
 
-_WAIT_S = 60.0
-
 
 class _Receiver:
     def __init__(self, collector: Collector) -> None:
@@ -38,13 +36,13 @@ class _Receiver:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         batch = collector.normalise(signal, request)
         try:
-            collector.pipeline.submit(batch).result(timeout=_WAIT_S)
+            collector.accept(signal, request, batch, None)
         except QueueFull as exc:
             collector.stats.count_request_rejected("queue_full")
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except (Unavailable, TimeoutError) as exc:
+        except Unavailable as exc:
             collector.stats.count_request_rejected("unavailable")
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc) or "landing timed out")
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         with collector.stats.lock:
             collector.stats.requests_ok += 1
         if signal == "traces":

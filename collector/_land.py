@@ -80,6 +80,8 @@ _KEY_SCHEMA: Final = pa.schema(
     [("ts", pa.timestamp("us", tz="UTC"))]
     + [(name, pa.string()) for name in _ROLLUP_KEYS.split(", ")[1:]]
 )
+LOG_SEQ_KEY: Final = "ingest_log_seq"
+"""`comptroller_meta` key of the last ingest-log entry landed."""
 _LEAF: Final = LEAF_FLAG
 _COMPTROLLER: Final = COMPTROLLER_FLAG
 _counter = itertools.count()
@@ -168,8 +170,15 @@ class Lander:
         self._relations = _Relations()
         self._prime()
 
-    def land(self, batches: Sequence[Batch]) -> LandResult:
-        """Land every table of `batches` in one transaction (all or nothing)."""
+    def land(self, batches: Sequence[Batch], *, log_seq: int | None = None) -> LandResult:
+        """Land every table of `batches` in one transaction (all or nothing).
+
+        Args:
+            batches: What to land.
+            log_seq: The ingest-log sequence number of the last request in `batches`,
+                committed with the rows (`comptroller_meta.ingest_log_seq`): replay on
+                start resumes after it.
+        """
         merged: dict[str, list[pa.Table]] = {}
         for batch in batches:
             for name, table in batch.tables.items():
@@ -179,7 +188,7 @@ class Lander:
             for name, parts in merged.items()
         }
         result = LandResult()
-        if not tables:
+        if not tables and log_seq is None:
             return result
         con = self.con
         suffix = next(_counter)
@@ -227,6 +236,11 @@ class Lander:
                             f"RETURNING {_ROLLUP_KEYS}"
                         ).to_arrow_table()
                         result.superseded = removed.num_rows
+                    if log_seq is not None:
+                        con.execute(
+                            "INSERT OR REPLACE INTO comptroller_meta VALUES ($key, $seq)",
+                            {"key": LOG_SEQ_KEY, "seq": str(log_seq)},
+                        ).fetchall()
                     inserted = time.perf_counter()
                     self.timings["insert"] += inserted - settled
                     added = [t for t in added if t.num_rows]
@@ -242,6 +256,13 @@ class Lander:
                     con.unregister(view)
             self._commit(new, dropped)
         return result
+
+    def landed_log_seq(self) -> int:
+        """The ingest-log sequence number of the last request landed (0: none)."""
+        rows = self.con.execute(
+            "SELECT value FROM comptroller_meta WHERE key = $key", {"key": LOG_SEQ_KEY}
+        ).fetchall()
+        return int(rows[0][0]) if rows else 0
 
     # --- counting rules ---------------------------------------------------------------------
     def _decide(

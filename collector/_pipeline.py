@@ -1,10 +1,16 @@
 """The bounded queue between receivers and the single DuckDB writer, with group commit.
 
-Receivers (HTTP, gRPC) normalise a request, `submit` its batch and wait for the returned
-future: it resolves only after the transaction holding the batch has committed, so an
-acknowledged request is durable — a crash loses nothing that was acknowledged. The writer
-thread lands everything queued while the previous transaction ran in one transaction (group
-commit), which amortises DuckDB's per-statement cost over many requests.
+Receivers normalise a request, then `submit` it: the request goes to the ingest log on disk
+and its batch to the queue, and the receiver answers the client at once. An acknowledged
+request is therefore durable before it is landed — a crash loses nothing that was
+acknowledged, and replay on start lands what the crash left in the log. The writer thread
+lands everything queued while the previous transaction ran in one transaction (group
+commit), which amortises DuckDB's per-statement cost over many requests, and commits the
+sequence number of the last request it holds with the rows.
+
+A landing that fails (the database refusing writes, a full disk) is retried, with backoff,
+until it succeeds: the batches stay queued, `/health` says "failing" with the error, and the
+queue fills until receivers answer 429. Nothing accepted is dropped.
 
 The queue is bounded in rows: a batch that does not fit raises `QueueFull` (HTTP 429 /
 gRPC UNAVAILABLE with a retry delay) instead of growing memory.
@@ -20,6 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from comptroller.collector._ingest_log import IngestLog, IngestLogError
 from comptroller.collector._land import Lander, LandResult
 from comptroller.collector._normalise import Batch
 from comptroller.errors import ComptrollerError
@@ -30,7 +37,7 @@ class CollectorError(ComptrollerError):
 
     CollectorError
     ├── QueueFull        the landing queue is full: retry after `retry_after_s` (429)
-    └── Unavailable      the collector cannot land now (stopping, or DuckDB failing) (503)
+    └── Unavailable      the collector cannot accept now (stopping, ingest log failing) (503)
     """
 
 
@@ -45,7 +52,7 @@ class QueueFull(CollectorError):
 
 
 class Unavailable(CollectorError):
-    """The collector cannot land data now (shutting down, or the database is failing)."""
+    """The collector cannot accept data now (shutting down, or the ingest log is failing)."""
 
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
         super().__init__(message)
@@ -69,6 +76,7 @@ class Stats:
     last_flush_ms: float | None = None
     last_error: str | None = None
     metric_points_dropped: int = 0
+    landing_failures: int = 0
 
     def count_request_rejected(self, kind: str) -> None:
         """Count one request refused as a whole (`kind`: bad_protobuf, too_large, …)."""
@@ -90,35 +98,45 @@ class Stats:
 
 
 class Pipeline:
-    """A bounded queue of batches and the writer thread that lands them.
+    """A bounded queue of batches, the ingest log behind it, and the writer that lands them.
 
     Args:
         lander: Lands merged batches into DuckDB.
+        log: Where accepted requests are written before they are acknowledged.
         max_queue_rows: Rows that may wait for landing; beyond, `submit` raises `QueueFull`.
         max_flush_rows: Most rows landed in one transaction.
         linger_s: How long the writer waits for more batches when few are queued: bigger
             transactions cost DuckDB (and the rollup) much less per row.
+        retry_s: First delay before a failed landing is retried (doubling up to 5 s).
     """
 
     def __init__(
         self,
         lander: Lander,
+        log: IngestLog,
         *,
         max_queue_rows: int = 50_000,
         max_flush_rows: int = 65_536,
         linger_s: float = 0.005,
+        retry_s: float = 0.05,
         stats: Stats | None = None,
     ) -> None:
         self.lander = lander
+        self.log = log
         self.linger_s = linger_s
+        self.retry_s = retry_s
         self.max_queue_rows = max_queue_rows
         self.max_flush_rows = max_flush_rows
         self.stats = stats or Stats()
-        self._queue: deque[tuple[Batch, Future[LandResult]]] = deque()
+        self._queue: deque[tuple[Batch, Future[LandResult], int]] = deque()
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._closing = False
         self._failing = False
+        self.accepted_seq = log.last_seq
+        """Sequence number of the newest request accepted (in the log)."""
+        self.landed_seq = log.last_seq
+        """Sequence number of the newest request landed (committed in DuckDB)."""
         self._thread = threading.Thread(target=self._run, name="comptroller-lander", daemon=True)
         self._thread.start()
 
@@ -141,12 +159,15 @@ class Pipeline:
         if self._closing:
             raise Unavailable("collector is shutting down; retry against its replacement")
 
-    def submit(self, batch: Batch) -> Future[LandResult]:
-        """Queue `batch`; the future resolves once it has committed.
+    def submit(self, batch: Batch, *, signal: str, payload: bytes) -> Future[LandResult]:
+        """Log `payload` (the request, as protobuf bytes) and queue `batch`, its rows.
+
+        Once this returns the request is durable and may be acknowledged; the future
+        resolves when its rows have committed (receivers do not wait for it).
 
         Raises:
             QueueFull: The queue cannot take the batch's rows now.
-            Unavailable: The pipeline is closing.
+            Unavailable: The pipeline is closing, or the ingest log cannot be written.
         """
         future: Future[LandResult] = Future()
         rows = batch.rows
@@ -157,10 +178,31 @@ class Pipeline:
             self.check_open()
             if self._queued_rows and self._queued_rows + rows > self.max_queue_rows:
                 raise QueueFull(self._queued_rows, self.max_queue_rows, retry_after_s=1)
-            self._queue.append((batch, future))
+            # Appended under the queue's lock: log order is landing order, so the landed
+            # sequence number always marks a prefix of the log.
+            try:
+                seq = self.log.append(signal, payload)
+            except IngestLogError as exc:
+                with self.stats.lock:
+                    self.stats.last_error = str(exc)
+                raise Unavailable(str(exc), retry_after_s=5) from exc
+            self.accepted_seq = seq
+            self._queue.append((batch, future, seq))
             self._queued_rows += rows
             self._cond.notify()
         return future
+
+    def wait_landed(self, timeout_s: float) -> bool:
+        """Wait until every request accepted so far has landed; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self.accepted_seq
+            while self.landed_seq < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop accepting, land everything queued, then stop the writer."""
@@ -169,47 +211,70 @@ class Pipeline:
             self._cond.notify_all()
         self._thread.join(timeout_s)
 
-    def _take(self) -> list[tuple[Batch, Future[LandResult]]]:
+    def _take(self) -> list[tuple[Batch, Future[LandResult], int]]:
         with self._cond:
             while not self._queue and not self._closing:
                 self._cond.wait()
             if self.linger_s and not self._closing and self._queued_rows < self.max_flush_rows // 4:
                 self._cond.wait(self.linger_s)
-            items: list[tuple[Batch, Future[LandResult]]] = []
+            items: list[tuple[Batch, Future[LandResult], int]] = []
             rows = 0
-            while self._queue and (
-                not items or rows + self._queue[0][0].rows <= self.max_flush_rows
-            ):
-                item = self._queue.popleft()
+            for item in self._queue:
+                if items and rows + item[0].rows > self.max_flush_rows:
+                    break
                 rows += item[0].rows
                 items.append(item)
-            return items
+            return items  # still queued: they leave the queue once landed
 
     def _run(self) -> None:
+        delay = self.retry_s
+        closing_failures = 0
         while True:
             items = self._take()
             if not items:
                 return  # closing and drained
             started = time.perf_counter()
-            rows = sum(batch.rows for batch, _ in items)
+            rows = sum(batch.rows for batch, _, _ in items)
+            seq = items[-1][2]
             try:
-                result = self.lander.land([batch for batch, _ in items])
-            except Exception as exc:  # a failed landing is reported, the writer lives on
+                result = self.lander.land([batch for batch, _, _ in items], log_seq=seq)
+            except Exception as exc:  # a failed landing is retried; the writer lives on
                 message = f"landing failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                 with self.stats.lock:
                     self.stats.last_error = message
+                    self.stats.landing_failures += 1
                 self._failing = True
                 with self._cond:
-                    self._queued_rows -= rows
-                for _, future in items:
-                    future.set_exception(Unavailable(message))
+                    if self._closing:
+                        closing_failures += 1
+                        if closing_failures >= 3:
+                            # Shutting down on a failing database: the requests stay in the
+                            # ingest log and land on the next start.
+                            for _, future, _ in items:
+                                future.set_exception(Unavailable(message))
+                            self._queue.clear()
+                            self._queued_rows = 0
+                            self._cond.notify_all()
+                            return
+                    else:
+                        # New requests notify too: sleep out the whole delay unless closing.
+                        deadline = time.monotonic() + delay
+                        while not self._closing and (left := deadline - time.monotonic()) > 0:
+                            self._cond.wait(left)
+                delay = min(delay * 2, 5.0)
                 continue
+            delay = self.retry_s
             elapsed_ms = (time.perf_counter() - started) * 1000
             self._failing = False
             with self._cond:
+                for _ in items:
+                    self._queue.popleft()
                 self._queued_rows -= rows
+                self.landed_seq = seq
+                self._cond.notify_all()
+            self.log.release(upto=seq)
             self._record(result, elapsed_ms)
-            for _, future in items:
+            for _, future, _ in items:
                 future.set_result(result)
 
     def _record(self, result: LandResult, elapsed_ms: float) -> None:
@@ -250,4 +315,11 @@ class Pipeline:
                 "last_flush": stats.last_flush.isoformat() if stats.last_flush else None,
                 "last_flush_ms": stats.last_flush_ms,
                 "last_error": stats.last_error,
+                "landing_failures": stats.landing_failures,
+                "ingest_log": {
+                    "accepted_seq": self.accepted_seq,
+                    "landed_seq": self.landed_seq,
+                    "segments": self.log.segments,
+                    "directory": str(self.log.directory),
+                },
             }

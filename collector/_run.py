@@ -1,6 +1,7 @@
 """Run a collector process: OTLP/HTTP (uvicorn) and OTLP/gRPC over one `Collector`.
 
 SIGTERM and Ctrl-C stop accepting, land everything already accepted, checkpoint and exit.
+A kill -9 loses nothing acknowledged either: the next start replays the ingest log.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def serve(
     limits: Limits | None = None,
     on_ready: Callable[[int, int | None], None] | None = None,
     prices: Pricer | None = None,
+    ingest_log_dir: Path | None = None,
+    ingest_log_fsync: bool = False,
+    linger_s: float = 0.005,
 ) -> None:
     """Serve until SIGTERM / Ctrl-C, then flush and close.
 
@@ -71,6 +75,9 @@ def serve(
         on_ready: Called with the bound HTTP and gRPC ports once both listen.
         prices: Prices usage derived from third-party GenAI spans (the CLI passes
             `Pricer.from_settings(settings)`: genai-prices plus the configured fallback prices).
+        ingest_log_dir: Where accepted requests are logged (default: beside the database).
+        ingest_log_fsync: Flush each logged request to the device.
+        linger_s: How long the writer gathers requests into one transaction.
 
     Raises:
         ConfigError: No token for a non-loopback host, or the database cannot be opened.
@@ -84,6 +91,9 @@ def serve(
         max_queue_rows=max_queue_rows,
         max_request_bytes=max_request_bytes,
         prices=prices,
+        ingest_log_dir=ingest_log_dir,
+        ingest_log_fsync=ingest_log_fsync,
+        linger_s=linger_s,
     )
     grpc_server: Any = None
     grpc_bound: int | None = None
@@ -105,7 +115,12 @@ def serve(
                 grpc_note = f", OTLP/gRPC on {host}:{grpc_bound}" if grpc_bound else ""
                 print(
                     f"comptroller collector: OTLP/HTTP on http://{host}:{http_port}{grpc_note}, "
-                    f"landing into {db_path}",
+                    f"landing into {db_path}"
+                    + (
+                        f" (replayed {collector.replayed} requests from the ingest log)"
+                        if collector.replayed
+                        else ""
+                    ),
                     file=sys.stderr,
                     flush=True,
                 )

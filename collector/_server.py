@@ -7,8 +7,9 @@ an unsupported Content-Type or Content-Encoding, 429 when the landing queue is f
 when the collector cannot land (both with `Retry-After`, which the SDK exporters honour).
 Error bodies are a `google.rpc.Status` in the request's encoding.
 
-CPU work (inflate, decode, normalise) runs on one worker thread so the event loop keeps
-answering health checks; landing runs on the pipeline's writer thread.
+CPU work (inflate, decode, normalise) and the append to the ingest log run on one worker
+thread so the event loop keeps answering health checks; a request is acknowledged once it is
+in the log, and landing runs on the pipeline's writer thread.
 """
 
 from __future__ import annotations
@@ -92,11 +93,15 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
     stats = collector.stats
     pipeline = collector.pipeline
 
-    def prepare(signal: Signal, encoding: Encoding, gzip: bool, body: bytes) -> Batch:
+    def accept(signal: Signal, encoding: Encoding, gzip: bool, body: bytes) -> Batch:
+        # Decode, normalise and log off the event loop; once this returns the request is
+        # durable (in the ingest log) and is acknowledged without waiting for DuckDB.
         if gzip:
             body = gunzip(body, max_bytes=limit)
         message = decode(signal, encoding, body)
-        return collector.normalise(signal, message)
+        batch = collector.normalise(signal, message)
+        collector.accept(signal, message, batch, body if encoding == "protobuf" else None)
+        return batch
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -137,9 +142,8 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
                 body = await read_body(request)
                 loop = asyncio.get_running_loop()
                 batch = await loop.run_in_executor(
-                    worker, prepare, signal, encoding, content_coding == "gzip", body
+                    worker, accept, signal, encoding, content_coding == "gzip", body
                 )
-                await asyncio.wrap_future(pipeline.submit(batch))
             except DecodeError as exc:
                 stats.count_request_rejected(exc.kind)
                 return _status_response(exc.status, exc.reason, encoding)

@@ -21,11 +21,21 @@ import pyarrow as pa
 from google.protobuf.message import Message
 
 from comptroller import analytics
+from comptroller.collector._decode import decode
+from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander
 from comptroller.collector._normalise import Batch, Limits, Normaliser
 from comptroller.collector._pipeline import Pipeline, Stats
 from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
+
+_READ_WAIT_S = 2.0
+"""How long a read waits for the requests acknowledged before it to land (then answers)."""
+
+
+def default_log_dir(db_path: Path) -> Path:
+    """Where a collector logs accepted requests by default: `<db>.ingest` beside the file."""
+    return db_path.with_name(db_path.name + ".ingest")
 
 
 def is_loopback(host: str) -> bool:
@@ -51,6 +61,10 @@ class Collector:
         duckdb_memory_mb: DuckDB's memory limit.
         prices: Prices derived usage rows (default: genai-prices only; pass
             `Pricer.from_settings(settings)` for the configured fallback prices).
+        ingest_log_dir: Where accepted requests are logged before they are acknowledged
+            (default: `<db_path>.ingest` beside the database).
+        ingest_log_fsync: Flush each logged request to the device (survives a power cut).
+        linger_s: How long the writer waits to gather more requests into one transaction.
     """
 
     def __init__(
@@ -64,6 +78,9 @@ class Collector:
         max_request_bytes: int = 16 * 1024 * 1024,
         duckdb_memory_mb: int = 256,
         prices: Pricer | None = None,
+        ingest_log_dir: Path | str | None = None,
+        ingest_log_fsync: bool = False,
+        linger_s: float = 0.005,
     ) -> None:
         self.db_path = Path(db_path)
         self.timezone = timezone
@@ -77,11 +94,68 @@ class Collector:
         self.con.execute("SET lock_configuration = true").fetchall()
         self.normaliser = Normaliser(limits=limits, prices=prices)
         self.stats = Stats()
+        lander = Lander(self.con, timezone=timezone)
+        log_dir = Path(ingest_log_dir) if ingest_log_dir else default_log_dir(self.db_path)
+        try:
+            self.log = IngestLog(log_dir, fsync=ingest_log_fsync)
+            self.replayed = self._replay(lander, self.log)
+        except BaseException:
+            self.con.close()
+            raise
         self.pipeline = Pipeline(
-            Lander(self.con, timezone=timezone), max_queue_rows=max_queue_rows, stats=self.stats
+            lander,
+            self.log,
+            max_queue_rows=max_queue_rows,
+            linger_s=linger_s,
+            stats=self.stats,
         )
         self._closed = False
         self._close_lock = threading.Lock()
+
+    def _replay(self, lander: Lander, log: IngestLog) -> int:
+        """Land the logged requests a previous run acknowledged but did not land."""
+        landed = lander.landed_log_seq()
+        log.advance_to(landed)  # a log directory removed by hand must not reuse numbers
+        replayed = 0
+        group: list[Batch] = []
+        rows = 0
+        last = landed
+        for entry in log.replay(after=landed):
+            message = decode(entry.signal, "protobuf", entry.payload)
+            batch = self.normalise(entry.signal, message, count=False)
+            group.append(batch)
+            rows += batch.rows
+            last = entry.seq
+            replayed += 1
+            if rows >= 65_536:
+                lander.land(group, log_seq=last)
+                group, rows = [], 0
+        if group:
+            lander.land(group, log_seq=last)
+        if replayed:
+            log.release(upto=last)
+        return replayed
+
+    def accept(self, signal: str, message: Message, batch: Batch, payload: bytes | None) -> None:
+        """Make an export durable and queue its rows: once this returns, acknowledge it.
+
+        Args:
+            signal: `traces`, `logs` or `metrics` (metrics land nothing).
+            message: The decoded request.
+            batch: What `normalise` made of it.
+            payload: The request as protobuf bytes, if the receiver has them (else they
+                are serialised from `message`).
+
+        Raises:
+            QueueFull: Too many rows wait for landing (answer 429).
+            Unavailable: Closing, or the ingest log cannot be written (answer 503).
+        """
+        if batch.rows == 0:
+            self.pipeline.check_open()
+            return
+        if payload is None:
+            payload = message.SerializeToString()
+        self.pipeline.submit(batch, signal=signal, payload=payload)
 
     def authorised(self, header: str | None) -> bool:
         """Check an `Authorization` header against the token (always true without one)."""
@@ -93,8 +167,8 @@ class Collector:
             self.stats.count_unauthorized()
         return ok
 
-    def normalise(self, signal: str, message: Message) -> Batch:
-        """Normalise a decoded export request of `signal`."""
+    def normalise(self, signal: str, message: Message, *, count: bool = True) -> Batch:
+        """Normalise a decoded export request of `signal` (`count`: into the stats)."""
         if signal == "traces":
             batch = self.normaliser.traces(message)  # type: ignore[arg-type]
         elif signal == "logs":
@@ -102,9 +176,11 @@ class Collector:
         else:
             batch = Batch()
             points = _count_points(message)
-            with self.stats.lock:
-                self.stats.metric_points_dropped += points
-        self.stats.count_rows_rejected(batch.reasons)
+            if count:
+                with self.stats.lock:
+                    self.stats.metric_points_dropped += points
+        if count:
+            self.stats.count_rows_rejected(batch.reasons)
         return batch
 
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> pa.Table:
@@ -114,6 +190,7 @@ class Collector:
             comptroller.analytics.QueryError: Not a single read-only statement, or it failed.
         """
         analytics.check_read_only(sql)
+        self.pipeline.wait_landed(_READ_WAIT_S)
         reader = analytics.DuckDBReader(self.con.cursor(), owned=True)
         try:
             return reader.query(sql, params)
@@ -122,6 +199,7 @@ class Collector:
 
     def budget_state(self, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
         """Today's spend per budget key, as JSON-ready dicts."""
+        self.pipeline.wait_landed(_READ_WAIT_S)
         reader = analytics.DuckDBReader(self.con.cursor(), owned=True)
         try:
             states = analytics.budget_state(reader, now=now, timezone=self.timezone)
@@ -136,6 +214,7 @@ class Collector:
                 return
             self._closed = True
         self.pipeline.close()
+        self.log.close()
         # The data is in the WAL already; a checkpoint is a courtesy.
         with contextlib.suppress(Exception):
             self.con.execute("CHECKPOINT").fetchall()

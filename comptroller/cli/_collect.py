@@ -72,4 +72,7 @@ def collect(
             max_attribute_bytes=section.max_attribute_bytes,
         ),
         prices=Pricer.from_settings(settings),
+        ingest_log_dir=section.ingest_log_dir,
+        ingest_log_fsync=section.ingest_log_fsync,
+        linger_s=section.linger_ms / 1000,
     )

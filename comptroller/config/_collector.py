@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -27,3 +29,11 @@ class CollectorSettings(BaseModel):
     """Spans and records starting further ahead of the collector's clock are rejected."""
     max_attribute_bytes: int = Field(default=1 << 20, gt=0)
     """Largest single attribute value; a span or record holding a bigger one is rejected."""
+    ingest_log_dir: Path | None = None
+    """Where accepted requests are logged before they are acknowledged, to be replayed after
+    a crash. Default: `<database>.ingest` beside the DuckDB file."""
+    ingest_log_fsync: bool = False
+    """Flush each logged request to the device before acknowledging it: survives a power
+    cut, not only a crash of the collector, at the cost of a disk flush per request."""
+    linger_ms: float = Field(default=5.0, ge=0)
+    """How long the writer waits to gather more requests into one DuckDB transaction."""

@@ -63,16 +63,53 @@ def test_stopping_collector_answers_503_with_retry_after(make_running) -> None: 
     assert int(response.headers["Retry-After"]) > 0
 
 
-def test_failed_landing_answers_503_and_the_collector_recovers(make_running) -> None:  # type: ignore[no-untyped-def]
+def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_failed_landing_is_retried_and_loses_nothing_accepted(make_running) -> None:  # type: ignore[no-untyped-def]
     run = make_running()
     lander = run.collector.pipeline.lander
-    # A real database failure: the table the spans land in is gone for a moment.
-    lander.con.execute("ALTER TABLE spans RENAME TO spans_away").fetchall()
+    # A real database failure: the table the spans land in is gone for a while.
+    with lander.lock:
+        lander.con.execute("ALTER TABLE spans RENAME TO spans_away").fetchall()
     try:
-        failed = _post(run.endpoint("traces"), content=_body(1), headers=PB)
+        accepted = _post(run.endpoint("traces"), content=_body(2), headers=PB)
+        assert accepted.status_code == 200  # in the ingest log: acknowledged
+        _wait(lambda: _get(f"{run.url}/health").json()["landing_failures"] >= 2)
+        health = _get(f"{run.url}/health").json()
+        assert health["status"] == "failing"
+        assert "landing failed" in health["last_error"]
+        assert health["queue"]["rows"] == 4  # 2 spans + 2 derived usage rows, still queued
     finally:
-        lander.con.execute("ALTER TABLE spans_away RENAME TO spans").fetchall()
-    assert failed.status_code == 503
-    assert "landing failed" in _get(f"{run.url}/health").json()["last_error"]
+        with lander.lock:
+            lander.con.execute("ALTER TABLE spans_away RENAME TO spans").fetchall()
     assert _post(run.endpoint("traces"), content=_body(1), headers=PB).status_code == 200
-    assert _get(f"{run.url}/health").json()["status"] == "ok"
+    _wait(lambda: _get(f"{run.url}/health").json()["status"] == "ok")
+    assert run.sql("select count(*) as n from spans") == [{"n": 3}]
+    assert run.sql("select count(*) as n from llm_usage") == [{"n": 3}]
+
+
+def test_full_disk_under_the_ingest_log_answers_503_and_accepts_again_after(
+    make_running,  # type: ignore[no-untyped-def]
+) -> None:
+    run = make_running()
+    log = run.collector.log
+    log.advance_to(log.last_seq)  # nothing open: the next append opens a new segment
+    log.close()
+    # The next segment is /dev/full: the kernel answers ENOSPC to the write.
+    segment = log.directory / f"{log.last_seq + 1:020d}.log"
+    segment.symlink_to("/dev/full")
+    try:
+        refused = _post(run.endpoint("traces"), content=_body(1), headers=PB)
+        assert refused.status_code == 503
+        assert int(refused.headers["Retry-After"]) > 0
+        assert "No space left on device" in _get(f"{run.url}/health").json()["last_error"]
+        assert _get(f"{run.url}/health").json()["requests_rejected"] == {"unavailable": 1}
+    finally:
+        segment.unlink()
+    assert _post(run.endpoint("traces"), content=_body(1), headers=PB).status_code == 200
+    assert run.sql("select count(*) as n from spans") == [{"n": 1}]

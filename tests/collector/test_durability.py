@@ -27,7 +27,7 @@ from .helpers import log_records
 PB = {"Content-Type": "application/x-protobuf"}
 
 
-def _start(db: Path) -> tuple[subprocess.Popen[str], str]:
+def _start(db: Path, **env: str) -> tuple[subprocess.Popen[str], str, str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -42,12 +42,12 @@ def _start(db: Path) -> tuple[subprocess.Popen[str], str]:
         ],
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ),
+        env={**os.environ, **env},
     )
     assert proc.stderr is not None
     line = proc.stderr.readline()
     assert "http://" in line, line + proc.stderr.read()
-    return proc, line.split("on ", 1)[1].split(",")[0].strip()
+    return proc, line.split("on ", 1)[1].split(",")[0].strip(), line
 
 
 def _requests(count: int, per: int) -> list[tuple[list[str], bytes]]:
@@ -87,7 +87,7 @@ def _usage_counts(url: str) -> dict[str, int]:
 def test_sigkill_mid_ingest_loses_no_acknowledged_row_and_resend_lands_once(tmp_path: Path) -> None:
     db = tmp_path / "crash.duckdb"
     batches = _requests(24, 25)
-    proc, url = _start(db)
+    proc, url, _ = _start(db)
     acked: list[str] = []
     lock = threading.Lock()
     killed = threading.Event()
@@ -115,7 +115,7 @@ def test_sigkill_mid_ingest_loses_no_acknowledged_row_and_resend_lands_once(tmp_
     assert proc.returncode == -signal.SIGKILL
     assert len(acked) < 24 * 25  # it really died mid-ingest
 
-    proc, url = _start(db)
+    proc, url, _ = _start(db)
     try:
         before = _usage_counts(url)
         assert set(acked) <= set(before), "an acknowledged usage row was lost"
@@ -143,7 +143,7 @@ def test_sigkill_mid_ingest_loses_no_acknowledged_row_and_resend_lands_once(tmp_
 def test_sigterm_flushes_what_was_accepted_and_exits_cleanly(tmp_path: Path) -> None:
     db = tmp_path / "term.duckdb"
     batches = _requests(5, 20)
-    proc, url = _start(db)
+    proc, url, _ = _start(db)
     for _, body in batches:
         assert httpx.post(f"{url}/v1/logs", content=body, headers=PB, timeout=30).status_code == 200
     proc.send_signal(signal.SIGTERM)
@@ -157,3 +157,45 @@ def test_sigterm_flushes_what_was_accepted_and_exits_cleanly(tmp_path: Path) -> 
         assert reader.query("select count(*) as n from llm_usage").to_pylist() == [{"n": 100}]
     finally:
         reader.close()
+
+
+def test_sigkill_after_the_ack_before_the_landing_replays_from_the_ingest_log(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "acked.duckdb"
+    # The writer gathers requests for 60 s: acknowledged rows are only in the ingest log.
+    proc, url, _ = _start(db, COMPTROLLER_COLLECTOR_LINGER_MS="60000")
+    batches = _requests(3, 10)
+    for _, body in batches:
+        assert httpx.post(f"{url}/v1/logs", content=body, headers=PB, timeout=30).status_code == 200
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.stderr is not None
+    proc.stderr.close()
+    assert (tmp_path / "acked.duckdb.ingest").is_dir()
+
+    proc, url, banner = _start(db)
+    try:
+        assert "replayed 3 requests from the ingest log" in banner
+        counts = _usage_counts(url)
+        assert sorted(counts) == sorted(uid for ids, _ in batches for uid in ids)
+        assert set(counts.values()) == {1}
+        # A client that never saw the ack re-sends: still once.
+        httpx.post(f"{url}/v1/logs", content=batches[0][1], headers=PB, timeout=30)
+        assert set(_usage_counts(url).values()) == {1}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+    # A clean restart replays nothing: the landed position was committed with the rows.
+    proc, url, banner = _start(db)
+    try:
+        assert "replayed" not in banner
+        assert len(_usage_counts(url)) == 30
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -344,6 +344,7 @@ def test_token_is_required_and_bad_tokens_are_counted(make_running) -> None:  # 
         endpoint=run.endpoint("traces"), headers={"Authorization": "Bearer s3cret"}
     )
     assert good.export(spans) is SpanExportResult.SUCCESS
+    assert run.collector.pipeline.wait_landed(30)  # acknowledged once logged, landed after
     health = _get(f"{run.url}/health", headers={"Authorization": "Bearer s3cret"}).json()
     assert health["unauthorized"] == 3
     assert health["rows_landed"]["spans"] == 1
@@ -410,8 +411,11 @@ def test_health_reports_queue_rows_and_last_flush(running: Running) -> None:
     OTLPSpanExporter(timeout=60, endpoint=running.endpoint("traces")).export(
         genai_spans([("chat", CHAT)], "x")
     )
+    assert running.collector.pipeline.wait_landed(30)
     health = _get(f"{running.url}/health").json()
     assert health["status"] == "ok"
+    assert health["ingest_log"]["landed_seq"] == health["ingest_log"]["accepted_seq"] == 1
+    del health["ingest_log"]
     assert health["queue"] == {"rows": 0, "requests": 0, "max_rows": 50_000}
     assert health["rows_landed"] == {"spans": 1, "llm_usage": 1}
     assert health["last_flush"] is not None
