@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -148,6 +149,11 @@ class Lander:
         lookback: How far back the trace relations are rebuilt from the database on start.
         max_traces: Bound on the spans (and usage rows) whose relations are kept in memory.
         rollup: Keep `llm_usage_daily` up to date in each landing.
+        budget_events_every_s: Look for budget crossings (warning, cap) at most this often;
+            0 checks in every landing. A busy collector lands many times a second and the
+            check reads every budget's state: checks skipped are made up by the next
+            landing after the interval, or by `flush_budget_events` when the writer idles.
+        clock: Monotonic seconds (injectable for tests).
     """
 
     def __init__(
@@ -158,8 +164,15 @@ class Lander:
         lookback: dt.timedelta = dt.timedelta(hours=1),
         max_traces: int = 200_000,
         rollup: bool = True,
+        budget_events_every_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.con = con
+        self.budget_events_every_s = budget_events_every_s
+        self._clock = clock
+        self._budget_checked_at = -math.inf
+        self.budget_events_pending = False
+        """A landing added usage since the last check for budget crossings."""
         self.timezone = timezone
         self.lookback = lookback
         self.max_traces = max_traces
@@ -372,9 +385,28 @@ class Lander:
             analytics.add_usage_rows(self.con, rows, timezone=self.timezone)
         if removed is not None and removed.num_rows:
             analytics.apply_usage_batch(self.con, _keys(removed), timezone=self.timezone)
-        record: Any = getattr(analytics, "record_budget_events", None)
-        if record is not None:
-            record(self.con, timezone=self.timezone)
+        self.budget_events_pending = True
+        if self._clock() - self._budget_checked_at >= self.budget_events_every_s:
+            self._record_budget_events()
+
+    def _record_budget_events(self) -> None:
+        analytics.record_budget_events(self.con, timezone=self.timezone)
+        self._budget_checked_at = self._clock()
+        self.budget_events_pending = False
+
+    def flush_budget_events(self) -> None:
+        """Record the budget crossings that skipped checks left pending (own transaction)."""
+        with self.lock:
+            if not self.budget_events_pending:
+                return
+            con = self.con
+            con.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                self._record_budget_events()
+                con.execute("COMMIT").fetchall()
+            except BaseException:
+                con.execute("ROLLBACK").fetchall()
+                raise
 
 
 def _keys(table: pa.Table) -> pa.Table:

@@ -443,8 +443,13 @@ class Normaliser:
         self._clock_ns = clock_ns
 
     # --- traces ------------------------------------------------------------------------------
-    def traces(self, request: ExportTraceServiceRequest) -> Batch:
-        """Normalise one trace export into span rows and derived usage candidates."""
+    def traces(self, request: ExportTraceServiceRequest, *, size: int | None = None) -> Batch:
+        """Normalise one trace export into span rows and derived usage candidates.
+
+        Args:
+            request: The decoded export.
+            size: Its encoded size in bytes, if known (else measured: ~2 µs a span).
+        """
         batch = Batch()
         rows: list[tuple[Any, ...]] = []
         derived: list[tuple[Any, ...]] = []
@@ -452,7 +457,7 @@ class Normaliser:
         max_attr = self.limits.max_attribute_bytes
         # No span of a request under the limit can hold an attribute over it: one size for
         # the whole request instead of one per span.
-        check_sizes = request.ByteSize() > max_attr
+        check_sizes = (request.ByteSize() if size is None else size) > max_attr
         alias_index = _ALIAS_INDEX
         no_prio = _NO_PRIO
         no_val = _NO_VAL

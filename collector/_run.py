@@ -6,6 +6,7 @@ A kill -9 loses nothing acknowledged either: the next start replays the ingest l
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,21 @@ class _Server(uvicorn.Server):
         if self.started:
             port = self.servers[0].sockets[0].getsockname()[1]
             self._on_ready(port)
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic GC out of the request path of a collector process.
+
+    Every request allocates tens of thousands of short-lived objects, so the default
+    thresholds run a full collection — a walk over every object of the process, the price
+    tables and the loaded libraries included — every few requests, and each one stalls a
+    request by tens of milliseconds (p99 at half load: 86 ms with, 39 ms without, when
+    nothing lands). What exists after start-up lives as long as the process: frozen, the GC
+    never walks it again; the rare cycles of request garbage are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def serve(
@@ -95,6 +111,7 @@ def serve(
         ingest_log_fsync=ingest_log_fsync,
         linger_s=linger_s,
     )
+    _tune_gc()
     grpc_server: Any = None
     grpc_bound: int | None = None
 

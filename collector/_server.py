@@ -99,7 +99,9 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
         if gzip:
             body = gunzip(body, max_bytes=limit)
         message = decode(signal, encoding, body)
-        batch = collector.normalise(signal, message)
+        batch = collector.normalise(
+            signal, message, size=len(body) if encoding == "protobuf" else None
+        )
         collector.accept(signal, message, batch, body if encoding == "protobuf" else None)
         return batch
 

@@ -94,7 +94,9 @@ class Collector:
         self.con.execute("SET lock_configuration = true").fetchall()
         self.normaliser = Normaliser(limits=limits, prices=prices)
         self.stats = Stats()
-        lander = Lander(self.con, timezone=timezone)
+        # Budget crossings are looked for at most once a second under load (each check
+        # reads every budget's state), and at once when the writer idles or a read comes.
+        lander = Lander(self.con, timezone=timezone, budget_events_every_s=1.0)
         log_dir = Path(ingest_log_dir) if ingest_log_dir else default_log_dir(self.db_path)
         try:
             self.log = IngestLog(log_dir, fsync=ingest_log_fsync)
@@ -122,7 +124,7 @@ class Collector:
         last = landed
         for entry in log.replay(after=landed):
             message = decode(entry.signal, "protobuf", entry.payload)
-            batch = self.normalise(entry.signal, message, count=False)
+            batch = self.normalise(entry.signal, message, count=False, size=len(entry.payload))
             group.append(batch)
             rows += batch.rows
             last = entry.seq
@@ -167,10 +169,19 @@ class Collector:
             self.stats.count_unauthorized()
         return ok
 
-    def normalise(self, signal: str, message: Message, *, count: bool = True) -> Batch:
-        """Normalise a decoded export request of `signal` (`count`: into the stats)."""
+    def normalise(
+        self, signal: str, message: Message, *, count: bool = True, size: int | None = None
+    ) -> Batch:
+        """Normalise a decoded export request of `signal`.
+
+        Args:
+            signal: `traces`, `logs` or `metrics`.
+            message: The decoded request.
+            count: Count rejections and dropped points in the stats (not on replay).
+            size: The request's protobuf size in bytes, when the receiver has it.
+        """
         if signal == "traces":
-            batch = self.normaliser.traces(message)  # type: ignore[arg-type]
+            batch = self.normaliser.traces(message, size=size)  # type: ignore[arg-type]
         elif signal == "logs":
             batch = self.normaliser.logs(message)  # type: ignore[arg-type]
         else:
@@ -190,16 +201,21 @@ class Collector:
             comptroller.analytics.QueryError: Not a single read-only statement, or it failed.
         """
         analytics.check_read_only(sql)
-        self.pipeline.wait_landed(_READ_WAIT_S)
+        self._catch_up()
         reader = analytics.DuckDBReader(self.con.cursor(), owned=True)
         try:
             return reader.query(sql, params)
         finally:
             reader.close()
 
+    def _catch_up(self) -> None:
+        """Reads see every request acknowledged before them, and its budget events."""
+        if self.pipeline.wait_landed(_READ_WAIT_S):
+            self.pipeline.lander.flush_budget_events()
+
     def budget_state(self, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
         """Today's spend per budget key, as JSON-ready dicts."""
-        self.pipeline.wait_landed(_READ_WAIT_S)
+        self._catch_up()
         reader = analytics.DuckDBReader(self.con.cursor(), owned=True)
         try:
             states = analytics.budget_state(reader, now=now, timezone=self.timezone)

@@ -102,3 +102,51 @@ def test_redelivered_usage_rows_after_a_restart_add_nothing(tmp_path: Path) -> N
     assert result.inserted["llm_usage"] == 1
     landed = _rollup_matches_rebuild(db)
     assert [(r["tenant"], r["calls"]) for r in landed] == [("acme", 3)]
+
+
+def _spend(usage_id: str, cost: str) -> Batch:
+    records = log_records(
+        [
+            (
+                sc.EVENT_USAGE,
+                {
+                    sc.USAGE_ID: usage_id,
+                    sc.TENANT: "acme",
+                    sc.CONTEXT: "support",
+                    sc.PURPOSE: "reasoning",
+                    sc.GEN_AI_PROVIDER_NAME: "openai",
+                    sc.GEN_AI_REQUEST_MODEL: "gpt-4o-mini",
+                    sc.GEN_AI_USAGE_INPUT_TOKENS: 100,
+                    sc.COST_USD: cost,
+                    sc.BUDGET_CAP_USD: "10",
+                    sc.OUTCOME: "ok",
+                },
+            )
+        ]
+    )
+    return Normaliser().logs(encode_logs(records))
+
+
+def test_budget_crossings_are_checked_at_most_every_interval_and_flushed_after(
+    tmp_path: Path,
+) -> None:
+    now = [100.0]
+    con = analytics.connect(tmp_path / "c.duckdb")
+    lander = Lander(con, budget_events_every_s=1.0, clock=lambda: now[0])
+
+    def kinds() -> list[str]:
+        return [r[0] for r in con.execute("select kind from budget_events order by ts").fetchall()]
+
+    lander.land([_spend("u-1", "8.5")])  # the first landing checks: 85 % → warning
+    assert kinds() == ["warning"]
+    now[0] += 0.5
+    lander.land([_spend("u-2", "2")])  # over the cap, but checked 0.5 s ago: pending
+    assert kinds() == ["warning"]
+    assert lander.budget_events_pending
+    lander.flush_budget_events()  # the writer's idle tick
+    assert kinds() == ["warning", "exceeded"]
+    assert not lander.budget_events_pending
+    now[0] += 5
+    lander.land([_spend("u-3", "1")])  # checked, and no crossing is recorded twice
+    assert kinds() == ["warning", "exceeded"]
+    con.close()
