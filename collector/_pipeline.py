@@ -29,6 +29,7 @@ from typing import Any
 from comptroller.collector._ingest_log import IngestLog, IngestLogError
 from comptroller.collector._land import Lander, LandResult
 from comptroller.collector._normalise import Batch
+from comptroller.collector._priority import lower_thread_priority
 from comptroller.errors import ComptrollerError
 
 _IDLE_S = 0.25
@@ -111,6 +112,7 @@ class Pipeline:
         linger_s: How long the writer waits for more batches when few are queued: bigger
             transactions cost DuckDB (and the rollup) much less per row.
         retry_s: First delay before a failed landing is retried (doubling up to 5 s).
+        nice: How much lower the writer thread runs than the receivers (Linux; 0: same).
     """
 
     def __init__(
@@ -122,12 +124,14 @@ class Pipeline:
         max_flush_rows: int = 65_536,
         linger_s: float = 0.005,
         retry_s: float = 0.05,
+        nice: int = 0,
         stats: Stats | None = None,
     ) -> None:
         self.lander = lander
         self.log = log
         self.linger_s = linger_s
         self.retry_s = retry_s
+        self.nice = nice
         self.max_queue_rows = max_queue_rows
         self.max_flush_rows = max_flush_rows
         self.stats = stats or Stats()
@@ -232,6 +236,7 @@ class Pipeline:
             return items  # still queued: they leave the queue once landed
 
     def _run(self) -> None:
+        lower_thread_priority(self.nice)  # landing waits; receiving (the ack) does not
         delay = self.retry_s
         closing_failures = 0
         while True:

@@ -75,6 +75,7 @@ def serve(
     ingest_log_dir: Path | None = None,
     ingest_log_fsync: bool = False,
     linger_s: float = 0.005,
+    landing_nice: int = 10,
 ) -> None:
     """Serve until SIGTERM / Ctrl-C, then flush and close.
 
@@ -94,6 +95,7 @@ def serve(
         ingest_log_dir: Where accepted requests are logged (default: beside the database).
         ingest_log_fsync: Flush each logged request to the device.
         linger_s: How long the writer gathers requests into one transaction.
+        landing_nice: How much lower landing runs than receiving (Linux nice increment).
 
     Raises:
         ConfigError: No token for a non-loopback host, or the database cannot be opened.
@@ -110,6 +112,7 @@ def serve(
         ingest_log_dir=ingest_log_dir,
         ingest_log_fsync=ingest_log_fsync,
         linger_s=linger_s,
+        landing_nice=landing_nice,
     )
     _tune_gc()
     grpc_server: Any = None

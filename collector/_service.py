@@ -26,6 +26,7 @@ from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander
 from comptroller.collector._normalise import Batch, Limits, Normaliser
 from comptroller.collector._pipeline import Pipeline, Stats
+from comptroller.collector._priority import at_lower_priority
 from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
 
@@ -65,6 +66,8 @@ class Collector:
             (default: `<db_path>.ingest` beside the database).
         ingest_log_fsync: Flush each logged request to the device (survives a power cut).
         linger_s: How long the writer waits to gather more requests into one transaction.
+        landing_nice: How much lower the writer's and DuckDB's threads run than the
+            receivers (Linux nice increment; 0 for the same priority).
     """
 
     def __init__(
@@ -81,12 +84,14 @@ class Collector:
         ingest_log_dir: Path | str | None = None,
         ingest_log_fsync: bool = False,
         linger_s: float = 0.005,
+        landing_nice: int = 10,
     ) -> None:
         self.db_path = Path(db_path)
         self.timezone = timezone
         self.token = token
         self.max_request_bytes = max_request_bytes
-        self.con = analytics.connect(self.db_path)
+        # Opened from a thread of lower priority: DuckDB's worker threads inherit it.
+        self.con = at_lower_priority(lambda: analytics.connect(self.db_path), landing_nice)
         # Bounded memory: DuckDB's buffer pool is the collector's largest consumer.
         self.con.execute(f"SET memory_limit = '{duckdb_memory_mb}MB'").fetchall()
         # The read API runs other people's SELECTs on this database: no file access.
@@ -109,6 +114,7 @@ class Collector:
             self.log,
             max_queue_rows=max_queue_rows,
             linger_s=linger_s,
+            nice=landing_nice,
             stats=self.stats,
         )
         self._closed = False

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -248,7 +249,10 @@ class _BudgetDay:
     def of(self, t: float) -> str:
         if self._start <= t < self._end:
             return self._day
-        local = datetime.fromtimestamp(t, self.tz).date()
+        # Floored to the second: fromtimestamp rounds to the microsecond, which would put
+        # 0.2 µs before midnight in the next day when the cache is cold and in this one
+        # when it is warm. Local midnights are whole seconds.
+        local = datetime.fromtimestamp(math.floor(t), self.tz).date()
         start = datetime(local.year, local.month, local.day, tzinfo=self.tz).timestamp()
         after = local + timedelta(days=1)
         end = datetime(after.year, after.month, after.day, tzinfo=self.tz).timestamp()

@@ -75,4 +75,5 @@ def collect(
         ingest_log_dir=section.ingest_log_dir,
         ingest_log_fsync=section.ingest_log_fsync,
         linger_s=section.linger_ms / 1000,
+        landing_nice=section.landing_nice,
     )

@@ -37,3 +37,7 @@ class CollectorSettings(BaseModel):
     cut, not only a crash of the collector, at the cost of a disk flush per request."""
     linger_ms: float = Field(default=5.0, ge=0)
     """How long the writer waits to gather more requests into one DuckDB transaction."""
+    landing_nice: int = Field(default=10, ge=0, le=19)
+    """How much lower (Linux nice increment) the writer and DuckDB's threads run than the
+    threads that receive and acknowledge: landing can wait, a client's export should not.
+    0 runs them at the same priority."""
