@@ -22,7 +22,8 @@ Landing (for the collector)
 ---------------------------
 In the transaction that inserts a batch into `llm_usage`, bring the daily rollup up to date:
 `add_usage_rows(con, inserted, timezone=settings.timezone)` with exactly the rows inserted
-(`INSERT OR IGNORE … RETURNING *`; work proportional to the batch), or
+(`insert_new_sql(…) RETURNING *`, which skips rows already landed; work proportional to
+the batch), or
 `apply_usage_batch(con, batch, timezone=…)` with any rows whose groups changed (recomputed
 from `llm_usage`; use it for rows deleted). Then `record_budget_events(con, timezone=…,
 warn_ratio=…)` records the warning and cap crossings (once per day and key).
@@ -45,6 +46,7 @@ from comptroller.analytics._budget import (
     record_budget_events,
 )
 from comptroller.analytics._errors import AnalyticsError, QueryError, ReaderUnavailable
+from comptroller.analytics._insert import DEDUP_KEYS, insert_new, insert_new_sql, time_bounds
 from comptroller.analytics._panels import builtin_panels, run_panel
 from comptroller.analytics._reader import (
     ARROW_STREAM,
@@ -86,6 +88,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ARROW_STREAM",
+    "DEDUP_KEYS",
     "DIMENSIONS",
     "MIGRATIONS",
     "ROLLUP_TIMEZONE_KEY",
@@ -107,6 +110,8 @@ __all__ = [
     "builtin_panels",
     "check_read_only",
     "connect",
+    "insert_new",
+    "insert_new_sql",
     "migrate",
     "open_reader",
     "rebuild_rollup",
@@ -114,4 +119,5 @@ __all__ = [
     "rollup_timezone",
     "run_panel",
     "schema_version",
+    "time_bounds",
 ]

@@ -7,6 +7,7 @@ shipped, add the next. A file written by a newer comptroller is refused with bot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,8 +203,33 @@ CREATE TABLE IF NOT EXISTS comptroller_meta (
 );
 """
 
+
+def _rebuild_without_primary_key(table: str) -> str:
+    """Statements recreating `table` of v1 with the same columns and no primary key."""
+    start = _V1.index(f"CREATE TABLE IF NOT EXISTS {table} (")
+    ddl = _V1[start : _V1.index(");", start) + 2]
+    ddl = ddl.replace(f"CREATE TABLE IF NOT EXISTS {table} (", f"CREATE TABLE {table}__v2 (")
+    ddl = ddl.replace("VARCHAR PRIMARY KEY,", "VARCHAR NOT NULL,")
+    ddl = re.sub(r",\s*\n\s*PRIMARY KEY \([^)]*\)\s*\n\);", "\n);", ddl)
+    assert "PRIMARY KEY" not in ddl, ddl
+    return (
+        f"{ddl}\nINSERT INTO {table}__v2 SELECT * FROM {table};\n"
+        f"DROP TABLE {table};\nALTER TABLE {table}__v2 RENAME TO {table};\n"
+    )
+
+
+# The primary keys of the two tables that grow without bound were ART indexes held in memory:
+# under the collector's 256 MB limit its landings failed after ~2.4 M spans. Landings now
+# skip rows already landed by an anti-join in the batch's time range (analytics/_insert.py).
+_V2 = _rebuild_without_primary_key("llm_usage") + _rebuild_without_primary_key("spans")
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(version=1, description="usage, spans, events and the daily rollup", sql=_V1),
+    Migration(
+        version=2,
+        description="llm_usage and spans without primary keys (bounded memory)",
+        sql=_V2,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this build of comptroller writes and reads."""

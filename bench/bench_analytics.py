@@ -33,8 +33,10 @@ from comptroller.analytics import (
     apply_usage_batch,
     budget_state,
     connect,
+    insert_new_sql,
     rebuild_rollup,
     run_panel,
+    time_bounds,
 )
 from comptroller.dashboards import load_panels
 
@@ -117,22 +119,22 @@ def main() -> None:
         inserts, applies, adds = [], [], []
         for round_ in range(2 * args.repeat + 2):
             table = batch(con, 10_000, next(seq))
-            cols = ", ".join(table.column_names)
+            bounds = time_bounds(table, "llm_usage")
+            assert bounds is not None
+            insert_sql = insert_new_sql(
+                "llm_usage", "incoming", columns=table.column_names, bounds=bounds
+            )
             con.execute("BEGIN TRANSACTION").fetchall()
             con.register("incoming", table)
             began = time.perf_counter()
             if round_ % 2:
                 # The landing's fast path: keep exactly the rows inserted, add their sums.
-                inserted = con.sql(
-                    f"INSERT OR IGNORE INTO llm_usage ({cols}) SELECT * FROM incoming RETURNING *"
-                ).to_arrow_table()
+                inserted = con.sql(f"{insert_sql} RETURNING *").to_arrow_table()
                 landed = time.perf_counter()
                 add_usage_rows(con, inserted, timezone=TIMEZONE)
                 adds.append((time.perf_counter() - landed) * 1000)
             else:
-                con.execute(
-                    f"INSERT OR IGNORE INTO llm_usage ({cols}) SELECT * FROM incoming"
-                ).fetchall()
+                con.execute(insert_sql).fetchall()
                 landed = time.perf_counter()
                 apply_usage_batch(con, table, timezone=TIMEZONE)
                 applies.append((time.perf_counter() - landed) * 1000)

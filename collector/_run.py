@@ -76,6 +76,7 @@ def serve(
     ingest_log_fsync: bool = False,
     linger_s: float = 0.005,
     landing_nice: int = 10,
+    duckdb_memory_mb: int = 192,
 ) -> None:
     """Serve until SIGTERM / Ctrl-C, then flush and close.
 
@@ -96,6 +97,7 @@ def serve(
         ingest_log_fsync: Flush each logged request to the device.
         linger_s: How long the writer gathers requests into one transaction.
         landing_nice: How much lower landing runs than receiving (Linux nice increment).
+        duckdb_memory_mb: DuckDB's memory limit.
 
     Raises:
         ConfigError: No token for a non-loopback host, or the database cannot be opened.
@@ -113,6 +115,7 @@ def serve(
         ingest_log_fsync=ingest_log_fsync,
         linger_s=linger_s,
         landing_nice=landing_nice,
+        duckdb_memory_mb=duckdb_memory_mb,
     )
     _tune_gc()
     grpc_server: Any = None

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from comptroller.analytics import apply_usage_batch, connect
+from comptroller.analytics import apply_usage_batch, connect, insert_new_sql, time_bounds
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 """A fixed "now" for tests that need one."""
@@ -97,18 +97,27 @@ def usage_row(
     }
 
 
+def _bounds(table: pa.Table) -> tuple[dt.datetime, dt.datetime]:
+    bounds = time_bounds(table, "llm_usage")
+    assert bounds is not None
+    return bounds
+
+
 def usage_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=USAGE_SCHEMA)
 
 
 def insert_usage(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Insert rows like the collector does: Arrow, ignoring usage ids already landed."""
+    """Insert rows like the collector does: Arrow, skipping usage ids already landed."""
     table = usage_table(rows)
+    if table.num_rows == 0:
+        return table
     con.register("_incoming", table)
     try:
-        cols = ", ".join(table.column_names)
         con.execute(
-            f"INSERT OR IGNORE INTO llm_usage ({cols}) SELECT {cols} FROM _incoming"
+            insert_new_sql(
+                "llm_usage", "_incoming", columns=table.column_names, bounds=_bounds(table)
+            )
         ).fetchall()
     finally:
         con.unregister("_incoming")
@@ -118,12 +127,14 @@ def insert_usage(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, Any
 def insert_returning(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Insert like a landing that keeps what it inserted: only the rows actually new."""
     table = usage_table(rows)
+    if table.num_rows == 0:
+        return table
     con.register("_incoming", table)
     try:
-        cols = ", ".join(table.column_names)
-        return con.sql(
-            f"INSERT OR IGNORE INTO llm_usage ({cols}) SELECT {cols} FROM _incoming RETURNING *"
-        ).to_arrow_table()
+        sql = insert_new_sql(
+            "llm_usage", "_incoming", columns=table.column_names, bounds=_bounds(table)
+        )
+        return con.sql(f"{sql} RETURNING *").to_arrow_table()
     finally:
         con.unregister("_incoming")
 

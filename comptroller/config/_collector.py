@@ -41,3 +41,6 @@ class CollectorSettings(BaseModel):
     """How much lower (Linux nice increment) the writer and DuckDB's threads run than the
     threads that receive and acknowledge: landing can wait, a client's export should not.
     0 runs them at the same priority."""
+    duckdb_memory_mb: int = Field(default=192, ge=64)
+    """DuckDB's memory limit in the collector (its buffer pool: the largest part of the
+    collector's memory; the process needs ~150 MB more, and the landing queue)."""

@@ -57,7 +57,56 @@ def test_db_migrate_and_info_commands(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (code, out.strip().endswith("current")) == (0, True)
     code, out, _ = run("db", "info", "--db", str(path), "--json")
     assert code == 0
-    assert '"schema_version": 1' in out
+    assert f'"schema_version": {SCHEMA_VERSION}' in out
     code, _, err = run("db", "info", "--db", str(future_file(tmp_path)))
     assert code == 2
     assert "99" in err
+
+
+def test_a_v1_file_migrates_to_tables_without_primary_keys_keeping_rows_and_columns(
+    tmp_path: Path,
+) -> None:
+    from comptroller.analytics._schema import _META, _V1
+
+    path = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(_META)
+    con.execute(_V1)
+    con.execute("INSERT INTO comptroller_schema (version, description) VALUES (1, 'v1')")
+    con.execute(
+        "INSERT INTO llm_usage (usage_id, ts, price_source, outcome, source, cost_usd) "
+        "VALUES ('u-1', TIMESTAMPTZ '2026-11-21 10:00:00+00', 'fallback', 'ok', 'comptroller', 0.5)"
+    )
+    con.execute(
+        "INSERT INTO spans (trace_id, span_id, name, start_ts) "
+        "VALUES ('t', 's', 'chat', TIMESTAMPTZ '2026-11-21 10:00:00+00')"
+    )
+    columns_v1 = {
+        table: con.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_name = ? ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+        for table in ("llm_usage", "spans")
+    }
+    con.close()
+
+    con = connect(path)  # migrates
+    assert schema_version(con) == SCHEMA_VERSION
+    for table in ("llm_usage", "spans"):
+        columns = con.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_name = ? ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+        assert columns == columns_v1[table]
+        constraints = con.execute(
+            "SELECT constraint_type FROM duckdb_constraints() WHERE table_name = ?", [table]
+        ).fetchall()
+        assert ("PRIMARY KEY",) not in constraints
+        assert ("NOT NULL",) in constraints
+    assert con.execute("SELECT usage_id, cost_usd::VARCHAR FROM llm_usage").fetchall() == [
+        ("u-1", "0.5000000000")
+    ]
+    assert con.execute("SELECT trace_id, span_id FROM spans").fetchall() == [("t", "s")]
+    con.close()

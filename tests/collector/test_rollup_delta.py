@@ -33,7 +33,12 @@ def _third_party(count: int) -> Batch:
     return Normaliser().traces(encode_spans(spans))
 
 
+_EMITTED: dict[str, Any] = {}
+"""Usage records by id, emitted once: a redelivery re-sends the same record (same instant)."""
+
+
 def _usage(ids: list[str]) -> Batch:
+    new = [usage_id for usage_id in ids if usage_id not in _EMITTED]
     records = log_records(
         [
             (
@@ -49,10 +54,11 @@ def _usage(ids: list[str]) -> Batch:
                     sc.OUTCOME: "ok",
                 },
             )
-            for usage_id in ids
+            for usage_id in new
         ]
     )
-    return Normaliser().logs(encode_logs(records))
+    _EMITTED.update(zip(new, records, strict=True))
+    return Normaliser().logs(encode_logs([_EMITTED[usage_id] for usage_id in ids]))
 
 
 def _rollup_matches_rebuild(db: Path) -> list[dict[str, Any]]:
@@ -149,4 +155,18 @@ def test_budget_crossings_are_checked_at_most_every_interval_and_flushed_after(
     now[0] += 5
     lander.land([_spend("u-3", "1")])  # checked, and no crossing is recorded twice
     assert kinds() == ["warning", "exceeded"]
+    con.close()
+
+
+def test_the_relations_kept_in_memory_are_bounded_to_the_newest(tmp_path: Path) -> None:
+    con = analytics.connect(tmp_path / "c.duckdb")
+    lander = Lander(con, max_traces=5)
+    batches = [_third_party(4) for _ in range(3)]
+    for batch in batches:
+        lander.land([batch])
+    newest = [(t, s) for t, s, _, _ in batches[-1].genai_refs]
+    kept = list(lander._relations.spans)
+    assert len(kept) == 5
+    assert kept[-4:] == newest  # the oldest went first
+    assert len(lander._relations.derived) == 5
     con.close()
