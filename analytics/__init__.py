@@ -46,7 +46,13 @@ from comptroller.analytics._budget import (
     record_budget_events,
 )
 from comptroller.analytics._errors import AnalyticsError, QueryError, ReaderUnavailable
-from comptroller.analytics._insert import DEDUP_KEYS, insert_new, insert_new_sql, time_bounds
+from comptroller.analytics._insert import (
+    DEDUP_KEYS,
+    insert_new,
+    insert_new_sql,
+    keys_unique,
+    time_bounds,
+)
 from comptroller.analytics._panels import builtin_panels, run_panel
 from comptroller.analytics._reader import (
     ARROW_STREAM,
@@ -112,6 +118,7 @@ __all__ = [
     "connect",
     "insert_new",
     "insert_new_sql",
+    "keys_unique",
     "migrate",
     "open_reader",
     "rebuild_rollup",

@@ -42,6 +42,17 @@ def time_bounds(table: pa.Table, target: str) -> tuple[dt.datetime, dt.datetime]
     return lo, hi
 
 
+def keys_unique(table: pa.Table, target: str) -> bool:
+    """Whether no key repeats within `table` (0.2 µs a row; the SQL way costs ~4)."""
+    key = DEDUP_KEYS[target][0]
+    if len(key) == 1:
+        column = table.column(key[0])
+    else:  # fixed-width hex ids: the separator cannot make two keys collide
+        column = pc.binary_join_element_wise(*(table.column(k) for k in key), "/")
+    distinct: int = pc.count_distinct(column, mode="all").as_py()
+    return bool(distinct == table.num_rows)
+
+
 def insert_new_sql(
     target: str,
     source: str,
@@ -49,6 +60,7 @@ def insert_new_sql(
     columns: Sequence[str],
     bounds: tuple[dt.datetime, dt.datetime],
     select: Sequence[str] | None = None,
+    unique: bool = False,
 ) -> str:
     """`INSERT` of the rows of `source` that `target` does not hold yet, each key once.
 
@@ -58,15 +70,22 @@ def insert_new_sql(
         columns: The columns inserted, in the order of `select`.
         bounds: `time_bounds` of the source rows (they bound the search for duplicates).
         select: Expressions producing `columns` from the source (default: the columns).
+        unique: The source is known to hold each key once (`keys_unique`): skip the
+            deduplication within it.
     """
     key, ts = DEDUP_KEYS[target]
     match = " AND ".join(f"t.{k} = b.{k}" for k in key)
     lo, hi = (_timestamp(value) for value in bounds)
+    rows = (
+        source
+        if unique
+        else f"(SELECT * FROM {source} "
+        f"QUALIFY row_number() OVER (PARTITION BY {', '.join(key)}) = 1)"
+    )
     return (
         f"INSERT INTO {target} ({', '.join(columns)}) "
-        f"SELECT {', '.join(select or columns)} FROM ("
-        f"SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {', '.join(key)}) = 1"
-        f") AS b WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match} "
+        f"SELECT {', '.join(select or columns)} FROM {rows} AS b "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match} "
         f"AND t.{ts} BETWEEN {lo} AND {hi})"
     )
 
@@ -85,7 +104,13 @@ def insert_new(
     view = "_comptroller_insert_new"
     con.register(view, table)
     try:
-        sql = insert_new_sql(target, view, columns=table.column_names, bounds=bounds)
+        sql = insert_new_sql(
+            target,
+            view,
+            columns=table.column_names,
+            bounds=bounds,
+            unique=keys_unique(table, target),
+        )
         if returning:
             return con.sql(f"{sql} RETURNING {returning}").to_arrow_table()
         con.execute(sql).fetchall()

@@ -99,7 +99,12 @@ def _insert_sql(table: str, source: str, data: pa.Table) -> str:
         bounds = analytics.time_bounds(data, target)
         assert bounds is not None  # empty tables are not landed; timestamps are NOT NULL
         return analytics.insert_new_sql(
-            target, source, columns=schema_names, select=select, bounds=bounds
+            target,
+            source,
+            columns=schema_names,
+            select=select,
+            bounds=bounds,
+            unique=analytics.keys_unique(data, target),
         )
     # Events are few: their primary keys ignore what was landed before.
     return (

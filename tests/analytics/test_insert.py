@@ -66,3 +66,20 @@ def test_every_growing_table_has_a_dedup_key(tmp_path: Path, table: str) -> None
     ).fetchall()
     assert keys == []  # no in-memory index that grows with the table
     con.close()
+
+
+def test_a_batch_known_unique_skips_the_dedup_within_it_and_a_repeat_is_noticed(
+    tmp_path: Path,
+) -> None:
+    from comptroller.analytics import keys_unique
+
+    assert keys_unique(_usage(["a", "b"], [0, 1]), "llm_usage")
+    assert not keys_unique(_usage(["a", "a"], [0, 0]), "llm_usage")
+    spans = pa.table({"trace_id": ["t1", "t1", "t2"], "span_id": ["s1", "s2", "s1"]})
+    assert keys_unique(spans, "spans")
+    assert not keys_unique(pa.concat_tables([spans, spans.slice(1, 1)]), "spans")
+    bounds = (T0, T0)
+    assert "QUALIFY" not in insert_new_sql(
+        "llm_usage", "src", columns=["usage_id"], bounds=bounds, unique=True
+    )
+    assert "QUALIFY" in insert_new_sql("llm_usage", "src", columns=["usage_id"], bounds=bounds)
