@@ -166,6 +166,32 @@ class IngestLog:
                 removed += 1
         return removed
 
+    def bind(self, database_id: str) -> None:
+        """Tie the log to one database, or refuse one whose entries belong to another.
+
+        The default log directory is named after the database file: a database deleted
+        by hand and created anew must not receive the old database's requests.
+
+        Raises:
+            IngestLogError: The log was written for another database.
+        """
+        marker = self.directory / "DATABASE"
+        try:
+            bound = marker.read_text().strip()
+        except FileNotFoundError:
+            bound = None
+        except OSError as exc:
+            raise IngestLogError(f"cannot read {marker}: {exc.strerror or exc}") from exc
+        if bound is None or (bound != database_id and not self._segments):
+            marker.write_text(database_id + "\n")  # nothing in it: free to serve this one
+        elif bound != database_id:
+            raise IngestLogError(
+                f"the ingest log in {self.directory} belongs to another database "
+                f"({bound}, this one is {database_id}): it may hold requests that database "
+                "never landed. Start the collector on that database to land them, or move "
+                "the directory aside if that database is gone"
+            )
+
     def advance_to(self, seq: int) -> None:
         """Number the next entry after `seq` (the database landed up to it already)."""
         with self._lock:
@@ -174,6 +200,19 @@ class IngestLog:
                 if self._fd is not None:
                     os.close(self._fd)
                     self._fd = None  # the next entry starts a segment named by its number
+
+    def clear(self, *, landed: int) -> bool:
+        """Delete every segment if all entries are landed (a clean shutdown); True if so."""
+        with self._lock:
+            if landed < self.last_seq:
+                return False
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            for start in self._segments:
+                self._path(start).unlink(missing_ok=True)
+            self._segments.clear()
+            return True
 
     def close(self) -> None:
         """Close the open segment (entries stay for replay until released)."""

@@ -34,6 +34,7 @@ import itertools
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -83,6 +84,8 @@ _KEY_SCHEMA: Final = pa.schema(
     [("ts", pa.timestamp("us", tz="UTC"))]
     + [(name, pa.string()) for name in _ROLLUP_KEYS.split(", ")[1:]]
 )
+DATABASE_ID_KEY: Final = "database_id"
+"""`comptroller_meta` key of the database's id (which ingest log belongs to it)."""
 LOG_SEQ_KEY: Final = "ingest_log_seq"
 """`comptroller_meta` key of the last ingest-log entry landed."""
 _LEAF: Final = LEAF_FLAG
@@ -291,6 +294,20 @@ class Lander:
                     con.unregister(view)
             self._commit(new, dropped)
         return result
+
+    def database_id(self) -> str:
+        """A random id given to the database when a collector first opens it."""
+        con = self.con
+        rows = con.execute(
+            "SELECT value FROM comptroller_meta WHERE key = $key", {"key": DATABASE_ID_KEY}
+        ).fetchall()
+        if rows:
+            return str(rows[0][0])
+        new = uuid.uuid4().hex
+        con.execute(
+            "INSERT INTO comptroller_meta VALUES ($key, $id)", {"key": DATABASE_ID_KEY, "id": new}
+        ).fetchall()
+        return new
 
     def landed_log_seq(self) -> int:
         """The ingest-log sequence number of the last request landed (0: none)."""

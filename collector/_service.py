@@ -105,6 +105,7 @@ class Collector:
         log_dir = Path(ingest_log_dir) if ingest_log_dir else default_log_dir(self.db_path)
         try:
             self.log = IngestLog(log_dir, fsync=ingest_log_fsync)
+            self.log.bind(lander.database_id())
             self.replayed = self._replay(lander, self.log)
         except BaseException:
             self.con.close()
@@ -236,6 +237,8 @@ class Collector:
                 return
             self._closed = True
         self.pipeline.close()
+        # Everything landed: the log is emptied (numbering resumes from the database).
+        self.log.clear(landed=self.pipeline.landed_seq)
         self.log.close()
         # The data is in the WAL already; a checkpoint is a courtesy.
         with contextlib.suppress(Exception):

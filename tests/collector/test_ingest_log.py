@@ -97,3 +97,32 @@ def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(IngestLogError, match="cannot create the ingest log directory"):
         IngestLog(blocker / "log")
+
+
+def test_a_log_with_entries_refuses_a_database_it_was_not_written_for(tmp_path: Path) -> None:
+    log = IngestLog(tmp_path / "log")
+    log.bind("db-one")
+    log.append("traces", b"not landed yet")
+    log.bind("db-one")  # the same database again: fine
+    with pytest.raises(IngestLogError, match=r"belongs to another database .*move the directory"):
+        log.bind("db-two")
+    log.close()
+
+
+def test_a_collector_on_a_recreated_database_does_not_replay_the_old_log(tmp_path: Path) -> None:
+    from comptroller.collector import Collector
+
+    db = tmp_path / "usage.duckdb"
+    log_dir = tmp_path / "usage.duckdb.ingest"
+    Collector(db).close()
+    assert list(log_dir.glob("*.log")) == []  # a clean shutdown landed and emptied it
+    db.unlink()
+    Collector(db).close()  # an empty log serves the new database
+
+    # A crash left an entry the old database never landed, then the database was deleted.
+    IngestLog(log_dir).append("traces", b"unlanded")
+    db.unlink()
+    with pytest.raises(IngestLogError, match=r"usage\.duckdb\.ingest belongs to another database"):
+        Collector(db)
+    log_dir.rename(tmp_path / "old-ingest")
+    Collector(db).close()  # a new log for the new database
