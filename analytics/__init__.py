@@ -73,8 +73,10 @@ from comptroller.analytics._schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     connect,
+    meta_value,
     migrate,
     schema_version,
+    set_meta,
 )
 
 if TYPE_CHECKING:
@@ -119,6 +121,7 @@ __all__ = [
     "insert_new",
     "insert_new_sql",
     "keys_unique",
+    "meta_value",
     "migrate",
     "open_reader",
     "rebuild_rollup",
@@ -126,5 +129,6 @@ __all__ = [
     "rollup_timezone",
     "run_panel",
     "schema_version",
+    "set_meta",
     "time_bounds",
 ]

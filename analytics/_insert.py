@@ -10,9 +10,8 @@ the cost is one batch's worth of recent row groups, whatever the table's size (~
 at 6 M rows, flat, against a growing 8–15 µs with the index).
 
 Example:
-    >>> sql = insert_new_sql("llm_usage", "_batch", columns=["usage_id", "ts"],
-    ...                      bounds=(lo, hi))                          # doctest: +SKIP
-    >>> con.sql(sql + " RETURNING *")                                  # doctest: +SKIP
+    >>> con.register("_batch", batch)                                  # doctest: +SKIP
+    >>> con.sql(insert_new_sql("llm_usage", "_batch", batch) + " RETURNING *")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -56,29 +55,35 @@ def keys_unique(table: pa.Table, target: str) -> bool:
 def insert_new_sql(
     target: str,
     source: str,
+    data: pa.Table,
     *,
-    columns: Sequence[str],
-    bounds: tuple[dt.datetime, dt.datetime],
+    columns: Sequence[str] | None = None,
     select: Sequence[str] | None = None,
-    unique: bool = False,
 ) -> str:
     """`INSERT` of the rows of `source` that `target` does not hold yet, each key once.
 
     Args:
         target: `llm_usage` or `spans`.
-        source: A registered relation with the columns of `target`.
-        columns: The columns inserted, in the order of `select`.
-        bounds: `time_bounds` of the source rows (they bound the search for duplicates).
+        source: A registered relation holding `data`.
+        data: The rows to insert (not empty): their time range bounds the search for
+            rows already landed, and a batch whose keys are unique skips the deduplication
+            within it.
+        columns: The columns inserted, in the order of `select` (default: `data`'s).
         select: Expressions producing `columns` from the source (default: the columns).
-        unique: The source is known to hold each key once (`keys_unique`): skip the
-            deduplication within it.
+
+    Raises:
+        ValueError: `data` has no rows.
     """
+    bounds = time_bounds(data, target)
+    if bounds is None:
+        raise ValueError(f"no rows to insert into {target}")
     key, ts = DEDUP_KEYS[target]
+    columns = list(columns or data.column_names)
     match = " AND ".join(f"t.{k} = b.{k}" for k in key)
     lo, hi = (_timestamp(value) for value in bounds)
     rows = (
         source
-        if unique
+        if keys_unique(data, target)
         else f"(SELECT * FROM {source} "
         f"QUALIFY row_number() OVER (PARTITION BY {', '.join(key)}) = 1)"
     )
@@ -98,19 +103,12 @@ def insert_new(
     Returns:
         With `returning` (a column list, or `*`), the rows inserted; else None.
     """
-    bounds = time_bounds(table, target)
-    if bounds is None:
+    if table.num_rows == 0:
         return pa.table({}) if returning else None
     view = "_comptroller_insert_new"
     con.register(view, table)
     try:
-        sql = insert_new_sql(
-            target,
-            view,
-            columns=table.column_names,
-            bounds=bounds,
-            unique=keys_unique(table, target),
-        )
+        sql = insert_new_sql(target, view, table)
         if returning:
             return con.sql(f"{sql} RETURNING {returning}").to_arrow_table()
         con.execute(sql).fetchall()

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from comptroller.analytics._delta import DELTA_INPUTS, TOKENS, rollup_delta
+from comptroller.analytics._schema import meta_value, set_meta
 from comptroller.errors import UsageError
 
 ROLLUP_TIMEZONE_KEY = "rollup_timezone"
@@ -478,16 +479,11 @@ def _check_zone(timezone: str) -> None:
 
 
 def _get_zone(con: duckdb.DuckDBPyConnection) -> str | None:
-    value = _one(con, "SELECT value FROM comptroller_meta WHERE key = ?", [ROLLUP_TIMEZONE_KEY])
-    return None if value is None else str(value)
+    return meta_value(con, ROLLUP_TIMEZONE_KEY)
 
 
 def _set_zone(con: duckdb.DuckDBPyConnection, timezone: str) -> None:
-    _run(
-        con,
-        "INSERT OR REPLACE INTO comptroller_meta (key, value) VALUES (?, ?)",
-        [ROLLUP_TIMEZONE_KEY, timezone],
-    )
+    set_meta(con, ROLLUP_TIMEZONE_KEY, timezone)
 
 
 def _rollup_has_rows(con: duckdb.DuckDBPyConnection) -> bool:

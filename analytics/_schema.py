@@ -243,6 +243,19 @@ CREATE TABLE IF NOT EXISTS comptroller_schema (
 """
 
 
+def meta_value(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    """The `comptroller_meta` value of `key` (None when unset)."""
+    rows = con.execute("SELECT value FROM comptroller_meta WHERE key = ?", [key]).fetchall()
+    return None if not rows else str(rows[0][0])
+
+
+def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    """Set `comptroller_meta[key]` (in the caller's transaction, if one is open)."""
+    con.execute(
+        "INSERT OR REPLACE INTO comptroller_meta (key, value) VALUES (?, ?)", [key, value]
+    ).fetchall()
+
+
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """The schema version of an open database (0 for an empty one)."""
     # fetchall, not fetchone: DuckDB 2.0 refuses further work on a connection whose last

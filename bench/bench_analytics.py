@@ -36,7 +36,6 @@ from comptroller.analytics import (
     insert_new_sql,
     rebuild_rollup,
     run_panel,
-    time_bounds,
 )
 from comptroller.dashboards import load_panels
 
@@ -119,11 +118,7 @@ def main() -> None:
         inserts, applies, adds = [], [], []
         for round_ in range(2 * args.repeat + 2):
             table = batch(con, 10_000, next(seq))
-            bounds = time_bounds(table, "llm_usage")
-            assert bounds is not None
-            insert_sql = insert_new_sql(
-                "llm_usage", "incoming", columns=table.column_names, bounds=bounds
-            )
+            insert_sql = insert_new_sql("llm_usage", "incoming", table)
             con.execute("BEGIN TRANSACTION").fetchall()
             con.register("incoming", table)
             began = time.perf_counter()

@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from comptroller.analytics import insert_new_sql, time_bounds
+from comptroller.analytics import insert_new_sql
 
 _BASE_US = 1_790_000_000_000_000
 
@@ -57,9 +57,7 @@ def run(variant: str, rows: int, batch: int) -> dict[str, object]:
                 if variant == "primary_key":
                     con.execute("INSERT OR IGNORE INTO spans SELECT * FROM batch").fetchall()
                 else:
-                    bounds = time_bounds(data, "spans")
-                    assert bounds is not None
-                    sql = insert_new_sql("spans", "batch", columns=data.column_names, bounds=bounds)
+                    sql = insert_new_sql("spans", "batch", data)
                     con.execute(sql).fetchall()
                 times.append(time.perf_counter() - started)
                 con.unregister("batch")

@@ -98,17 +98,8 @@ def _insert_sql(table: str, source: str, data: pa.Table) -> str:
     schema_names = [f.name for f in TABLE_SCHEMAS[target]]
     casts = _CASTS.get(target, {})
     select = [casts.get(name, name) for name in schema_names]
-    if target in analytics.DEDUP_KEYS:
-        bounds = analytics.time_bounds(data, target)
-        assert bounds is not None  # empty tables are not landed; timestamps are NOT NULL
-        return analytics.insert_new_sql(
-            target,
-            source,
-            columns=schema_names,
-            select=select,
-            bounds=bounds,
-            unique=analytics.keys_unique(data, target),
-        )
+    if target in analytics.DEDUP_KEYS:  # empty tables are not landed
+        return analytics.insert_new_sql(target, source, data, columns=schema_names, select=select)
     # Events are few: their primary keys ignore what was landed before.
     return (
         f"INSERT OR IGNORE INTO {target} ({', '.join(schema_names)}) "
@@ -275,10 +266,7 @@ class Lander:
                         ).to_arrow_table()
                         result.superseded = removed.num_rows
                     if log_seq is not None:
-                        con.execute(
-                            "INSERT OR REPLACE INTO comptroller_meta VALUES ($key, $seq)",
-                            {"key": LOG_SEQ_KEY, "seq": str(log_seq)},
-                        ).fetchall()
+                        analytics.set_meta(con, LOG_SEQ_KEY, str(log_seq))
                     inserted = time.perf_counter()
                     self.timings["insert"] += inserted - settled
                     added = [t for t in added if t.num_rows]
@@ -297,24 +285,16 @@ class Lander:
 
     def database_id(self) -> str:
         """A random id given to the database when a collector first opens it."""
-        con = self.con
-        rows = con.execute(
-            "SELECT value FROM comptroller_meta WHERE key = $key", {"key": DATABASE_ID_KEY}
-        ).fetchall()
-        if rows:
-            return str(rows[0][0])
+        found = analytics.meta_value(self.con, DATABASE_ID_KEY)
+        if found is not None:
+            return found
         new = uuid.uuid4().hex
-        con.execute(
-            "INSERT INTO comptroller_meta VALUES ($key, $id)", {"key": DATABASE_ID_KEY, "id": new}
-        ).fetchall()
+        analytics.set_meta(self.con, DATABASE_ID_KEY, new)
         return new
 
     def landed_log_seq(self) -> int:
         """The ingest-log sequence number of the last request landed (0: none)."""
-        rows = self.con.execute(
-            "SELECT value FROM comptroller_meta WHERE key = $key", {"key": LOG_SEQ_KEY}
-        ).fetchall()
-        return int(rows[0][0]) if rows else 0
+        return int(analytics.meta_value(self.con, LOG_SEQ_KEY) or 0)
 
     # --- counting rules ---------------------------------------------------------------------
     def _decide(

@@ -32,6 +32,8 @@ from comptroller.collector._normalise import Batch
 from comptroller.collector._priority import lower_thread_priority
 from comptroller.errors import ComptrollerError
 
+MAX_FLUSH_ROWS = 65_536
+"""Most rows landed in one transaction (the writer's default, and replay's)."""
 _IDLE_S = 0.25
 """The writer's idle tick: pending budget events are recorded within this of a lull."""
 
@@ -121,7 +123,7 @@ class Pipeline:
         log: IngestLog,
         *,
         max_queue_rows: int = 50_000,
-        max_flush_rows: int = 65_536,
+        max_flush_rows: int = MAX_FLUSH_ROWS,
         linger_s: float = 0.005,
         retry_s: float = 0.05,
         nice: int = 0,

@@ -4,7 +4,8 @@ Status codes follow the OTLP/HTTP specification: 200 with an `Export*ServiceResp
 (`partial_success` naming how many spans or records were rejected and why), 400 for a body
 that cannot be decoded, 401 without the bearer token, 413 for a body over the limit, 415 for
 an unsupported Content-Type or Content-Encoding, 429 when the landing queue is full and 503
-when the collector cannot land (both with `Retry-After`, which the SDK exporters honour).
+when the collector cannot accept (stopping, or its ingest log cannot be written), both with
+`Retry-After`, which the SDK exporters honour.
 Error bodies are a `google.rpc.Status` in the request's encoding.
 
 CPU work (inflate, decode, normalise) and the append to the ingest log run on one worker

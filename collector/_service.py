@@ -25,7 +25,7 @@ from comptroller.collector._decode import decode
 from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander
 from comptroller.collector._normalise import Batch, Limits, Normaliser
-from comptroller.collector._pipeline import Pipeline, Stats
+from comptroller.collector._pipeline import MAX_FLUSH_ROWS, Pipeline, Stats
 from comptroller.collector._priority import at_lower_priority
 from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
@@ -136,7 +136,7 @@ class Collector:
             rows += batch.rows
             last = entry.seq
             replayed += 1
-            if rows >= 65_536:
+            if rows >= MAX_FLUSH_ROWS:
                 lander.land(group, log_seq=last)
                 group, rows = [], 0
         if group:

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from comptroller.analytics import apply_usage_batch, connect, insert_new_sql, time_bounds
+from comptroller.analytics import apply_usage_batch, connect, insert_new_sql
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 """A fixed "now" for tests that need one."""
@@ -97,12 +97,6 @@ def usage_row(
     }
 
 
-def _bounds(table: pa.Table) -> tuple[dt.datetime, dt.datetime]:
-    bounds = time_bounds(table, "llm_usage")
-    assert bounds is not None
-    return bounds
-
-
 def usage_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=USAGE_SCHEMA)
 
@@ -114,11 +108,7 @@ def insert_usage(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, Any
         return table
     con.register("_incoming", table)
     try:
-        con.execute(
-            insert_new_sql(
-                "llm_usage", "_incoming", columns=table.column_names, bounds=_bounds(table)
-            )
-        ).fetchall()
+        con.execute(insert_new_sql("llm_usage", "_incoming", table)).fetchall()
     finally:
         con.unregister("_incoming")
     return table
@@ -131,9 +121,7 @@ def insert_returning(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str,
         return table
     con.register("_incoming", table)
     try:
-        sql = insert_new_sql(
-            "llm_usage", "_incoming", columns=table.column_names, bounds=_bounds(table)
-        )
+        sql = insert_new_sql("llm_usage", "_incoming", table)
         return con.sql(f"{sql} RETURNING *").to_arrow_table()
     finally:
         con.unregister("_incoming")

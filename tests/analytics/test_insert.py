@@ -48,9 +48,10 @@ def test_rows_already_landed_and_repeats_within_a_batch_land_once(tmp_path: Path
 
 
 def test_the_search_for_duplicates_is_bounded_by_the_batch_time_range() -> None:
-    bounds = time_bounds(_usage(["a", "b"], [5, 2]), "llm_usage")
+    batch = _usage(["a", "b"], [5, 2])
+    bounds = time_bounds(batch, "llm_usage")
     assert bounds == (T0 + dt.timedelta(minutes=2), T0 + dt.timedelta(minutes=5))
-    sql = insert_new_sql("llm_usage", "src", columns=["usage_id", "ts"], bounds=bounds)
+    sql = insert_new_sql("llm_usage", "src", batch, columns=["usage_id", "ts"])
     assert "t.ts BETWEEN TIMESTAMPTZ '2026-11-21T09:02:00+00:00'" in sql
     assert "AND TIMESTAMPTZ '2026-11-21T09:05:00+00:00'" in sql
     assert time_bounds(_usage([], []), "llm_usage") is None
@@ -78,8 +79,5 @@ def test_a_batch_known_unique_skips_the_dedup_within_it_and_a_repeat_is_noticed(
     spans = pa.table({"trace_id": ["t1", "t1", "t2"], "span_id": ["s1", "s2", "s1"]})
     assert keys_unique(spans, "spans")
     assert not keys_unique(pa.concat_tables([spans, spans.slice(1, 1)]), "spans")
-    bounds = (T0, T0)
-    assert "QUALIFY" not in insert_new_sql(
-        "llm_usage", "src", columns=["usage_id"], bounds=bounds, unique=True
-    )
-    assert "QUALIFY" in insert_new_sql("llm_usage", "src", columns=["usage_id"], bounds=bounds)
+    assert "QUALIFY" not in insert_new_sql("llm_usage", "src", _usage(["a", "b"], [0, 0]))
+    assert "QUALIFY" in insert_new_sql("llm_usage", "src", _usage(["a", "a"], [0, 0]))
