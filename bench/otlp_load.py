@@ -3,8 +3,12 @@
 Each request is an `ExportTraceServiceRequest` of 512 GenAI spans with ~15 realistic
 attributes (what the SDK's batch processor sends), encoded ONCE; every replay patches a
 4-byte counter into the trace ids (bytes.replace, no re-encoding) so that each request lands
-new rows instead of being deduplicated. Encoding in the Python SDK costs ~50 µs a span and
-would measure the generator, not the collector.
+new rows instead of being deduplicated, and the upper 32 bits of every start and end time
+(`time.time_ns() >> 32`: a 4.3 s step) so that spans carry the current time, as a live
+fleet's do. (Before 2026-11-21 every request of a run had the same 0.5 ms of start times,
+so the collector's deduplication, which searches the batch's time range, searched every row
+landed so far.) Encoding in the Python SDK costs ~50 µs a span and would measure the
+generator, not the collector.
 
     python bench/otlp_load.py --url http://127.0.0.1:4318 --seconds 10 --connections 4
     python bench/otlp_load.py --url … --rate 40   # paced: requests/s, for latency below saturation
@@ -42,8 +46,27 @@ def _kv(key: str, value: object) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
-def build_request(spans: int = 512, dialect: str = "openai_v2", seed: int = 1) -> bytes:
-    """One encoded export request of `spans` GenAI spans; trace ids end with MARK."""
+def time_mark(at_ns: int | None = None) -> bytes:
+    """The 4 bytes that the template's times share (little-endian upper half of a fixed64)."""
+    return struct.pack("<I", (time.time_ns() if at_ns is None else at_ns) >> 32)
+
+
+def build_request(
+    spans: int = 512, dialect: str = "openai_v2", seed: int = 1, *, at_ns: int | None = None
+) -> bytes:
+    """One encoded export request of `spans` GenAI spans; trace ids end with MARK.
+
+    Every start and end time has the upper 32 bits of `at_ns` (default: now), so that
+    `body.replace(time_mark(at_ns), time_mark())` moves all of them to the current 4.3 s.
+    """
+    body = _build(spans, dialect, seed, at_ns)
+    mark = time_mark(at_ns)
+    if body.count(mark) != 2 * spans:  # the pattern also in a random id: pick other ids
+        return build_request(spans, dialect, seed + 1, at_ns=at_ns)
+    return body
+
+
+def _build(spans: int, dialect: str, seed: int, at_ns: int | None) -> bytes:
     rnd = random.Random(seed)
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
@@ -56,7 +79,8 @@ def build_request(spans: int = 512, dialect: str = "openai_v2", seed: int = 1) -
         if dialect == "comptroller"
         else "opentelemetry.instrumentation.openai_v2"
     )
-    now = time.time_ns()
+    # The low 32 bits start at 0: start and end (+850 ms) stay within one 4.3 s step.
+    now = ((time.time_ns() if at_ns is None else at_ns) >> 32) << 32
     for i in range(spans):
         provider, model = MODELS[i % len(MODELS)]
         span = ss.spans.add()
@@ -111,8 +135,15 @@ class _Counter:
 
 
 def run(
-    url: str, body: bytes, spans: int, seconds: float, connections: int, rate: float | None
+    url: str,
+    body: bytes,
+    spans: int,
+    seconds: float,
+    connections: int,
+    rate: float | None,
+    template_time: bytes,
 ) -> dict[str, object]:
+    """Replay `body` (built by `build_request` with times marked `template_time`)."""
     parts = urllib.parse.urlsplit(url)
     counter = _Counter()
     latencies: list[float] = []
@@ -134,7 +165,7 @@ def run(
                 if now < next_at:
                     time.sleep(next_at - now)
                 next_at += interval
-            payload = body.replace(MARK, counter.next())
+            payload = body.replace(MARK, counter.next()).replace(template_time, time_mark())
             started = time.perf_counter()
             conn.request("POST", "/v1/traces", payload, {"Content-Type": "application/x-protobuf"})
             response = conn.getresponse()
@@ -187,8 +218,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="requests/s over all connections")
     parser.add_argument("--dialect", default="openai_v2", choices=["openai_v2", "comptroller"])
     args = parser.parse_args()
-    body = build_request(args.spans, args.dialect)
-    result = run(args.url, body, args.spans, args.seconds, args.connections, args.rate)
+    at = time.time_ns()
+    body = build_request(args.spans, args.dialect, at_ns=at)
+    result = run(
+        args.url, body, args.spans, args.seconds, args.connections, args.rate, time_mark(at)
+    )
     result["request_bytes"] = len(body)
     print(json.dumps(result), flush=True)
 

@@ -76,6 +76,7 @@ def serve(
     ingest_log_fsync: bool = False,
     linger_s: float = 0.005,
     landing_nice: int = 10,
+    native_decoder: bool = True,
     duckdb_memory_mb: int = 192,
 ) -> None:
     """Serve until SIGTERM / Ctrl-C, then flush and close.
@@ -97,6 +98,7 @@ def serve(
         ingest_log_fsync: Flush each logged request to the device.
         linger_s: How long the writer gathers requests into one transaction.
         landing_nice: How much lower landing runs than receiving (Linux nice increment).
+        native_decoder: Decode protobuf trace exports with the C extension when built.
         duckdb_memory_mb: DuckDB's memory limit.
 
     Raises:
@@ -115,6 +117,7 @@ def serve(
         ingest_log_fsync=ingest_log_fsync,
         linger_s=linger_s,
         landing_nice=landing_nice,
+        native_decoder=native_decoder,
         duckdb_memory_mb=duckdb_memory_mb,
     )
     _tune_gc()

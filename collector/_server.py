@@ -41,7 +41,6 @@ from comptroller.collector._decode import (
     Encoding,
     Signal,
     content_encoding,
-    decode,
     encode_response,
     gunzip,
 )
@@ -99,10 +98,7 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
         # durable (in the ingest log) and is acknowledged without waiting for DuckDB.
         if gzip:
             body = gunzip(body, max_bytes=limit)
-        message = decode(signal, encoding, body)
-        batch = collector.normalise(
-            signal, message, size=len(body) if encoding == "protobuf" else None
-        )
+        message, batch = collector.decode_normalise(signal, encoding, body)
         collector.accept(signal, message, batch, body if encoding == "protobuf" else None)
         return batch
 
@@ -168,7 +164,7 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
     async def health(request: Request) -> Response:
         if not collector.authorised(request.headers.get("authorization")):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        return JSONResponse(pipeline.health())
+        return JSONResponse({**pipeline.health(), "native_decoder": collector.native_health()})
 
     async def query(request: Request) -> Response:
         if not collector.authorised(request.headers.get("authorization")):

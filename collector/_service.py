@@ -21,9 +21,10 @@ import pyarrow as pa
 from google.protobuf.message import Message
 
 from comptroller import analytics
-from comptroller.collector._decode import decode
+from comptroller.collector._decode import Encoding, decode
 from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander
+from comptroller.collector._native import NativeTraces, available, unavailable_reason
 from comptroller.collector._normalise import Batch, Limits, Normaliser
 from comptroller.collector._pipeline import MAX_FLUSH_ROWS, Pipeline, Stats
 from comptroller.collector._priority import at_lower_priority
@@ -68,6 +69,8 @@ class Collector:
         linger_s: How long the writer waits to gather more requests into one transaction.
         landing_nice: How much lower the writer's and DuckDB's threads run than the
             receivers (Linux nice increment; 0 for the same priority).
+        native_decoder: Decode protobuf trace exports with the C extension when it is
+            built (`collector/_native.py`); False uses the reference normaliser alone.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Collector:
         ingest_log_fsync: bool = False,
         linger_s: float = 0.005,
         landing_nice: int = 10,
+        native_decoder: bool = True,
     ) -> None:
         self.db_path = Path(db_path)
         self.timezone = timezone
@@ -98,6 +102,8 @@ class Collector:
         self.con.execute("SET enable_external_access = false").fetchall()
         self.con.execute("SET lock_configuration = true").fetchall()
         self.normaliser = Normaliser(limits=limits, prices=prices)
+        self.native = NativeTraces(self.normaliser) if native_decoder and available() else None
+        self.native_requested = native_decoder
         self.stats = Stats()
         # Budget crossings are looked for at most once a second under load (each check
         # reads every budget's state), and at once when the writer idles or a read comes.
@@ -130,8 +136,7 @@ class Collector:
         rows = 0
         last = landed
         for entry in log.replay(after=landed):
-            message = decode(entry.signal, "protobuf", entry.payload)
-            batch = self.normalise(entry.signal, message, count=False, size=len(entry.payload))
+            _, batch = self.decode_normalise(entry.signal, "protobuf", entry.payload, count=False)
             group.append(batch)
             rows += batch.rows
             last = entry.seq
@@ -145,12 +150,14 @@ class Collector:
             log.release(upto=last)
         return replayed
 
-    def accept(self, signal: str, message: Message, batch: Batch, payload: bytes | None) -> None:
+    def accept(
+        self, signal: str, message: Message | None, batch: Batch, payload: bytes | None
+    ) -> None:
         """Make an export durable and queue its rows: once this returns, acknowledge it.
 
         Args:
             signal: `traces`, `logs` or `metrics` (metrics land nothing).
-            message: The decoded request.
+            message: The decoded request (None when `payload` is given).
             batch: What `normalise` made of it.
             payload: The request as protobuf bytes, if the receiver has them (else they
                 are serialised from `message`).
@@ -163,6 +170,8 @@ class Collector:
             self.pipeline.check_open()
             return
         if payload is None:
+            if message is None:
+                raise ValueError("accept needs the decoded message or its protobuf bytes")
             payload = message.SerializeToString()
         self.pipeline.submit(batch, signal=signal, payload=payload)
 
@@ -175,6 +184,35 @@ class Collector:
         if not ok:
             self.stats.count_unauthorized()
         return ok
+
+    def decode_normalise(
+        self, signal: str, encoding: Encoding, body: bytes, *, count: bool = True
+    ) -> tuple[Message | None, Batch]:
+        """Decode and normalise an export request body (inflated).
+
+        Protobuf trace exports take the native decoder when it is built; a request it
+        declines, and every other request, is decoded by upb and normalised by the reference.
+
+        Returns:
+            The decoded message (None when the native decoder handled the body) and the batch.
+
+        Raises:
+            DecodeError: The body cannot be decoded.
+        """
+        if self.native is not None and signal == "traces" and encoding == "protobuf":
+            native = self.native.traces(body)
+            if not isinstance(native, str):
+                return None, native
+        message = decode(signal, encoding, body)  # type: ignore[arg-type]
+        size = len(body) if encoding == "protobuf" else None
+        return message, self.normalise(signal, message, count=count, size=size)
+
+    def native_health(self) -> dict[str, Any]:
+        """The native decoder's part of `/health`."""
+        if self.native is None:
+            reason = unavailable_reason() if self.native_requested else "disabled by setting"
+            return {"enabled": False, "reason": reason}
+        return {"enabled": True, **self.native.stats.as_dict()}
 
     def normalise(
         self, signal: str, message: Message, *, count: bool = True, size: int | None = None

@@ -26,9 +26,9 @@ nothing here imports langchain, duckdb or polars.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import version
 from typing import Any, Final
@@ -116,18 +116,21 @@ class Usage:
     @property
     def consistent(self) -> bool:
         """Whether the counts can be priced: none negative, the parts within their totals."""
-        return (
-            self.cache_read_tokens + self.cache_write_tokens <= self.input_tokens
-            and self.reasoning_tokens <= self.output_tokens
-            and min(
-                self.input_tokens,
-                self.output_tokens,
-                self.cache_read_tokens,
-                self.cache_write_tokens,
-                self.reasoning_tokens,
-            )
-            >= 0
+        return _consistent(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
         )
+
+
+def _consistent(inp: int, outp: int, cache_read: int, cache_write: int, reasoning: int) -> bool:
+    return (
+        cache_read + cache_write <= inp
+        and reasoning <= outp
+        and min(inp, outp, cache_read, cache_write, reasoning) >= 0
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,18 +212,29 @@ class _Linear:
     reasoning: Decimal
 
     def cost(self, u: Usage) -> Decimal:
+        return self.cost_of(
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+        )
+
+    def cost_of(
+        self, inp: int, outp: int, cache_read: int, cache_write: int, reasoning: int
+    ) -> Decimal:
         # Decimal × int is exact; skipping zero counts keeps the common call to ~2 products.
         total = self.const
-        if u.input_tokens:
-            total += self.input * u.input_tokens
-        if u.output_tokens:
-            total += self.output * u.output_tokens
-        if u.cache_read_tokens:
-            total += self.cache_read * u.cache_read_tokens
-        if u.cache_write_tokens:
-            total += self.cache_write * u.cache_write_tokens
-        if u.reasoning_tokens:
-            total += self.reasoning * u.reasoning_tokens
+        if inp:
+            total += self.input * inp
+        if outp:
+            total += self.output * outp
+        if cache_read:
+            total += self.cache_read * cache_read
+        if cache_write:
+            total += self.cache_write * cache_write
+        if reasoning:
+            total += self.reasoning * reasoning
         return total
 
     def worst(self, input_tokens: int, output_tokens: int) -> Decimal:
@@ -527,6 +541,49 @@ class Pricer:
             return Price(None, UNPRICED_SOURCE, f"inconsistent usage {usage}")
         source, schedule = found
         return Price(schedule.linear(usage.input_tokens).cost(usage), source)
+
+    def price_counts(
+        self,
+        provider: str,
+        model: str,
+        counts: Sequence[tuple[int, int, int, int, int]],
+        at_us: Sequence[int],
+    ) -> list[Price]:
+        """The costs of many attempts of one model: `price` of each, resolved once.
+
+        Args:
+            provider: Provider name.
+            model: The model id.
+            counts: (input, output, cache_read, cache_write, reasoning) tokens per attempt,
+                inclusive as in `Usage`.
+            at_us: When each attempt was made, µs since the epoch (used only when the
+                model's price changes with time).
+
+        Returns:
+            One `Price` per attempt, equal to what `price` returns for it.
+        """
+        resolved = self._lookup(provider, model)
+        if resolved is None:
+            unknown = Price(None, UNPRICED_SOURCE, f"no price known for {provider}:{model}")
+            return [unknown] * len(counts)
+        source, target = resolved
+        schedule = target if isinstance(target, _Schedule) else target.static
+        out: list[Price] = []
+        for (inp, outp, cr, cw, rs), at in zip(counts, at_us, strict=True):
+            if schedule is not None and _consistent(inp, outp, cr, cw, rs):
+                out.append(Price(schedule.linear(inp).cost_of(inp, outp, cr, cw, rs), source))
+                continue
+            # A price that changes with the date or the time of day, or counts that cannot be
+            # priced: the one-by-one path says why.
+            usage = Usage(
+                input_tokens=inp,
+                output_tokens=outp,
+                cache_read_tokens=cr,
+                cache_write_tokens=cw,
+                reasoning_tokens=rs,
+            )
+            out.append(self.price(provider, model, usage, datetime.fromtimestamp(at / 1e6, UTC)))
+        return out
 
     def coefficients(self, provider: str, model: str, at: datetime) -> PriceCoefficients | None:
         """The per-token price of every token kind and tier of a model, in force at `at`.

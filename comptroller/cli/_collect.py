@@ -76,5 +76,6 @@ def collect(
         ingest_log_fsync=section.ingest_log_fsync,
         linger_s=section.linger_ms / 1000,
         landing_nice=section.landing_nice,
+        native_decoder=section.native_decoder,
         duckdb_memory_mb=section.duckdb_memory_mb,
     )

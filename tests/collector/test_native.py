@@ -1,0 +1,401 @@
+"""The native trace decoder equals the reference normaliser on every request it accepts.
+
+`collector/_otlp_native.c` may decline a request (the reference then handles it), but what
+it accepts must give the same tables, byte for byte, and the same counting references.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from comptroller.collector._aliases import (
+    AGENT_MARKERS,
+    ALIASES,
+    ATTRIBUTE_DIALECT_MARKERS,
+    COST_KEY,
+    FINISH_REASON_KEYS,
+    INT_FIELDS,
+    SCOPE_DIALECTS,
+)
+from comptroller.collector._decode import DecodeError, decode
+from comptroller.collector._native import NativeTraces, available, unavailable_reason
+from comptroller.collector._normalise import Batch, Limits, Normaliser
+
+from .helpers import DIALECTS, fixture_spans, load_fixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from otlp_load import build_request
+
+NOW_NS = time.time_ns() // 10**9 * 10**9  # fixtures are stamped with the real time
+
+
+def test_the_extension_is_built() -> None:
+    # CI builds it (gcc is on every machine); a missing build would silently cost 10x.
+    assert available(), f"collector/_otlp_native.c did not build: {unavailable_reason()}"
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[Normaliser, NativeTraces]:
+    normaliser = Normaliser(clock_ns=lambda: NOW_NS)
+    return normaliser, NativeTraces(normaliser)
+
+
+def reference(normaliser: Normaliser, body: bytes) -> Batch:
+    return normaliser.traces(decode("traces", "protobuf", body), size=len(body))  # type: ignore[arg-type]
+
+
+def assert_same(native: Batch, ref: Batch) -> None:
+    assert set(native.tables) == set(ref.tables)
+    for name, table in ref.tables.items():
+        got = native.tables[name]
+        assert got.schema == table.schema, name
+        for column in table.column_names:
+            assert got.column(column).equals(table.column(column)), (
+                name,
+                column,
+                got.column(column).to_pylist()[:3],
+                table.column(column).to_pylist()[:3],
+            )
+    assert native.genai_refs == ref.genai_refs
+    assert native.derive_refs == ref.derive_refs
+    assert native.usage_refs == ref.usage_refs == []
+    assert (native.accepted, native.rejected) == (ref.accepted, ref.rejected)
+
+
+def check(pair: tuple[Normaliser, NativeTraces], body: bytes) -> Batch | str:
+    normaliser, native = pair
+    got = native.traces(body)
+    if isinstance(got, str):
+        return got
+    # Accepted natively: the reference must accept the same bytes and agree exactly.
+    assert_same(got, reference(normaliser, body))
+    return got
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_every_dialect_fixture_is_decoded_natively_and_equal(
+    pair: tuple[Normaliser, NativeTraces], dialect: str
+) -> None:
+    body = encode_spans(fixture_spans(load_fixture(dialect))).SerializeToString()
+    got = check(pair, body)
+    assert isinstance(got, Batch), f"declined: {got}"
+    assert got.tables["spans"].num_rows >= 1
+
+
+@pytest.mark.parametrize("dialect", ["openai_v2", "comptroller"])
+def test_the_benchmark_request_is_decoded_natively_and_equal(
+    pair: tuple[Normaliser, NativeTraces], dialect: str
+) -> None:
+    got = check(pair, build_request(512, dialect, at_ns=NOW_NS))
+    assert isinstance(got, Batch)
+    assert got.tables["spans"].num_rows == 512
+    assert ("derive" in got.tables) is (dialect == "openai_v2")
+
+
+# --- generated requests ----------------------------------------------------------------------
+_KEYS = sorted(
+    {
+        *ALIASES,
+        *FINISH_REASON_KEYS,
+        COST_KEY,
+        *AGENT_MARKERS,
+        *(prefix + "x" for prefix, _ in ATTRIBUTE_DIALECT_MARKERS),
+        "service.name",
+        "telemetry.sdk.name",
+        "http.method",
+        "",
+    }
+)
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
+    [
+        "chat",
+        "openai",
+        "anthropic",
+        "gpt-4o-mini",
+        "claude-sonnet-4-5",
+        "embeddings",
+        "LLM",
+        "AGENT",
+        "stop",
+        "openlit",
+        "comptroller",
+        "OpenAI ",
+        "xai",
+        "ok",
+        "error",
+        "",
+        "gpt-4o",
+        'q"\\\n\t\x00\x1f\x7fé\u2028',
+    ]
+)
+_INT = st.integers(-3, 5000) | st.sampled_from([0, 2**31, -(2**31) - 1, 2**62, -(2**63), 2**63 - 1])
+_FLOAT = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [0.2, 1e-5, 3.45e-5, 1e-6, 1e16, 1e15, -0.0, 5e-324]
+)
+
+
+def _any_value(depth: int = 0, *, clean: bool = False) -> st.SearchStrategy[AnyValue]:
+    scalars = st.one_of(
+        _TEXT.map(lambda v: AnyValue(string_value=v)),
+        (st.integers(0, 5000) if clean else _INT).map(lambda v: AnyValue(int_value=v)),
+        _FLOAT.map(lambda v: AnyValue(double_value=v)),
+        st.booleans().map(lambda v: AnyValue(bool_value=v)),
+        st.binary(max_size=7).map(lambda v: AnyValue(bytes_value=v)),
+        st.just(AnyValue()),
+    )
+    if depth >= 2:
+        return scalars
+
+    def array(items: list[AnyValue]) -> AnyValue:
+        value = AnyValue()
+        value.array_value.values.extend(items)
+        return value
+
+    def kvlist(items: list[tuple[str, AnyValue]]) -> AnyValue:
+        value = AnyValue()
+        value.kvlist_value.values.extend(KeyValue(key=k, value=v) for k, v in items)
+        return value
+
+    arrays = st.lists(st.deferred(lambda: _any_value(depth + 1, clean=clean)), max_size=3)
+    plain = scalars | arrays.map(array)
+    if clean:
+        return plain
+    return plain | st.lists(st.tuples(_TEXT, scalars), max_size=2).map(kvlist)
+
+
+_FIELD_OF = {key: hits[0][0] for key, hits in ALIASES.items()}
+
+
+class Gen:
+    """The strategies of one request: a clean one draws only what real exporters send; a
+    dirty one may draw, anywhere, what the native path declines or the reference rejects."""
+
+    def __init__(self, draw: st.DrawFn, clean: bool) -> None:
+        self.draw = draw
+        self.clean = clean
+
+    def pick(self, common: st.SearchStrategy[Any], rare: st.SearchStrategy[Any]) -> Any:
+        if self.clean:
+            return self.draw(common)
+        return self.draw(st.integers(0, 4).flatmap(lambda i: rare if i == 0 else common))
+
+    def value(self, depth: int = 0) -> AnyValue:
+        return self.draw(_any_value(depth, clean=self.clean))
+
+    def attribute(self) -> tuple[str, AnyValue]:
+        key = self.pick(st.sampled_from(_KEYS), _TEXT)
+        field = _FIELD_OF.get(key)
+        typed: st.SearchStrategy[AnyValue]
+        if field in INT_FIELDS:
+            typed = st.integers(0, 5000).map(lambda v: AnyValue(int_value=v))
+        elif field is not None:
+            typed = _TEXT.map(lambda v: AnyValue(string_value=v))
+        elif key in FINISH_REASON_KEYS:
+            typed = st.lists(_TEXT, max_size=3).map(
+                lambda v: AnyValue(array_value={"values": [AnyValue(string_value=x) for x in v]})
+            ) | _TEXT.map(lambda v: AnyValue(string_value=v))
+        elif key == COST_KEY:
+            typed = _FLOAT.map(lambda v: AnyValue(double_value=v)) | st.integers(0, 9).map(
+                lambda v: AnyValue(int_value=v)
+            )
+        else:
+            typed = _any_value(clean=self.clean)
+        return key, self.pick(typed, _any_value())
+
+    def attributes(self, max_size: int) -> list[tuple[str, AnyValue]]:
+        found: dict[str, AnyValue] = {}
+        pairs = []
+        for _ in range(self.draw(st.integers(0, max_size))):
+            key, value = self.attribute()
+            if key in found and (self.clean or self.draw(st.integers(0, 3))):
+                continue  # a duplicate key now and then, in a dirty request
+            found[key] = value
+            pairs.append((key, value))
+        return pairs
+
+    def trace_id(self) -> bytes:
+        return self.pick(st.binary(min_size=16, max_size=16), st.binary(max_size=17))
+
+    def span_id(self) -> bytes:
+        return self.pick(st.binary(min_size=8, max_size=8), st.binary(max_size=9))
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    g = Gen(draw, clean=draw(st.integers(0, 2)) > 0)
+    request = ExportTraceServiceRequest()
+    for _ in range(draw(st.integers(0, 2))):
+        rs = request.resource_spans.add()
+        for key, value in g.attributes(3):
+            if key != "service.name":
+                rs.resource.attributes.add(key=key, value=value)
+        if draw(st.booleans()):
+            service = g.pick(_TEXT.map(lambda v: AnyValue(string_value=v)), _any_value(2))
+            rs.resource.attributes.add(key="service.name", value=service)
+        if draw(st.booleans()):
+            rs.resource.attributes.add(
+                key="telemetry.sdk.name", value=AnyValue(string_value="openlit")
+            )
+        for _ in range(draw(st.integers(0, 2))):
+            ss = rs.scope_spans.add()
+            ss.scope.name = draw(
+                st.sampled_from([p for p, _ in SCOPE_DIALECTS] + ["", "my.app", "logfire.x"])
+            )
+            for _ in range(draw(st.integers(0, 3))):
+                span = ss.spans.add()
+                span.trace_id = g.trace_id()
+                span.span_id = g.span_id()
+                span.parent_span_id = draw(st.just(b"")) if draw(st.booleans()) else g.span_id()
+                span.name = draw(
+                    st.sampled_from(["chat gpt", "Embed texts", "agent run", ""]) | _TEXT
+                )
+                span.kind = g.pick(st.integers(0, 5), st.integers(6, 7))
+                start = g.pick(
+                    st.integers(NOW_NS - 10**12, NOW_NS),
+                    st.sampled_from([NOW_NS + 86_400 * 10**9 + 1, 0, 1])
+                    | st.integers(0, 2**64 - 1),
+                )
+                span.start_time_unix_nano = start
+                span.end_time_unix_nano = draw(
+                    st.sampled_from(
+                        [0, start, min(start + 850_000_000, 2**64 - 1), max(start - 1, 0)]
+                    )
+                )
+                span.status.code = g.pick(st.integers(0, 2), st.just(3))
+                span.status.message = draw(st.just("") | _TEXT)
+                for key, value in g.attributes(12):
+                    span.attributes.add(key=key, value=value)
+                if draw(st.booleans()):
+                    event = span.events.add(name=draw(_TEXT), time_unix_nano=start)
+                    event.attributes.add(key="k", value=g.value(1))
+                if draw(st.booleans()):
+                    span.links.add(trace_id=g.trace_id(), span_id=g.span_id(), trace_state="a=b")
+    return request.SerializeToString()
+
+
+_SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_SETTINGS
+@given(body=requests())
+def test_generated_requests_agree(pair: tuple[Normaliser, NativeTraces], body: bytes) -> None:
+    check(pair, body)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    body = bytearray(draw(requests()))
+    for _ in range(draw(st.integers(1, 4))):
+        if not body:
+            break
+        at = draw(st.integers(0, len(body) - 1))
+        action = draw(st.sampled_from(["flip", "cut", "insert", "utf8"]))
+        if action == "flip":
+            body[at] ^= 1 << draw(st.integers(0, 7))
+        elif action == "cut":
+            del body[at:]
+        elif action == "insert":
+            body[at:at] = draw(st.binary(min_size=1, max_size=3))
+        else:
+            body[at] = 0xFF  # never valid in UTF-8
+    return bytes(body)
+
+
+@_SETTINGS
+@given(body=mutated())
+def test_damaged_requests_are_declined_or_agree(
+    pair: tuple[Normaliser, NativeTraces], body: bytes
+) -> None:
+    normaliser, native = pair
+    got = native.traces(body)
+    if isinstance(got, str):
+        return
+    # What the native path accepts, upb must decode, and the reference must agree with.
+    assert_same(got, reference(normaliser, body))
+
+
+# --- what it declines, and that the reference then decides -----------------------------------
+def _span_request(**attrs: Any) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id = b"\x01" * 16
+    span.span_id = b"\x02" * 8
+    span.name = "chat"
+    span.start_time_unix_nano = NOW_NS
+    span.end_time_unix_nano = NOW_NS + 10**9
+    for key, value in attrs.items():
+        span.attributes.add(key=key, value=value)
+    return request
+
+
+def test_invalid_utf8_in_a_part_it_does_not_read_is_declined(
+    pair: tuple[Normaliser, NativeTraces],
+) -> None:
+    request = _span_request(**{"gen_ai.operation.name": AnyValue(string_value="chat")})
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.events.add(name="MARKER")
+    body = request.SerializeToString().replace(b"MARKER", b"MARK\xffR")
+    normaliser, native = pair
+    assert native.traces(body) == "invalid UTF-8"
+    with pytest.raises(DecodeError) as caught:
+        reference(normaliser, body)
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("attrs", "reason"),
+    [
+        ({"gen_ai.usage.input_tokens": AnyValue(int_value=-5)}, "negative token count"),
+        ({"gen_ai.usage.input_tokens": AnyValue(string_value="12")}, "value of another type"),
+        ({"x": AnyValue(kvlist_value={"values": [KeyValue(key="a")]})}, "kvlist value"),
+    ],
+)
+def test_what_it_is_not_sure_of_is_declined_with_a_reason(
+    pair: tuple[Normaliser, NativeTraces], attrs: dict[str, AnyValue], reason: str
+) -> None:
+    normaliser, native = pair
+    body = _span_request(**attrs).SerializeToString()
+    got = native.traces(body)
+    assert isinstance(got, str)
+    assert got.startswith(reason)
+    reference(normaliser, body)  # the reference decides (a rejection or a row)
+    assert native.stats.reasons[got] >= 1
+
+
+def test_duplicate_keys_are_declined(pair: tuple[Normaliser, NativeTraces]) -> None:
+    request = _span_request(**{"gen_ai.usage.input_tokens": AnyValue(int_value=5)})
+    request.resource_spans[0].scope_spans[0].spans[0].attributes.add(
+        key="gen_ai.usage.input_tokens", value=AnyValue(int_value=7)
+    )
+    assert pair[1].traces(request.SerializeToString()) == "duplicate attribute key"
+
+
+def test_a_request_over_the_attribute_limit_is_left_to_the_reference() -> None:
+    normaliser = Normaliser(limits=Limits(max_attribute_bytes=100), clock_ns=lambda: NOW_NS)
+    native = NativeTraces(normaliser)
+    big = _span_request(**{"gen_ai.prompt": AnyValue(string_value="x" * 200)})
+    assert isinstance(native.traces(big.SerializeToString()), str)
+    assert reference(normaliser, big.SerializeToString()).rejected == 1
+
+
+def test_floats_are_written_as_orjson_writes_them(pair: tuple[Normaliser, NativeTraces]) -> None:
+    values = [0.2, 3.45e-5, 1e-6, 1e16, 1e15, -0.0, 5e-324, math.nan, math.inf, 1 / 3]
+    request = _span_request()
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    for i, value in enumerate(values):
+        span.attributes.add(key=f"f{i}", value=AnyValue(double_value=value))
+    got = check(pair, request.SerializeToString())
+    assert isinstance(got, Batch)
+    assert pa.compute.count(got.tables["spans"].column("attributes")).as_py() == 1
