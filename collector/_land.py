@@ -117,25 +117,27 @@ class LandResult:
 
 
 class _Relations:
-    """What recent traces hold that matters for counting usage, keyed by (trace, span).
+    """What recent traces hold that matters for counting usage, keyed by span.
 
-    Flat dicts (insertion-ordered, so the oldest entries go first when over the bound) make
-    a batch's lookups and its merge after commit a handful of C-level dict operations.
+    A span's key is its trace id and span id, raw (24 bytes: a third of a tuple of two hex
+    strings); a parent's key is the trace id and the parent span id. Flat dicts
+    (insertion-ordered, so the oldest entries go first when over the bound) make a batch's
+    lookups and its merge after commit a handful of C-level dict operations.
     """
 
     __slots__ = ("children", "derived", "leaf_parents", "spans", "usage")
 
     def __init__(self) -> None:
-        self.spans: dict[tuple[str, str], int] = {}
+        self.spans: dict[bytes, int] = {}
         """Flags of leaf and comptroller GenAI spans."""
-        self.leaf_parents: dict[tuple[str, str], None] = {}
+        self.leaf_parents: dict[bytes, None] = {}
         """Spans that have a leaf inference child (a lower layer reported the call)."""
-        self.usage: dict[tuple[str, str], None] = {}
+        self.usage: dict[bytes, None] = {}
         """Spans that have a comptroller usage row."""
-        self.derived: dict[tuple[str, str], str | None] = {}
-        """Spans whose derived usage row is landed -> their parent."""
-        self.children: dict[tuple[str, str], list[str]] = {}
-        """(trace, parent) -> spans with a derived row under that parent."""
+        self.derived: dict[bytes, bytes | None] = {}
+        """Spans whose derived usage row is landed -> their parent's key."""
+        self.children: dict[bytes, list[bytes]] = {}
+        """Parent key -> spans with a derived row under that parent."""
 
     def merge(self, other: _Relations, limit: int) -> None:
         self.spans.update(other.spans)
@@ -299,64 +301,63 @@ class Lander:
     # --- counting rules ---------------------------------------------------------------------
     def _decide(
         self, batches: Sequence[Batch]
-    ) -> tuple[_Relations, list[bool], set[str], set[tuple[str, str]]]:
+    ) -> tuple[_Relations, list[bool], set[str], set[bytes]]:
         """Which derived rows to keep and which landed ones to remove (the cache untouched)."""
         cache = self._relations
         new = _Relations()
         genai = [ref for b in batches for ref in b.genai_refs]
-        usage = [ref for b in batches for ref in b.usage_refs]
+        usage = [key for b in batches for key in b.usage_refs]
         # What this batch tells, before any decision.
-        for t, s, p, flags in genai:
-            new.spans[(t, s)] = flags
-            if flags & _LEAF and p:
-                new.leaf_parents[(t, p)] = None
-        for ref in usage:
-            new.usage[ref] = None
+        for key, parent, flags in genai:
+            new.spans[key] = flags
+            if flags & _LEAF and parent:
+                new.leaf_parents[parent] = None
+        for key in usage:
+            new.usage[key] = None
 
-        def is_comptroller(key: tuple[str, str]) -> bool:
+        def is_comptroller(key: bytes) -> bool:
             return bool((new.spans.get(key) or cache.spans.get(key) or 0) & _COMPTROLLER)
 
         # Landed derived rows that this batch makes redundant.
-        dropped: set[tuple[str, str]] = set()
+        dropped: set[bytes] = set()
 
-        def drop_children(t: str, s: str) -> None:
-            for kid in cache.children.get((t, s), ()):
-                if (t, kid) in cache.derived:
-                    dropped.add((t, kid))
+        def drop_children(key: bytes) -> None:
+            for kid in cache.children.get(key, ()):
+                if kid in cache.derived:
+                    dropped.add(kid)
 
-        for t, s, p, flags in genai:
-            if flags & _LEAF and p and (t, p) in cache.derived:
-                dropped.add((t, p))
+        for key, parent, flags in genai:
+            if flags & _LEAF and parent and parent in cache.derived:
+                dropped.add(parent)
             if flags & _COMPTROLLER:
-                drop_children(t, s)
-        for t, s in usage:
-            if (t, s) in cache.derived:
-                dropped.add((t, s))
-            drop_children(t, s)
+                drop_children(key)
+        for key in usage:
+            if key in cache.derived:
+                dropped.add(key)
+            drop_children(key)
         # Derived rows of this batch that nothing else counts.
         keep: list[bool] = []
         for batch in batches:
-            for t, s, p in batch.derive_refs:
-                key = (t, s)
+            for key, parent in batch.derive_refs:
                 counted = (
                     key in new.usage
                     or key in cache.usage
                     or key in new.leaf_parents
                     or key in cache.leaf_parents
                     or (
-                        p is not None
-                        and ((t, p) in new.usage or (t, p) in cache.usage or is_comptroller((t, p)))
+                        parent is not None
+                        and (parent in new.usage or parent in cache.usage or is_comptroller(parent))
                     )
                 )
                 keep.append(not counted)
                 if not counted:
-                    new.derived[key] = p
-                    if p is not None:
-                        new.children.setdefault((t, p), []).append(s)
-        remove = {f"span:{t}:{s}" for t, s in dropped}
+                    new.derived[key] = parent
+                    if parent is not None:
+                        new.children.setdefault(parent, []).append(key)
+        remove = {f"span:{key[:16].hex()}:{key[16:].hex()}" for key in dropped}
         return new, keep, remove, dropped
 
-    def _commit(self, new: _Relations, dropped: set[tuple[str, str]]) -> None:
+    def _commit(self, new: _Relations, dropped: set[bytes]) -> None:
         for key in dropped:
             self._relations.derived.pop(key, None)
         self._relations.merge(new, self.max_traces)
@@ -377,23 +378,26 @@ class Lander:
         usage = con.sql(
             "SELECT u.trace_id, u.span_id, u.source, s.parent_span_id FROM llm_usage u "
             "LEFT JOIN spans s ON s.trace_id = u.trace_id AND s.span_id = u.span_id "
-            "WHERE u.ts >= $since AND u.trace_id IS NOT NULL AND u.span_id IS NOT NULL "
+            # the rows that can name a span (16-byte trace id, 8-byte span id)
+            "WHERE u.ts >= $since AND length(u.trace_id) = 32 AND length(u.span_id) = 16 "
             "ORDER BY u.ts LIMIT $limit",
             params={"since": since, "limit": limit},
         ).to_arrow_table()
         new = _Relations()
         for t, s, p, flags in zip(*(c.to_pylist() for c in spans.columns), strict=True):
             if flags:
-                new.spans[(t, s)] = flags
+                new.spans[bytes.fromhex(t + s)] = flags
                 if flags & _LEAF and p:
-                    new.leaf_parents[(t, p)] = None
+                    new.leaf_parents[bytes.fromhex(t + p)] = None
         for t, s, source, p in zip(*(c.to_pylist() for c in usage.columns), strict=True):
+            key = bytes.fromhex(t + s)
             if source == "comptroller":
-                new.usage[(t, s)] = None
+                new.usage[key] = None
             else:
-                new.derived[(t, s)] = p
-                if p is not None:
-                    new.children.setdefault((t, p), []).append(s)
+                parent = bytes.fromhex(t + p) if p else None
+                new.derived[key] = parent
+                if parent is not None:
+                    new.children.setdefault(parent, []).append(key)
         self._commit(new, set())
 
     def _roll_up(self, added: list[pa.Table], removed: pa.Table | None) -> None:

@@ -241,12 +241,14 @@ class Batch:
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
-    genai_refs: list[tuple[str, str, str | None, int]] = field(default_factory=list)
-    """(trace, span, parent, flags) of leaf and comptroller GenAI spans, for the counting rules."""
-    usage_refs: list[tuple[str, str]] = field(default_factory=list)
-    """(trace, span) of each comptroller usage row."""
-    derive_refs: list[tuple[str, str, str | None]] = field(default_factory=list)
-    """(trace, span, parent) of each derived candidate, in the order of `tables["derive"]`."""
+    genai_refs: list[tuple[bytes, bytes | None, int]] = field(default_factory=list)
+    """(key, parent key, flags) of leaf and comptroller GenAI spans, for the counting rules.
+    A span's key is its trace id and span id, raw (24 bytes); its parent's key is the trace
+    id and the parent span id (None without a parent)."""
+    usage_refs: list[bytes] = field(default_factory=list)
+    """Key of the span of each comptroller usage row (that names a valid span)."""
+    derive_refs: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    """(key, parent key) of each derived candidate, in the order of `tables["derive"]`."""
 
     @property
     def rows(self) -> int:
@@ -510,15 +512,21 @@ class Normaliser:
                         batch.reject(rej.reason, rej.example)
                         continue
                     rows.append(row)
+                    flags = 0
                     if row[12]:  # is_genai
                         flags = (LEAF_FLAG if row[15] in LEAF_OPERATIONS else 0) | (
                             COMPTROLLER_FLAG if row[13] == "comptroller" else 0
                         )
+                    if flags or derive is not None:
+                        trace_id = span.trace_id
+                        span_key = trace_id + span.span_id
+                        parent = span.parent_span_id
+                        parent_key = trace_id + parent if parent else None
                         if flags:
-                            genai_refs.append((row[0], row[1], row[2], flags))
-                    if derive is not None:
-                        derived.append(derive)
-                        derive_refs.append((row[0], row[1], row[2]))
+                            genai_refs.append((span_key, parent_key, flags))
+                        if derive is not None:
+                            derived.append(derive)
+                            derive_refs.append((span_key, parent_key))
         batch.accepted = len(rows)
         if rows:
             batch.tables["spans"] = _table(SPANS_SCHEMA, rows)
@@ -774,8 +782,12 @@ class Normaliser:
                         ignored += 1
                         continue
                     out[table].append(row)
-                    if table == "llm_usage" and row[2] and row[3]:
-                        batch.usage_refs.append((row[2], row[3]))
+                    if (
+                        table == "llm_usage"
+                        and len(record.trace_id) == 16
+                        and len(record.span_id) == 8
+                    ):
+                        batch.usage_refs.append(record.trace_id + record.span_id)
         for table, rows in out.items():
             if rows:
                 batch.tables[table] = _table(TABLE_SCHEMAS[table], rows)

@@ -1134,17 +1134,6 @@ static int hex_col(State *st, Col *c, const uint8_t *id, size_t n) {
     return col_str_end(&st->ctx, c);
 }
 
-static PyObject *hex_str(const uint8_t *id, size_t n) {
-    PyObject *s = PyUnicode_New((Py_ssize_t)(2 * n), 127);
-    if (s == NULL) return NULL;
-    Py_UCS1 *o = PyUnicode_1BYTE_DATA(s);
-    for (size_t i = 0; i < n; i++) {
-        *o++ = (Py_UCS1)HEX[id[i] >> 4];
-        *o++ = (Py_UCS1)HEX[id[i] & 15];
-    }
-    return s;
-}
-
 static int contains_embed(Slice name) {
     static const char word[] = "embed";
     if (name.n < 5) return 0;
@@ -1470,26 +1459,37 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
     int flags = (leaf ? 1 : 0) | (ours ? 2 : 0);
     int derive = !ours && leaf && has_tokens;
     if (flags || derive) {
-        PyObject *t = hex_str((const uint8_t *)trace.s, 16);
-        PyObject *s = hex_str((const uint8_t *)span.s, 8);
-        PyObject *p = parent.n ? hex_str((const uint8_t *)parent.s, parent.n) : Py_NewRef(Py_None);
-        PyObject *ref = NULL;
+        /* keys of the counting rules: trace id + span id, trace id + parent id (raw) */
+        PyObject *key = PyBytes_FromStringAndSize(NULL, 24);
+        PyObject *pkey = Py_None;
+        Py_INCREF(Py_None);
+        if (key != NULL) {
+            memcpy(PyBytes_AS_STRING(key), trace.s, 16);
+            memcpy(PyBytes_AS_STRING(key) + 16, span.s, 8);
+        }
+        if (key != NULL && parent.n) {
+            Py_DECREF(pkey);
+            pkey = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(16 + parent.n));
+            if (pkey != NULL) {
+                memcpy(PyBytes_AS_STRING(pkey), trace.s, 16);
+                memcpy(PyBytes_AS_STRING(pkey) + 16, parent.s, parent.n);
+            }
+        }
         int rc = ERR;
-        if (t && s && p) {
-            ref = flags ? Py_BuildValue("(OOOi)", t, s, p, flags) : NULL;
-            if ((!flags || (ref && PyList_Append(st->genai_refs, ref) == 0))) {
+        if (key != NULL && pkey != NULL) {
+            PyObject *ref = flags ? Py_BuildValue("(OOi)", key, pkey, flags) : NULL;
+            if (!flags || (ref != NULL && PyList_Append(st->genai_refs, ref) == 0)) {
                 rc = OK;
                 if (derive) {
-                    PyObject *dref = PyTuple_Pack(3, t, s, p);
+                    PyObject *dref = PyTuple_Pack(2, key, pkey);
                     if (dref == NULL || PyList_Append(st->derive_refs, dref) < 0) rc = ERR;
                     Py_XDECREF(dref);
                 }
             }
+            Py_XDECREF(ref);
         }
-        Py_XDECREF(ref);
-        Py_XDECREF(t);
-        Py_XDECREF(s);
-        Py_XDECREF(p);
+        Py_XDECREF(key);
+        Py_XDECREF(pkey);
         TRY(rc);
         if (derive) {
             int32_t row = (int32_t)st->rows;

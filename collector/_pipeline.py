@@ -139,6 +139,8 @@ class Pipeline:
         self.stats = stats or Stats()
         self._queue: deque[tuple[Batch, Future[LandResult], int]] = deque()
         self._queued_rows = 0
+        self._last_rows = 0
+        """Rows of the last request queued: what `saturated` expects the next to bring."""
         self._cond = threading.Condition()
         self._closing = False
         self._failing = False
@@ -160,8 +162,16 @@ class Pipeline:
         return len(self._queue)
 
     def saturated(self) -> bool:
-        """True when the queue is full (receivers answer 429 before reading a body)."""
-        return self._queued_rows >= self.max_queue_rows
+        """True when the queue cannot take a request like the last one.
+
+        Receivers answer 429 before reading the body: decoding a request only for `submit`
+        to refuse it cost as much as the ones that were accepted (under saturation about
+        half the requests were decoded and normalised for nothing).
+        """
+        queued = self._queued_rows
+        return queued >= self.max_queue_rows or (
+            queued > 0 and queued + self._last_rows > self.max_queue_rows
+        )
 
     def check_open(self) -> None:
         """Raise `Unavailable` when the pipeline no longer accepts batches."""
@@ -198,6 +208,7 @@ class Pipeline:
             self.accepted_seq = seq
             self._queue.append((batch, future, seq))
             self._queued_rows += rows
+            self._last_rows = rows
             self._cond.notify_all()  # the writer, whichever else waits
         return future
 

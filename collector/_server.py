@@ -96,6 +96,8 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
     def accept(signal: Signal, encoding: Encoding, gzip: bool, body: bytes) -> Batch:
         # Decode, normalise and log off the event loop; once this returns the request is
         # durable (in the ingest log) and is acknowledged without waiting for DuckDB.
+        if pipeline.saturated():  # the queue filled while this request waited for the worker
+            raise QueueFull(pipeline.queued_rows, pipeline.max_queue_rows, 1)
         if gzip:
             body = gunzip(body, max_bytes=limit)
         message, batch = collector.decode_normalise(signal, encoding, body)

@@ -442,3 +442,37 @@ def test_importing_loads_genai_prices_only_on_the_first_price(
     ).stdout
 
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("provider", "provider_id", "model"), [*MODELS, ("acme", "-", "x")])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    calls=st.lists(
+        st.tuples(usages(), instants)
+        | st.tuples(  # counts that cannot be priced: the batch must say so as `price` does
+            st.builds(Usage, input_tokens=st.integers(0, 5), cache_read_tokens=st.integers(6, 9)),
+            instants,
+        ),
+        max_size=8,
+    )
+)
+def test_price_counts_equals_price_call_by_call(
+    provider: str, provider_id: str, model: str, calls: list[tuple[Usage, datetime]]
+) -> None:
+    counts = [
+        (
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+        )
+        for u, _ in calls
+    ]
+    at_us = [int(at.timestamp() * 1_000_000) for _, at in calls]
+    batch = PRICER.price_counts(provider, model, counts, at_us)
+
+    assert batch == [
+        PRICER.price(provider, model, usage, datetime.fromtimestamp(us / 1e6, UTC))
+        for (usage, _), us in zip(calls, at_us, strict=True)
+    ]

