@@ -42,6 +42,13 @@ TOKENS = (
 )
 """The token-count columns, summed as they are."""
 _TS = pa.timestamp("us", tz="UTC")
+# Arrow scalars made once: a Python literal handed to a compute function is converted on
+# every call, and the conversion tries to import dateutil each time (~30 µs when absent).
+_EMPTY = pa.scalar("")
+_FALSE = pa.scalar(False)
+_OK = pa.scalar("ok")
+_ZERO = pa.scalar(0, pa.int64())
+_DAY = pa.scalar(_DAY_US, pa.int64())
 
 
 def rollup_delta(rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]) -> pa.Table:
@@ -67,16 +74,16 @@ def rollup_delta(rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]) -> 
     offset: pa.Array | pa.Scalar = pa.scalar(first, pa.int64())
     for at, after in changes:
         offset = pc.if_else(pc.greater_equal(epoch, at), after, offset)
-    day = pc.cast(pc.cast(pc.divide(pc.add(epoch, offset), _DAY_US), pa.int32()), pa.date32())
+    day = pc.cast(pc.cast(pc.divide(pc.add(epoch, offset), _DAY), pa.int32()), pa.date32())
     cap = rows.column("budget_cap_usd")
     capped = pc.is_valid(cap)
     position = pc.cast(pc.indices_nonzero(pa.repeat(pa.scalar(True), rows.num_rows)), pa.int64())
 
     def text(name: str) -> pa.ChunkedArray:
-        return pc.fill_null(rows.column(name), "")
+        return pc.fill_null(rows.column(name), _EMPTY)
 
     def flag(values: pa.ChunkedArray | pa.Array) -> pa.Array:
-        return pc.cast(pc.fill_null(values, False), pa.int64())
+        return pc.cast(pc.fill_null(values, _FALSE), pa.int64())
 
     columns = {
         "day": day,
@@ -88,10 +95,10 @@ def rollup_delta(rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]) -> 
         "model": pc.coalesce(
             rows.column("response_model"), rows.column("request_model"), pa.scalar("")
         ),
-        "errors": flag(pc.not_equal(rows.column("outcome"), "ok")),
+        "errors": flag(pc.not_equal(rows.column("outcome"), _OK)),
         "estimated_calls": flag(rows.column("estimated")),
         "unpriced_calls": flag(pc.is_null(rows.column("cost_usd"))),
-        **{name: pc.fill_null(rows.column(name), 0) for name in TOKENS},
+        **{name: pc.fill_null(rows.column(name), _ZERO) for name in TOKENS},
         "cost_usd": rows.column("cost_usd"),
         "cap_ts": pc.if_else(capped, ts, pa.scalar(None, _TS)),
         "cap_at": pc.if_else(capped, position, pa.scalar(None, pa.int64())),

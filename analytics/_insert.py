@@ -31,6 +31,9 @@ DEDUP_KEYS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
 """Table -> (the columns that identify a row, its timestamp column)."""
 
 
+_SEPARATOR: Final = pa.scalar("/")  # made once: a str is converted again on every call
+
+
 def time_bounds(table: pa.Table, target: str) -> tuple[dt.datetime, dt.datetime] | None:
     """The earliest and latest timestamp of `table`'s rows bound for `target` (None: empty)."""
     column = table.column(DEDUP_KEYS[target][1])
@@ -47,7 +50,7 @@ def keys_unique(table: pa.Table, target: str) -> bool:
     if len(key) == 1:
         column = table.column(key[0])
     else:  # fixed-width hex ids: the separator cannot make two keys collide
-        column = pc.binary_join_element_wise(*(table.column(k) for k in key), "/")
+        column = pc.binary_join_element_wise(*(table.column(k) for k in key), _SEPARATOR)
     distinct: int = pc.count_distinct(column, mode="all").as_py()
     return bool(distinct == table.num_rows)
 

@@ -17,12 +17,17 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    DESCRIPTOR as _TRACE_PROTO,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from comptroller.collector._decode import DecodeError
 from comptroller.collector._pipeline import QueueFull, Unavailable
 from comptroller.collector._service import Collector
 from comptroller.errors import ConfigError
+
+_TRACE_SERVICE = _TRACE_PROTO.services_by_name["TraceService"].full_name
 
 
 class _Receiver:
@@ -30,13 +35,28 @@ class _Receiver:
         self.collector = collector
 
     def ingest(self, signal: str, request: Any, context: grpc.ServicerContext) -> Any:
+        """Accept one export: a decoded message, or (traces) the request's protobuf bytes."""
         collector = self.collector
         metadata = dict(context.invocation_metadata())
         if not collector.authorised(_text(metadata.get("authorization"))):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        batch = collector.normalise(signal, request)
+        payload: bytes | None = None
+        if isinstance(request, bytes):
+            # Trace exports arrive undecoded, for the native decoder (collector/_native.py).
+            if collector.pipeline.saturated():
+                collector.stats.count_request_rejected("queue_full")
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the landing queue is full; retry")
+            try:
+                message, batch = collector.decode_normalise(signal, "protobuf", request)
+            except DecodeError as exc:
+                collector.stats.count_request_rejected(exc.kind)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+            payload = request
+        else:
+            message = request
+            batch = collector.normalise(signal, request)
         try:
-            collector.accept(signal, request, batch, None)
+            collector.accept(signal, message, batch, payload)
         except QueueFull as exc:
             collector.stats.count_request_rejected("queue_full")
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -64,12 +84,17 @@ def _text(value: str | bytes | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, receiver: _Receiver) -> None:
-        self.receiver = receiver
+def _raw_traces(receiver: _Receiver) -> grpc.GenericRpcHandler:
+    """TraceService/Export with the request left as bytes (no deserializer): the native
+    decoder reads them as they came, as over HTTP, instead of upb building messages first."""
 
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.receiver.ingest("traces", request, context)
+    def export(request: bytes, context: grpc.ServicerContext) -> Any:
+        return receiver.ingest("traces", request, context)
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        export, response_serializer=ExportTraceServiceResponse.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(_TRACE_SERVICE, {"Export": handler})
 
 
 class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
@@ -102,7 +127,7 @@ def start_grpc(collector: Collector, host: str, port: int, *, workers: int = 4) 
         ],
     )
     receiver = _Receiver(collector)
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(receiver), server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers((_raw_traces(receiver),))
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(receiver), server)  # type: ignore[no-untyped-call]
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(receiver), server)  # type: ignore[no-untyped-call]
     try:

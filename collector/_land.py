@@ -225,7 +225,7 @@ class Lander:
         with self.lock:
             started = time.perf_counter()
             new, keep, remove, dropped = self._decide(batches)
-            if "derive" in tables:
+            if "derive" in tables and not all(keep):  # usually every one is kept
                 tables["derive"] = tables["derive"].filter(pa.array(keep, pa.bool_()))
             settled = time.perf_counter()
             self.timings["settle"] += settled - started

@@ -82,3 +82,29 @@ def test_grpc_overload_is_unavailable_so_exporters_retry(make_running) -> None: 
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(grace=None).wait()
+
+
+def test_grpc_trace_exports_take_the_native_decoder(
+    running: Running, channel: grpc.Channel
+) -> None:
+    spans = genai_spans([("ok", CHAT)], "x")
+    trace_service_pb2_grpc.TraceServiceStub(channel).Export(encode_spans(spans))  # type: ignore[no-untyped-call]
+    assert running.collector.native is not None
+    assert running.collector.native.stats.native == 1
+
+
+def test_grpc_malformed_protobuf_is_invalid_argument_with_a_reason(
+    running: Running, channel: grpc.Channel
+) -> None:
+    export = channel.unary_unary(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        export(b"\x0a\xff\xff\xff\x0f")  # a length far past the end
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed protobuf" in (refused.value.details() or "")
+    spans = genai_spans([("after", CHAT)], "x")
+    trace_service_pb2_grpc.TraceServiceStub(channel).Export(encode_spans(spans))  # type: ignore[no-untyped-call]
+    assert running.sql("select name from spans") == [{"name": "after"}]
