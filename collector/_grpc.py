@@ -84,7 +84,7 @@ def _text(value: str | bytes | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _raw_traces(receiver: _Receiver) -> grpc.GenericRpcHandler:
+def _raw_traces(receiver: _Receiver) -> grpc.GenericRpcHandler[bytes, Any]:
     """TraceService/Export with the request left as bytes (no deserializer): the native
     decoder reads them as they came, as over HTTP, instead of upb building messages first."""
 
