@@ -420,3 +420,34 @@ def test_health_reports_queue_rows_and_last_flush(running: Running) -> None:
     assert health["rows_landed"] == {"spans": 1, "llm_usage": 1}
     assert health["last_flush"] is not None
     assert MessageToDict(ExportTraceServiceResponse()) == {}
+
+
+def test_health_tells_which_path_trace_exports_took(running: Running) -> None:
+    exporter = OTLPSpanExporter(timeout=60, endpoint=running.endpoint("traces"))
+    exporter.export(genai_spans([("chat", CHAT)], "x"))
+    # The native decoder declines what the reference rejects; the reference says why.
+    exporter.export(genai_spans([("bad", dict(CHAT, **{"gen_ai.usage.input_tokens": -1}))], "x"))
+    assert running.collector.pipeline.wait_landed(30)
+    health = _get(f"{running.url}/health").json()
+    assert health["native_decoder"] == {
+        "enabled": True,
+        "native": 1,
+        "declined": 1,
+        "last_declined": "negative token count",
+        "reasons": {"negative token count": 1},
+    }
+    assert health["rows_rejected"] == {"negative_tokens": 1}
+    assert running.sql("select name from spans") == [{"name": "chat"}]
+
+
+def test_the_native_decoder_can_be_turned_off(make_running) -> None:  # type: ignore[no-untyped-def]
+    run = make_running(native_decoder=False)
+    OTLPSpanExporter(timeout=60, endpoint=run.endpoint("traces")).export(
+        genai_spans([("chat", CHAT)], "x")
+    )
+    assert run.collector.pipeline.wait_landed(30)
+    assert _get(f"{run.url}/health").json()["native_decoder"] == {
+        "enabled": False,
+        "reason": "disabled by setting",
+    }
+    assert run.sql("select count(*) as n from llm_usage") == [{"n": 1}]
