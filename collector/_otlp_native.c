@@ -408,24 +408,41 @@ static int json_base64(Buf *b, const uint8_t *s, size_t n) {
 
 static int json_value(Ctx *ctx, Buf *b, const AnyV *v, int depth);
 
-static int json_array(Ctx *ctx, Buf *b, const AnyV *v, int depth) {
-    if (depth > 32) return bail(ctx, "array nested deeper than 32");
-    Rd r = {v->p, v->p + v->n};
-    int first = 1;
-    TRY(buf_putc(b, '['));
-    while (r.p < r.end) {
+/* The next length-delimited field numbered `want` of `r` (a repeated message field),
+ * skipping the others; *more is 0 past the last. */
+static int next_message(Ctx *ctx, Rd *r, uint32_t want, Rd *sub, int *more) {
+    while (r->p < r->end) {
         uint32_t field;
         int wt;
-        Rd sub;
-        TRY(rd_tag(ctx, &r, &field, &wt));
-        if (field != 1) {
-            TRY(rd_skip(ctx, &r, wt));
+        TRY(rd_tag(ctx, r, &field, &wt));
+        if (field != want) {
+            TRY(rd_skip(ctx, r, wt));
             continue;
         }
         if (wt != WT_LEN) return bail(ctx, "unexpected wire type");
-        TRY(rd_len(ctx, &r, &sub));
+        *more = 1;
+        return rd_len(ctx, r, sub);
+    }
+    *more = 0;
+    return OK;
+}
+
+/* The next value of an ArrayValue (its repeated field 1); *more is 0 past the last. */
+static int array_next(Ctx *ctx, Rd *r, AnyV *item, int *more) {
+    Rd sub;
+    TRY(next_message(ctx, r, 1, &sub, more));
+    return *more ? parse_anyvalue(ctx, sub, item) : OK;
+}
+
+static int json_array(Ctx *ctx, Buf *b, const AnyV *v, int depth) {
+    if (depth > 32) return bail(ctx, "array nested deeper than 32");
+    Rd r = {v->p, v->p + v->n};
+    int first = 1, more;
+    TRY(buf_putc(b, '['));
+    for (;;) {
         AnyV item;
-        TRY(parse_anyvalue(ctx, sub, &item));
+        TRY(array_next(ctx, &r, &item, &more));
+        if (!more) break;
         if (!first) TRY(buf_putc(b, ','));
         first = 0;
         TRY(json_value(ctx, b, &item, depth + 1));
@@ -830,6 +847,25 @@ static int copy_pairs(PyObject *pairs, Str *a, Str *b, int *count) {
     return OK;
 }
 
+/* Flag the entries of `keys` (a sequence of str) as `special`; finish keys keep their rank. */
+static int mark_keys(Config *cfg, PyObject *keys, int special) {
+    PyObject *seq = PySequence_Fast(keys, "expected a sequence of str");
+    if (seq == NULL) return ERR;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        Py_ssize_t n;
+        const char *k = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &n);
+        Entry *e = k == NULL ? NULL : entry_for(cfg, k, (size_t)n);
+        if (e == NULL) {
+            Py_DECREF(seq);
+            return ERR;
+        }
+        e->special |= special;
+        if (special == SPECIAL_FINISH) e->finish_index = (int)i;
+    }
+    Py_DECREF(seq);
+    return OK;
+}
+
 static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"aliases", "finish_keys", "cost_key", "agent_markers",
                              "dialect_markers", "operation_aliases", "leaf_operations",
@@ -887,38 +923,12 @@ static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(hseq);
     }
     Py_CLEAR(seq);
-    /* finish-reason keys, in order of preference */
-    seq = PySequence_Fast(finish_keys, "finish_keys must be a sequence");
-    if (seq == NULL) goto fail;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        Py_ssize_t n;
-        const char *k = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &n);
-        if (k == NULL) goto fail_seq;
-        Entry *e = entry_for(cfg, k, (size_t)n);
-        if (e == NULL) goto fail_seq;
-        e->special |= SPECIAL_FINISH;
-        e->finish_index = (int)i;
-    }
+    /* finish-reason keys (in order of preference), the cost key, the agent markers */
+    if (mark_keys(cfg, finish_keys, SPECIAL_FINISH) != OK) goto fail;
+    seq = PyTuple_Pack(1, cost_key);
+    if (seq == NULL || mark_keys(cfg, seq, SPECIAL_COST) != OK) goto fail_seq;
     Py_CLEAR(seq);
-    {
-        Py_ssize_t n;
-        const char *k = PyUnicode_AsUTF8AndSize(cost_key, &n);
-        if (k == NULL) goto fail;
-        Entry *e = entry_for(cfg, k, (size_t)n);
-        if (e == NULL) goto fail;
-        e->special |= SPECIAL_COST;
-    }
-    seq = PySequence_Fast(agent_markers, "agent_markers must be a sequence");
-    if (seq == NULL) goto fail;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        Py_ssize_t n;
-        const char *k = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &n);
-        if (k == NULL) goto fail_seq;
-        Entry *e = entry_for(cfg, k, (size_t)n);
-        if (e == NULL) goto fail_seq;
-        e->special |= SPECIAL_AGENT;
-    }
-    Py_CLEAR(seq);
+    if (mark_keys(cfg, agent_markers, SPECIAL_AGENT) != OK) goto fail;
     if (copy_pairs(markers, cfg->markers, cfg->marker_dialects, &cfg->nmarkers) != OK) goto fail;
     if (copy_pairs(ops, cfg->op_from, cfg->op_to, &cfg->nops) != OK) goto fail;
     if (copy_pairs(excl, cfg->excl_dialect, cfg->excl_provider, &cfg->nexcl) != OK) goto fail;
@@ -1412,19 +1422,11 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
         TRY(col_valid(fc, 1));
     } else if (finish->type == V_ARRAY) {
         Rd ar = {finish->p, finish->p + finish->n};
-        while (ar.p < ar.end) {
-            uint32_t field;
-            int wt;
-            Rd sub;
-            TRY(rd_tag(ctx, &ar, &field, &wt));
-            if (field != 1) {
-                TRY(rd_skip(ctx, &ar, wt));
-                continue;
-            }
-            if (wt != WT_LEN) return bail(ctx, "unexpected wire type");
-            TRY(rd_len(ctx, &ar, &sub));
+        int more;
+        for (;;) {
             AnyV item;
-            TRY(parse_anyvalue(ctx, sub, &item));
+            TRY(array_next(ctx, &ar, &item, &more));
+            if (!more) break;
             if (item.type != V_STR) return bail(ctx, "finish reason is not a string");
             TRY(buf_put(&fc->child, item.p, item.n));
             TRY(col_offset(ctx, &fc->chars, fc->child.n));
@@ -1552,23 +1554,11 @@ static int do_scope_spans(State *st, Rd r, const Resource *res, Attr *attrs) {
     } else if (res->openlit) {
         sdialect = "openlit";
     }
-    int rc = OK;
-    while (rc == OK && r.p < r.end) {
-        uint32_t field;
-        int wt;
+    int rc = OK, more = 1;
+    while (rc == OK && more) {
         Rd sub;
-        rc = rd_tag(ctx, &r, &field, &wt);
-        if (rc != OK) break;
-        if (field == 2) {
-            if (wt != WT_LEN) {
-                rc = bail(ctx, "unexpected wire type");
-                break;
-            }
-            rc = rd_len(ctx, &r, &sub);
-            if (rc == OK) rc = do_span(st, sub, res, scope, sdialect, attrs);
-        } else {
-            rc = rd_skip(ctx, &r, wt);
-        }
+        rc = next_message(ctx, &r, 2, &sub, &more);
+        if (rc == OK && more) rc = do_span(st, sub, res, scope, sdialect, attrs);
     }
     Py_DECREF(found); /* sdialect points into it (the dialect names are interned anyway) */
     return rc;
@@ -1606,22 +1596,11 @@ static int do_resource_spans(State *st, Rd r, Attr *attrs) {
         }
     }
     if (rc == OK && !have_resource) rc = buf_puts(&res.json, "{}");
-    while (rc == OK && r.p < r.end) {
-        uint32_t field;
-        int wt;
+    int more = 1;
+    while (rc == OK && more) {
         Rd sub;
-        rc = rd_tag(ctx, &r, &field, &wt);
-        if (rc != OK) break;
-        if (field == 2) {
-            if (wt != WT_LEN) {
-                rc = bail(ctx, "unexpected wire type");
-                break;
-            }
-            rc = rd_len(ctx, &r, &sub);
-            if (rc == OK) rc = do_scope_spans(st, sub, &res, attrs);
-        } else {
-            rc = rd_skip(ctx, &r, wt);
-        }
+        rc = next_message(ctx, &r, 2, &sub, &more);
+        if (rc == OK && more) rc = do_scope_spans(st, sub, &res, attrs);
     }
     buf_free(&res.json);
     return rc;
@@ -1659,22 +1638,11 @@ static PyObject *spans(PyObject *self, PyObject *args) {
     if (attrs == NULL) PyErr_NoMemory();
     for (int k = 0; k < N_COLS && rc == OK; k++) rc = col_init(&st.cols[k], COL_KINDS[k]);
     Rd r = {(const uint8_t *)body.buf, (const uint8_t *)body.buf + body.len};
-    while (rc == OK && r.p < r.end) {
-        uint32_t field;
-        int wt;
+    int more = 1;
+    while (rc == OK && more) {
         Rd sub;
-        rc = rd_tag(&st.ctx, &r, &field, &wt);
-        if (rc != OK) break;
-        if (field == 1) {
-            if (wt != WT_LEN) {
-                rc = bail(&st.ctx, "unexpected wire type");
-                break;
-            }
-            rc = rd_len(&st.ctx, &r, &sub);
-            if (rc == OK) rc = do_resource_spans(&st, sub, attrs);
-        } else {
-            rc = rd_skip(&st.ctx, &r, wt);
-        }
+        rc = next_message(&st.ctx, &r, 1, &sub, &more);
+        if (rc == OK && more) rc = do_resource_spans(&st, sub, attrs);
     }
     if (rc == OK) {
         PyObject *columns = PyTuple_New(N_COLS);
