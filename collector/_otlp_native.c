@@ -6,8 +6,8 @@
  * The rule that keeps it small and safe: it handles the clean, common request and DECLINES
  * everything else (returns a reason string) -- malformed or truncated protobuf, invalid UTF-8,
  * a rejected span (bad ids, missing or future start), a value whose type is not its field's,
- * negative or huge token counts, kvlist values, duplicate attribute keys, a request larger
- * than the attribute limit.  The caller then takes the reference path, which produces the
+ * negative or huge token counts, kvlist values, duplicate attribute keys, an attribute over
+ * the size limit.  The caller then takes the reference path, which produces the
  * right error, rejection or row.  Declining is always correct; accepting must be exact.
  *
  * Wire format: https://protobuf.dev/programming-guides/encoding/ .  Field numbers are those of
@@ -1160,12 +1160,40 @@ static int contains_embed(Slice name) {
     return 0;
 }
 
+/* The size the reference gives an attribute value (`_check_sizes` in _normalise.py): a
+ * string's length in characters (bytes are base64 text by then), a list's string lengths
+ * plus 8 for any other item, 0 for anything else. */
+static int attr_size(Ctx *ctx, const AnyV *v, int64_t *size) {
+    *size = 0;
+    if (v->type == V_STR) {
+        for (size_t i = 0; i < v->n; i++) *size += (v->p[i] & 0xC0) != 0x80;
+    } else if (v->type == V_BYTES) {
+        *size = (int64_t)(4 * ((v->n + 2) / 3));
+    } else if (v->type == V_ARRAY) {
+        Rd r = {v->p, v->p + v->n};
+        int more;
+        for (;;) {
+            AnyV item;
+            int64_t part;
+            TRY(array_next(ctx, &r, &item, &more));
+            if (!more) break;
+            if (item.type == V_STR || item.type == V_BYTES)
+                TRY(attr_size(ctx, &item, &part));
+            else
+                part = 8;
+            *size += part;
+        }
+    }
+    return OK;
+}
+
 /* One span -> one row of every column (or BAIL). */
 static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char *sdialect,
                    Attr *attrs) {
     Ctx *ctx = &st->ctx;
     Config *cfg = st->cfg;
     Col *cols = st->cols;
+    size_t encoded = (size_t)(r.end - r.p);
     Slice trace = {NULL, 0}, span = {NULL, 0}, parent = {NULL, 0}, name = {"", 0};
     Slice status_msg = {NULL, 0};
     uint64_t start = 0, end = 0, kind = 0, status_code = 0;
@@ -1251,6 +1279,14 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
     if (trace.n != 16 || span.n != 8) return bail(ctx, "invalid id");
     if (kind > 5) return bail(ctx, "unknown span kind");
     if (status_code > 2) return bail(ctx, "unknown status code");
+    /* No attribute of a span smaller than the limit can be over it: measured only above. */
+    if ((int64_t)encoded > cfg->max_attribute_bytes) {
+        for (int k = 0; k < count; k++) {
+            int64_t size;
+            TRY(attr_size(ctx, &attrs[k].value, &size));
+            if (size > cfg->max_attribute_bytes) return bail(ctx, "attribute too large");
+        }
+    }
 
     /* the alias table: best-ranked value per canonical field */
     int32_t prios[N_FIELDS];
@@ -1620,10 +1656,6 @@ static PyObject *spans(PyObject *self, PyObject *args) {
     if (cfg == NULL) {
         PyBuffer_Release(&body);
         return NULL;
-    }
-    if ((int64_t)body.len > cfg->max_attribute_bytes) {
-        PyBuffer_Release(&body);
-        return PyUnicode_FromString("request larger than the attribute limit");
     }
     State st;
     memset(&st, 0, sizeof st);

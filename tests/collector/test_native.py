@@ -396,12 +396,31 @@ def test_duplicate_keys_are_declined(pair: tuple[Normaliser, NativeTraces]) -> N
     assert pair[1].traces(request.SerializeToString()) == "duplicate attribute key"
 
 
-def test_a_request_over_the_attribute_limit_is_left_to_the_reference() -> None:
+def test_only_an_attribute_over_the_limit_is_left_to_the_reference() -> None:
     normaliser = Normaliser(limits=Limits(max_attribute_bytes=100), clock_ns=lambda: NOW_NS)
     native = NativeTraces(normaliser)
-    big = _span_request(**{"gen_ai.prompt": AnyValue(string_value="x" * 200)})
-    assert isinstance(native.traces(big.SerializeToString()), str)
-    assert reference(normaliser, big.SerializeToString()).rejected == 1
+    many = _span_request(**{f"k{i}": AnyValue(string_value="x" * 90) for i in range(5)})
+    assert len(many.SerializeToString()) > 400  # a request over the limit, no value over it
+    got = native.traces(many.SerializeToString())
+    assert isinstance(got, Batch)
+    assert_same(got, reference(normaliser, many.SerializeToString()))
+    big = _span_request(**{"gen_ai.prompt": AnyValue(string_value="é" * 101)})
+    assert native.traces(big.SerializeToString()) == "attribute too large"
+    assert reference(normaliser, big.SerializeToString()).reasons == {"attribute_too_large": 1}
+
+
+@pytest.fixture(scope="module")
+def small_limit() -> tuple[Normaliser, NativeTraces]:
+    normaliser = Normaliser(limits=Limits(max_attribute_bytes=10), clock_ns=lambda: NOW_NS)
+    return normaliser, NativeTraces(normaliser)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=requests())
+def test_generated_requests_agree_under_a_small_attribute_limit(
+    small_limit: tuple[Normaliser, NativeTraces], body: bytes
+) -> None:
+    check(small_limit, body)
 
 
 def test_floats_are_written_as_orjson_writes_them(pair: tuple[Normaliser, NativeTraces]) -> None:
