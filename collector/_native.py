@@ -54,6 +54,7 @@ except ImportError as exc:  # a build without a C compiler: the reference path s
 else:
     _IMPORT_ERROR = None
 
+_U64_MAX = (1 << 64) - 1
 _STR, _I64, _I32, _F64, _BOOL, _LSTR = range(6)
 """Column kinds, as `_otlp_native.c` numbers them."""
 
@@ -148,7 +149,7 @@ class NativeTraces:
         """
         limits = self._ref.limits
         max_start = self._ref._clock_ns() + int(limits.max_future_s * 1e9)
-        out = _ext.spans(self._config, body, max(max_start, 0))
+        out = _ext.spans(self._config, body, min(max(max_start, 0), _U64_MAX))
         stats = self.stats
         if isinstance(out, str):
             with stats.lock:

@@ -432,3 +432,11 @@ def test_floats_are_written_as_orjson_writes_them(pair: tuple[Normaliser, Native
     got = check(pair, request.SerializeToString())
     assert isinstance(got, Batch)
     assert pc.count(got.tables["spans"].column("attributes")).as_py() == 1
+
+
+def test_a_future_limit_past_2_to_the_64_ns_is_no_error() -> None:
+    normaliser = Normaliser(limits=Limits(max_future_s=1e15), clock_ns=lambda: NOW_NS)
+    body = _span_request(**{"gen_ai.operation.name": AnyValue(string_value="chat")})
+    got = NativeTraces(normaliser).traces(body.SerializeToString())
+    assert isinstance(got, Batch)
+    assert_same(got, reference(normaliser, body.SerializeToString()))
