@@ -6,6 +6,7 @@
    (protobuf bytes -> Arrow, incl. derived rows and pricing: what the collector runs), and the
    reference path it falls back to: decode (upb protobuf), normalise (incl. pricing); price
    alone; append (DuckDB landing incl. derived-usage settlement and the daily rollup).
+   Then a log export of 512 usage records (what a control plane sends over OTLP), both paths.
 2. Sustained: a `comptroller collect` subprocess on an ephemeral port, fed by
    bench/otlp_load.py in a separate process over 16 keep-alive connections (a fleet of SDK
    batch processors, each waiting for its ack); spans/s acknowledged (in the ingest log),
@@ -40,7 +41,7 @@ def split(dialect: str, requests: int = 40) -> dict[str, float]:
 
     from comptroller.analytics import connect
     from comptroller.collector import Lander, Normaliser
-    from comptroller.collector._native import NativeTraces, available
+    from comptroller.collector._native import NativeDecoder, available
     from comptroller.pricing import Usage
 
     template = build_request(512, dialect)
@@ -56,7 +57,7 @@ def split(dialect: str, requests: int = 40) -> dict[str, float]:
     t3 = time.perf_counter()
     native_us: float | None = None
     if available():
-        native = NativeTraces(normaliser)
+        native = NativeDecoder(normaliser)
         tn = time.perf_counter()
         native_batches = [native.traces(b) for b in bodies]
         native_us = round((time.perf_counter() - tn) / spans * 1e6, 2)
@@ -92,6 +93,63 @@ def split(dialect: str, requests: int = 40) -> dict[str, float]:
         "price_us_per_span": round((t4 - t3b) / spans * 1e6, 2),
         "append_us_per_span": round((t6 - t5) / landed * 1e6, 2),
         "append_phases_us_per_span": phases,
+    }
+
+
+def usage_split(records: int = 512, requests: int = 20) -> dict[str, float | None]:
+    """µs a usage record (the control plane's log export): native and reference paths."""
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    from comptroller import semconv as sc
+    from comptroller.collector import Normaliser
+    from comptroller.collector._decode import decode
+    from comptroller.collector._native import NativeDecoder, available
+
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    logger = provider.get_logger("comptroller.control")
+    for i in range(records):
+        logger.emit(
+            event_name=sc.EVENT_USAGE,
+            attributes={
+                sc.USAGE_ID: f"u-{i}",
+                sc.GEN_AI_PROVIDER_NAME: "openai",
+                sc.GEN_AI_REQUEST_MODEL: "gpt-4o-mini",
+                sc.GEN_AI_RESPONSE_MODEL: "gpt-4o-mini-2024-07-18",
+                sc.GEN_AI_OPERATION_NAME: "chat",
+                sc.GEN_AI_USAGE_INPUT_TOKENS: 1200 + i,
+                sc.GEN_AI_USAGE_OUTPUT_TOKENS: 80,
+                sc.TENANT: f"tenant-{i % 7}",
+                sc.ORG: "acme",
+                sc.CONTEXT: "support",
+                sc.PURPOSE: "reasoning",
+                sc.COST_USD: f"0.000{i % 10}35",
+                sc.PRICE_SOURCE: "genai-prices@0.2.3",
+                sc.OUTCOME: "ok",
+                sc.BUDGET_CAP_USD: "10",
+                sc.ATTEMPT: 1,
+                sc.LATENCY_MS: 812.5,
+            },
+        )
+    body = encode_logs(exporter.get_finished_logs()).SerializeToString()
+    normaliser = Normaliser()
+    t0 = time.perf_counter()
+    for _ in range(requests):
+        normaliser.logs(decode("logs", "protobuf", body))  # type: ignore[arg-type]
+    reference = (time.perf_counter() - t0) / (requests * records) * 1e6
+    native: float | None = None
+    if available():
+        decoder = NativeDecoder(normaliser)
+        t1 = time.perf_counter()
+        for _ in range(requests):
+            decoder.logs(body)
+        native = round((time.perf_counter() - t1) / (requests * records) * 1e6, 2)
+    return {
+        "usage_record_native_us": native,
+        "usage_record_reference_us (decode+normalise)": round(reference, 2),
     }
 
 
@@ -259,6 +317,7 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, object] = {"dialect": args.dialect, "split": split(args.dialect)}
     print(json.dumps(report["split"]), flush=True)
+    print(json.dumps(usage_split()), flush=True)
     report["sustained"] = sustained(args.seconds, args.dialect)
     print(json.dumps(report["sustained"]), flush=True)
     if not args.skip_sdk:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import DESCRIPTOR as _LOGS_PROTO
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -28,6 +28,7 @@ from comptroller.collector._service import Collector
 from comptroller.errors import ConfigError
 
 _TRACE_SERVICE = _TRACE_PROTO.services_by_name["TraceService"].full_name
+_LOGS_SERVICE = _LOGS_PROTO.services_by_name["LogsService"].full_name
 
 
 class _Receiver:
@@ -42,7 +43,7 @@ class _Receiver:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         payload: bytes | None = None
         if isinstance(request, bytes):
-            # Trace exports arrive undecoded, for the native decoder (collector/_native.py).
+            # Trace and log exports arrive undecoded, for the native decoder (_native.py).
             if collector.pipeline.saturated():
                 collector.stats.count_request_rejected("queue_full")
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the landing queue is full; retry")
@@ -84,25 +85,19 @@ def _text(value: str | bytes | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _raw_traces(receiver: _Receiver) -> grpc.GenericRpcHandler[bytes, Any]:
-    """TraceService/Export with the request left as bytes (no deserializer): the native
-    decoder reads them as they came, as over HTTP, instead of upb building messages first."""
+def _raw(
+    receiver: _Receiver, service: str, signal: str, response: Any
+) -> grpc.GenericRpcHandler[bytes, Any]:
+    """`service`/Export with the request left as bytes (no deserializer): the native decoder
+    reads them as they came, as over HTTP, instead of upb building messages first."""
 
     def export(request: bytes, context: grpc.ServicerContext) -> Any:
-        return receiver.ingest("traces", request, context)
+        return receiver.ingest(signal, request, context)
 
     handler = grpc.unary_unary_rpc_method_handler(
-        export, response_serializer=ExportTraceServiceResponse.SerializeToString
+        export, response_serializer=response.SerializeToString
     )
-    return grpc.method_handlers_generic_handler(_TRACE_SERVICE, {"Export": handler})
-
-
-class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, receiver: _Receiver) -> None:
-        self.receiver = receiver
-
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.receiver.ingest("logs", request, context)
+    return grpc.method_handlers_generic_handler(service, {"Export": handler})
 
 
 class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -127,8 +122,12 @@ def start_grpc(collector: Collector, host: str, port: int, *, workers: int = 4) 
         ],
     )
     receiver = _Receiver(collector)
-    server.add_generic_rpc_handlers((_raw_traces(receiver),))
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(receiver), server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers(
+        (
+            _raw(receiver, _TRACE_SERVICE, "traces", ExportTraceServiceResponse),
+            _raw(receiver, _LOGS_SERVICE, "logs", ExportLogsServiceResponse),
+        )
+    )
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(receiver), server)  # type: ignore[no-untyped-call]
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

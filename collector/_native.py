@@ -14,9 +14,9 @@ Derived usage rows (third-party inference spans) are built from the spans table 
 compute; only their prices are computed per row, by the shared `Pricer`.
 
 Example:
-    >>> from comptroller.collector._native import NativeTraces, available
+    >>> from comptroller.collector._native import NativeDecoder, available
     >>> from comptroller.collector._normalise import Normaliser
-    >>> native = NativeTraces(Normaliser()) if available() else None
+    >>> native = NativeDecoder(Normaliser()) if available() else None
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from __future__ import annotations
 import importlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from comptroller import semconv as sc
 from comptroller.collector import _normalise as ref
 from comptroller.collector._aliases import (
     AGENT_MARKERS,
@@ -102,8 +103,10 @@ class NativeStats:
             }
 
 
-class NativeTraces:
-    """Normalises protobuf trace exports natively, with the reference's limits and prices.
+class NativeDecoder:
+    """Normalises protobuf trace and usage-record exports natively, as the reference would.
+
+    Uses the reference normaliser's limits, pricer and clock.
 
     Args:
         normaliser: The reference normaliser whose limits, pricer and clock apply.
@@ -137,8 +140,46 @@ class NativeTraces:
             canonical_provider=canonical_provider,
             provider_memo=ref._PROVIDERS,
             dumps_double=_dumps_double,
+            decimal_text=_decimal_text,
+            log_keys=[_LOG_KEYS[name] for name in _ext.LOG_SLOTS],
             max_attribute_bytes=normaliser.limits.max_attribute_bytes,
         )
+
+    def _max_ns(self) -> int:
+        """The latest start or timestamp accepted now (ns), clamped to 64 bits."""
+        latest = int(self._ref._clock_ns()) + int(self._ref.limits.max_future_s * 1e9)
+        return min(max(latest, 0), _U64_MAX)
+
+    def _declined(self, reason: str) -> str:
+        stats = self.stats
+        with stats.lock:
+            stats.declined += 1
+            stats.last_declined = reason
+            stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
+        return reason
+
+    def logs(self, body: bytes) -> ref.Batch | str:
+        """Normalise one protobuf `ExportLogsServiceRequest` of usage records.
+
+        Returns:
+            The batch, equal to what `Normaliser.logs` makes of the decoded request; or the
+            reason it was declined (a request holding any event record is: events are few).
+        """
+        out = _ext.usage(self._config, body, self._max_ns())
+        if isinstance(out, str):
+            return self._declined(out)
+        with self.stats.lock:
+            self.stats.native += 1
+        columns, usage_refs, ignored = out
+        batch = ref.Batch(usage_refs=usage_refs)
+        rows = columns[0][1]
+        if rows:
+            batch.tables["llm_usage"] = pa.Table.from_arrays(
+                [_array(f.type, spec) for f, spec in zip(ref.USAGE_SCHEMA, columns, strict=True)],
+                schema=ref.USAGE_SCHEMA,
+            )
+        batch.accepted = rows + ignored
+        return batch
 
     def traces(self, body: bytes) -> ref.Batch | str:
         """Normalise one protobuf `ExportTraceServiceRequest`.
@@ -147,18 +188,11 @@ class NativeTraces:
             The batch, equal to what `Normaliser.traces` makes of the decoded request; or,
             when the native path declines the request, the reason (a short phrase).
         """
-        limits = self._ref.limits
-        max_start = self._ref._clock_ns() + int(limits.max_future_s * 1e9)
-        out = _ext.spans(self._config, body, min(max(max_start, 0), _U64_MAX))
-        stats = self.stats
+        out = _ext.spans(self._config, body, self._max_ns())
         if isinstance(out, str):
-            with stats.lock:
-                stats.declined += 1
-                stats.last_declined = out
-                stats.reasons[out] = stats.reasons.get(out, 0) + 1
-            return out
-        with stats.lock:
-            stats.native += 1
+            return self._declined(out)
+        with self.stats.lock:
+            self.stats.native += 1
         columns, genai_refs, derive_refs, derive_idx = out
         batch = ref.Batch(genai_refs=genai_refs, derive_refs=derive_refs)
         rows = columns[0][1]
@@ -262,6 +296,32 @@ class NativeTraces:
                 costs[i] = None if price.cost_usd is None else str(price.cost_usd)
                 sources[i] = price.source
         return costs, sources
+
+
+_LOG_KEYS: Final = {
+    "usage_id": sc.USAGE_ID,
+    "cost_usd": sc.COST_USD,
+    "price_source": sc.PRICE_SOURCE,
+    "estimated": sc.ESTIMATED,
+    "outcome": sc.OUTCOME,
+    "error_type": sc.ERROR_TYPE,
+    "attempt": sc.ATTEMPT,
+    "fallback_depth": sc.FALLBACK_DEPTH,
+    "profile_id": sc.PROFILE_ID,
+    "profile_version": sc.PROFILE_VERSION,
+    "latency_ms": sc.LATENCY_MS,
+    "budget_cap_usd": sc.BUDGET_CAP_USD,
+    "event_name": "event.name",
+}
+"""The attributes a usage record is read by directly (the reference's `_log_row`)."""
+
+
+def _decimal_text(value: object) -> str | None:
+    """The reference's decimal text of a value, or None where it rejects the record."""
+    try:
+        return ref._decimal_str(value, "")
+    except ref._Reject:
+        return None
 
 
 def _dumps_double(value: float) -> str:

@@ -638,6 +638,20 @@ fail:
     return NULL;
 }
 
+/* A tuple of every column's export. */
+static PyObject *export_columns(Col *cols, int n) {
+    PyObject *columns = PyTuple_New(n);
+    for (int k = 0; columns && k < n; k++) {
+        PyObject *col = col_export(&cols[k]);
+        if (col == NULL) {
+            Py_CLEAR(columns);
+            break;
+        }
+        PyTuple_SET_ITEM(columns, k, col);
+    }
+    return columns;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Configuration: the alias table and the dialect rules, handed over from _aliases.py        */
 
@@ -656,6 +670,16 @@ static const char *FIELD_NAMES[N_FIELDS] = {
     "semconv_version", "input_tokens", "output_tokens", "cache_read_tokens",
     "cache_write_tokens", "reasoning_tokens", "profile_version", "attempt", "fallback_depth"};
 
+/* The attributes a usage record is read by directly (LOG_KEYS, in this order). */
+enum {
+    L_USAGE_ID = 0, L_COST, L_PRICE_SOURCE, L_ESTIMATED, L_OUTCOME, L_ERROR_TYPE, L_ATTEMPT,
+    L_FALLBACK, L_PROFILE_ID, L_PROFILE_VERSION, L_LATENCY, L_BUDGET_CAP, L_EVENT_NAME, N_SLOTS
+};
+static const char *LOG_KEY_NAMES[N_SLOTS] = {
+    "usage_id", "cost_usd", "price_source", "estimated", "outcome", "error_type", "attempt",
+    "fallback_depth", "profile_id", "profile_version", "latency_ms", "budget_cap_usd",
+    "event_name"};
+
 #define MAX_HITS 4
 #define SPECIAL_COST 1
 #define SPECIAL_AGENT 2
@@ -670,6 +694,7 @@ typedef struct {
     int32_t prio[MAX_HITS];
     int special;
     int finish_index;
+    int slot; /* the log records' direct attributes (LOG_KEYS), -1 for none */
 } Entry;
 
 #define TABLE_SIZE 512 /* power of two, well over twice the names */
@@ -697,6 +722,7 @@ typedef struct Config {
     PyObject *canonical_provider; /* callable: raw provider -> canonical | None */
     PyObject *provider_memo;     /* dict raw -> canonical (shared with the reference) */
     PyObject *dumps_double;      /* callable: float -> JSON text (orjson's) */
+    PyObject *decimal_text;      /* callable: value -> canonical decimal text, None if invalid */
     DoubleText doubles[DOUBLE_CACHE];
     int64_t max_attribute_bytes;
 } Config;
@@ -772,6 +798,7 @@ static Entry *entry_for(Config *cfg, const char *key, size_t n) {
     e->len = n;
     e->hash = h;
     e->finish_index = -1;
+    e->slot = -1;
     cfg->slots[i] = e;
     return e;
 }
@@ -802,6 +829,7 @@ static void config_free(PyObject *capsule) {
     Py_XDECREF(cfg->canonical_provider);
     Py_XDECREF(cfg->provider_memo);
     Py_XDECREF(cfg->dumps_double);
+    Py_XDECREF(cfg->decimal_text);
     PyMem_Free(cfg);
 }
 
@@ -870,14 +898,16 @@ static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"aliases", "finish_keys", "cost_key", "agent_markers",
                              "dialect_markers", "operation_aliases", "leaf_operations",
                              "exclusive_input", "scope_dialect", "canonical_provider",
-                             "provider_memo", "dumps_double", "max_attribute_bytes", NULL};
+                             "provider_memo", "dumps_double", "decimal_text", "log_keys",
+                             "max_attribute_bytes", NULL};
     PyObject *aliases, *finish_keys, *cost_key, *agent_markers, *markers, *ops, *leaf, *excl;
-    PyObject *scope_dialect, *canonical_provider, *memo, *dumps_double;
+    PyObject *scope_dialect, *canonical_provider, *memo, *dumps_double, *decimal_text, *log_keys;
     long long max_attr;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOUOOOOOOOO!OL", kwlist, &aliases,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOUOOOOOOOO!OOOL", kwlist, &aliases,
                                      &finish_keys, &cost_key, &agent_markers, &markers, &ops,
                                      &leaf, &excl, &scope_dialect, &canonical_provider,
-                                     &PyDict_Type, &memo, &dumps_double, &max_attr))
+                                     &PyDict_Type, &memo, &dumps_double, &decimal_text,
+                                     &log_keys, &max_attr))
         return NULL;
     Config *cfg = PyMem_Calloc(1, sizeof(Config));
     if (cfg == NULL) return PyErr_NoMemory();
@@ -885,6 +915,7 @@ static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
     cfg->canonical_provider = Py_NewRef(canonical_provider);
     cfg->provider_memo = Py_NewRef(memo);
     cfg->dumps_double = Py_NewRef(dumps_double);
+    cfg->decimal_text = Py_NewRef(decimal_text);
     cfg->max_attribute_bytes = max_attr;
     PyObject *capsule = PyCapsule_New(cfg, "comptroller.otlp_native.Config", config_free);
     if (capsule == NULL) {
@@ -892,6 +923,7 @@ static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(cfg->canonical_provider);
         Py_DECREF(cfg->provider_memo);
         Py_DECREF(cfg->dumps_double);
+        Py_DECREF(cfg->decimal_text);
         PyMem_Free(cfg);
         return NULL;
     }
@@ -929,6 +961,21 @@ static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
     if (seq == NULL || mark_keys(cfg, seq, SPECIAL_COST) != OK) goto fail_seq;
     Py_CLEAR(seq);
     if (mark_keys(cfg, agent_markers, SPECIAL_AGENT) != OK) goto fail;
+    /* the attributes a usage record is read by directly, in the order of LOG_KEYS */
+    seq = PySequence_Fast(log_keys, "log_keys must be a sequence");
+    if (seq == NULL) goto fail;
+    if (PySequence_Fast_GET_SIZE(seq) != N_SLOTS) {
+        PyErr_Format(PyExc_ValueError, "log_keys must name %d attributes", N_SLOTS);
+        goto fail_seq;
+    }
+    for (Py_ssize_t i = 0; i < N_SLOTS; i++) {
+        Py_ssize_t n;
+        const char *k = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &n);
+        Entry *e = k == NULL ? NULL : entry_for(cfg, k, (size_t)n);
+        if (e == NULL) goto fail_seq;
+        e->slot = (int)i;
+    }
+    Py_CLEAR(seq);
     if (copy_pairs(markers, cfg->markers, cfg->marker_dialects, &cfg->nmarkers) != OK) goto fail;
     if (copy_pairs(ops, cfg->op_from, cfg->op_to, &cfg->nops) != OK) goto fail;
     if (copy_pairs(excl, cfg->excl_dialect, cfg->excl_provider, &cfg->nexcl) != OK) goto fail;
@@ -1067,8 +1114,7 @@ static int attrs_json(Ctx *ctx, Buf *b, const Attr *attrs, int count) {
     return buf_putc(b, '}');
 }
 
-static int parse_resource(State *st, Rd r, Resource *res, Attr *attrs) {
-    Ctx *ctx = &st->ctx;
+static int parse_resource_with(Ctx *ctx, Rd r, Resource *res, Attr *attrs) {
     int count = 0;
     while (r.p < r.end) {
         uint32_t field;
@@ -1111,17 +1157,17 @@ static int parse_resource(State *st, Rd r, Resource *res, Attr *attrs) {
 }
 
 /* Canonical provider, memoised in the dict the reference normaliser shares. */
-static int canonical_provider(State *st, Slice raw, PyObject **out) {
+static int canonical_provider_memo(Config *cfg, Slice raw, PyObject **out) {
     PyObject *key = PyUnicode_DecodeUTF8(raw.s, (Py_ssize_t)raw.n, "strict");
     if (key == NULL) return ERR;
-    PyObject *hit = PyDict_GetItemWithError(st->cfg->provider_memo, key);
+    PyObject *hit = PyDict_GetItemWithError(cfg->provider_memo, key);
     if (hit == NULL) {
         if (PyErr_Occurred()) {
             Py_DECREF(key);
             return ERR;
         }
-        hit = PyObject_CallOneArg(st->cfg->canonical_provider, key);
-        if (hit == NULL || PyDict_SetItem(st->cfg->provider_memo, key, hit) < 0) {
+        hit = PyObject_CallOneArg(cfg->canonical_provider, key);
+        if (hit == NULL || PyDict_SetItem(cfg->provider_memo, key, hit) < 0) {
             Py_XDECREF(hit);
             Py_DECREF(key);
             return ERR;
@@ -1133,7 +1179,7 @@ static int canonical_provider(State *st, Slice raw, PyObject **out) {
     return OK;
 }
 
-static int hex_col(State *st, Col *c, const uint8_t *id, size_t n) {
+static int hex_col_ctx(Ctx *ctx, Col *c, const uint8_t *id, size_t n) {
     TRY(buf_reserve(&c->chars, 2 * n));
     char *o = c->chars.p + c->chars.n;
     for (size_t i = 0; i < n; i++) {
@@ -1141,7 +1187,7 @@ static int hex_col(State *st, Col *c, const uint8_t *id, size_t n) {
         *o++ = HEX[id[i] & 15];
     }
     c->chars.n += 2 * n;
-    return col_str_end(&st->ctx, c);
+    return col_str_end(ctx, c);
 }
 
 static int contains_embed(Slice name) {
@@ -1325,10 +1371,10 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
                    vals[F_INPUT] || vals[F_OUTPUT] || vals[F_PURPOSE] || vals[F_OUTCOME];
 
     /* the columns every span has */
-    TRY(hex_col(st, &cols[K_TRACE], (const uint8_t *)trace.s, 16));
-    TRY(hex_col(st, &cols[K_SPAN], (const uint8_t *)span.s, 8));
+    TRY(hex_col_ctx(ctx, &cols[K_TRACE], (const uint8_t *)trace.s, 16));
+    TRY(hex_col_ctx(ctx, &cols[K_SPAN], (const uint8_t *)span.s, 8));
     if (parent.n)
-        TRY(hex_col(st, &cols[K_PARENT], (const uint8_t *)parent.s, parent.n));
+        TRY(hex_col_ctx(ctx, &cols[K_PARENT], (const uint8_t *)parent.s, parent.n));
     else
         TRY(col_null(ctx, &cols[K_PARENT]));
     TRY(col_str(ctx, &cols[K_NAME], name.s, name.n));
@@ -1382,7 +1428,7 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
     if (vals[F_PROVIDER]) {
         Slice raw = {(const char *)vals[F_PROVIDER]->p, vals[F_PROVIDER]->n};
         PyObject *canon;
-        TRY(canonical_provider(st, raw, &canon));
+        TRY(canonical_provider_memo(cfg, raw, &canon));
         if (canon != Py_None) {
             Py_ssize_t n;
             if (!PyUnicode_Check(canon)) return bail(ctx, "provider alias is not a string");
@@ -1625,7 +1671,7 @@ static int do_resource_spans(State *st, Rd r, Attr *attrs) {
             } else if (have_resource++) {
                 rc = bail(ctx, "two resource fields");
             } else {
-                rc = parse_resource(st, sub, &res, attrs);
+                rc = parse_resource_with(ctx, sub, &res, attrs);
             }
         } else {
             rc = rd_skip(ctx, &scan, wt);
@@ -1640,6 +1686,417 @@ static int do_resource_spans(State *st, Rd r, Attr *attrs) {
     }
     buf_free(&res.json);
     return rc;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Usage records: ExportLogsServiceRequest -> the `llm_usage` columns                        */
+/* The twin of `Normaliser.logs` for comptroller.usage records (the many); a request holding  */
+/* any event record (circuit, profile, budget: the few) is declined whole.                    */
+
+enum {
+    U_ID = 0, U_TS, U_TRACE, U_SPAN, U_SERVICE, U_TENANT, U_ORG, U_CONTEXT, U_PURPOSE,
+    U_OPERATION, U_PROVIDER, U_REQUEST_MODEL, U_RESPONSE_MODEL, U_INPUT, U_OUTPUT, U_CACHE_READ,
+    U_CACHE_WRITE, U_REASONING, U_COST, U_PRICE_SOURCE, U_ESTIMATED, U_OUTCOME, U_ERROR_TYPE,
+    U_ATTEMPT, U_FALLBACK, U_PROFILE_ID, U_PROFILE_VERSION, U_LATENCY, U_BUDGET_CAP, U_SOURCE,
+    N_UCOLS
+};
+static const int UCOL_KINDS[N_UCOLS] = {
+    C_STR, C_I64, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR,
+    C_I64, C_I64, C_I64, C_I64, C_I64, C_STR, C_STR, C_BOOL, C_STR, C_STR, C_I32, C_I32, C_STR,
+    C_I32, C_F64, C_STR, C_STR};
+
+typedef struct {
+    Config *cfg;
+    Ctx ctx;
+    Col cols[N_UCOLS];
+    Py_ssize_t rows, ignored;
+    PyObject *usage_refs;
+    uint64_t max_ts;
+} UState;
+
+/* A string attribute, or none: anything else is declined (the reference would str() it). */
+static int opt_text(Ctx *ctx, const AnyV *v, Slice *out) {
+    out->s = NULL;
+    out->n = 0;
+    if (v == NULL || v->type == V_NONE) return OK;
+    if (v->type != V_STR) return bail(ctx, "a text attribute of another type");
+    out->s = (const char *)v->p;
+    out->n = v->n;
+    return OK;
+}
+
+static inline int col_slice(Ctx *ctx, Col *c, Slice s) {
+    return s.s ? col_str(ctx, c, s.s, s.n) : col_null(ctx, c);
+}
+
+/* A decimal attribute as the reference writes it (str(Decimal(str(value)))), or none. */
+static int col_decimal(UState *st, Col *c, const AnyV *v, int *present) {
+    Ctx *ctx = &st->ctx;
+    *present = 0;
+    if (v == NULL || v->type == V_NONE) return col_null(ctx, c);
+    PyObject *value;
+    if (v->type == V_STR)
+        value = PyUnicode_DecodeUTF8((const char *)v->p, (Py_ssize_t)v->n, "strict");
+    else if (v->type == V_INT)
+        value = PyLong_FromLongLong(v->i);
+    else if (v->type == V_DOUBLE)
+        value = PyFloat_FromDouble(v->d);
+    else
+        return bail(ctx, "a decimal attribute of another type");
+    if (value == NULL) return ERR;
+    PyObject *text = PyObject_CallOneArg(st->cfg->decimal_text, value);
+    Py_DECREF(value);
+    if (text == NULL) return ERR;
+    int rc;
+    if (text == Py_None) {
+        rc = bail(ctx, "not a decimal");
+    } else {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(text, &n);
+        rc = s == NULL ? ERR : col_str(ctx, c, s, (size_t)n);
+        *present = 1;
+    }
+    Py_DECREF(text);
+    return rc;
+}
+
+static int col_opt_int32(Ctx *ctx, Col *c, const AnyV *v) {
+    /* the reference's _opt_int: None and booleans are none, other types are declined */
+    if (v == NULL || v->type == V_NONE || v->type == V_BOOL) return col_null(ctx, c);
+    if (v->type != V_INT) return bail(ctx, "an integer attribute of another type");
+    return col_opt_i32(ctx, c, 1, v->i);
+}
+
+static int do_record(UState *st, Rd r, Slice service, Attr *attrs) {
+    Ctx *ctx = &st->ctx;
+    Config *cfg = st->cfg;
+    Col *cols = st->cols;
+    size_t encoded = (size_t)(r.end - r.p);
+    uint64_t time = 0, observed = 0, u;
+    Slice trace = {NULL, 0}, span = {NULL, 0}, event = {NULL, 0};
+    int count = 0, have_body = 0;
+    while (r.p < r.end) {
+        uint32_t field;
+        int wt;
+        Rd sub;
+        TRY(rd_tag(ctx, &r, &field, &wt));
+        switch (field) {
+            case 1:
+            case 11:
+                if (wt != WT_I64) return bail(ctx, "unexpected wire type");
+                TRY(rd_fixed64(ctx, &r, field == 1 ? &time : &observed));
+                continue;
+            case 2:
+            case 7:
+                if (wt != WT_VARINT) return bail(ctx, "unexpected wire type");
+                TRY(rd_varint(ctx, &r, &u));
+                continue;
+            case 3:
+            case 5:
+            case 6:
+            case 9:
+            case 10:
+            case 12:
+                if (wt != WT_LEN) return bail(ctx, "unexpected wire type");
+                TRY(rd_len(ctx, &r, &sub));
+                break;
+            default:
+                TRY(rd_skip(ctx, &r, wt));
+                continue;
+        }
+        size_t n = (size_t)(sub.end - sub.p);
+        switch (field) {
+            case 3: TRY(check_utf8(ctx, sub.p, n)); break;
+            case 5:
+                if (have_body++) return bail(ctx, "two body fields");
+                TRY(validate(ctx, sub, &S_ANYVALUE, 0));
+                break;
+            case 6: {
+                Attr a;
+                TRY(parse_kv(ctx, sub, &a));
+                TRY(add_attr(ctx, cfg, attrs, &count, &a));
+                break;
+            }
+            case 9: trace = (Slice){(const char *)sub.p, n}; break;
+            case 10: span = (Slice){(const char *)sub.p, n}; break;
+            case 12:
+                TRY(check_utf8(ctx, sub.p, n));
+                event = (Slice){(const char *)sub.p, n};
+                break;
+        }
+    }
+    /* the attributes read directly, and the alias table's best value per field */
+    const AnyV *slot[N_SLOTS] = {NULL};
+    int32_t prios[N_FIELDS];
+    const AnyV *vals[N_FIELDS];
+    for (int i = 0; i < N_FIELDS; i++) {
+        prios[i] = INT32_MAX;
+        vals[i] = NULL;
+    }
+    for (int k = 0; k < count; k++) {
+        const Entry *e = attrs[k].entry;
+        if (e == NULL) continue;
+        if (e->slot >= 0) slot[e->slot] = &attrs[k].value;
+        for (int h = 0; h < e->nhits; h++)
+            if (e->prio[h] < prios[e->field[h]]) {
+                prios[e->field[h]] = e->prio[h];
+                vals[e->field[h]] = &attrs[k].value;
+            }
+    }
+    Slice name = event;
+    if (name.n == 0) TRY(opt_text(ctx, slot[L_EVENT_NAME], &name));
+    static const char USAGE[] = "comptroller.usage";
+    int ours = (name.n >= 12 && memcmp(name.s, "comptroller.", 12) == 0) ||
+               (name.n >= 12 && memcmp(name.s, "llm.circuit.", 12) == 0);
+    if (!ours) {
+        st->ignored++;
+        return OK;
+    }
+    if (!(name.n == sizeof USAGE - 1 && memcmp(name.s, USAGE, name.n) == 0))
+        return bail(ctx, "an event record");
+    uint64_t ts = time ? time : observed;
+    if (ts == 0) return bail(ctx, "missing timestamp");
+    if (ts > st->max_ts) return bail(ctx, "future timestamp");
+    if ((int64_t)encoded > cfg->max_attribute_bytes) {
+        for (int k = 0; k < count; k++) {
+            int64_t size;
+            TRY(attr_size(ctx, &attrs[k].value, &size));
+            if (size > cfg->max_attribute_bytes) return bail(ctx, "attribute too large");
+        }
+    }
+    Slice usage_id;
+    TRY(opt_text(ctx, slot[L_USAGE_ID], &usage_id));
+    if (usage_id.n == 0) return bail(ctx, "missing usage id");
+    for (int f = 0; f < N_FIELDS; f++) {
+        const AnyV *v = vals[f];
+        if (v == NULL || v->type == V_NONE) continue;
+        if (f < FIRST_INT_FIELD ? v->type != V_STR : v->type != V_INT)
+            return bail(ctx, "value of another type than its field");
+        if (f >= FIRST_INT_FIELD && f < FIRST_INT_FIELD + N_TOKEN_FIELDS && v->i < 0)
+            return bail(ctx, "negative token count");
+    }
+
+    TRY(col_str(ctx, &cols[U_ID], usage_id.s, usage_id.n));
+    TRY(col_i64(&cols[U_TS], (int64_t)(ts / 1000)));
+    if (trace.n)
+        TRY(hex_col_ctx(ctx, &cols[U_TRACE], (const uint8_t *)trace.s, trace.n));
+    else
+        TRY(col_null(ctx, &cols[U_TRACE]));
+    if (span.n)
+        TRY(hex_col_ctx(ctx, &cols[U_SPAN], (const uint8_t *)span.s, span.n));
+    else
+        TRY(col_null(ctx, &cols[U_SPAN]));
+    TRY(col_slice(ctx, &cols[U_SERVICE], service));
+    static const int TEXT_FIELDS[][2] = {
+        {F_TENANT, U_TENANT}, {F_ORG, U_ORG}, {F_CONTEXT, U_CONTEXT}, {F_PURPOSE, U_PURPOSE},
+        {F_REQUEST_MODEL, U_REQUEST_MODEL}, {F_RESPONSE_MODEL, U_RESPONSE_MODEL}};
+    for (size_t k = 0; k < sizeof TEXT_FIELDS / sizeof TEXT_FIELDS[0]; k++) {
+        Slice v;
+        TRY(opt_text(ctx, vals[TEXT_FIELDS[k][0]], &v));
+        TRY(col_slice(ctx, &cols[TEXT_FIELDS[k][1]], v));
+    }
+    /* operation: canonical_operation (empty is none) */
+    Slice op;
+    TRY(opt_text(ctx, vals[F_OPERATION], &op));
+    if (op.n == 0) op.s = NULL;
+    for (int k = 0; op.s && k < cfg->nops; k++)
+        if (slice_eq(op, cfg->op_from[k].s, cfg->op_from[k].n)) {
+            op.s = cfg->op_to[k].s;
+            op.n = cfg->op_to[k].n;
+            break;
+        }
+    TRY(col_slice(ctx, &cols[U_OPERATION], op));
+    /* provider: canonical_provider, through the shared memo */
+    Slice raw, provider = {NULL, 0};
+    TRY(opt_text(ctx, vals[F_PROVIDER], &raw));
+    if (raw.s) {
+        PyObject *canon;
+        TRY(canonical_provider_memo(cfg, raw, &canon));
+        if (canon != Py_None) {
+            Py_ssize_t n;
+            if (!PyUnicode_Check(canon)) return bail(ctx, "provider alias is not a string");
+            provider.s = PyUnicode_AsUTF8AndSize(canon, &n);
+            if (provider.s == NULL) return ERR;
+            provider.n = (size_t)n;
+        }
+    }
+    TRY(col_slice(ctx, &cols[U_PROVIDER], provider));
+    for (int k = 0; k < N_TOKEN_FIELDS; k++) {
+        const AnyV *v = vals[F_INPUT + k];
+        TRY(col_i64(&cols[U_INPUT + k], v && v->type == V_INT ? v->i : 0));
+    }
+    int has_cost, has_cap;
+    TRY(col_decimal(st, &cols[U_COST], slot[L_COST], &has_cost));
+    Slice source;
+    TRY(opt_text(ctx, slot[L_PRICE_SOURCE], &source));
+    if (source.n == 0) {
+        source.s = has_cost ? "provider" : "unpriced";
+        source.n = strlen(source.s);
+    }
+    TRY(col_str(ctx, &cols[U_PRICE_SOURCE], source.s, source.n));
+    const AnyV *est = slot[L_ESTIMATED];
+    int estimated = 0;
+    if (est != NULL && est->type != V_NONE) {
+        if (est->type == V_BOOL || est->type == V_INT)
+            estimated = est->i != 0;
+        else if (est->type == V_STR)
+            estimated = est->n > 0;
+        else
+            return bail(ctx, "estimated of another type");
+    }
+    TRY(col_bool(&cols[U_ESTIMATED], estimated));
+    Slice outcome;
+    TRY(opt_text(ctx, slot[L_OUTCOME], &outcome));
+    if (outcome.n == 0) {
+        outcome.s = "ok";
+        outcome.n = 2;
+    }
+    TRY(col_str(ctx, &cols[U_OUTCOME], outcome.s, outcome.n));
+    Slice error_type, profile_id;
+    TRY(opt_text(ctx, slot[L_ERROR_TYPE], &error_type));
+    TRY(col_slice(ctx, &cols[U_ERROR_TYPE], error_type));
+    TRY(col_opt_int32(ctx, &cols[U_ATTEMPT], slot[L_ATTEMPT]));
+    TRY(col_opt_int32(ctx, &cols[U_FALLBACK], slot[L_FALLBACK]));
+    TRY(opt_text(ctx, slot[L_PROFILE_ID], &profile_id));
+    TRY(col_slice(ctx, &cols[U_PROFILE_ID], profile_id));
+    TRY(col_opt_int32(ctx, &cols[U_PROFILE_VERSION], slot[L_PROFILE_VERSION]));
+    const AnyV *lat = slot[L_LATENCY];
+    if (lat == NULL || lat->type == V_NONE || lat->type == V_BOOL)
+        TRY(col_null(ctx, &cols[U_LATENCY]));
+    else if (lat->type == V_DOUBLE)
+        TRY(col_f64(&cols[U_LATENCY], lat->d));
+    else if (lat->type == V_INT)
+        TRY(col_f64(&cols[U_LATENCY], (double)lat->i));
+    else
+        return bail(ctx, "latency of another type");
+    TRY(col_decimal(st, &cols[U_BUDGET_CAP], slot[L_BUDGET_CAP], &has_cap));
+    TRY(col_str(ctx, &cols[U_SOURCE], "comptroller", 11));
+    if (trace.n == 16 && span.n == 8) {
+        PyObject *key = PyBytes_FromStringAndSize(NULL, 24);
+        if (key == NULL) return ERR;
+        memcpy(PyBytes_AS_STRING(key), trace.s, 16);
+        memcpy(PyBytes_AS_STRING(key) + 16, span.s, 8);
+        int rc = PyList_Append(st->usage_refs, key);
+        Py_DECREF(key);
+        if (rc < 0) return ERR;
+    }
+    st->rows++;
+    return OK;
+}
+
+static int do_scope_logs(UState *st, Rd r, Slice service, Attr *attrs) {
+    Ctx *ctx = &st->ctx;
+    int have_scope = 0, more = 1;
+    Rd scan = r;
+    while (scan.p < scan.end) {
+        uint32_t field;
+        int wt;
+        Rd sub;
+        TRY(rd_tag(ctx, &scan, &field, &wt));
+        if (field == 1 || field == 3) {
+            if (wt != WT_LEN) return bail(ctx, "unexpected wire type");
+            TRY(rd_len(ctx, &scan, &sub));
+            if (field == 3)
+                TRY(check_utf8(ctx, sub.p, (size_t)(sub.end - sub.p)));
+            else if (have_scope++)
+                return bail(ctx, "two scope fields");
+            else
+                TRY(validate(ctx, sub, &S_SCOPE, 0));
+        } else {
+            TRY(rd_skip(ctx, &scan, wt));
+        }
+    }
+    while (more) {
+        Rd sub;
+        TRY(next_message(ctx, &r, 2, &sub, &more));
+        if (more) TRY(do_record(st, sub, service, attrs));
+    }
+    return OK;
+}
+
+static int do_resource_logs(UState *st, Rd r, Attr *attrs) {
+    Ctx *ctx = &st->ctx;
+    Resource res;
+    memset(&res, 0, sizeof res);
+    int have_resource = 0, rc = OK, more = 1;
+    Rd scan = r;
+    while (rc == OK && scan.p < scan.end) {
+        uint32_t field;
+        int wt;
+        Rd sub;
+        rc = rd_tag(ctx, &scan, &field, &wt);
+        if (rc != OK) break;
+        if (field == 1 || field == 3) {
+            if (wt != WT_LEN) {
+                rc = bail(ctx, "unexpected wire type");
+                break;
+            }
+            rc = rd_len(ctx, &scan, &sub);
+            if (rc != OK) break;
+            if (field == 3)
+                rc = check_utf8(ctx, sub.p, (size_t)(sub.end - sub.p));
+            else if (have_resource++)
+                rc = bail(ctx, "two resource fields");
+            else
+                rc = parse_resource_with(ctx, sub, &res, attrs);
+        } else {
+            rc = rd_skip(ctx, &scan, wt);
+        }
+    }
+    while (rc == OK && more) {
+        Rd sub;
+        rc = next_message(ctx, &r, 2, &sub, &more);
+        if (rc == OK && more) rc = do_scope_logs(st, sub, res.service, attrs);
+    }
+    buf_free(&res.json);
+    return rc;
+}
+
+PyDoc_STRVAR(usage_doc,
+             "usage(config, body, max_ts_ns) -> (columns, usage_refs, ignored) | str\n\n"
+             "Decode and normalise an OTLP log export of usage records; a str is the reason it "
+             "was declined.");
+
+static PyObject *usage(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    Py_buffer body;
+    unsigned long long max_ts;
+    if (!PyArg_ParseTuple(args, "Oy*K", &capsule, &body, &max_ts)) return NULL;
+    Config *cfg = PyCapsule_GetPointer(capsule, "comptroller.otlp_native.Config");
+    if (cfg == NULL) {
+        PyBuffer_Release(&body);
+        return NULL;
+    }
+    UState st;
+    memset(&st, 0, sizeof st);
+    st.cfg = cfg;
+    st.ctx.cfg = cfg;
+    st.max_ts = max_ts;
+    PyObject *result = NULL;
+    Attr *attrs = PyMem_Malloc(sizeof(Attr) * MAX_ATTRS);
+    st.usage_refs = PyList_New(0);
+    int rc = (attrs && st.usage_refs) ? OK : ERR;
+    if (attrs == NULL) PyErr_NoMemory();
+    for (int k = 0; k < N_UCOLS && rc == OK; k++) rc = col_init(&st.cols[k], UCOL_KINDS[k]);
+    Rd r = {(const uint8_t *)body.buf, (const uint8_t *)body.buf + body.len};
+    int more = 1;
+    while (rc == OK && more) {
+        Rd sub;
+        rc = next_message(&st.ctx, &r, 1, &sub, &more);
+        if (rc == OK && more) rc = do_resource_logs(&st, sub, attrs);
+    }
+    if (rc == OK) {
+        PyObject *columns = export_columns(st.cols, N_UCOLS);
+        if (columns != NULL)
+            result = Py_BuildValue("(NOn)", columns, st.usage_refs, st.ignored);
+    } else if (rc == BAIL) {
+        result = PyUnicode_FromString(st.ctx.reason ? st.ctx.reason : "declined");
+    }
+    for (int k = 0; k < N_UCOLS; k++) col_free(&st.cols[k]);
+    Py_XDECREF(st.usage_refs);
+    PyMem_Free(attrs);
+    PyBuffer_Release(&body);
+    return result;
 }
 
 PyDoc_STRVAR(spans_doc,
@@ -1677,15 +2134,7 @@ static PyObject *spans(PyObject *self, PyObject *args) {
         if (rc == OK && more) rc = do_resource_spans(&st, sub, attrs);
     }
     if (rc == OK) {
-        PyObject *columns = PyTuple_New(N_COLS);
-        for (int k = 0; columns && k < N_COLS; k++) {
-            PyObject *col = col_export(&st.cols[k]);
-            if (col == NULL) {
-                Py_CLEAR(columns);
-                break;
-            }
-            PyTuple_SET_ITEM(columns, k, col);
-        }
+        PyObject *columns = export_columns(st.cols, N_COLS);
         if (columns != NULL) {
             PyObject *idx = bytes_of(&st.derive_idx);
             if (idx != NULL)
@@ -1709,6 +2158,7 @@ static PyMethodDef methods[] = {
     {"make_config", (PyCFunction)(void (*)(void))make_config, METH_VARARGS | METH_KEYWORDS,
      "make_config(**tables) -> capsule: the alias table and dialect rules, compiled."},
     {"spans", spans, METH_VARARGS, spans_doc},
+    {"usage", usage, METH_VARARGS, usage_doc},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_otlp_native",
@@ -1737,7 +2187,21 @@ PyMODINIT_FUNC PyInit__otlp_native(void) {
         Py_DECREF(fields);
         goto fail;
     }
-    if (PyModule_AddIntConstant(m, "ABI", 1) < 0) goto fail;
+    PyObject *slots = PyTuple_New(N_SLOTS);
+    if (slots == NULL) goto fail;
+    for (int i = 0; i < N_SLOTS; i++) {
+        PyObject *s = PyUnicode_FromString(LOG_KEY_NAMES[i]);
+        if (s == NULL) {
+            Py_DECREF(slots);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(slots, i, s);
+    }
+    if (PyModule_AddObject(m, "LOG_SLOTS", slots) < 0) {
+        Py_DECREF(slots);
+        goto fail;
+    }
+    if (PyModule_AddIntConstant(m, "ABI", 2) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

@@ -24,7 +24,7 @@ from comptroller import analytics
 from comptroller.collector._decode import Encoding, decode
 from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander
-from comptroller.collector._native import NativeTraces, available, unavailable_reason
+from comptroller.collector._native import NativeDecoder, available, unavailable_reason
 from comptroller.collector._normalise import Batch, Limits, Normaliser
 from comptroller.collector._pipeline import MAX_FLUSH_ROWS, Pipeline, Stats
 from comptroller.collector._priority import at_lower_priority
@@ -109,7 +109,7 @@ class Collector:
         self.con.execute("SET enable_external_access = false").fetchall()
         self.con.execute("SET lock_configuration = true").fetchall()
         self.normaliser = Normaliser(limits=limits, prices=prices)
-        self.native = NativeTraces(self.normaliser) if native_decoder and available() else None
+        self.native = NativeDecoder(self.normaliser) if native_decoder and available() else None
         self.native_requested = native_decoder
         self.stats = Stats()
         # Budget crossings are looked for at most once a second under load (each check
@@ -197,8 +197,9 @@ class Collector:
     ) -> tuple[Message | None, Batch]:
         """Decode and normalise an export request body (inflated).
 
-        Protobuf trace exports take the native decoder when it is built; a request it
-        declines, and every other request, is decoded by upb and normalised by the reference.
+        Protobuf trace and log exports take the native decoder when it is built; a request
+        it declines, and every other request, is decoded by upb and normalised by the
+        reference.
 
         Returns:
             The decoded message (None when the native decoder handled the body) and the batch.
@@ -206,8 +207,8 @@ class Collector:
         Raises:
             DecodeError: The body cannot be decoded.
         """
-        if self.native is not None and signal == "traces" and encoding == "protobuf":
-            native = self.native.traces(body)
+        if self.native is not None and encoding == "protobuf" and signal != "metrics":
+            native = self.native.traces(body) if signal == "traces" else self.native.logs(body)
             if not isinstance(native, str):
                 return None, native
         message = decode(signal, encoding, body)  # type: ignore[arg-type]

@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from comptroller import semconv as sc
+
 FIXTURES = Path(__file__).parent / "fixtures"
 DIALECTS = ("comptroller", "openai_v2", "openllmetry", "openlit", "logfire", "openinference")
 
@@ -106,3 +108,29 @@ def rows(db: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> list
     relation = db.execute(sql, params)
     names = [d[0] for d in relation.description]
     return [dict(zip(names, row, strict=True)) for row in relation.fetchall()]
+
+
+def usage_event(usage_id: str) -> tuple[str, dict[str, object]]:
+    """A complete comptroller usage record (name, attributes), as the control plane sends."""
+    return (
+        sc.EVENT_USAGE,
+        {
+            sc.USAGE_ID: usage_id,
+            sc.GEN_AI_PROVIDER_NAME: "openai",
+            sc.GEN_AI_REQUEST_MODEL: "gpt-4o",
+            sc.GEN_AI_RESPONSE_MODEL: "gpt-4o",
+            sc.GEN_AI_OPERATION_NAME: "chat",
+            sc.GEN_AI_USAGE_INPUT_TOKENS: 1000,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: 100,
+            sc.TENANT: "acme-eu",
+            sc.ORG: "acme",
+            sc.CONTEXT: "support",
+            sc.PURPOSE: "reasoning",
+            sc.COST_USD: "0.0035",
+            sc.PRICE_SOURCE: "genai-prices@0.2.3",
+            sc.OUTCOME: "ok",
+            sc.BUDGET_CAP_USD: "10",
+            sc.ATTEMPT: 1,
+            sc.LATENCY_MS: 812.5,
+        },
+    )

@@ -84,13 +84,16 @@ def test_grpc_overload_is_unavailable_so_exporters_retry(make_running) -> None: 
         server.stop(grace=None).wait()
 
 
-def test_grpc_trace_exports_take_the_native_decoder(
-    running: Running, channel: grpc.Channel
-) -> None:
+def test_grpc_exports_take_the_native_decoder(running: Running, channel: grpc.Channel) -> None:
     spans = genai_spans([("ok", CHAT)], "x")
     trace_service_pb2_grpc.TraceServiceStub(channel).Export(encode_spans(spans))  # type: ignore[no-untyped-call]
+    logs = log_records([(sc.EVENT_USAGE, {sc.USAGE_ID: "g-2", sc.GEN_AI_USAGE_INPUT_TOKENS: 5})])
+    logs_service_pb2_grpc.LogsServiceStub(channel).Export(encode_logs(logs))  # type: ignore[no-untyped-call]
     assert running.collector.native is not None
-    assert running.collector.native.stats.native == 1
+    assert running.collector.native.stats.native == 2
+    assert running.sql("select usage_id from llm_usage where source = 'comptroller'") == [
+        {"usage_id": "g-2"}
+    ]
 
 
 def test_grpc_malformed_protobuf_is_invalid_argument_with_a_reason(

@@ -24,6 +24,7 @@ from comptroller import semconv as sc
 
 from .conftest import Running
 from .helpers import fixture_spans, genai_spans, load_fixture, log_records, otlp_json
+from .helpers import usage_event as _usage_event
 
 PB = {"Content-Type": "application/x-protobuf"}
 # Generous timeouts: CI machines run other suites beside this one.
@@ -36,31 +37,6 @@ CHAT = {
     "gen_ai.usage.input_tokens": 1000,
     "gen_ai.usage.output_tokens": 100,
 }
-
-
-def _usage_event(usage_id: str) -> tuple[str, dict[str, object]]:
-    return (
-        sc.EVENT_USAGE,
-        {
-            sc.USAGE_ID: usage_id,
-            sc.GEN_AI_PROVIDER_NAME: "openai",
-            sc.GEN_AI_REQUEST_MODEL: "gpt-4o",
-            sc.GEN_AI_RESPONSE_MODEL: "gpt-4o",
-            sc.GEN_AI_OPERATION_NAME: "chat",
-            sc.GEN_AI_USAGE_INPUT_TOKENS: 1000,
-            sc.GEN_AI_USAGE_OUTPUT_TOKENS: 100,
-            sc.TENANT: "acme-eu",
-            sc.ORG: "acme",
-            sc.CONTEXT: "support",
-            sc.PURPOSE: "reasoning",
-            sc.COST_USD: "0.0035",
-            sc.PRICE_SOURCE: "genai-prices@0.2.3",
-            sc.OUTCOME: "ok",
-            sc.BUDGET_CAP_USD: "10",
-            sc.ATTEMPT: 1,
-            sc.LATENCY_MS: 812.5,
-        },
-    )
 
 
 def test_sdk_exporter_protobuf_gzip_lands_spans(running: Running) -> None:

@@ -17,10 +17,13 @@ import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from comptroller import semconv as sc
 from comptroller.collector._aliases import (
     AGENT_MARKERS,
     ALIASES,
@@ -31,10 +34,11 @@ from comptroller.collector._aliases import (
     SCOPE_DIALECTS,
 )
 from comptroller.collector._decode import DecodeError, decode
-from comptroller.collector._native import NativeTraces, available, unavailable_reason
+from comptroller.collector._native import NativeDecoder, available, unavailable_reason
 from comptroller.collector._normalise import Batch, Limits, Normaliser
 
-from .helpers import DIALECTS, fixture_spans, load_fixture
+from .helpers import DIALECTS, fixture_spans, load_fixture, log_records
+from .helpers import usage_event as _usage_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from otlp_load import build_request
@@ -48,9 +52,9 @@ def test_the_extension_is_built() -> None:
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[Normaliser, NativeTraces]:
+def pair() -> tuple[Normaliser, NativeDecoder]:
     normaliser = Normaliser(clock_ns=lambda: NOW_NS)
-    return normaliser, NativeTraces(normaliser)
+    return normaliser, NativeDecoder(normaliser)
 
 
 def reference(normaliser: Normaliser, body: bytes) -> Batch:
@@ -88,7 +92,7 @@ def assert_same(native: Batch, ref: Batch) -> None:
     assert (native.accepted, native.rejected) == (ref.accepted, ref.rejected)
 
 
-def check(pair: tuple[Normaliser, NativeTraces], body: bytes) -> Batch | str:
+def check(pair: tuple[Normaliser, NativeDecoder], body: bytes) -> Batch | str:
     normaliser, native = pair
     got = native.traces(body)
     if isinstance(got, str):
@@ -100,7 +104,7 @@ def check(pair: tuple[Normaliser, NativeTraces], body: bytes) -> Batch | str:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_every_dialect_fixture_is_decoded_natively_and_equal(
-    pair: tuple[Normaliser, NativeTraces], dialect: str
+    pair: tuple[Normaliser, NativeDecoder], dialect: str
 ) -> None:
     body = encode_spans(fixture_spans(load_fixture(dialect))).SerializeToString()
     got = check(pair, body)
@@ -110,7 +114,7 @@ def test_every_dialect_fixture_is_decoded_natively_and_equal(
 
 @pytest.mark.parametrize("dialect", ["openai_v2", "comptroller"])
 def test_the_benchmark_request_is_decoded_natively_and_equal(
-    pair: tuple[Normaliser, NativeTraces], dialect: str
+    pair: tuple[Normaliser, NativeDecoder], dialect: str
 ) -> None:
     got = check(pair, build_request(512, dialect, at_ns=NOW_NS))
     assert isinstance(got, Batch)
@@ -304,7 +308,7 @@ _SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[Hea
 
 @_SETTINGS
 @given(body=requests())
-def test_generated_requests_agree(pair: tuple[Normaliser, NativeTraces], body: bytes) -> None:
+def test_generated_requests_agree(pair: tuple[Normaliser, NativeDecoder], body: bytes) -> None:
     check(pair, body)
 
 
@@ -330,7 +334,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 @_SETTINGS
 @given(body=mutated())
 def test_damaged_requests_are_declined_or_agree(
-    pair: tuple[Normaliser, NativeTraces], body: bytes
+    pair: tuple[Normaliser, NativeDecoder], body: bytes
 ) -> None:
     normaliser, native = pair
     got = native.traces(body)
@@ -355,7 +359,7 @@ def _span_request(**attrs: Any) -> ExportTraceServiceRequest:
 
 
 def test_invalid_utf8_in_a_part_it_does_not_read_is_declined(
-    pair: tuple[Normaliser, NativeTraces],
+    pair: tuple[Normaliser, NativeDecoder],
 ) -> None:
     request = _span_request(**{"gen_ai.operation.name": AnyValue(string_value="chat")})
     span = request.resource_spans[0].scope_spans[0].spans[0]
@@ -377,7 +381,7 @@ def test_invalid_utf8_in_a_part_it_does_not_read_is_declined(
     ],
 )
 def test_what_it_is_not_sure_of_is_declined_with_a_reason(
-    pair: tuple[Normaliser, NativeTraces], attrs: dict[str, AnyValue], reason: str
+    pair: tuple[Normaliser, NativeDecoder], attrs: dict[str, AnyValue], reason: str
 ) -> None:
     normaliser, native = pair
     body = _span_request(**attrs).SerializeToString()
@@ -388,7 +392,7 @@ def test_what_it_is_not_sure_of_is_declined_with_a_reason(
     assert native.stats.reasons[got] >= 1
 
 
-def test_duplicate_keys_are_declined(pair: tuple[Normaliser, NativeTraces]) -> None:
+def test_duplicate_keys_are_declined(pair: tuple[Normaliser, NativeDecoder]) -> None:
     request = _span_request(**{"gen_ai.usage.input_tokens": AnyValue(int_value=5)})
     request.resource_spans[0].scope_spans[0].spans[0].attributes.add(
         key="gen_ai.usage.input_tokens", value=AnyValue(int_value=7)
@@ -398,7 +402,7 @@ def test_duplicate_keys_are_declined(pair: tuple[Normaliser, NativeTraces]) -> N
 
 def test_only_an_attribute_over_the_limit_is_left_to_the_reference() -> None:
     normaliser = Normaliser(limits=Limits(max_attribute_bytes=100), clock_ns=lambda: NOW_NS)
-    native = NativeTraces(normaliser)
+    native = NativeDecoder(normaliser)
     many = _span_request(**{f"k{i}": AnyValue(string_value="x" * 90) for i in range(5)})
     assert len(many.SerializeToString()) > 400  # a request over the limit, no value over it
     got = native.traces(many.SerializeToString())
@@ -410,20 +414,20 @@ def test_only_an_attribute_over_the_limit_is_left_to_the_reference() -> None:
 
 
 @pytest.fixture(scope="module")
-def small_limit() -> tuple[Normaliser, NativeTraces]:
+def small_limit() -> tuple[Normaliser, NativeDecoder]:
     normaliser = Normaliser(limits=Limits(max_attribute_bytes=10), clock_ns=lambda: NOW_NS)
-    return normaliser, NativeTraces(normaliser)
+    return normaliser, NativeDecoder(normaliser)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=requests())
 def test_generated_requests_agree_under_a_small_attribute_limit(
-    small_limit: tuple[Normaliser, NativeTraces], body: bytes
+    small_limit: tuple[Normaliser, NativeDecoder], body: bytes
 ) -> None:
     check(small_limit, body)
 
 
-def test_floats_are_written_as_orjson_writes_them(pair: tuple[Normaliser, NativeTraces]) -> None:
+def test_floats_are_written_as_orjson_writes_them(pair: tuple[Normaliser, NativeDecoder]) -> None:
     values = [0.2, 3.45e-5, 1e-6, 1e16, 1e15, -0.0, 5e-324, math.nan, math.inf, 1 / 3]
     request = _span_request()
     span = request.resource_spans[0].scope_spans[0].spans[0]
@@ -437,6 +441,139 @@ def test_floats_are_written_as_orjson_writes_them(pair: tuple[Normaliser, Native
 def test_a_future_limit_past_2_to_the_64_ns_is_no_error() -> None:
     normaliser = Normaliser(limits=Limits(max_future_s=1e15), clock_ns=lambda: NOW_NS)
     body = _span_request(**{"gen_ai.operation.name": AnyValue(string_value="chat")})
-    got = NativeTraces(normaliser).traces(body.SerializeToString())
+    got = NativeDecoder(normaliser).traces(body.SerializeToString())
     assert isinstance(got, Batch)
     assert_same(got, reference(normaliser, body.SerializeToString()))
+
+
+# --- usage records (log exports) --------------------------------------------------------------
+_LOG_VALUES: dict[str, st.SearchStrategy[AnyValue]] = {
+    sc.USAGE_ID: st.sampled_from(["u-1", "u-2", "é"]).map(lambda v: AnyValue(string_value=v)),
+    sc.COST_USD: st.one_of(
+        st.sampled_from(["0.0035", "1E-7", "0.00000010", "abc", "-0", "12"]).map(
+            lambda v: AnyValue(string_value=v)
+        ),
+        _FLOAT.map(lambda v: AnyValue(double_value=v)),
+        st.integers(0, 9).map(lambda v: AnyValue(int_value=v)),
+    ),
+    sc.BUDGET_CAP_USD: st.sampled_from(["10", "2.50", "NaN"]).map(
+        lambda v: AnyValue(string_value=v)
+    ),
+    sc.PRICE_SOURCE: _TEXT.map(lambda v: AnyValue(string_value=v)),
+    sc.ESTIMATED: st.booleans().map(lambda v: AnyValue(bool_value=v))
+    | st.integers(0, 2).map(lambda v: AnyValue(int_value=v)),
+    sc.OUTCOME: _TEXT.map(lambda v: AnyValue(string_value=v)),
+    sc.ERROR_TYPE: _TEXT.map(lambda v: AnyValue(string_value=v)),
+    sc.ATTEMPT: st.integers(-1, 5).map(lambda v: AnyValue(int_value=v)),
+    sc.FALLBACK_DEPTH: st.integers(0, 3).map(lambda v: AnyValue(int_value=v)),
+    sc.PROFILE_ID: _TEXT.map(lambda v: AnyValue(string_value=v)),
+    sc.PROFILE_VERSION: st.integers(0, 2**31).map(lambda v: AnyValue(int_value=v)),
+    sc.LATENCY_MS: _FLOAT.map(lambda v: AnyValue(double_value=v))
+    | st.integers(0, 900).map(lambda v: AnyValue(int_value=v)),
+}
+_EVENTS = st.sampled_from(
+    [
+        sc.EVENT_USAGE,
+        sc.EVENT_USAGE,
+        sc.EVENT_USAGE,
+        "",
+        "app.log",
+        "comptroller.other",
+        "llm.circuit.opened",
+    ]
+)
+
+
+@st.composite
+def log_requests(draw: st.DrawFn) -> bytes:
+    g = Gen(draw, clean=draw(st.integers(0, 2)) > 0)
+    request = ExportLogsServiceRequest()
+    for _ in range(draw(st.integers(0, 2))):
+        rl = request.resource_logs.add()
+        if draw(st.booleans()):
+            service = g.pick(_TEXT.map(lambda v: AnyValue(string_value=v)), _any_value(2))
+            rl.resource.attributes.add(key="service.name", value=service)
+        for _ in range(draw(st.integers(0, 2))):
+            sl = rl.scope_logs.add()
+            sl.scope.name = draw(_TEXT)
+            for _ in range(draw(st.integers(0, 4))):
+                record = sl.log_records.add()
+                name = g.pick(st.sampled_from([sc.EVENT_USAGE] * 4 + ["", "app.log"]), _EVENTS)
+                if draw(st.booleans()):
+                    record.event_name = name
+                else:
+                    record.attributes.add(key="event.name", value=AnyValue(string_value=name))
+                record.time_unix_nano = g.pick(
+                    st.integers(NOW_NS - 10**12, NOW_NS), st.sampled_from([0, 2**64 - 1])
+                )
+                record.observed_time_unix_nano = draw(st.sampled_from([0, NOW_NS]))
+                record.trace_id = draw(st.just(b"") | st.binary(min_size=16, max_size=16))
+                record.span_id = draw(st.just(b"") | st.binary(min_size=8, max_size=8))
+                if draw(st.booleans()):
+                    record.body.string_value = draw(_TEXT)
+                keys = draw(st.lists(st.sampled_from(sorted(_LOG_VALUES)), max_size=8, unique=True))
+                if g.clean and sc.USAGE_ID not in keys:  # a clean record names its usage row
+                    record.attributes.add(
+                        key=sc.USAGE_ID, value=AnyValue(string_value=f"u-{draw(st.integers(0, 9))}")
+                    )
+                for key in keys:
+                    record.attributes.add(key=key, value=g.pick(_LOG_VALUES[key], _any_value()))
+                for key, value in g.attributes(6):
+                    if key not in keys and key != "event.name":
+                        record.attributes.add(key=key, value=value)
+    return request.SerializeToString()
+
+
+def reference_logs(normaliser: Normaliser, body: bytes) -> Batch:
+    return normaliser.logs(decode("logs", "protobuf", body))  # type: ignore[arg-type]
+
+
+def check_logs(pair: tuple[Normaliser, NativeDecoder], body: bytes) -> Batch | str:
+    normaliser, native = pair
+    got = native.logs(body)
+    if isinstance(got, str):
+        return got
+    ref = reference_logs(normaliser, body)
+    assert set(got.tables) == set(ref.tables)
+    for name, table in ref.tables.items():
+        for column in table.column_names:
+            assert same_column(got.tables[name].column(column), table.column(column)), column
+    assert got.usage_refs == ref.usage_refs
+    assert (got.accepted, got.rejected) == (ref.accepted, ref.rejected)
+    return got
+
+
+def test_usage_records_are_decoded_natively_and_equal(
+    pair: tuple[Normaliser, NativeDecoder],
+) -> None:
+    records = log_records([_usage_event(f"u-{i}") for i in range(50)])
+    got = check_logs(pair, encode_logs(records).SerializeToString())
+    assert isinstance(got, Batch)
+    assert got.tables["llm_usage"].num_rows == 50
+
+
+def test_a_log_export_with_an_event_is_left_to_the_reference(
+    pair: tuple[Normaliser, NativeDecoder],
+) -> None:
+    records = log_records([_usage_event("u-1"), (sc.EVENT_CIRCUIT_OPENED, {})])
+    assert pair[1].logs(encode_logs(records).SerializeToString()) == "an event record"
+
+
+@_SETTINGS
+@given(body=log_requests())
+def test_generated_log_exports_agree(pair: tuple[Normaliser, NativeDecoder], body: bytes) -> None:
+    check_logs(pair, body)
+
+
+@_SETTINGS
+@given(body=log_requests(), data=st.data())
+def test_damaged_log_exports_are_declined_or_agree(
+    pair: tuple[Normaliser, NativeDecoder], body: bytes, data: st.DataObject
+) -> None:
+    damaged = bytearray(body)
+    for _ in range(data.draw(st.integers(1, 3))):
+        if not damaged:
+            break
+        at = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[at] ^= 1 << data.draw(st.integers(0, 7))
+    check_logs(pair, bytes(damaged))  # declined, or equal
