@@ -190,7 +190,12 @@ def _rss_peak_mb(pid: int) -> float:
 
 
 def _load(
-    url: str, seconds: float, connections: int, dialect: str, rate: float | None = None
+    url: str,
+    seconds: float,
+    connections: int,
+    dialect: str,
+    rate: float | None = None,
+    with_usage: bool = False,
 ) -> dict[str, object]:
     cmd = [
         sys.executable,
@@ -206,6 +211,8 @@ def _load(
     ]
     if rate:
         cmd += ["--rate", str(rate)]
+    if with_usage:
+        cmd += ["--with-usage"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -224,7 +231,7 @@ def _drain(url: str, timeout_s: float = 300.0) -> int:
         time.sleep(0.05)
 
 
-def sustained(seconds: float, dialect: str) -> dict[str, object]:
+def sustained(seconds: float, dialect: str, with_usage: bool = False) -> dict[str, object]:
     import duckdb
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,7 +240,7 @@ def sustained(seconds: float, dialect: str) -> dict[str, object]:
         try:
             cpu0 = _cpu_s(proc.pid)
             began = time.perf_counter()
-            saturated = _load(url, seconds, 16, dialect)
+            saturated = _load(url, seconds, 16, dialect, with_usage=with_usage)
             # Requests are acknowledged once in the ingest log: the sustained rate is what
             # lands, so wait for the queue to drain and count the rows landed.
             landed = _drain(url)
@@ -249,7 +256,7 @@ def sustained(seconds: float, dialect: str) -> dict[str, object]:
             with open("/proc/loadavg") as fh:
                 saturated["loadavg_after"] = fh.read().split()[0]
             rate = max(1.0, saturated["landed_spans_per_s"] / 512 * 0.5)  # type: ignore[operator]
-            paced = _load(url, seconds, 8, dialect, rate=rate)
+            paced = _load(url, seconds, 8, dialect, rate=rate, with_usage=with_usage)
             _drain(url)
             rss = _rss_peak_mb(proc.pid)
         finally:
@@ -314,11 +321,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--dialect", default="openai_v2", choices=["openai_v2", "comptroller"])
     parser.add_argument("--skip-sdk", action="store_true")
+    parser.add_argument(
+        "--with-usage",
+        action="store_true",
+        help="each trace export is followed by a log export of as many usage records "
+        "(a comptroller fleet over OTLP: one span and one usage row a call)",
+    )
     args = parser.parse_args()
     report: dict[str, object] = {"dialect": args.dialect, "split": split(args.dialect)}
     print(json.dumps(report["split"]), flush=True)
     print(json.dumps(usage_split()), flush=True)
-    report["sustained"] = sustained(args.seconds, args.dialect)
+    report["sustained"] = sustained(args.seconds, args.dialect, args.with_usage)
     print(json.dumps(report["sustained"]), flush=True)
     if not args.skip_sdk:
         report["sdk_end_to_end"] = sdk_end_to_end()

@@ -123,6 +123,51 @@ def _build(spans: int, dialect: str, seed: int, at_ns: int | None) -> bytes:
     return req.SerializeToString()
 
 
+USAGE_MARK = b"QQQQQQQQ"
+"""Placeholder in every usage id of `build_usage_request`: replaced by 8 hex digits."""
+
+
+def build_usage_request(records: int = 512, *, at_ns: int | None = None) -> bytes:
+    """One log export of `records` comptroller usage records (what a control plane sends
+    beside its spans): usage ids hold USAGE_MARK, times share `time_mark(at_ns)`."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    from comptroller import semconv as sc
+
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    rl.resource.attributes.extend([_kv("service.name", "bench-app")])
+    sl = rl.scope_logs.add()
+    sl.scope.name = "comptroller.control"
+    base = ((time.time_ns() if at_ns is None else at_ns) >> 32) << 32
+    for i in range(records):
+        provider, model = MODELS[i % len(MODELS)]
+        record = sl.log_records.add()
+        record.time_unix_nano = base + i * 1000 + 850_000_000
+        record.event_name = sc.EVENT_USAGE
+        attrs = [
+            (sc.USAGE_ID, f"u-{USAGE_MARK.decode()}-{i}"),
+            (sc.GEN_AI_OPERATION_NAME, "chat"),
+            (sc.GEN_AI_PROVIDER_NAME, provider),
+            (sc.GEN_AI_REQUEST_MODEL, model),
+            (sc.GEN_AI_RESPONSE_MODEL, model),
+            (sc.GEN_AI_USAGE_INPUT_TOKENS, 1200 + i),
+            (sc.GEN_AI_USAGE_OUTPUT_TOKENS, 80),
+            (sc.TENANT, f"tenant-{i % 7}"),
+            (sc.ORG, "acme"),
+            (sc.CONTEXT, "support"),
+            (sc.PURPOSE, "reasoning"),
+            (sc.COST_USD, f"0.000{i % 10}35"),
+            (sc.PRICE_SOURCE, "genai-prices@0.2.3"),
+            (sc.OUTCOME, "ok"),
+            (sc.BUDGET_CAP_USD, "10"),
+            (sc.ATTEMPT, 1),
+            (sc.LATENCY_MS, 812.5),
+        ]
+        record.attributes.extend([_kv(k, v) for k, v in attrs])
+    return req.SerializeToString()
+
+
 class _Counter:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -142,8 +187,11 @@ def run(
     connections: int,
     rate: float | None,
     template_time: bytes,
+    usage: bytes | None = None,
 ) -> dict[str, object]:
-    """Replay `body` (built by `build_request` with times marked `template_time`)."""
+    """Replay `body` (built by `build_request` with times marked `template_time`); with
+    `usage` (built by `build_usage_request`), each trace export is followed by a log export
+    of as many usage records, as a control plane sends them."""
     parts = urllib.parse.urlsplit(url)
     counter = _Counter()
     latencies: list[float] = []
@@ -165,11 +213,28 @@ def run(
                 if now < next_at:
                     time.sleep(next_at - now)
                 next_at += interval
-            payload = body.replace(MARK, counter.next()).replace(template_time, time_mark())
+            mark = counter.next()
+            now_mark = time_mark()
+            payload = body.replace(MARK, mark).replace(template_time, now_mark)
             started = time.perf_counter()
             conn.request("POST", "/v1/traces", payload, {"Content-Type": "application/x-protobuf"})
             response = conn.getresponse()
             response.read()
+            if usage is not None and response.status == 200:
+                records = usage.replace(USAGE_MARK, mark.hex().encode()).replace(
+                    template_time, now_mark
+                )
+                while True:  # as an SDK would: the usage records are retried until accepted
+                    conn.request(
+                        "POST", "/v1/logs", records, {"Content-Type": "application/x-protobuf"}
+                    )
+                    response = conn.getresponse()
+                    response.read()
+                    if response.status not in (429, 503) or time.perf_counter() >= stop_at + 30:
+                        break
+                    with lock:
+                        errors["logs_retried"] = errors.get("logs_retried", 0) + 1
+                    time.sleep(float(response.getheader("Retry-After") or 1) / 10)
             elapsed = time.perf_counter() - started
             if response.status == 200:
                 local.append(elapsed)
@@ -217,11 +282,15 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=512)
     parser.add_argument("--rate", type=float, default=None, help="requests/s over all connections")
     parser.add_argument("--dialect", default="openai_v2", choices=["openai_v2", "comptroller"])
+    parser.add_argument(
+        "--with-usage", action="store_true", help="follow each trace export with its usage records"
+    )
     args = parser.parse_args()
     at = time.time_ns()
     body = build_request(args.spans, args.dialect, at_ns=at)
+    usage = build_usage_request(args.spans, at_ns=at) if args.with_usage else None
     result = run(
-        args.url, body, args.spans, args.seconds, args.connections, args.rate, time_mark(at)
+        args.url, body, args.spans, args.seconds, args.connections, args.rate, time_mark(at), usage
     )
     result["request_bytes"] = len(body)
     print(json.dumps(result), flush=True)
