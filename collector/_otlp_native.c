@@ -1584,43 +1584,75 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
     return OK;
 }
 
-static int do_scope_spans(State *st, Rd r, const Resource *res, Attr *attrs) {
-    Ctx *ctx = &st->ctx;
-    Slice scope = {"", 0};
-    int have_scope = 0;
-    /* the scope comes first in practice, but may follow its spans: find it first */
-    Rd scan = r;
-    while (scan.p < scan.end) {
+/* The resource of a ResourceSpans or ResourceLogs (field 1; 3 is the schema URL): it
+ * applies to every span or record, wherever it appears in the message. */
+static int scan_resource(Ctx *ctx, Rd r, Resource *res, Attr *attrs) {
+    int have_resource = 0;
+    while (r.p < r.end) {
         uint32_t field;
         int wt;
         Rd sub;
-        TRY(rd_tag(ctx, &scan, &field, &wt));
-        if (field == 1 || field == 3) {
-            if (wt != WT_LEN) return bail(ctx, "unexpected wire type");
-            TRY(rd_len(ctx, &scan, &sub));
-            if (field == 3) {
-                TRY(check_utf8(ctx, sub.p, (size_t)(sub.end - sub.p)));
-                continue;
+        TRY(rd_tag(ctx, &r, &field, &wt));
+        if (field != 1 && field != 3) {
+            TRY(rd_skip(ctx, &r, wt));
+            continue;
+        }
+        if (wt != WT_LEN) return bail(ctx, "unexpected wire type");
+        TRY(rd_len(ctx, &r, &sub));
+        if (field == 3)
+            TRY(check_utf8(ctx, sub.p, (size_t)(sub.end - sub.p)));
+        else if (have_resource++)
+            return bail(ctx, "two resource fields");
+        else
+            TRY(parse_resource_with(ctx, sub, res, attrs));
+    }
+    return have_resource ? OK : buf_puts(&res->json, "{}");
+}
+
+/* The scope of a ScopeSpans or ScopeLogs (field 1; 3 is the schema URL), validated; its name
+ * ("" without one). */
+static int scan_scope(Ctx *ctx, Rd r, Slice *name) {
+    int have_scope = 0;
+    name->s = "";
+    name->n = 0;
+    while (r.p < r.end) {
+        uint32_t field;
+        int wt;
+        Rd sub;
+        TRY(rd_tag(ctx, &r, &field, &wt));
+        if (field != 1 && field != 3) {
+            TRY(rd_skip(ctx, &r, wt));
+            continue;
+        }
+        if (wt != WT_LEN) return bail(ctx, "unexpected wire type");
+        TRY(rd_len(ctx, &r, &sub));
+        if (field == 3) {
+            TRY(check_utf8(ctx, sub.p, (size_t)(sub.end - sub.p)));
+            continue;
+        }
+        if (have_scope++) return bail(ctx, "two scope fields");
+        TRY(validate(ctx, sub, &S_SCOPE, 0));
+        while (sub.p < sub.end) {
+            uint32_t sf;
+            int swt;
+            Rd ssub;
+            TRY(rd_tag(ctx, &sub, &sf, &swt));
+            if (sf == 1 && swt == WT_LEN) {
+                TRY(rd_len(ctx, &sub, &ssub));
+                name->s = (const char *)ssub.p;
+                name->n = (size_t)(ssub.end - ssub.p);
+            } else {
+                TRY(rd_skip(ctx, &sub, swt));
             }
-            if (have_scope++) return bail(ctx, "two scope fields");
-            TRY(validate(ctx, sub, &S_SCOPE, 0));
-            while (sub.p < sub.end) {
-                uint32_t sf;
-                int swt;
-                Rd ssub;
-                TRY(rd_tag(ctx, &sub, &sf, &swt));
-                if (sf == 1 && swt == WT_LEN) {
-                    TRY(rd_len(ctx, &sub, &ssub));
-                    scope.s = (const char *)ssub.p;
-                    scope.n = (size_t)(ssub.end - ssub.p);
-                } else {
-                    TRY(rd_skip(ctx, &sub, swt));
-                }
-            }
-        } else {
-            TRY(rd_skip(ctx, &scan, wt));
         }
     }
+    return OK;
+}
+
+static int do_scope_spans(State *st, Rd r, const Resource *res, Attr *attrs) {
+    Ctx *ctx = &st->ctx;
+    Slice scope;
+    TRY(scan_scope(ctx, r, &scope));
     const char *sdialect = NULL;
     PyObject *name = PyUnicode_DecodeUTF8(scope.s, (Py_ssize_t)scope.n, "strict");
     if (name == NULL) return ERR;
@@ -1650,35 +1682,7 @@ static int do_resource_spans(State *st, Rd r, Attr *attrs) {
     Ctx *ctx = &st->ctx;
     Resource res;
     memset(&res, 0, sizeof res);
-    int have_resource = 0, rc = OK;
-    /* the resource first (it applies to every span, wherever it appears) */
-    Rd scan = r;
-    while (rc == OK && scan.p < scan.end) {
-        uint32_t field;
-        int wt;
-        Rd sub;
-        rc = rd_tag(ctx, &scan, &field, &wt);
-        if (rc != OK) break;
-        if (field == 1 || field == 3) {
-            if (wt != WT_LEN) {
-                rc = bail(ctx, "unexpected wire type");
-                break;
-            }
-            rc = rd_len(ctx, &scan, &sub);
-            if (rc != OK) break;
-            if (field == 3) {
-                rc = check_utf8(ctx, sub.p, (size_t)(sub.end - sub.p));
-            } else if (have_resource++) {
-                rc = bail(ctx, "two resource fields");
-            } else {
-                rc = parse_resource_with(ctx, sub, &res, attrs);
-            }
-        } else {
-            rc = rd_skip(ctx, &scan, wt);
-        }
-    }
-    if (rc == OK && !have_resource) rc = buf_puts(&res.json, "{}");
-    int more = 1;
+    int rc = scan_resource(ctx, r, &res, attrs), more = 1;
     while (rc == OK && more) {
         Rd sub;
         rc = next_message(ctx, &r, 2, &sub, &more);
@@ -1986,26 +1990,9 @@ static int do_record(UState *st, Rd r, Slice service, Attr *attrs) {
 
 static int do_scope_logs(UState *st, Rd r, Slice service, Attr *attrs) {
     Ctx *ctx = &st->ctx;
-    int have_scope = 0, more = 1;
-    Rd scan = r;
-    while (scan.p < scan.end) {
-        uint32_t field;
-        int wt;
-        Rd sub;
-        TRY(rd_tag(ctx, &scan, &field, &wt));
-        if (field == 1 || field == 3) {
-            if (wt != WT_LEN) return bail(ctx, "unexpected wire type");
-            TRY(rd_len(ctx, &scan, &sub));
-            if (field == 3)
-                TRY(check_utf8(ctx, sub.p, (size_t)(sub.end - sub.p)));
-            else if (have_scope++)
-                return bail(ctx, "two scope fields");
-            else
-                TRY(validate(ctx, sub, &S_SCOPE, 0));
-        } else {
-            TRY(rd_skip(ctx, &scan, wt));
-        }
-    }
+    Slice scope;
+    int more = 1;
+    TRY(scan_scope(ctx, r, &scope));
     while (more) {
         Rd sub;
         TRY(next_message(ctx, &r, 2, &sub, &more));
@@ -2018,31 +2005,7 @@ static int do_resource_logs(UState *st, Rd r, Attr *attrs) {
     Ctx *ctx = &st->ctx;
     Resource res;
     memset(&res, 0, sizeof res);
-    int have_resource = 0, rc = OK, more = 1;
-    Rd scan = r;
-    while (rc == OK && scan.p < scan.end) {
-        uint32_t field;
-        int wt;
-        Rd sub;
-        rc = rd_tag(ctx, &scan, &field, &wt);
-        if (rc != OK) break;
-        if (field == 1 || field == 3) {
-            if (wt != WT_LEN) {
-                rc = bail(ctx, "unexpected wire type");
-                break;
-            }
-            rc = rd_len(ctx, &scan, &sub);
-            if (rc != OK) break;
-            if (field == 3)
-                rc = check_utf8(ctx, sub.p, (size_t)(sub.end - sub.p));
-            else if (have_resource++)
-                rc = bail(ctx, "two resource fields");
-            else
-                rc = parse_resource_with(ctx, sub, &res, attrs);
-        } else {
-            rc = rd_skip(ctx, &scan, wt);
-        }
-    }
+    int rc = scan_resource(ctx, r, &res, attrs), more = 1;
     while (rc == OK && more) {
         Rd sub;
         rc = next_message(ctx, &r, 2, &sub, &more);
@@ -2052,21 +2015,25 @@ static int do_resource_logs(UState *st, Rd r, Attr *attrs) {
     return rc;
 }
 
+/* (config, body, bound) of a call; NULL with an exception set (and nothing held) on error. */
+static Config *call_args(PyObject *args, Py_buffer *body, unsigned long long *bound) {
+    PyObject *capsule;
+    if (!PyArg_ParseTuple(args, "Oy*K", &capsule, body, bound)) return NULL;
+    Config *cfg = PyCapsule_GetPointer(capsule, "comptroller.otlp_native.Config");
+    if (cfg == NULL) PyBuffer_Release(body);
+    return cfg;
+}
+
 PyDoc_STRVAR(usage_doc,
              "usage(config, body, max_ts_ns) -> (columns, usage_refs, ignored) | str\n\n"
              "Decode and normalise an OTLP log export of usage records; a str is the reason it "
              "was declined.");
 
 static PyObject *usage(PyObject *self, PyObject *args) {
-    PyObject *capsule;
     Py_buffer body;
     unsigned long long max_ts;
-    if (!PyArg_ParseTuple(args, "Oy*K", &capsule, &body, &max_ts)) return NULL;
-    Config *cfg = PyCapsule_GetPointer(capsule, "comptroller.otlp_native.Config");
-    if (cfg == NULL) {
-        PyBuffer_Release(&body);
-        return NULL;
-    }
+    Config *cfg = call_args(args, &body, &max_ts);
+    if (cfg == NULL) return NULL;
     UState st;
     memset(&st, 0, sizeof st);
     st.cfg = cfg;
@@ -2105,15 +2072,10 @@ PyDoc_STRVAR(spans_doc,
              "Decode and normalise an OTLP trace export; a str is the reason it was declined.");
 
 static PyObject *spans(PyObject *self, PyObject *args) {
-    PyObject *capsule;
     Py_buffer body;
     unsigned long long max_start;
-    if (!PyArg_ParseTuple(args, "Oy*K", &capsule, &body, &max_start)) return NULL;
-    Config *cfg = PyCapsule_GetPointer(capsule, "comptroller.otlp_native.Config");
-    if (cfg == NULL) {
-        PyBuffer_Release(&body);
-        return NULL;
-    }
+    Config *cfg = call_args(args, &body, &max_start);
+    if (cfg == NULL) return NULL;
     State st;
     memset(&st, 0, sizeof st);
     st.cfg = cfg;
