@@ -13,6 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from google.protobuf.message import Message
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk._logs import ReadableLogRecord
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from comptroller import analytics
 from comptroller.collector._land import Lander
+from comptroller.collector._native import NativeDecoder, available
 from comptroller.collector._normalise import Batch, Normaliser
 from comptroller.pricing import Pricer
 
@@ -50,6 +52,7 @@ class EmbeddedSink:
         self.timezone = timezone
         self.con = analytics.connect(self.db_path)
         self.normaliser = Normaliser(prices=prices)
+        self.native = NativeDecoder(self.normaliser) if available() else None
         self.lander = Lander(self.con, timezone=timezone)
         self.rejected: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -62,6 +65,17 @@ class EmbeddedSink:
     def log_exporter(self) -> LogRecordExporter:
         """The exporter for usage rows and events (log records)."""
         return _LogExporter(self)
+
+    def normalise(self, signal: str, message: Message) -> Batch:
+        """Normalise an encoded export: natively when the decoder takes it, as the collector."""
+        if self.native is not None:
+            body = message.SerializeToString()
+            got = self.native.traces(body) if signal == "traces" else self.native.logs(body)
+            if not isinstance(got, str):
+                return got
+        if signal == "traces":
+            return self.normaliser.traces(message)  # type: ignore[arg-type]
+        return self.normaliser.logs(message)  # type: ignore[arg-type]
 
     def land(self, batch: Batch) -> bool:
         """Land one normalised batch; False (logged) when it could not be landed."""
@@ -107,7 +121,7 @@ class _SpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            batch = self._sink.normaliser.traces(encode_spans(spans))
+            batch = self._sink.normalise("traces", encode_spans(spans))
         except Exception:
             _log.exception("comptroller: the embedded sink could not encode spans")
             return SpanExportResult.FAILURE
@@ -126,7 +140,7 @@ class _LogExporter(LogRecordExporter):
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         try:
-            normalised = self._sink.normaliser.logs(encode_logs(batch))
+            normalised = self._sink.normalise("logs", encode_logs(batch))
         except Exception:
             _log.exception("comptroller: the embedded sink could not encode log records")
             return LogRecordExportResult.FAILURE

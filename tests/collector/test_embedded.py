@@ -82,3 +82,18 @@ def test_embedded_sink_satisfies_the_control_planes_protocol(tmp_path: Path) -> 
         assert isinstance(sink, TelemetrySink)
     finally:
         sink.shutdown()
+
+
+def test_the_embedded_sink_takes_the_native_decoder(tmp_path: Path) -> None:
+    sink = EmbeddedSink(tmp_path / "embedded.duckdb")
+    try:
+        spans = fixture_spans(load_fixture("openai_v2"))
+        records = log_records([(sc.EVENT_USAGE, {sc.USAGE_ID: "u-9", sc.TENANT: "t"})])
+        assert sink.span_exporter().export(spans) is SpanExportResult.SUCCESS
+        assert sink.log_exporter().export(records) is LogRecordExportResult.SUCCESS
+        assert sink.native is not None
+        assert (sink.native.stats.native, sink.native.stats.declined) == (2, 0)
+        rows = sink.con.cursor().sql("select source from llm_usage order by 1").fetchall()
+        assert rows == [("comptroller",), ("derived:openai_v2",)]
+    finally:
+        sink.shutdown()
