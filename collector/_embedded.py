@@ -69,8 +69,7 @@ class EmbeddedSink:
     def normalise(self, signal: str, message: Message) -> Batch:
         """Normalise an encoded export: natively when the decoder takes it, as the collector."""
         if self.native is not None:
-            body = message.SerializeToString()
-            got = self.native.traces(body) if signal == "traces" else self.native.logs(body)
+            got = self.native.normalise(signal, message.SerializeToString())
             if not isinstance(got, str):
                 return got
         if signal == "traces":

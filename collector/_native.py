@@ -1,9 +1,10 @@
-"""The native path for OTLP trace exports: protobuf bytes -> the same `Batch` as the reference.
+"""The native path for OTLP exports: protobuf bytes -> the same `Batch` as the reference.
 
-`Normaliser.traces` (pure Python over upb messages) is the reference and stays the only
-implementation of the rules. `_otlp_native.c` is its twin for the request the collector
-sees all day: it parses the protobuf itself and writes the `spans` columns straight into
-Arrow buffers, so a span costs ~2 µs instead of ~40. It **declines** whatever it is not
+`Normaliser.traces` and `Normaliser.logs` (pure Python over upb messages) are the reference
+and stay the only implementation of the rules. `_otlp_native.c` is their twin for the
+requests the collector sees all day (spans, and usage records): it parses the protobuf
+itself and writes the columns straight into Arrow buffers, so a span costs ~2–7 µs instead
+of ~40, a usage record ~2.4 instead of ~25. It **declines** whatever it is not
 sure of — malformed or truncated protobuf, invalid UTF-8, a span the reference rejects, a
 value of an unexpected type, duplicate keys, kvlist values — and the caller then takes the
 reference path, which answers with the right error, rejection or row. A property test
@@ -85,7 +86,7 @@ def unavailable_reason() -> str | None:
 
 @dataclass
 class NativeStats:
-    """How many trace exports each path took (shown in `/health`)."""
+    """How many exports the native path took, and why it declined others (`/health`)."""
 
     native: int = 0
     declined: int = 0
@@ -145,18 +146,29 @@ class NativeDecoder:
             max_attribute_bytes=normaliser.limits.max_attribute_bytes,
         )
 
-    def _max_ns(self) -> int:
-        """The latest start or timestamp accepted now (ns), clamped to 64 bits."""
-        latest = int(self._ref._clock_ns()) + int(self._ref.limits.max_future_s * 1e9)
-        return min(max(latest, 0), _U64_MAX)
+    def normalise(self, signal: str, body: bytes) -> ref.Batch | str:
+        """`traces` or `logs` by signal; metrics are declined (the reference counts them)."""
+        if signal == "traces":
+            return self.traces(body)
+        if signal == "logs":
+            return self.logs(body)
+        return "not a trace or log export"
 
-    def _declined(self, reason: str) -> str:
+    def _max_ns(self) -> int:
+        """The reference's bound on timestamps, clamped to the C side's 64 bits."""
+        return min(max(self._ref.latest_ns(), 0), _U64_MAX)
+
+    def _counted(self, out: Any) -> Any:
+        """Count `out` (the C side's result, or the reason it declined) in the stats."""
         stats = self.stats
         with stats.lock:
-            stats.declined += 1
-            stats.last_declined = reason
-            stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
-        return reason
+            if isinstance(out, str):
+                stats.declined += 1
+                stats.last_declined = out
+                stats.reasons[out] = stats.reasons.get(out, 0) + 1
+            else:
+                stats.native += 1
+        return out
 
     def logs(self, body: bytes) -> ref.Batch | str:
         """Normalise one protobuf `ExportLogsServiceRequest` of usage records.
@@ -165,11 +177,9 @@ class NativeDecoder:
             The batch, equal to what `Normaliser.logs` makes of the decoded request; or the
             reason it was declined (a request holding any event record is: events are few).
         """
-        out = _ext.usage(self._config, body, self._max_ns())
+        out = self._counted(_ext.usage(self._config, body, self._max_ns()))
         if isinstance(out, str):
-            return self._declined(out)
-        with self.stats.lock:
-            self.stats.native += 1
+            return out
         columns, usage_refs, ignored = out
         batch = ref.Batch(usage_refs=usage_refs)
         rows = columns[0][1]
@@ -188,11 +198,9 @@ class NativeDecoder:
             The batch, equal to what `Normaliser.traces` makes of the decoded request; or,
             when the native path declines the request, the reason (a short phrase).
         """
-        out = _ext.spans(self._config, body, self._max_ns())
+        out = self._counted(_ext.spans(self._config, body, self._max_ns()))
         if isinstance(out, str):
-            return self._declined(out)
-        with self.stats.lock:
-            self.stats.native += 1
+            return out
         columns, genai_refs, derive_refs, derive_idx = out
         batch = ref.Batch(genai_refs=genai_refs, derive_refs=derive_refs)
         rows = columns[0][1]

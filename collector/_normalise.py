@@ -444,6 +444,10 @@ class Normaliser:
         self.prices = prices or Pricer()
         self._clock_ns = clock_ns
 
+    def latest_ns(self) -> int:
+        """The latest start or timestamp accepted now (ns since the epoch); later is rejected."""
+        return int(self._clock_ns()) + int(self.limits.max_future_s * 1e9)
+
     # --- traces ------------------------------------------------------------------------------
     def traces(self, request: ExportTraceServiceRequest, *, size: int | None = None) -> Batch:
         """Normalise one trace export into span rows and derived usage candidates.
@@ -455,7 +459,7 @@ class Normaliser:
         batch = Batch()
         rows: list[tuple[Any, ...]] = []
         derived: list[tuple[Any, ...]] = []
-        max_start = self._clock_ns() + int(self.limits.max_future_s * 1e9)
+        max_start = self.latest_ns()
         max_attr = self.limits.max_attribute_bytes
         # No span of a request under the limit can hold an attribute over it: one size for
         # the whole request instead of one per span.
@@ -751,7 +755,7 @@ class Normaliser:
             "budget_events": [],
         }
         ignored = 0
-        max_ts = self._clock_ns() + int(self.limits.max_future_s * 1e9)
+        max_ts = self.latest_ns()
         max_attr = self.limits.max_attribute_bytes
         for rl in request.resource_logs:
             service = _opt_str(_attrs(rl.resource.attributes).get("service.name"))

@@ -110,7 +110,6 @@ class Collector:
         self.con.execute("SET lock_configuration = true").fetchall()
         self.normaliser = Normaliser(limits=limits, prices=prices)
         self.native = NativeDecoder(self.normaliser) if native_decoder and available() else None
-        self.native_requested = native_decoder
         self.stats = Stats()
         # Budget crossings are looked for at most once a second under load (each check
         # reads every budget's state), and at once when the writer idles or a read comes.
@@ -208,7 +207,7 @@ class Collector:
             DecodeError: The body cannot be decoded.
         """
         if self.native is not None and encoding == "protobuf" and signal != "metrics":
-            native = self.native.traces(body) if signal == "traces" else self.native.logs(body)
+            native = self.native.normalise(signal, body)
             if not isinstance(native, str):
                 return None, native
         message = decode(signal, encoding, body)  # type: ignore[arg-type]
@@ -218,7 +217,7 @@ class Collector:
     def native_health(self) -> dict[str, Any]:
         """The native decoder's part of `/health`."""
         if self.native is None:
-            reason = unavailable_reason() if self.native_requested else "disabled by setting"
+            reason = "disabled by setting" if available() else unavailable_reason()
             return {"enabled": False, "reason": reason}
         return {"enabled": True, **self.native.stats.as_dict()}
 
