@@ -304,8 +304,20 @@ def migrate(con: duckdb.DuckDBPyConnection, *, path: Path | str = "database") ->
     return applied
 
 
-def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: Path | str, *, read_only: bool = False, row_group_size: int | None = None
+) -> duckdb.DuckDBPyConnection:
     """Open the DuckDB file at `path`, creating and migrating it unless `read_only`.
+
+    Args:
+        path: The database file.
+        read_only: Open for reading only (the file must exist).
+        row_group_size: Rows per row group written by this connection (DuckDB's default,
+            122,880, when None). A transaction that appends at least a row group's worth
+            to a table writes it to the file compressed, instead of to the WAL first and
+            compressed again at the next checkpoint: the collector lands with a small one
+            (see `CollectorSettings.row_group_size`). Not stored in the file: a later
+            checkpoint by a connection without it merges small row groups.
 
     Raises:
         ConfigError: The file cannot be opened (locked by another writer, unreadable,
@@ -319,7 +331,7 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     try:
         if not read_only:
             target.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(target), read_only=read_only)
+        con = _open(target, read_only=read_only, row_group_size=row_group_size)
     except duckdb.IOException as exc:
         raise ConfigError(f"{target}: cannot open database: {_first_line(exc)}") from exc
     except OSError as exc:
@@ -334,6 +346,37 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
                 )
         else:
             migrate(con, path=target)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+_RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main"})
+"""Catalog names a file cannot be attached under (DuckDB's own)."""
+
+
+def _open(
+    target: Path, *, read_only: bool, row_group_size: int | None
+) -> duckdb.DuckDBPyConnection:
+    if row_group_size is None:
+        return duckdb.connect(str(target), read_only=read_only)
+    if row_group_size < 2048:
+        raise ConfigError(
+            f"row_group_size must be at least 2048 (DuckDB's vector size), not {row_group_size}"
+        )
+    # The row group size is an option of ATTACH only: attach the file to an in-memory
+    # instance under the name a plain connect gives it (its stem), and make it the default.
+    # The in-memory catalog is detached, so that every cursor starts on the file too.
+    alias = target.stem if target.stem.lower() not in _RESERVED_CATALOGS else "comptroller"
+    quoted_alias = '"' + alias.replace('"', '""') + '"'
+    quoted_path = "'" + str(target).replace("'", "''") + "'"
+    options = f"ROW_GROUP_SIZE {int(row_group_size)}" + (", READ_ONLY" if read_only else "")
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH {quoted_path} AS {quoted_alias} ({options})").fetchall()
+        con.execute(f"USE {quoted_alias}").fetchall()
+        con.execute("DETACH memory").fetchall()
     except BaseException:
         con.close()
         raise

@@ -262,6 +262,7 @@ def sustained(seconds: float, dialect: str, with_usage: bool = False) -> dict[st
         finally:
             proc.terminate()
             proc.wait(60)
+        on_disk = sum(f.stat().st_size for f in db.parent.glob(db.name + "*") if f.is_file())
         con = duckdb.connect(str(db), read_only=True)
         spans_rows = con.execute("select count(*) from spans").fetchone()[0]  # type: ignore[index]
         usage_rows = con.execute("select count(*) from llm_usage").fetchone()[0]  # type: ignore[index]
@@ -271,6 +272,9 @@ def sustained(seconds: float, dialect: str, with_usage: bool = False) -> dict[st
         "paced_half_rate": paced,
         "collector_peak_rss_mb": round(rss, 1),
         "rows_in_db": {"spans": spans_rows, "llm_usage": usage_rows},
+        # The file after the collector's closing checkpoint, per span landed (with its
+        # usage row): what a day of a fleet costs on disk.
+        "file_bytes_per_span": round(on_disk / max(1, spans_rows)),
         "acknowledged_spans": saturated["spans"] + paced["spans"],  # type: ignore[operator]
     }
 

@@ -194,7 +194,12 @@ class Lander:
         self.max_traces = max_traces
         self.rollup = rollup
         self.lock = threading.Lock()
-        self.timings: dict[str, float] = {"insert": 0.0, "settle": 0.0, "rollup": 0.0}
+        self.timings: dict[str, float] = {
+            "settle": 0.0,
+            "insert": 0.0,
+            "rollup": 0.0,
+            "commit": 0.0,
+        }
         """Seconds spent per landing phase since creation (the benchmark's split)."""
         self._relations = _Relations()
         self._prime()
@@ -274,8 +279,10 @@ class Lander:
                     added = [t for t in added if t.num_rows]
                     if self.rollup and (added or (removed is not None and removed.num_rows)):
                         self._roll_up(added, removed)
-                    self.timings["rollup"] += time.perf_counter() - inserted
+                    rolled = time.perf_counter()
+                    self.timings["rollup"] += rolled - inserted
                     con.execute("COMMIT").fetchall()
+                    self.timings["commit"] += time.perf_counter() - rolled
                 except BaseException:
                     con.execute("ROLLBACK").fetchall()
                     raise

@@ -18,7 +18,7 @@ import uvicorn
 from comptroller.collector._grpc import start_grpc
 from comptroller.collector._normalise import Limits
 from comptroller.collector._server import create_app
-from comptroller.collector._service import Collector, check_bind
+from comptroller.collector._service import ROW_GROUP_SIZE, Collector, check_bind
 from comptroller.pricing import Pricer
 
 
@@ -90,6 +90,7 @@ def serve(
     native_decoder: bool = True,
     checkpoint_mb: int = 128,
     duckdb_memory_mb: int = 160,
+    row_group_size: int | None = ROW_GROUP_SIZE,
 ) -> None:
     """Serve until SIGTERM / Ctrl-C, then flush and close.
 
@@ -113,6 +114,7 @@ def serve(
         native_decoder: Decode protobuf trace exports with the C extension when built.
         checkpoint_mb: DuckDB's WAL size that triggers a checkpoint.
         duckdb_memory_mb: DuckDB's memory limit.
+        row_group_size: Rows per row group the collector writes (None: DuckDB's default).
 
     Raises:
         ConfigError: No token for a non-loopback host, or the database cannot be opened.
@@ -133,6 +135,7 @@ def serve(
         native_decoder=native_decoder,
         checkpoint_mb=checkpoint_mb,
         duckdb_memory_mb=duckdb_memory_mb,
+        row_group_size=row_group_size,
     )
     _tune_gc()
     _release_arrow_memory()

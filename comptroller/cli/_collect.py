@@ -78,5 +78,6 @@ def collect(
         landing_nice=section.landing_nice,
         native_decoder=section.native_decoder,
         checkpoint_mb=section.checkpoint_mb,
+        row_group_size=section.row_group_size or None,
         duckdb_memory_mb=section.duckdb_memory_mb,
     )

@@ -110,3 +110,60 @@ def test_a_v1_file_migrates_to_tables_without_primary_keys_keeping_rows_and_colu
     ]
     assert con.execute("SELECT trace_id, span_id FROM spans").fetchall() == [("t", "s")]
     con.close()
+
+
+def test_a_row_group_size_applies_to_what_the_connection_writes(tmp_path: Path) -> None:
+    path = tmp_path / "usage.duckdb"
+    con = connect(path, row_group_size=2048)
+    # Attached under the name a plain connect gives the file, and every cursor starts there.
+    assert con.execute("SELECT current_database()").fetchall() == [("usage",)]
+    assert con.cursor().cursor().execute("SELECT current_database()").fetchall() == [("usage",)]
+    con.execute(
+        "INSERT INTO llm_usage (usage_id, ts, price_source, outcome, source) "
+        "SELECT 'u-' || i, TIMESTAMPTZ '2026-11-21 10:00:00+00', 'unpriced', 'ok', 'comptroller' "
+        "FROM range(5000) r(i)"
+    )
+    con.execute("CHECKPOINT")
+    sizes = con.execute(
+        "SELECT max(count) FROM pragma_storage_info('llm_usage') GROUP BY row_group_id "
+        "ORDER BY row_group_id"
+    ).fetchall()
+    con.close()
+    assert [n for (n,) in sizes] == [2048, 2048, 904]
+    reader = connect(path, read_only=True)
+    assert reader.execute("SELECT count(*) FROM llm_usage").fetchall() == [(5000,)]
+    reader.close()
+
+
+def test_a_row_group_size_below_duckdbs_vector_size_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least 2048"):
+        connect(tmp_path / "x.duckdb", row_group_size=1000)
+
+
+def test_a_file_locked_by_another_process_is_refused_with_a_row_group_size(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "busy.duckdb"
+    connect(path).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+            "sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(ConfigError, match="cannot open database"):
+            connect(path, row_group_size=8192)
+    finally:
+        holder.communicate("", timeout=30)
