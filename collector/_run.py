@@ -89,7 +89,7 @@ def serve(
     landing_nice: int = 10,
     native_decoder: bool = True,
     checkpoint_mb: int = 128,
-    duckdb_memory_mb: int = 160,
+    duckdb_memory_mb: int = 128,
     row_group_size: int | None = ROW_GROUP_SIZE,
 ) -> None:
     """Serve until SIGTERM / Ctrl-C, then flush and close.

@@ -88,7 +88,7 @@ class Collector:
         limits: Limits | None = None,
         max_queue_rows: int = 50_000,
         max_request_bytes: int = 16 * 1024 * 1024,
-        duckdb_memory_mb: int = 160,
+        duckdb_memory_mb: int = 128,
         prices: Pricer | None = None,
         ingest_log_dir: Path | str | None = None,
         ingest_log_fsync: bool = False,

@@ -59,6 +59,6 @@ class CollectorSettings(BaseModel):
     (docs/PERFORMANCE.md). The cost is disk: ~50 % more bytes a span, since small row
     groups compress less, and the collector's checkpoints do not merge row groups (merging
     rewrote them and left half the file as free blocks)."""
-    duckdb_memory_mb: int = Field(default=160, ge=64)
+    duckdb_memory_mb: int = Field(default=128, ge=64)
     """DuckDB's memory limit in the collector (its buffer pool: the largest part of the
     collector's memory; the process needs ~150 MB more, and the landing queue)."""
