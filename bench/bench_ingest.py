@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 from otlp_load import MARK, build_request  # noqa: E402
 
 
-def split(dialect: str, requests: int = 81) -> dict[str, float]:
+def split(dialect: str, requests: int = 81, pod_resource: bool = False) -> dict[str, float]:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
@@ -45,7 +45,7 @@ def split(dialect: str, requests: int = 81) -> dict[str, float]:
     from comptroller.collector._service import ROW_GROUP_SIZE
     from comptroller.pricing import Usage
 
-    template = build_request(512, dialect)
+    template = build_request(512, dialect, pod_resource=pod_resource)
     bodies = [template.replace(MARK, i.to_bytes(4, "big")) for i in range(requests)]
     spans = 512 * requests
     t0 = time.perf_counter()
@@ -202,7 +202,7 @@ def _load(
     connections: int,
     dialect: str,
     rate: float | None = None,
-    with_usage: bool = False,
+    flags: tuple[str, ...] = (),
 ) -> dict[str, object]:
     cmd = [
         sys.executable,
@@ -218,8 +218,7 @@ def _load(
     ]
     if rate:
         cmd += ["--rate", str(rate)]
-    if with_usage:
-        cmd += ["--with-usage"]
+    cmd += flags
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -238,7 +237,7 @@ def _drain(url: str, timeout_s: float = 300.0) -> int:
         time.sleep(0.05)
 
 
-def sustained(seconds: float, dialect: str, with_usage: bool = False) -> dict[str, object]:
+def sustained(seconds: float, dialect: str, flags: tuple[str, ...] = ()) -> dict[str, object]:
     import duckdb
     import httpx
 
@@ -248,7 +247,7 @@ def sustained(seconds: float, dialect: str, with_usage: bool = False) -> dict[st
         try:
             cpu0 = _cpu_s(proc.pid)
             began = time.perf_counter()
-            saturated = _load(url, seconds, 16, dialect, with_usage=with_usage)
+            saturated = _load(url, seconds, 16, dialect, flags=flags)
             # Requests are acknowledged once in the ingest log: the sustained rate is what
             # lands, so wait for the queue to drain and count the rows landed.
             landed = _drain(url)
@@ -266,7 +265,7 @@ def sustained(seconds: float, dialect: str, with_usage: bool = False) -> dict[st
             with open("/proc/loadavg") as fh:
                 saturated["loadavg_after"] = fh.read().split()[0]
             rate = max(1.0, saturated["landed_spans_per_s"] / 512 * 0.5)  # type: ignore[operator]
-            paced = _load(url, seconds, 8, dialect, rate=rate, with_usage=with_usage)
+            paced = _load(url, seconds, 8, dialect, rate=rate, flags=flags)
             _drain(url)
             rss = _rss_peak_mb(proc.pid)
         finally:
@@ -341,11 +340,25 @@ def main() -> None:
         help="each trace export is followed by a log export of as many usage records "
         "(a comptroller fleet over OTLP: one span and one usage row a call)",
     )
+    parser.add_argument(
+        "--pod-resource",
+        action="store_true",
+        help="spans carry a Kubernetes pod's resource (~1 KB of JSON, as real SDKs send) "
+        "instead of two attributes",
+    )
     args = parser.parse_args()
-    report: dict[str, object] = {"dialect": args.dialect, "split": split(args.dialect)}
+    flags = tuple(
+        flag
+        for flag, on in (("--with-usage", args.with_usage), ("--pod-resource", args.pod_resource))
+        if on
+    )
+    report: dict[str, object] = {
+        "dialect": args.dialect,
+        "split": split(args.dialect, pod_resource=args.pod_resource),
+    }
     print(json.dumps(report["split"]), flush=True)
     print(json.dumps(usage_split()), flush=True)
-    report["sustained"] = sustained(args.seconds, args.dialect, args.with_usage)
+    report["sustained"] = sustained(args.seconds, args.dialect, flags)
     print(json.dumps(report["sustained"]), flush=True)
     if not args.skip_sdk:
         report["sdk_end_to_end"] = sdk_end_to_end()

@@ -52,27 +52,74 @@ def time_mark(at_ns: int | None = None) -> bytes:
 
 
 def build_request(
-    spans: int = 512, dialect: str = "openai_v2", seed: int = 1, *, at_ns: int | None = None
+    spans: int = 512,
+    dialect: str = "openai_v2",
+    seed: int = 1,
+    *,
+    at_ns: int | None = None,
+    pod_resource: bool = False,
 ) -> bytes:
     """One encoded export request of `spans` GenAI spans; trace ids end with MARK.
 
     Every start and end time has the upper 32 bits of `at_ns` (default: now), so that
     `body.replace(time_mark(at_ns), time_mark())` moves all of them to the current 4.3 s.
     """
-    body = _build(spans, dialect, seed, at_ns)
+    body = _build(spans, dialect, seed, at_ns, pod_resource)
     mark = time_mark(at_ns)
     if body.count(mark) != 2 * spans:  # the pattern also in a random id: pick other ids
-        return build_request(spans, dialect, seed + 1, at_ns=at_ns)
+        return build_request(spans, dialect, seed + 1, at_ns=at_ns, pod_resource=pod_resource)
     return body
 
 
-def _build(spans: int, dialect: str, seed: int, at_ns: int | None) -> bytes:
+POD_RESOURCE: dict[str, object] = {
+    "service.name": "support-agent",
+    "service.version": "2026.11.3",
+    "service.namespace": "assistants",
+    "service.instance.id": "8f0c2d1e-5b7a-4c3e-9d41-2a6f0e7b9c12",
+    "deployment.environment.name": "production",
+    "telemetry.sdk.language": "python",
+    "telemetry.sdk.name": "opentelemetry",
+    "telemetry.sdk.version": "1.38.0",
+    "telemetry.auto.version": "0.59b0",
+    "process.pid": 7,
+    "process.executable.name": "python3.12",
+    "process.executable.path": "/usr/local/bin/python3.12",
+    "process.command": "/app/.venv/bin/gunicorn",
+    "process.runtime.name": "cpython",
+    "process.runtime.version": "3.12.7",
+    "process.runtime.description": "3.12.7 (main, Oct 19 2026, 04:14:06) [GCC 12.2.0]",
+    "host.name": "support-agent-7c9f6d5b8-x2k4p",
+    "host.arch": "amd64",
+    "os.type": "linux",
+    "os.description": "Linux 6.1.0-26-cloud-amd64",
+    "k8s.namespace.name": "assistants",
+    "k8s.pod.name": "support-agent-7c9f6d5b8-x2k4p",
+    "k8s.pod.uid": "1b3e9a7c-0f2d-4e8b-a6c5-93d7e1f0b2a4",
+    "k8s.node.name": "gke-prod-pool-2-9e1f3c7a-qz8m",
+    "k8s.deployment.name": "support-agent",
+    "k8s.replicaset.name": "support-agent-7c9f6d5b8",
+    "container.name": "app",
+    "container.id": "4f7d2c9e1b3a5f8d0c6e2b9a7d4f1c3e5b8a0d2f6c9e1b4a7d3f5c8e0b2a6d9f",
+    "cloud.provider": "gcp",
+    "cloud.region": "europe-west1",
+    "cloud.availability_zone": "europe-west1-b",
+}
+"""A Kubernetes pod's resource as the SDK's detectors and the OTel operator set it (~1 KB of
+JSON): `--pod-resource` sends it instead of the two-attribute default."""
+
+
+def _build(
+    spans: int, dialect: str, seed: int, at_ns: int | None, pod_resource: bool = False
+) -> bytes:
     rnd = random.Random(seed)
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
-    rs.resource.attributes.extend(
-        [_kv("service.name", "bench-app"), _kv("telemetry.sdk.language", "python")]
+    resource = (
+        POD_RESOURCE
+        if pod_resource
+        else {"service.name": "bench-app", "telemetry.sdk.language": "python"}
     )
+    rs.resource.attributes.extend([_kv(k, v) for k, v in resource.items()])
     ss = rs.scope_spans.add()
     ss.scope.name = (
         "comptroller.control"
@@ -285,9 +332,14 @@ def main() -> None:
     parser.add_argument(
         "--with-usage", action="store_true", help="follow each trace export with its usage records"
     )
+    parser.add_argument(
+        "--pod-resource",
+        action="store_true",
+        help="a Kubernetes pod's resource (~1 KB of JSON) instead of two attributes",
+    )
     args = parser.parse_args()
     at = time.time_ns()
-    body = build_request(args.spans, args.dialect, at_ns=at)
+    body = build_request(args.spans, args.dialect, at_ns=at, pod_resource=args.pod_resource)
     usage = build_usage_request(args.spans, at_ns=at) if args.with_usage else None
     result = run(
         args.url, body, args.spans, args.seconds, args.connections, args.rate, time_mark(at), usage

@@ -46,6 +46,17 @@ def test_unknown_timezone_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(("value", "size"), [("0", 0), ("16384", 16384)])
+def test_collector_row_group_size_is_0_or_whole_vectors(
+    monkeypatch: pytest.MonkeyPatch, value: str, size: int
+) -> None:
+    monkeypatch.setenv("COMPTROLLER_COLLECTOR_ROW_GROUP_SIZE", value)
+    assert load_settings().collector.row_group_size == size
+    monkeypatch.setenv("COMPTROLLER_COLLECTOR_ROW_GROUP_SIZE", "1000")
+    with pytest.raises(ConfigError, match=r"COMPTROLLER_COLLECTOR_ROW_GROUP_SIZE.*at least 2048"):
+        load_settings()
+
+
 def test_missing_explicit_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml")

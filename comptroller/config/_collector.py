@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class CollectorSettings(BaseModel):
@@ -56,9 +56,17 @@ class CollectorSettings(BaseModel):
     landing transaction that appends at least a row group's worth to a table writes it to
     the database file compressed, instead of to the write-ahead log first and compressed
     again at the next checkpoint: at 8192 a busy collector lands ~20 % more spans a second
-    (docs/PERFORMANCE.md). The cost is disk: ~50 % more bytes a span, since small row
+    (docs/PERFORMANCE.md). The cost is disk: ~55 % more bytes a span, since small row
     groups compress less, and the collector's checkpoints do not merge row groups (merging
     rewrote them and left half the file as free blocks)."""
+
+    @field_validator("row_group_size")
+    @classmethod
+    def _whole_vectors(cls, value: int) -> int:
+        if 0 < value < 2048:
+            raise ValueError("must be 0 (DuckDB's default) or at least 2048 (a DuckDB vector)")
+        return value
+
     duckdb_memory_mb: int = Field(default=128, ge=64)
     """DuckDB's memory limit in the collector (its buffer pool: the largest part of the
     collector's memory; the process needs ~150 MB more, and the landing queue)."""

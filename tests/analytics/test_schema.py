@@ -112,12 +112,15 @@ def test_a_v1_file_migrates_to_tables_without_primary_keys_keeping_rows_and_colu
     con.close()
 
 
-def test_a_row_group_size_applies_to_what_the_connection_writes(tmp_path: Path) -> None:
-    path = tmp_path / "usage.duckdb"
+@pytest.mark.parametrize(("name", "catalog"), [("usage", "usage"), ('o\'hara "x"', 'o\'hara "x"')])
+def test_a_row_group_size_applies_to_what_the_connection_writes(
+    tmp_path: Path, name: str, catalog: str
+) -> None:
+    path = tmp_path / f"{name}.duckdb"
     con = connect(path, row_group_size=2048)
     # Attached under the name a plain connect gives the file, and every cursor starts there.
-    assert con.execute("SELECT current_database()").fetchall() == [("usage",)]
-    assert con.cursor().cursor().execute("SELECT current_database()").fetchall() == [("usage",)]
+    assert con.execute("SELECT current_database()").fetchall() == [(catalog,)]
+    assert con.cursor().cursor().execute("SELECT current_database()").fetchall() == [(catalog,)]
     con.execute(
         "INSERT INTO llm_usage (usage_id, ts, price_source, outcome, source) "
         "SELECT 'u-' || i, TIMESTAMPTZ '2026-11-21 10:00:00+00', 'unpriced', 'ok', 'comptroller' "
@@ -167,3 +170,12 @@ def test_a_file_locked_by_another_process_is_refused_with_a_row_group_size(
             connect(path, row_group_size=8192)
     finally:
         holder.communicate("", timeout=30)
+
+
+def test_a_file_named_like_a_duckdb_catalog_is_attached_under_another_name(
+    tmp_path: Path,
+) -> None:
+    con = connect(tmp_path / "memory.duckdb", row_group_size=4096)
+    assert con.execute("SELECT current_database()").fetchall() == [("comptroller",)]
+    assert con.execute("SELECT count(*) FROM llm_usage").fetchall() == [(0,)]
+    con.close()
