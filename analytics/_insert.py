@@ -29,6 +29,9 @@ DEDUP_KEYS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
     "spans": (("trace_id", "span_id"), "start_ts"),
 }
 """Table -> (the columns that identify a row, its timestamp column)."""
+_STORED_IN: Final[dict[str, str]] = {"spans": "span_rows"}
+"""The table that stores a view's rows: `spans` joins `span_rows` to `resources`. A span
+inserted with its `resource` inline (no `resource_id`) reads the same through the view."""
 
 
 _SEPARATOR: Final = pa.scalar("/")  # made once: a str is converted again on every call
@@ -66,7 +69,7 @@ def insert_new_sql(
     """`INSERT` of the rows of `source` that `target` does not hold yet, each key once.
 
     Args:
-        target: `llm_usage` or `spans`.
+        target: `llm_usage` or `spans` (stored in `span_rows`).
         source: A registered relation holding `data`.
         data: The rows to insert (not empty): their time range bounds the search for
             rows already landed, and a batch whose keys are unique skips the deduplication
@@ -81,6 +84,7 @@ def insert_new_sql(
     if bounds is None:
         raise ValueError(f"no rows to insert into {target}")
     key, ts = DEDUP_KEYS[target]
+    stored = _STORED_IN.get(target, target)
     columns = list(columns or data.column_names)
     match = " AND ".join(f"t.{k} = b.{k}" for k in key)
     lo, hi = (_timestamp(value) for value in bounds)
@@ -91,9 +95,9 @@ def insert_new_sql(
         f"QUALIFY row_number() OVER (PARTITION BY {', '.join(key)}) = 1)"
     )
     return (
-        f"INSERT INTO {target} ({', '.join(columns)}) "
+        f"INSERT INTO {stored} ({', '.join(columns)}) "
         f"SELECT {', '.join(select or columns)} FROM {rows} AS b "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {stored} AS t WHERE {match} "
         f"AND t.{ts} BETWEEN {lo} AND {hi})"
     )
 

@@ -223,12 +223,35 @@ def _rebuild_without_primary_key(table: str) -> str:
 # skip rows already landed by an anti-join in the batch's time range (analytics/_insert.py).
 _V2 = _rebuild_without_primary_key("llm_usage") + _rebuild_without_primary_key("spans")
 
+# A span's resource (the SDK's description of the process: service, host, pod, runtime) is
+# the same for every span a process sends, and real ones are 0.3–1 KB of JSON: stored with
+# each span it cost the landing ~2.4 µs a span. It is stored once in `resources`, keyed by a
+# 64-bit hash of its JSON text; `spans` is a view that joins it back, so readers see the same
+# columns as before. Rows landed before v3 keep theirs inline (`span_rows.resource`).
+_V3 = """
+CREATE TABLE resources (
+    resource_id         UBIGINT PRIMARY KEY,   -- blake2b-64 of the JSON text
+    resource            JSON NOT NULL,
+    first_seen          TIMESTAMPTZ NOT NULL   -- start of the first span landed with it
+);
+ALTER TABLE spans RENAME TO span_rows;
+ALTER TABLE span_rows ADD COLUMN resource_id UBIGINT;
+CREATE VIEW spans AS
+SELECT s.* EXCLUDE (resource, resource_id), coalesce(s.resource, r.resource) AS resource
+FROM span_rows AS s LEFT JOIN resources AS r ON r.resource_id = s.resource_id;
+"""
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(version=1, description="usage, spans, events and the daily rollup", sql=_V1),
     Migration(
         version=2,
         description="llm_usage and spans without primary keys (bounded memory)",
         sql=_V2,
+    ),
+    Migration(
+        version=3,
+        description="span resources stored once (resources; spans a view over span_rows)",
+        sql=_V3,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

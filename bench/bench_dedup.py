@@ -39,7 +39,7 @@ def run(variant: str, rows: int, batch: int) -> dict[str, object]:
         con.execute("SET memory_limit = '256MB'")
         key = ", PRIMARY KEY (trace_id, span_id)" if variant == "primary_key" else ""
         con.execute(
-            "CREATE TABLE spans (trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL, "
+            "CREATE TABLE span_rows (trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL, "
             f"start_ts TIMESTAMPTZ NOT NULL, attributes VARCHAR{key})"
         )
         landed, times, marks = 0, [], []
@@ -55,7 +55,7 @@ def run(variant: str, rows: int, batch: int) -> dict[str, object]:
                 con.register("batch", data)
                 started = time.perf_counter()
                 if variant == "primary_key":
-                    con.execute("INSERT OR IGNORE INTO spans SELECT * FROM batch").fetchall()
+                    con.execute("INSERT OR IGNORE INTO span_rows SELECT * FROM batch").fetchall()
                 else:
                     sql = insert_new_sql("spans", "batch", data)
                     con.execute(sql).fetchall()
@@ -79,7 +79,7 @@ def run(variant: str, rows: int, batch: int) -> dict[str, object]:
                 "error": str(exc).splitlines()[0],
                 "marks": marks,
             }
-        count = con.execute("SELECT count(*) FROM spans").fetchall()[0][0]
+        count = con.execute("SELECT count(*) FROM span_rows").fetchall()[0][0]
         con.close()
     return {"variant": variant, "rows": count, "marks": marks}
 

@@ -46,7 +46,7 @@ class _Receiver:
             # Trace and log exports arrive undecoded, for the native decoder (_native.py).
             if collector.pipeline.saturated():
                 collector.stats.count_request_rejected("queue_full")
-                context.abort(grpc.StatusCode.UNAVAILABLE, "the landing queue is full; retry")
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(collector.pipeline.queue_full()))
             try:
                 message, batch = collector.decode_normalise(signal, "protobuf", request)
             except DecodeError as exc:

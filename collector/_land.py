@@ -41,6 +41,7 @@ from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from comptroller import analytics
 from comptroller.collector._aliases import LEAF_OPERATIONS
@@ -51,6 +52,7 @@ from comptroller.collector._normalise import (
     USAGE_SCHEMA,
     Batch,
 )
+from comptroller.collector._resources import resource_id, split_resources
 
 _DECIMAL: Final = "DECIMAL(20, 10)"
 _CASTS: Final[dict[str, dict[str, str]]] = {
@@ -96,6 +98,8 @@ _counter = itertools.count()
 def _insert_sql(table: str, source: str, data: pa.Table) -> str:
     target = "llm_usage" if table == "derive" else table
     schema_names = [f.name for f in TABLE_SCHEMAS[target]]
+    if target == "spans":  # stored in span_rows, with the id of the resource
+        schema_names.append("resource_id")
     casts = _CASTS.get(target, {})
     select = [casts.get(name, name) for name in schema_names]
     if target in analytics.DEDUP_KEYS:  # empty tables are not landed
@@ -194,6 +198,8 @@ class Lander:
         self.max_traces = max_traces
         self.rollup = rollup
         self.lock = threading.Lock()
+        self.resource_id: Callable[[str], int] = resource_id
+        """How a resource's JSON text becomes its id (replaceable, for tests of clashes)."""
         self.timings: dict[str, float] = {
             "settle": 0.0,
             "insert": 0.0,
@@ -224,6 +230,9 @@ class Lander:
         result = LandResult()
         if not tables and log_seq is None:
             return result
+        resources: pa.Table | None = None
+        if "spans" in tables and tables["spans"].num_rows:
+            tables["spans"], resources = self._split_resources(tables["spans"])
         con = self.con
         suffix = next(_counter)
         registered: list[str] = []
@@ -242,6 +251,11 @@ class Lander:
                     # of deleted derived rows are recomputed from llm_usage.
                     added: list[pa.Table] = []
                     removed: pa.Table | None = None
+                    if resources is not None:
+                        view = f"_batch_resources_{suffix}"
+                        con.register(view, resources)
+                        registered.append(view)
+                        tables["spans"] = self._land_resources(view, tables["spans"], resources)
                     for name, table in tables.items():
                         if table.num_rows == 0:
                             continue
@@ -291,6 +305,57 @@ class Lander:
                     con.unregister(view)
             self._commit(new, dropped)
         return result
+
+    def _split_resources(self, spans: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """The spans with their resources' ids, and the distinct resources (schema v3)."""
+        ids, distinct, texts = split_resources(spans.column("resource"), self.resource_id)
+        first = (
+            pa.table({"resource_id": ids, "ts": spans.column("start_ts")})
+            .group_by("resource_id", use_threads=False)
+            .aggregate([("ts", "min")])
+        )
+        order = pc.index_in(pa.array(distinct, pa.uint64()), first.column("resource_id"))
+        resources = pa.table(
+            {
+                "resource_id": pa.array(distinct, pa.uint64()),
+                "resource": pa.array(texts, pa.string()),
+                "first_seen": first.column("ts_min").take(order),
+            }
+        )
+        return spans.append_column("resource_id", ids), resources
+
+    def _land_resources(self, view: str, spans: pa.Table, resources: pa.Table) -> pa.Table:
+        """Store the new resources; the spans to land, resources by id where unambiguous.
+
+        Two different resources with one id (a 64-bit hash: never seen in practice) are
+        both kept inline in their spans' rows, so that nothing is ever read back wrong.
+        """
+        con = self.con
+        ids = resources.column("resource_id").to_pylist()
+        clashes = {i for i in ids if ids.count(i) > 1} if len(set(ids)) < len(ids) else set()
+        clashes.update(
+            row[0]
+            for row in con.execute(
+                f"SELECT n.resource_id FROM {view} AS n JOIN resources AS r "
+                "ON r.resource_id = n.resource_id WHERE r.resource::VARCHAR <> n.resource"
+            ).fetchall()
+        )
+        keep = "" if not clashes else f"WHERE resource_id NOT IN ({', '.join(map(str, clashes))})"
+        con.execute(
+            "INSERT OR IGNORE INTO resources (resource_id, resource, first_seen) "
+            f"SELECT resource_id, CAST(resource AS JSON), first_seen FROM {view} {keep}"
+        ).fetchall()
+        by_id = spans.column("resource_id")
+        inline = spans.column("resource")
+        if clashes:
+            clash = pc.is_in(by_id, pa.array(sorted(clashes), pa.uint64()))
+            by_id = pc.if_else(clash, pa.scalar(None, pa.uint64()), by_id)
+            inline = pc.if_else(clash, inline, pa.scalar(None, pa.string()))
+        else:
+            inline = pa.nulls(spans.num_rows, pa.string())
+        index = spans.schema.get_field_index
+        spans = spans.set_column(index("resource"), "resource", inline)
+        return spans.set_column(index("resource_id"), "resource_id", by_id)
 
     def database_id(self) -> str:
         """A random id given to the database when a collector first opens it."""
@@ -379,12 +444,12 @@ class Lander:
             "SELECT trace_id, span_id, parent_span_id, "
             f"(CASE WHEN operation IN ({leaf}) THEN {_LEAF} ELSE 0 END) "
             f"+ (CASE WHEN dialect = 'comptroller' THEN {_COMPTROLLER} ELSE 0 END) AS flags "
-            "FROM spans WHERE is_genai AND start_ts >= $since ORDER BY start_ts LIMIT $limit",
+            "FROM span_rows WHERE is_genai AND start_ts >= $since ORDER BY start_ts LIMIT $limit",
             params={"since": since, "limit": limit},
         ).to_arrow_table()
         usage = con.sql(
             "SELECT u.trace_id, u.span_id, u.source, s.parent_span_id FROM llm_usage u "
-            "LEFT JOIN spans s ON s.trace_id = u.trace_id AND s.span_id = u.span_id "
+            "LEFT JOIN span_rows s ON s.trace_id = u.trace_id AND s.span_id = u.span_id "
             # the rows that can name a span (16-byte trace id, 8-byte span id)
             "WHERE u.ts >= $since AND length(u.trace_id) = 32 AND length(u.span_id) = 16 "
             "ORDER BY u.ts LIMIT $limit",

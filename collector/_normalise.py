@@ -255,6 +255,11 @@ class Batch:
         """Rows to land, over every table."""
         return sum(table.num_rows for table in self.tables.values())
 
+    @property
+    def nbytes(self) -> int:
+        """Arrow memory of the rows to land, over every table."""
+        return sum(table.nbytes for table in self.tables.values())
+
     def reject(self, reason: str, example: str) -> None:
         """Count one rejected span or record."""
         self.rejected += 1

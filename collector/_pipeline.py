@@ -32,6 +32,8 @@ from comptroller.collector._normalise import Batch
 from comptroller.collector._priority import lower_thread_priority
 from comptroller.errors import ComptrollerError
 
+MAX_QUEUE_MB = 64
+"""Default bound on the Arrow memory of the batches waiting to land."""
 MAX_FLUSH_ROWS = 65_536
 """Most rows landed in one transaction (the writer's default, and replay's)."""
 _IDLE_S = 0.25
@@ -50,9 +52,9 @@ class CollectorError(ComptrollerError):
 class QueueFull(CollectorError):
     """The landing queue is full; the client should retry after `retry_after_s`."""
 
-    def __init__(self, queued: int, limit: int, retry_after_s: int) -> None:
+    def __init__(self, queued: int, limit: int, retry_after_s: int, unit: str = "rows") -> None:
         super().__init__(
-            f"landing queue full ({queued} of {limit} rows); retry in {retry_after_s} s"
+            f"landing queue full ({queued} of {limit} {unit}); retry in {retry_after_s} s"
         )
         self.retry_after_s = retry_after_s
 
@@ -110,6 +112,9 @@ class Pipeline:
         lander: Lands merged batches into DuckDB.
         log: Where accepted requests are written before they are acknowledged.
         max_queue_rows: Rows that may wait for landing; beyond, `submit` raises `QueueFull`.
+        max_queue_bytes: Arrow memory of the batches that may wait (a span with a large
+            resource or many attributes weighs more than a row count says); beyond,
+            `submit` raises `QueueFull` too.
         max_flush_rows: Most rows landed in one transaction.
         linger_s: How long the writer waits for more batches when few are queued: bigger
             transactions cost DuckDB (and the rollup) much less per row.
@@ -123,6 +128,7 @@ class Pipeline:
         log: IngestLog,
         *,
         max_queue_rows: int = 50_000,
+        max_queue_bytes: int = MAX_QUEUE_MB << 20,
         max_flush_rows: int = MAX_FLUSH_ROWS,
         linger_s: float = 0.005,
         retry_s: float = 0.05,
@@ -135,12 +141,17 @@ class Pipeline:
         self.retry_s = retry_s
         self.nice = nice
         self.max_queue_rows = max_queue_rows
+        self.max_queue_bytes = max_queue_bytes
         self.max_flush_rows = max_flush_rows
         self.stats = stats or Stats()
-        self._queue: deque[tuple[Batch, Future[LandResult], int]] = deque()
+        self._queue: deque[tuple[Batch, Future[LandResult], int, int]] = deque()
+        """(batch, its future, its ingest-log sequence number, its Arrow bytes)."""
         self._queued_rows = 0
+        self._queued_bytes = 0
         self._last_rows = 0
-        """Rows of the last request queued: what `saturated` expects the next to bring."""
+        self._last_bytes = 0
+        """Rows and bytes of the last request queued: what `saturated` expects the next to
+        bring."""
         self._cond = threading.Condition()
         self._closing = False
         self._failing = False
@@ -168,10 +179,17 @@ class Pipeline:
         to refuse it cost as much as the ones that were accepted (under saturation about
         half the requests were decoded and normalised for nothing).
         """
-        queued = self._queued_rows
-        return queued >= self.max_queue_rows or (
-            queued > 0 and queued + self._last_rows > self.max_queue_rows
+        queued, size = self._queued_rows, self._queued_bytes
+        return queued > 0 and (
+            queued + self._last_rows > self.max_queue_rows
+            or size + self._last_bytes > self.max_queue_bytes
         )
+
+    def queue_full(self) -> QueueFull:
+        """The error for a request refused because the queue is full (rows or bytes)."""
+        if self._queued_bytes + self._last_bytes > self.max_queue_bytes:
+            return QueueFull(self._queued_bytes, self.max_queue_bytes, 1, unit="bytes")
+        return QueueFull(self._queued_rows, self.max_queue_rows, 1)
 
     def check_open(self) -> None:
         """Raise `Unavailable` when the pipeline no longer accepts batches."""
@@ -193,10 +211,13 @@ class Pipeline:
         if rows == 0:
             future.set_result(LandResult())
             return future
+        size = batch.nbytes
         with self._cond:
             self.check_open()
             if self._queued_rows and self._queued_rows + rows > self.max_queue_rows:
                 raise QueueFull(self._queued_rows, self.max_queue_rows, retry_after_s=1)
+            if self._queued_rows and self._queued_bytes + size > self.max_queue_bytes:
+                raise QueueFull(self._queued_bytes, self.max_queue_bytes, 1, unit="bytes")
             # Appended under the queue's lock: log order is landing order, so the landed
             # sequence number always marks a prefix of the log.
             try:
@@ -206,9 +227,11 @@ class Pipeline:
                     self.stats.last_error = str(exc)
                 raise Unavailable(str(exc), retry_after_s=5) from exc
             self.accepted_seq = seq
-            self._queue.append((batch, future, seq))
+            self._queue.append((batch, future, seq, size))
             self._queued_rows += rows
+            self._queued_bytes += size
             self._last_rows = rows
+            self._last_bytes = size
             self._cond.notify_all()  # the writer, whichever else waits
         return future
 
@@ -231,7 +254,7 @@ class Pipeline:
             self._cond.notify_all()
         self._thread.join(timeout_s)
 
-    def _take(self) -> list[tuple[Batch, Future[LandResult], int]]:
+    def _take(self) -> list[tuple[Batch, Future[LandResult], int, int]]:
         with self._cond:
             if not self._queue and not self._closing:
                 self._cond.wait(_IDLE_S)
@@ -239,7 +262,7 @@ class Pipeline:
                 return []  # idle (or closing and drained)
             if self.linger_s and not self._closing and self._queued_rows < self.max_flush_rows // 4:
                 self._cond.wait(self.linger_s)
-            items: list[tuple[Batch, Future[LandResult], int]] = []
+            items: list[tuple[Batch, Future[LandResult], int, int]] = []
             rows = 0
             for item in self._queue:
                 if items and rows + item[0].rows > self.max_flush_rows:
@@ -260,10 +283,11 @@ class Pipeline:
                 self._idle()
                 continue
             started = time.perf_counter()
-            rows = sum(batch.rows for batch, _, _ in items)
+            rows = sum(item[0].rows for item in items)
+            size = sum(item[3] for item in items)
             seq = items[-1][2]
             try:
-                result = self.lander.land([batch for batch, _, _ in items], log_seq=seq)
+                result = self.lander.land([item[0] for item in items], log_seq=seq)
             except Exception as exc:  # a failed landing is retried; the writer lives on
                 message = f"landing failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                 with self.stats.lock:
@@ -276,10 +300,11 @@ class Pipeline:
                         if closing_failures >= 3:
                             # Shutting down on a failing database: the requests stay in the
                             # ingest log and land on the next start.
-                            for _, future, _ in items:
-                                future.set_exception(Unavailable(message))
+                            for item in items:
+                                item[1].set_exception(Unavailable(message))
                             self._queue.clear()
                             self._queued_rows = 0
+                            self._queued_bytes = 0
                             self._cond.notify_all()
                             return
                     else:
@@ -296,12 +321,13 @@ class Pipeline:
                 for _ in items:
                     self._queue.popleft()
                 self._queued_rows -= rows
+                self._queued_bytes -= size
                 self.landed_seq = seq
                 self._cond.notify_all()
             self.log.release(upto=seq)
             self._record(result, elapsed_ms)
-            for _, future, _ in items:
-                future.set_result(result)
+            for item in items:
+                item[1].set_result(result)
 
     def _idle(self) -> None:
         # Nothing to land: the time for work that landings skipped to stay short.
@@ -335,7 +361,9 @@ class Pipeline:
                 "queue": {
                     "rows": self._queued_rows,
                     "requests": len(self._queue),
+                    "bytes": self._queued_bytes,
                     "max_rows": self.max_queue_rows,
+                    "max_bytes": self.max_queue_bytes,
                 },
                 "rows_landed": dict(stats.rows_landed),
                 "derived_usage_rows": stats.derived_usage_rows,

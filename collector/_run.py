@@ -17,6 +17,7 @@ import uvicorn
 
 from comptroller.collector._grpc import start_grpc
 from comptroller.collector._normalise import Limits
+from comptroller.collector._pipeline import MAX_QUEUE_MB
 from comptroller.collector._server import create_app
 from comptroller.collector._service import ROW_GROUP_SIZE, Collector, check_bind
 from comptroller.pricing import Pricer
@@ -80,6 +81,7 @@ def serve(
     timezone: str = "UTC",
     max_request_bytes: int = 16 * 1024 * 1024,
     max_queue_rows: int = 50_000,
+    max_queue_mb: int = MAX_QUEUE_MB,
     limits: Limits | None = None,
     on_ready: Callable[[int, int | None], None] | None = None,
     prices: Pricer | None = None,
@@ -103,6 +105,7 @@ def serve(
         timezone: Time zone of the daily rollup.
         max_request_bytes: Largest request body (after inflating).
         max_queue_rows: Rows waiting for landing before clients get 429.
+        max_queue_mb: Arrow memory (MiB) waiting for landing before clients get 429.
         limits: Per-span and per-record limits.
         on_ready: Called with the bound HTTP and gRPC ports once both listen.
         prices: Prices usage derived from third-party GenAI spans (the CLI passes
@@ -126,6 +129,7 @@ def serve(
         token=token,
         limits=limits,
         max_queue_rows=max_queue_rows,
+        max_queue_mb=max_queue_mb,
         max_request_bytes=max_request_bytes,
         prices=prices,
         ingest_log_dir=ingest_log_dir,

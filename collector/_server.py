@@ -97,7 +97,7 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
         # Decode, normalise and log off the event loop; once this returns the request is
         # durable (in the ingest log) and is acknowledged without waiting for DuckDB.
         if pipeline.saturated():  # the queue filled while this request waited for the worker
-            raise QueueFull(pipeline.queued_rows, pipeline.max_queue_rows, 1)
+            raise pipeline.queue_full()
         if gzip:
             body = gunzip(body, max_bytes=limit)
         message, batch = collector.decode_normalise(signal, encoding, body)
@@ -132,7 +132,7 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
                     )
                 pipeline.check_open()
                 if pipeline.saturated():
-                    raise QueueFull(pipeline.queued_rows, pipeline.max_queue_rows, 1)
+                    raise pipeline.queue_full()
                 content_coding = request.headers.get("content-encoding", "identity").lower()
                 if content_coding not in ("gzip", "identity", ""):
                     raise DecodeError(

@@ -26,7 +26,7 @@ from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander
 from comptroller.collector._native import NativeDecoder, available, unavailable_reason
 from comptroller.collector._normalise import Batch, Limits, Normaliser
-from comptroller.collector._pipeline import MAX_FLUSH_ROWS, Pipeline, Stats
+from comptroller.collector._pipeline import MAX_FLUSH_ROWS, MAX_QUEUE_MB, Pipeline, Stats
 from comptroller.collector._priority import at_lower_priority
 from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
@@ -61,6 +61,7 @@ class Collector:
         token: Bearer token clients must send (None: none required).
         limits: Per-span and per-record limits.
         max_queue_rows: Rows that may wait for landing before requests get 429.
+        max_queue_mb: Arrow memory (MiB) that may wait for landing before requests get 429.
         max_request_bytes: Largest request body, after inflating.
         duckdb_memory_mb: DuckDB's memory limit.
         prices: Prices derived usage rows (default: genai-prices only; pass
@@ -87,6 +88,7 @@ class Collector:
         token: str | None = None,
         limits: Limits | None = None,
         max_queue_rows: int = 50_000,
+        max_queue_mb: int = MAX_QUEUE_MB,
         max_request_bytes: int = 16 * 1024 * 1024,
         duckdb_memory_mb: int = 128,
         prices: Pricer | None = None,
@@ -140,6 +142,7 @@ class Collector:
             lander,
             self.log,
             max_queue_rows=max_queue_rows,
+            max_queue_bytes=max_queue_mb << 20,
             linger_s=linger_s,
             nice=landing_nice,
             stats=self.stats,

@@ -67,6 +67,7 @@ def collect(
         timezone=settings.timezone,
         max_request_bytes=section.max_request_bytes,
         max_queue_rows=section.max_queue_rows,
+        max_queue_mb=section.max_queue_mb,
         limits=Limits(
             max_future_s=section.max_future_s,
             max_attribute_bytes=section.max_attribute_bytes,

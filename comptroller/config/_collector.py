@@ -25,6 +25,11 @@ class CollectorSettings(BaseModel):
     """Largest accepted request body, after decompression."""
     max_queue_rows: int = Field(default=50_000, gt=0)
     """Rows that may wait for landing; beyond, clients get 429 with Retry-After."""
+    max_queue_mb: int = Field(default=64, gt=0)
+    """Memory (Arrow, in MiB) of the rows that may wait for landing; beyond, clients get 429
+    with Retry-After. Spans with large resources or many attributes reach it before
+    `max_queue_rows` (a request of 512 spans is 0.5 MB with a small resource, 1.1 MB with
+    a Kubernetes pod's)."""
     max_future_s: float = Field(default=86_400.0, gt=0)
     """Spans and records starting further ahead of the collector's clock are rejected."""
     max_attribute_bytes: int = Field(default=1 << 20, gt=0)

@@ -93,13 +93,21 @@ def test_a_v1_file_migrates_to_tables_without_primary_keys_keeping_rows_and_colu
 
     con = connect(path)  # migrates
     assert schema_version(con) == SCHEMA_VERSION
-    for table in ("llm_usage", "spans"):
-        columns = con.execute(
+
+    def columns(table: str, nullable: bool = True) -> list[tuple[str, ...]]:
+        rows = con.execute(
             "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
             "WHERE table_name = ? ORDER BY ordinal_position",
             [table],
         ).fetchall()
-        assert columns == columns_v1[table]
+        return [tuple(row if nullable else row[:2]) for row in rows]
+
+    assert columns("llm_usage") == columns_v1["llm_usage"]
+    # spans is a view now (v3), with the same columns; span_rows stores them, and the id of
+    # each span's resource.
+    assert columns("spans", nullable=False) == [row[:2] for row in columns_v1["spans"]]
+    assert columns("span_rows") == [*columns_v1["spans"], ("resource_id", "UBIGINT", "YES")]
+    for table in ("llm_usage", "span_rows"):
         constraints = con.execute(
             "SELECT constraint_type FROM duckdb_constraints() WHERE table_name = ?", [table]
         ).fetchall()

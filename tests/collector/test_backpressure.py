@@ -55,6 +55,25 @@ def test_full_queue_answers_429_with_retry_after_and_stays_bounded(make_running)
     assert run.sql("select count(*) as n from spans") == [{"n": 3}]
 
 
+def test_queue_is_bounded_in_bytes_as_well_as_rows(make_running) -> None:  # type: ignore[no-untyped-def]
+    run = make_running(max_queue_mb=1)
+    pipeline = run.collector.pipeline
+    attrs = {"gen_ai.operation.name": "chat", "note": "x" * 600_000}  # 0.6 MB in one span
+    heavy = encode_spans(genai_spans([("chat", attrs)], "x")).SerializeToString()
+    with pipeline.lander.lock:  # nothing lands meanwhile
+        assert _post(run.endpoint("traces"), content=heavy, headers=PB).status_code == 200
+        assert pipeline.queued_rows == 1  # one row, far below max_queue_rows
+        refused = _post(run.endpoint("traces"), content=heavy, headers=PB)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "1"
+        health = _get(f"{run.url}/health").json()
+        assert health["queue"]["rows"] == 1
+        assert 600_000 < health["queue"]["bytes"] <= health["queue"]["max_bytes"] == 1 << 20
+        assert health["requests_rejected"] == {"queue_full": 1}
+    _wait(lambda: pipeline.queued_rows == 0)
+    assert _post(run.endpoint("traces"), content=heavy, headers=PB).status_code == 200
+
+
 def test_stopping_collector_answers_503_with_retry_after(make_running) -> None:  # type: ignore[no-untyped-def]
     run = make_running()
     run.collector.pipeline.close()
@@ -75,7 +94,7 @@ def test_failed_landing_is_retried_and_loses_nothing_accepted(make_running) -> N
     lander = run.collector.pipeline.lander
     # A real database failure: the table the spans land in is gone for a while.
     with lander.lock:
-        lander.con.execute("ALTER TABLE spans RENAME TO spans_away").fetchall()
+        lander.con.execute("ALTER TABLE span_rows RENAME TO span_rows_away").fetchall()
     try:
         accepted = _post(run.endpoint("traces"), content=_body(2), headers=PB)
         assert accepted.status_code == 200  # in the ingest log: acknowledged
@@ -86,7 +105,7 @@ def test_failed_landing_is_retried_and_loses_nothing_accepted(make_running) -> N
         assert health["queue"]["rows"] == 4  # 2 spans + 2 derived usage rows, still queued
     finally:
         with lander.lock:
-            lander.con.execute("ALTER TABLE spans_away RENAME TO spans").fetchall()
+            lander.con.execute("ALTER TABLE span_rows_away RENAME TO span_rows").fetchall()
     assert _post(run.endpoint("traces"), content=_body(1), headers=PB).status_code == 200
     _wait(lambda: _get(f"{run.url}/health").json()["status"] == "ok")
     assert run.sql("select count(*) as n from spans") == [{"n": 3}]

@@ -392,7 +392,13 @@ def test_health_reports_queue_rows_and_last_flush(running: Running) -> None:
     assert health["status"] == "ok"
     assert health["ingest_log"]["landed_seq"] == health["ingest_log"]["accepted_seq"] == 1
     del health["ingest_log"]
-    assert health["queue"] == {"rows": 0, "requests": 0, "max_rows": 50_000}
+    assert health["queue"] == {
+        "rows": 0,
+        "requests": 0,
+        "bytes": 0,
+        "max_rows": 50_000,
+        "max_bytes": 64 << 20,
+    }
     assert health["rows_landed"] == {"spans": 1, "llm_usage": 1}
     assert health["last_flush"] is not None
     assert MessageToDict(ExportTraceServiceResponse()) == {}

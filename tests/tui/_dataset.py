@@ -171,7 +171,7 @@ def fill(con: duckdb.DuckDBPyConnection, *, now: datetime = NOW) -> None:
     )
     insert_usage(con, rows)
     con.execute(
-        "INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, start_ts, end_ts, duration_ms, "
+        "INSERT INTO span_rows (trace_id, span_id, parent_span_id, name, kind, start_ts, end_ts, duration_ms, "
         "status_code, status_message, is_genai, provider, request_model, attempt, fallback_depth, outcome, "
         "error_type, input_tokens, output_tokens, cost_usd, purpose, tenant) VALUES "
         "('t900001', 'root', NULL, 'comptroller.call reasoning', 'INTERNAL', ?, ?, 2400, 'OK', NULL, false, NULL, NULL, NULL, NULL, 'ok', NULL, NULL, NULL, NULL, 'reasoning', 'acme-eu'),"
