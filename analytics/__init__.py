@@ -12,8 +12,9 @@ Every reader returns Arrow tables; `Analytics` turns them into polars DataFrames
 
 Tables
 ------
-Landed: `llm_usage` (one row per priced attempt), `spans`, `circuit_events`,
-`profile_events`, `budget_events`. Derived, kept current as batches land and rebuilt by
+Landed: `llm_usage` (one row per priced attempt), `spans` (a view: `span_rows` joined to
+`resources`, each distinct resource stored once), `circuit_events`, `profile_events`,
+`budget_events`. Derived, kept current as batches land and rebuilt by
 `rebuild_rollup`: `llm_usage_daily` (per local day, tenant, org, context, purpose, provider,
 model) and `llm_budget_daily` (per local day and budget key, what budget state reads).
 Dashboards read the derived tables wherever they can, never scanning raw rows for totals.
