@@ -7,9 +7,12 @@ Imported as `usage_db`: tests/ is on sys.path (pytest's rootdir-less conftest im
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
-from collections.abc import Iterable, Mapping
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -182,3 +185,26 @@ class LiveCollector:
         self.server.should_exit = True
         self.thread.join(10)
         self.collector.close()
+
+
+@contextlib.contextmanager
+def held_by_another_process(db: Path) -> Iterator[None]:
+    """While inside, another process holds `db` open for writing (DuckDB's file lock)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+            "sys.stdin.read()",
+            str(db),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        holder.communicate("", timeout=30)

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from usage_db import insert_usage, usage_row
+from usage_db import held_by_another_process, insert_usage, usage_row
 
 from comptroller.analytics import (
     DuckDBReader,
@@ -76,24 +74,8 @@ def test_file_reader_answers_arrow_and_refuses_writes(tmp_path: Path) -> None:
 def test_file_locked_by_a_writer_process_points_to_the_collector(tmp_path: Path) -> None:
     db = tmp_path / "busy.duckdb"
     connect(db).close()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); sys.stdin.read()",
-            str(db),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(ReaderUnavailable, match="--url"):
-            open_reader(db=db)
-    finally:
-        holder.communicate("", timeout=30)
+    with held_by_another_process(db), pytest.raises(ReaderUnavailable, match="--url"):
+        open_reader(db=db)
 
 
 def test_remote_reader_reads_a_live_collector_while_it_writes(live_collector: Any) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from usage_db import held_by_another_process
 
 from comptroller.analytics import SCHEMA_VERSION, connect, schema_version
 from comptroller.cli import main
@@ -154,30 +155,10 @@ def test_a_row_group_size_below_duckdbs_vector_size_is_refused(tmp_path: Path) -
 def test_a_file_locked_by_another_process_is_refused_with_a_row_group_size(
     tmp_path: Path,
 ) -> None:
-    import subprocess
-    import sys
-
     path = tmp_path / "busy.duckdb"
     connect(path).close()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
-            "sys.stdin.read()",
-            str(path),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(ConfigError, match="cannot open database"):
-            connect(path, row_group_size=8192)
-    finally:
-        holder.communicate("", timeout=30)
+    with held_by_another_process(path), pytest.raises(ConfigError, match="cannot open database"):
+        connect(path, row_group_size=8192)
 
 
 def test_a_file_named_like_a_duckdb_catalog_is_attached_under_another_name(
