@@ -435,24 +435,31 @@ class Lander:
         self._relations.merge(new, self.max_traces)
 
     def _prime(self) -> None:
-        """Rebuild the relations of recent traces from the database."""
+        """Rebuild the relations of recent traces from the database.
+
+        The newest `max_traces` spans and usage rows of the lookback, inserted oldest first
+        as a running lander would have: a late row is most likely to relate to those.
+        """
         con = self.con
         since = dt.datetime.now(dt.UTC) - self.lookback
         limit = self.max_traces
         leaf = ", ".join(f"'{op}'" for op in sorted(LEAF_OPERATIONS))
         spans = con.sql(
-            "SELECT trace_id, span_id, parent_span_id, "
+            "SELECT trace_id, span_id, parent_span_id, flags FROM ("
+            "SELECT trace_id, span_id, parent_span_id, start_ts, "
             f"(CASE WHEN operation IN ({leaf}) THEN {_LEAF} ELSE 0 END) "
             f"+ (CASE WHEN dialect = 'comptroller' THEN {_COMPTROLLER} ELSE 0 END) AS flags "
-            "FROM span_rows WHERE is_genai AND start_ts >= $since ORDER BY start_ts LIMIT $limit",
+            "FROM span_rows WHERE is_genai AND start_ts >= $since "
+            "ORDER BY start_ts DESC LIMIT $limit) ORDER BY start_ts",
             params={"since": since, "limit": limit},
         ).to_arrow_table()
         usage = con.sql(
-            "SELECT u.trace_id, u.span_id, u.source, s.parent_span_id FROM llm_usage u "
+            "SELECT trace_id, span_id, source, parent_span_id FROM ("
+            "SELECT u.trace_id, u.span_id, u.source, s.parent_span_id, u.ts FROM llm_usage u "
             "LEFT JOIN span_rows s ON s.trace_id = u.trace_id AND s.span_id = u.span_id "
             # the rows that can name a span (16-byte trace id, 8-byte span id)
             "WHERE u.ts >= $since AND length(u.trace_id) = 32 AND length(u.span_id) = 16 "
-            "ORDER BY u.ts LIMIT $limit",
+            "ORDER BY u.ts DESC LIMIT $limit) ORDER BY ts",
             params={"since": since, "limit": limit},
         ).to_arrow_table()
         new = _Relations()

@@ -170,3 +170,19 @@ def test_the_relations_kept_in_memory_are_bounded_to_the_newest(tmp_path: Path) 
     assert kept[-4:] == newest  # the oldest went first
     assert len(lander._relations.derived) == 5
     con.close()
+
+
+def test_a_restarted_lander_keeps_the_newest_relations(tmp_path: Path) -> None:
+    db = tmp_path / "c.duckdb"
+    con = analytics.connect(db)
+    batches = [_third_party(4) for _ in range(3)]  # each batch starts after the last
+    lander = Lander(con)
+    for batch in batches:
+        lander.land([batch])
+    con.close()
+    con = analytics.connect(db)
+    restarted = Lander(con, max_traces=4)  # room for one batch: the newest
+    newest = [key for key, _, _ in batches[-1].genai_refs]
+    assert list(restarted._relations.spans) == newest
+    assert list(restarted._relations.derived) == newest
+    con.close()
