@@ -258,7 +258,7 @@ class Batch:
     @property
     def nbytes(self) -> int:
         """Arrow memory of the rows to land, over every table."""
-        return sum(table.nbytes for table in self.tables.values())
+        return sum(table.get_total_buffer_size() for table in self.tables.values())
 
     def reject(self, reason: str, example: str) -> None:
         """Count one rejected span or record."""
