@@ -46,6 +46,7 @@ from comptroller.analytics._budget import (
     budget_state,
     record_budget_events,
 )
+from comptroller.analytics._compact import Compacted, compact
 from comptroller.analytics._errors import AnalyticsError, QueryError, ReaderUnavailable
 from comptroller.analytics._insert import (
     DEDUP_KEYS,
@@ -107,6 +108,7 @@ __all__ = [
     "BudgetEvent",
     "BudgetState",
     "BudgetStatus",
+    "Compacted",
     "Dimension",
     "DuckDBReader",
     "HttpReader",
@@ -118,6 +120,7 @@ __all__ = [
     "budget_state",
     "builtin_panels",
     "check_read_only",
+    "compact",
     "connect",
     "insert_new",
     "insert_new_sql",

@@ -121,6 +121,9 @@ class Collector:
             # about half the file as free blocks (283 bytes a span against 204 without it).
             # Vacuum also reclaims deleted rows: only superseded derived rows, which are few.
             self.con.execute("SET max_vacuum_tasks = 0").fetchall()
+        # A long statement (a checkpoint, a big query) would draw DuckDB's progress bar on
+        # the collector's stdout, among its logs.
+        self.con.execute("SET enable_progress_bar = false").fetchall()
         # The read API runs other people's SELECTs on this database: no file access.
         self.con.execute("SET enable_external_access = false").fetchall()
         self.con.execute("SET lock_configuration = true").fetchall()

@@ -19,7 +19,7 @@ _TABLES = (
 
 @click.group(name="db")
 def db() -> None:
-    """Database maintenance: migrations, information, the rollup."""
+    """Database maintenance: migrations, information, compaction, the rollup."""
 
 
 _DB_OPTION = click.option(
@@ -106,6 +106,24 @@ def info(app: AppContext, path: Path | None, as_json: bool) -> None:
                 click.echo(f"{'rows ' + table:<28} {count:,}")
         else:
             click.echo(f"{key:<28} {value if value is not None else '-'}")
+
+
+@db.command(name="compact")
+@_DB_OPTION
+@pass_app
+def compact(app: AppContext, path: Path | None) -> None:
+    """Rewrite the database file compactly (stop the collector first).
+
+    The collector writes small row groups, which land faster and compress less; this copies
+    everything into DuckDB's large row groups and replaces the file once the copy is
+    complete. Example: comptroller db compact --db usage.duckdb
+    """
+    from comptroller.analytics import compact as run
+
+    done = run(_path(app, path))
+    click.echo(
+        f"{done.path}: {done.bytes_before / 1e6:,.1f} MB -> {done.bytes_after / 1e6:,.1f} MB"
+    )
 
 
 @db.command(name="rebuild-rollup")

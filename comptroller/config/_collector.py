@@ -63,7 +63,8 @@ class CollectorSettings(BaseModel):
     again at the next checkpoint: at 8192 a busy collector lands ~20 % more spans a second
     (docs/PERFORMANCE.md). The cost is disk: ~55 % more bytes a span, since small row
     groups compress less, and the collector's checkpoints do not merge row groups (merging
-    rewrote them and left half the file as free blocks)."""
+    rewrote them and left half the file as free blocks). `comptroller db compact` rewrites
+    the file with DuckDB's row groups while the collector is stopped."""
 
     @field_validator("row_group_size")
     @classmethod
