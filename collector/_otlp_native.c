@@ -291,6 +291,10 @@ static int parse_anyvalue(Ctx *ctx, Rd r, AnyV *v) {
                 v->n = (size_t)(sub.end - sub.p);
                 v->type = field == 1 ? V_STR : field == 5 ? V_ARRAY : field == 6 ? V_KVLIST : V_BYTES;
                 if (field == 1) TRY(check_utf8(ctx, v->p, v->n));
+                /* upb refuses a request whose array is malformed even where nobody reads it
+                   (a usage record's attribute we do not land): check it here, not only when
+                   it is written out as JSON. */
+                if (field == 5) TRY(validate(ctx, sub, &S_ARRAY, 1));
                 break;
             case 2:
             case 3:

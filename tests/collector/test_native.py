@@ -565,6 +565,24 @@ def test_generated_log_exports_agree(pair: tuple[Normaliser, NativeDecoder], bod
     check_logs(pair, body)
 
 
+def test_a_malformed_array_in_an_attribute_nobody_lands_is_declined(
+    pair: tuple[Normaliser, NativeDecoder],
+) -> None:
+    # Found by the test below: a usage record's attribute we do not land, holding an array
+    # whose element tag became a group. upb refuses the whole request; so must we.
+    name, attributes = _usage_event("u-1")
+    records = log_records([(name, {**attributes, "x.tags": ("a",)})])
+    body = encode_logs(records).SerializeToString()
+    array = AnyValue(array_value={"values": [AnyValue(string_value="a")]}).SerializeToString()
+    assert body.count(array) == 1
+    # ArrayValue.values (field 1, length-delimited) -> field 1, start group
+    damaged = body.replace(array, array[:2] + b"\x0b" + array[3:])
+    with pytest.raises(DecodeError):
+        decode("logs", "protobuf", damaged)
+    assert isinstance(pair[1].logs(damaged), str)
+    check_logs(pair, body)  # the undamaged request agrees
+
+
 @_SETTINGS
 @given(body=log_requests(), data=st.data())
 def test_damaged_log_exports_are_declined_or_agree(
