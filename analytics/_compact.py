@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from comptroller.analytics._schema import connect
+from comptroller.analytics._schema import _first_line, connect, sql_path
 from comptroller.errors import ConfigError
 
 
@@ -60,10 +60,8 @@ def compact(path: Path | str) -> Compacted:
     try:
         work = duckdb.connect()
         try:
-            source = "'" + str(target).replace("'", "''") + "'"
-            destination = "'" + str(copy).replace("'", "''") + "'"
-            work.execute(f"ATTACH {source} AS source (READ_ONLY)").fetchall()
-            work.execute(f"ATTACH {destination} AS compacted").fetchall()
+            work.execute(f"ATTACH {sql_path(target)} AS source (READ_ONLY)").fetchall()
+            work.execute(f"ATTACH {sql_path(copy)} AS compacted").fetchall()
             work.execute("COPY FROM DATABASE source TO compacted").fetchall()
             work.execute("DETACH compacted").fetchall()  # checkpoints the copy
         finally:
@@ -73,7 +71,7 @@ def compact(path: Path | str) -> Compacted:
         os.replace(copy, target)
     except duckdb.IOException as exc:
         copy.unlink(missing_ok=True)
-        raise ConfigError(f"{target}: cannot compact: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"{target}: cannot compact: {_first_line(exc)}") from exc
     except BaseException:
         copy.unlink(missing_ok=True)
         raise

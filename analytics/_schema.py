@@ -393,17 +393,21 @@ def _open(
     # The in-memory catalog is detached, so that every cursor starts on the file too.
     alias = target.stem if target.stem.lower() not in _RESERVED_CATALOGS else "comptroller"
     quoted_alias = '"' + alias.replace('"', '""') + '"'
-    quoted_path = "'" + str(target).replace("'", "''") + "'"
     options = f"ROW_GROUP_SIZE {int(row_group_size)}" + (", READ_ONLY" if read_only else "")
     con = duckdb.connect()
     try:
-        con.execute(f"ATTACH {quoted_path} AS {quoted_alias} ({options})").fetchall()
+        con.execute(f"ATTACH {sql_path(target)} AS {quoted_alias} ({options})").fetchall()
         con.execute(f"USE {quoted_alias}").fetchall()
         con.execute("DETACH memory").fetchall()
     except BaseException:
         con.close()
         raise
     return con
+
+
+def sql_path(path: Path) -> str:
+    """`path` as an SQL string literal (for ATTACH, which takes no parameters)."""
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _first_line(exc: BaseException) -> str:

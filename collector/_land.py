@@ -29,6 +29,7 @@ deleted (superseded) derived rows are recomputed with `apply_usage_batch`.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import itertools
 import math
@@ -331,8 +332,8 @@ class Lander:
         both kept inline in their spans' rows, so that nothing is ever read back wrong.
         """
         con = self.con
-        ids = resources.column("resource_id").to_pylist()
-        clashes = {i for i in ids if ids.count(i) > 1} if len(set(ids)) < len(ids) else set()
+        counts = collections.Counter(resources.column("resource_id").to_pylist())
+        clashes = {i for i, n in counts.items() if n > 1}
         clashes.update(
             row[0]
             for row in con.execute(

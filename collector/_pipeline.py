@@ -12,7 +12,7 @@ A landing that fails (the database refusing writes, a full disk) is retried, wit
 until it succeeds: the batches stay queued, `/health` says "failing" with the error, and the
 queue fills until receivers answer 429. Nothing accepted is dropped.
 
-The queue is bounded in rows: a batch that does not fit raises `QueueFull` (HTTP 429 /
+The queue is bounded in rows and in Arrow bytes: a batch that does not fit raises `QueueFull` (HTTP 429 /
 gRPC UNAVAILABLE with a retry delay) instead of growing memory.
 """
 
@@ -179,17 +179,26 @@ class Pipeline:
         to refuse it cost as much as the ones that were accepted (under saturation about
         half the requests were decoded and normalised for nothing).
         """
-        queued, size = self._queued_rows, self._queued_bytes
-        return queued > 0 and (
-            queued + self._last_rows > self.max_queue_rows
-            or size + self._last_bytes > self.max_queue_bytes
-        )
+        return self._refusal(self._last_rows, self._last_bytes) is not None
 
     def queue_full(self) -> QueueFull:
         """The error for a request refused because the queue is full (rows or bytes)."""
-        if self._queued_bytes + self._last_bytes > self.max_queue_bytes:
+        return self._refusal(self._last_rows, self._last_bytes) or QueueFull(
+            self._queued_rows, self.max_queue_rows, 1
+        )
+
+    def _refusal(self, rows: int, size: int) -> QueueFull | None:
+        """Why the queue cannot take `rows` more rows of `size` bytes (None: it can).
+
+        An empty queue takes any request, so that one bigger than the bounds still lands.
+        """
+        if not self._queued_rows:
+            return None
+        if self._queued_bytes + size > self.max_queue_bytes:
             return QueueFull(self._queued_bytes, self.max_queue_bytes, 1, unit="bytes")
-        return QueueFull(self._queued_rows, self.max_queue_rows, 1)
+        if self._queued_rows + rows > self.max_queue_rows:
+            return QueueFull(self._queued_rows, self.max_queue_rows, 1)
+        return None
 
     def check_open(self) -> None:
         """Raise `Unavailable` when the pipeline no longer accepts batches."""
@@ -214,10 +223,9 @@ class Pipeline:
         size = batch.nbytes
         with self._cond:
             self.check_open()
-            if self._queued_rows and self._queued_rows + rows > self.max_queue_rows:
-                raise QueueFull(self._queued_rows, self.max_queue_rows, retry_after_s=1)
-            if self._queued_rows and self._queued_bytes + size > self.max_queue_bytes:
-                raise QueueFull(self._queued_bytes, self.max_queue_bytes, 1, unit="bytes")
+            refusal = self._refusal(rows, size)
+            if refusal is not None:
+                raise refusal
             # Appended under the queue's lock: log order is landing order, so the landed
             # sequence number always marks a prefix of the log.
             try:
