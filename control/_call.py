@@ -62,6 +62,8 @@ from comptroller.control._pricing import Price, Usage
 from comptroller.control._profile_types import ModelRef, ResolvedProfile
 from comptroller.control._providers import ModelSpec, ProviderRegistry
 from comptroller.control._telemetry import SAMPLED, Telemetry, new_span_id, new_trace_id
+from comptroller.control._tokens import estimate_tokens
+from comptroller.control._usage import usage_of
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -643,39 +645,6 @@ class CallCore:
             # Hold the binder so that its id cannot be reused while the entry exists.
             self._binders[id(binder)] = binder
         return runnable
-
-
-def estimate_tokens(value: Any) -> int:
-    """A cheap upper-leaning estimate of input tokens (4 characters a token, plus framing)."""
-    if isinstance(value, str):
-        return len(value) // 4 + 8
-    if isinstance(value, list | tuple):
-        return sum(estimate_tokens(item) for item in value) + 4
-    content = getattr(value, "content", None)
-    if content is not None:
-        return estimate_tokens(content) + 4
-    if isinstance(value, dict):
-        return sum(estimate_tokens(item) for item in value.values())
-    to_messages = getattr(value, "to_messages", None)
-    if to_messages is not None:
-        return estimate_tokens(to_messages())
-    return len(str(value)) // 4 + 8
-
-
-def usage_of(message: Any) -> Usage | None:
-    """The provider-reported usage of an AI message (inclusive counts), or None."""
-    meta = getattr(message, "usage_metadata", None)
-    if not meta:
-        return None
-    in_details = meta.get("input_token_details") or {}
-    out_details = meta.get("output_token_details") or {}
-    return Usage(
-        input_tokens=int(meta.get("input_tokens") or 0),
-        output_tokens=int(meta.get("output_tokens") or 0),
-        cache_read_tokens=int(in_details.get("cache_read") or 0),
-        cache_write_tokens=int(in_details.get("cache_creation") or 0),
-        reasoning_tokens=int(out_details.get("reasoning") or 0),
-    )
 
 
 class _Attempt:
