@@ -117,8 +117,26 @@ def _is_validation(exc: BaseException) -> bool:
 
     if isinstance(exc, ValidationError):
         return True
-    name = type(exc).__name__
-    return name.endswith("RefusalError") or name in {"ModelRefused", "LengthFinishReasonError"}
+    from comptroller.control._errors import ModelRefused
+
+    if isinstance(exc, ModelRefused):
+        return True
+    # The OpenAI SDK's own parse failures (a refusal, output cut at max_tokens, a content
+    # filter): only checked when the SDK is loaded, so classifying never imports it.
+    openai: Any = sys.modules.get("openai")
+    if openai is None:
+        return False
+    kinds = tuple(
+        kind
+        for kind in (
+            getattr(openai, "LengthFinishReasonError", None),
+            getattr(openai, "ContentFilterFinishReasonError", None),
+            # An answer (HTTP 200) that does not fit the requested schema.
+            getattr(openai, "APIResponseValidationError", None),
+        )
+        if isinstance(kind, type)
+    )
+    return bool(kinds) and isinstance(exc, kinds)
 
 
 def _is_timeout_or_connection(exc: BaseException) -> bool:
@@ -149,6 +167,8 @@ def classify(exc: BaseException) -> Classified:
 
     if isinstance(exc, TruncatedStream):
         return Classified(kind="transport", error_type="truncated_stream")
+    if _is_validation(exc):
+        return Classified(kind="validation", error_type=type(exc).__name__)
     status = _status_of(exc)
     if status is not None:
         code = _error_code(exc)
@@ -164,8 +184,6 @@ def classify(exc: BaseException) -> Classified:
                 rejected=True,
             )
         return Classified(kind="other", error_type=error_type, status=status, rejected=True)
-    if _is_validation(exc):
-        return Classified(kind="validation", error_type=type(exc).__name__)
     if _is_timeout_or_connection(exc):
         name = "timeout" if "timeout" in type(exc).__name__.lower() else type(exc).__name__
         return Classified(kind="transport", error_type=name)

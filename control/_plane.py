@@ -3,38 +3,19 @@
 One control plane holds one profile resolver, one guard (rate limits and budgets), one
 pricer, one set of circuit breakers, one provider registry and its own OpenTelemetry
 providers. `chat_model(purpose, …)` returns a LangChain `BaseChatModel` whose every call is
-a guarded call (see `_call.py`).
+a guarded call (see `_call/`).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
-from pydantic import ConfigDict, PrivateAttr
-
-from comptroller.control._call import (
-    IDENTITY,
-    Binder,
-    CallCore,
-    CallScope,
-    RetryPolicy,
-    Route,
-    StructuredBinder,
-    ToolsBinder,
-    run_async,
-    run_sync,
-    stream_async,
-    stream_sync,
-)
+from comptroller.control._call import CallCore, CallScope, RetryPolicy
+from comptroller.control._chat_model import GuardedChatModel
 from comptroller.control._circuit import CircuitBreakers, CircuitPolicy, CircuitSnapshot
 from comptroller.control._clock import SYSTEM_CLOCK, Clock
 from comptroller.control._profile_types import ModelRef, ProfileResolver, ResolvedProfile
@@ -43,10 +24,10 @@ from comptroller.control._telemetry import EventEmitter, NullSink, Telemetry, Te
 from comptroller.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
-    from langchain_core.callbacks import CallbackManagerForLLMRun
-
     from comptroller.config import Settings
-    from comptroller.control._call import CredentialResolver, GuardLike, PricerLike
+    from comptroller.control._call import CredentialResolver
+    from comptroller.control._guard import Guard
+    from comptroller.pricing import Pricer
 
 _log = logging.getLogger("comptroller.control")
 
@@ -96,171 +77,53 @@ class StaticProfiles:
         return found
 
 
-class GuardedChatModel(BaseChatModel):
-    """A LangChain chat model whose calls run through a control plane.
-
-    Built by `ControlPlane.chat_model`; supports `invoke`, `ainvoke`, `batch`, `abatch`,
-    `stream`, `astream`, `bind_tools` and `with_structured_output`. Its calls raise the
-    control plane's typed errors (`RateLimited`, `BudgetExceeded`, `ExhaustedFallbacks`, …).
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    purpose: str
-    domain: str | None = None
-    org: str | None = None
-    context: str | None = None
-    _route: Route = PrivateAttr()
-    _binder: Binder = PrivateAttr(default=IDENTITY)
-
-    @property
-    def _llm_type(self) -> str:
-        return "comptroller-guarded"
-
-    # The Runnable methods are overridden rather than going through BaseChatModel's
-    # generate(): the inner model runs LangChain's callbacks once, with the caller's config,
-    # and the wrapper adds no second callback run to every call.
-
-    def invoke(
-        self,
-        input: Any,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AIMessage:
-        """Run one guarded call."""
-        private = self.__pydantic_private__
-        assert private is not None
-        result: AIMessage = run_sync(
-            private["_route"], private["_binder"], input, config, _kw(stop, kwargs)
-        )
-        return result
-
-    async def ainvoke(
-        self,
-        input: Any,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AIMessage:
-        """Run one guarded call asynchronously."""
-        result: AIMessage = await run_async(
-            self._route, self._binder, input, config, _kw(stop, kwargs)
-        )
-        return result
-
-    def stream(
-        self,
-        input: Any,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> Iterator[Any]:
-        """Stream one guarded call; the stream must end with its usage or it is an error."""
-        return stream_sync(self._route, self._binder, input, config, _kw(stop, kwargs))
-
-    def astream(
-        self,
-        input: Any,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[Any]:
-        """Async twin of `stream`."""
-        return stream_async(self._route, self._binder, input, config, _kw(stop, kwargs))
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        message = run_sync(self._route, self._binder, messages, None, _kw(stop, kwargs))
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-    def bind_tools(
-        self,
-        tools: Sequence[Any],
-        *,
-        tool_choice: str | None = None,
-        **kwargs: Any,
-    ) -> GuardedChatModel:
-        """Bind tools; each concrete model of the chain binds them its own way."""
-        if tool_choice is not None:
-            kwargs["tool_choice"] = tool_choice
-        copy = self.model_copy()
-        copy._route = self._route
-        copy._binder = ToolsBinder(self._binder, list(tools), kwargs)
-        return copy
-
-    def with_structured_output(
-        self,
-        schema: dict[str, Any] | type,
-        *,
-        include_raw: bool = False,
-        **kwargs: Any,
-    ) -> Runnable[Any, Any]:
-        """A runnable returning `schema`-shaped output; parse errors and refusals count for
-        the purpose-upgrade policy and are raised (or returned with `include_raw=True`)."""
-        return GuardedStructured(self._route, StructuredBinder(schema, include_raw, kwargs))
-
-    def circuit_states(self) -> list[CircuitSnapshot]:
-        """The circuits of this model's control plane."""
-        return self._route.core.circuits.snapshots()
-
-
-class GuardedStructured(Runnable[Any, Any]):
-    """The runnable of `GuardedChatModel.with_structured_output`."""
-
-    def __init__(self, route: Route, binder: StructuredBinder) -> None:
-        self._route = route
-        self._binder = binder
-
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        """Run one guarded structured call."""
-        return run_sync(self._route, self._binder, input, config, kwargs or None)
-
-    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        """Async twin of `invoke`."""
-        return await run_async(self._route, self._binder, input, config, kwargs or None)
-
-
-def _kw(stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    if stop is not None:
-        kwargs["stop"] = stop
-    return kwargs or None
-
-
 TelemetryMode = Literal["embedded", "otlp", "none"]
 
 
-def _default_sink(settings: Settings, mode: TelemetryMode) -> TelemetrySink | None:
-    if mode == "none":
-        return NullSink()
-    if mode == "otlp":
-        from comptroller.control._otlp import OtlpSink
+def _null_sink(settings: Settings) -> TelemetrySink:
+    return NullSink()
 
-        return OtlpSink.from_settings(settings)
+
+def _otlp_sink(settings: Settings) -> TelemetrySink:
+    from comptroller.control._otlp import OtlpSink
+
+    return OtlpSink.from_settings(settings)
+
+
+def _embedded_sink(settings: Settings) -> TelemetrySink:
+    # The one place the control plane reaches into the collector, and only in this mode:
+    # an application that sends OTLP never imports DuckDB.
     try:
-        collector = importlib.import_module("comptroller.collector")
-        sink_cls = collector.EmbeddedSink
-    except (ImportError, AttributeError) as exc:
+        from comptroller.collector import EmbeddedSink
+    except ImportError as exc:
         raise ConfigError(
-            f"telemetry = 'embedded' needs comptroller.collector.EmbeddedSink ({exc}); set "
-            "COMPTROLLER_TELEMETRY=otlp or none"
+            f"telemetry = 'embedded' needs the collector's DuckDB sink ({exc}); install "
+            "comptroller with its collector, or set COMPTROLLER_TELEMETRY=otlp or none"
         ) from exc
-    settings.ensure_data_dir()
     from comptroller.pricing import Pricer
 
-    sink: TelemetrySink = sink_cls(
+    settings.ensure_data_dir()
+    return EmbeddedSink(
         settings.db_file, timezone=settings.timezone, prices=Pricer.from_settings(settings)
     )
-    return sink
+
+
+_SINKS: dict[TelemetryMode, Callable[[Settings], TelemetrySink]] = {
+    "none": _null_sink,
+    "otlp": _otlp_sink,
+    "embedded": _embedded_sink,
+}
+"""Where a control plane's telemetry goes, per `COMPTROLLER_TELEMETRY`."""
+
+
+def _default_sink(settings: Settings, mode: TelemetryMode) -> TelemetrySink:
+    factory = _SINKS.get(mode)
+    if factory is None:
+        raise ConfigError(
+            f"unknown telemetry mode {mode!r}; set COMPTROLLER_TELEMETRY to one of "
+            f"{', '.join(sorted(_SINKS))}"
+        )
+    return factory(settings)
 
 
 class ControlPlane:
@@ -294,8 +157,8 @@ class ControlPlane:
         settings: Settings | None = None,
         *,
         resolver: ProfileResolver | None = None,
-        guard: GuardLike | None = None,
-        pricer: PricerLike | None = None,
+        guard: Guard | None = None,
+        pricer: Pricer | None = None,
         sink: TelemetrySink | None = None,
         clock: Clock | None = None,
         providers: ProviderRegistry | Mapping[str, ChatModelFactory] | None = None,
@@ -371,12 +234,12 @@ class ControlPlane:
         self._closed = False
 
     @property
-    def guard(self) -> GuardLike | None:
+    def guard(self) -> Guard | None:
         """The guard holding rate-limit buckets and the budget ledger."""
         return self._core.guard
 
     @property
-    def pricer(self) -> PricerLike:
+    def pricer(self) -> Pricer:
         """The pricer of this control plane."""
         return self._core.pricer
 
@@ -493,14 +356,8 @@ def _start_reconciler(settings: Settings, guard: Any, sink: TelemetrySink | None
 
 
 def _default_resolver(settings: Settings, events: EventEmitter) -> ProfileResolver:
-    import comptroller.control as control
+    # Loaded here, not at import: the profile store brings SQLAlchemy, which an application
+    # with static profiles never needs.
+    from comptroller.control._profile_service import ProfileService
 
-    service = getattr(control, "ProfileService", None)
-    from_settings = getattr(service, "from_settings", None)
-    if from_settings is not None:
-        try:
-            resolver: ProfileResolver = from_settings(settings, events=events)
-        except TypeError:
-            resolver = from_settings(settings)
-        return resolver
-    return StaticProfiles.from_settings(settings)
+    return ProfileService.from_settings(settings, events=events)

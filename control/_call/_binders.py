@@ -1,0 +1,81 @@
+"""Binders: what a chat-model handle applies to each concrete model of the chain.
+
+A handle's tools or output schema are bound by every model of the fallback chain in its own
+way (`bind_tools`, `with_structured_output`), so the call path keeps the intent (a binder) and
+applies it to whichever model an attempt runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.exceptions import OutputParserException
+
+from comptroller.control._errors import ModelRefused
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.runnables import Runnable
+
+
+class Binder:
+    """How a handle turns a concrete chat model into what it invokes (identity by default)."""
+
+    returns_errors = False
+    """Validation errors are returned in the result (`include_raw=True`), not raised."""
+
+    def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
+        return model
+
+    def split(self, result: Any) -> tuple[AIMessage | None, BaseException | None, Any]:
+        """(the raw AI message for usage, a validation error or None, the caller's result)."""
+        return result, None, result
+
+
+class ToolsBinder(Binder):
+    """`bind_tools(tools, **kwargs)` on each model of the chain."""
+
+    def __init__(self, tools: Any, kwargs: Mapping[str, Any]) -> None:
+        self.tools = tools
+        self.kwargs = dict(kwargs)
+
+    def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
+        return model.bind_tools(self.tools, **self.kwargs)
+
+
+class StructuredBinder(Binder):
+    """`with_structured_output(schema, include_raw=True, **kwargs)` on each model."""
+
+    def __init__(self, schema: Any, include_raw: bool, kwargs: Mapping[str, Any]) -> None:
+        self.schema = schema
+        self.include_raw = include_raw
+        self.returns_errors = include_raw
+        self.kwargs = dict(kwargs)
+
+    def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
+        # include_raw always: the raw message carries the usage, and a parse error comes back
+        # as a value the call can count for the upgrade policy instead of an opaque raise.
+        return model.with_structured_output(self.schema, include_raw=True, **self.kwargs)
+
+    def split(self, result: Any) -> tuple[AIMessage | None, BaseException | None, Any]:
+        raw = result.get("raw")
+        error = result.get("parsing_error")
+        if error is None:
+            refusal = getattr(raw, "additional_kwargs", {}).get("refusal")
+            if refusal:
+                error = ModelRefused(str(refusal))
+            elif result.get("parsed") is None:
+                error = OutputParserException(
+                    "structured output is missing (nothing parsed)",
+                    llm_output=str(getattr(raw, "content", "")),
+                )
+        if not self.include_raw:
+            return raw, error, result.get("parsed")
+        if error is not None and result.get("parsing_error") is None:
+            result = {**result, "parsing_error": error}
+        return raw, error, result
+
+
+IDENTITY = Binder()

@@ -1,0 +1,115 @@
+"""The drivers: perform a call flow's steps, sync or async, and nothing else.
+
+Each way of calling is a few lines over `CallFlow.steps()`; a new entry point (another SDK,
+another calling convention) is another such loop, never another copy of the decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from comptroller.control._call._flow import CallFlow, Flow
+from comptroller.control._call._steps import Step, Stream, StreamClosed
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
+
+    from comptroller.control._call._binders import Binder
+    from comptroller.control._call._route import Route
+
+
+class _Cursor:
+    """Resumes a flow with the last step's outcome (or throws in its failure)."""
+
+    __slots__ = ("failure", "flow", "outcome", "value")
+
+    def __init__(self, flow: Flow) -> None:
+        self.flow = flow
+        self.outcome: Any = None
+        self.failure: BaseException | None = None
+        self.value: Any = None
+
+    def next(self) -> Step | None:
+        """The next step, or None once the flow is over (its value in `value`)."""
+        failure = self.failure
+        try:
+            if failure is None:
+                return self.flow.send(self.outcome)
+            self.failure = None
+            return self.flow.throw(failure)
+        except StopIteration as stop:
+            self.value = stop.value
+            return None
+        except StreamClosed:
+            return None  # the flow has settled a stream its caller closed: end quietly
+
+    def fail(self, exc: BaseException) -> None:
+        """Throw `exc` into the flow at the next step. A stream closed by its caller goes in
+        as `StreamClosed`: a GeneratorExit thrown into the flow would close it instead of
+        letting it charge the attempt."""
+        self.failure = StreamClosed() if isinstance(exc, GeneratorExit) else exc
+
+
+def invoke(
+    route: Route, binder: Binder, input: Any, config: RunnableConfig | None, kwargs: Any = None
+) -> Any:
+    """One guarded call, synchronously."""
+    cursor = _Cursor(CallFlow(route, binder, input, config, kwargs).steps())
+    while (step := cursor.next()) is not None:
+        try:
+            cursor.outcome = step.run()
+        except BaseException as exc:
+            cursor.fail(exc)
+    return cursor.value
+
+
+async def ainvoke(
+    route: Route, binder: Binder, input: Any, config: RunnableConfig | None, kwargs: Any = None
+) -> Any:
+    """One guarded call, asynchronously."""
+    cursor = _Cursor(CallFlow(route, binder, input, config, kwargs).steps())
+    while (step := cursor.next()) is not None:
+        try:
+            cursor.outcome = await step.arun()
+        except BaseException as exc:
+            cursor.fail(exc)
+    return cursor.value
+
+
+def stream(
+    route: Route, binder: Binder, input: Any, config: RunnableConfig | None, kwargs: Any = None
+) -> Iterator[Any]:
+    """One guarded call as a stream of chunks; the flow learns of every way it ends (the
+    caller breaking out or closing the stream included)."""
+    cursor = _Cursor(CallFlow(route, binder, input, config, kwargs).steps(streaming=True))
+    while (step := cursor.next()) is not None:
+        try:
+            if isinstance(step, Stream):
+                yield from step.pump()
+                cursor.outcome = None
+            else:
+                cursor.outcome = step.run()
+        except BaseException as exc:
+            cursor.fail(exc)
+
+
+async def astream(
+    route: Route, binder: Binder, input: Any, config: RunnableConfig | None, kwargs: Any = None
+) -> AsyncIterator[Any]:
+    """Async twin of `stream`."""
+    cursor = _Cursor(CallFlow(route, binder, input, config, kwargs).steps(streaming=True))
+    while (step := cursor.next()) is not None:
+        try:
+            if isinstance(step, Stream):
+                pump = step.apump()
+                try:
+                    async for chunk in pump:
+                        yield chunk
+                finally:
+                    await pump.aclose()
+                cursor.outcome = None
+            else:
+                cursor.outcome = await step.arun()
+        except BaseException as exc:
+            cursor.fail(exc)

@@ -1,0 +1,534 @@
+"""The guarded call's decision sequence, written once.
+
+`CallFlow.steps()` is a generator that never performs I/O: it yields `Step`s (admit, invoke
+or stream, sleep, settle, record) and is resumed with their outcomes, or has their exceptions
+thrown in. The drivers (`_drivers.py`) perform the steps sync or async; every way of calling
+(`invoke`, `ainvoke`, `stream`, `astream`, batches through them) runs this same sequence::
+
+    resolve profile (cached per scope) ─► for each model of the chain (fallbacks):
+        circuit allows? ─► admit (rate limit + budget reservation, one atomic guard step)
+        ─► invoke or stream the model (SDK retries off) ─► classify the outcome
+        ─► price (provider-reported usage × cached price) ─► settle the ticket
+        ─► record: the attempt's CLIENT span and its usage row
+        transport failure: back off (exponential, jitter, Retry-After) and retry, at most
+        `max_retries` times and within the tenant's retry budget; then the next model.
+        quota failure (402, insufficient_quota): the circuit opens for long; next model.
+        validation failure (parse error, refusal): counted for the purpose-upgrade policy
+        and raised (invalid output is not fixed by another model of the same purpose).
+        cancelled (the caller stopped reading, closed the stream, or was cancelled): charged
+        the usage seen so far, else the reservation (estimated); outcome `cancelled`.
+    record the call's span with the final outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.exceptions import OutputParserException
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode
+from pydantic import ValidationError
+
+from comptroller import semconv
+from comptroller.control._call._attempt import ZERO, Attempt, StreamAccumulator
+from comptroller.control._call._binders import Binder
+from comptroller.control._call._context import CallInfo
+from comptroller.control._call._policy import backoff_s
+from comptroller.control._call._record import AttemptRecord, content_json, export_call
+from comptroller.control._call._steps import Admit, Invoke, Record, Settle, Sleep, Step, Stream
+from comptroller.control._classify import Classified, classify
+from comptroller.control._errors import (
+    BudgetError,
+    BudgetExceeded,
+    BudgetUnverifiable,
+    CircuitOpen,
+    ControlError,
+    ExhaustedFallbacks,
+    ModelRefused,
+    ProviderError,
+    RateLimited,
+)
+from comptroller.control._profile_types import ModelRef
+from comptroller.control._telemetry import SAMPLED, new_span_id, new_trace_id
+from comptroller.control._tokens import estimate_tokens
+from comptroller.control._usage import usage_of
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
+
+    from comptroller.control._call._route import Route
+
+_OK = Status(StatusCode.OK)
+_NO_KWARGS: dict[str, Any] = {}
+
+Flow = Generator[Step, Any, Any]
+
+
+class _Stop(Exception):
+    """Internal: the call is over; `error` is what the caller gets."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _is_langchain_error(exc: BaseException) -> bool:
+    return isinstance(exc, OutputParserException | ValidationError | ModelRefused)
+
+
+def _validation_outcome(error: BaseException) -> str:
+    return "refused" if isinstance(error, ModelRefused) else "validation_error"
+
+
+class CallFlow:
+    """One logical call: its route, input and the decisions made along the chain."""
+
+    __slots__ = (
+        "binder",
+        "call_ctx",
+        "call_start_ns",
+        "caller",
+        "chain_index",
+        "config",
+        "core",
+        "errors",
+        "input",
+        "input_tokens",
+        "kwargs",
+        "model_override",
+        "outcome",
+        "prep",
+        "route",
+        "tries_on_model",
+    )
+
+    def __init__(
+        self,
+        route: Route,
+        binder: Binder,
+        input: Any,
+        config: RunnableConfig | None,
+        kwargs: dict[str, Any] | None,
+    ) -> None:
+        self.route = route
+        self.core = core = route.core
+        spool = core.spool
+        if spool is not None and spool.full_error is not None:
+            raise spool.full_error
+        self.binder = binder
+        self.input = input
+        self.config = config
+        self.kwargs = kwargs or _NO_KWARGS
+        override = self.kwargs.get("model") or self.kwargs.get("model_name")
+        self.model_override: str | None = override if isinstance(override, str) else None
+        self.prep = route.prepared()
+        self.errors: list[Exception] = []
+        self.chain_index = 0
+        self.tries_on_model = 0
+        self.outcome = "ok"
+        self.input_tokens = -1
+        # The call joins the caller's trace (its current span is the parent), else starts one.
+        caller = trace.get_current_span().get_span_context()
+        if caller.is_valid:
+            self.caller: SpanContext | None = caller
+            self.call_ctx = SpanContext(caller.trace_id, new_span_id(), False, caller.trace_flags)
+        else:
+            self.caller = None
+            self.call_ctx = SpanContext(new_trace_id(), new_span_id(), False, SAMPLED)
+        self.call_start_ns = time.time_ns()
+        core.retry_budget.on_call(route.scope.domain)
+
+    # -- the sequence --------------------------------------------------------------------------
+
+    def steps(self, *, streaming: bool = False) -> Flow:
+        """The call as steps; returns the caller's result (None for a stream)."""
+        error: BaseException | None = None
+        try:
+            return (yield from self._attempts(streaming))
+        except _Stop as stop:
+            error = stop.error
+            raise stop.error from None
+        except GeneratorExit:
+            raise  # the flow itself was abandoned: nothing may be yielded any more
+        except BaseException as exc:
+            error = exc
+            if not isinstance(exc, Exception):
+                self.outcome = "cancelled"
+            raise
+        finally:
+            self._finish(error)
+
+    def _attempts(self, streaming: bool) -> Flow:
+        core = self.core
+        guard = core.guard
+        while True:
+            at = self._next_attempt()
+            ticket = None
+            admit = self._admission(at)
+            if admit is not None:
+                assert guard is not None
+                try:
+                    ticket = yield Admit(guard, self.prep.guard_key, admit)  # type: ignore[arg-type]
+                except ControlError as exc:
+                    core.circuits.release_probe(at.ref.provider, at.ref.model)
+                    raise _Stop(self._refused(exc)) from None
+            self._start(at, ticket)
+            runnable = core.runnable(self.route, self.prep, at.depth, self.binder)
+            acc = StreamAccumulator() if streaming else None
+            try:
+                if acc is not None:
+                    yield Stream(at, runnable, self.input, self.config, self.kwargs, acc)
+                    message = acc.complete(at.ref)
+                    validation, value = None, None
+                else:
+                    result = yield Invoke(at, runnable, self.input, self.config, self.kwargs)
+                    message, validation, value = self.binder.split(result)
+            except BaseException as exc:
+                decision, record, settle = self._failed(at, exc, acc)
+                yield Record(record.export, core, self.prep, self.call_ctx)
+                if settle is not None:
+                    yield settle
+                if decision == "retry":
+                    yield Sleep(core.clock, self._backoff_s())
+                if decision == "raise":
+                    raise _Stop(self._error_for_caller(at, exc)) from None
+                continue
+            record, settle = self._succeeded(at, message, validation)
+            yield Record(record.export, core, self.prep, self.call_ctx)
+            if settle is not None:
+                yield settle
+            if validation is not None:
+                self.outcome = _validation_outcome(validation)
+                if not self.binder.returns_errors:
+                    raise _Stop(validation)
+            return value
+
+    # -- choosing and admitting an attempt -------------------------------------------------------
+
+    def _next_attempt(self) -> Attempt:
+        """The next (model, attempt) to try; the call stops when the chain is exhausted."""
+        chain = self.prep.chain
+        circuits = self.core.circuits
+        while self.chain_index < len(chain):
+            ref = chain[self.chain_index]
+            if self.tries_on_model == 0 and not circuits.allow(ref.provider, ref.model):
+                snap = circuits.snapshot(ref.provider, ref.model)
+                self.errors.append(CircuitOpen(ref.provider, ref.model, snap.retry_in_s or 0.0))
+                self.chain_index += 1
+                continue
+            self.tries_on_model += 1
+            model = self.model_override or ref.model
+            return Attempt(ref, self.chain_index, self.tries_on_model, model)
+        if self.errors and all(isinstance(e, CircuitOpen) for e in self.errors):
+            self.outcome = "circuit_open"
+            raise _Stop(self.errors[0] if len(self.errors) == 1 else self._exhausted())
+        self.outcome = "exhausted_fallbacks"
+        raise _Stop(self._exhausted())
+
+    def _exhausted(self) -> ExhaustedFallbacks:
+        models = ", ".join(str(ref) for ref in self.prep.chain)
+        return ExhaustedFallbacks(
+            f"every model of the chain failed for purpose {self.route.scope.purpose!r} "
+            f"({models}; {len(self.errors)} errors)",
+            self.errors,
+        )
+
+    def _admission(self, at: Attempt) -> dict[str, Any] | None:
+        """Keyword arguments of the guard's admit, or None when nothing is guarded."""
+        core = self.core
+        profile = self.prep.profile
+        if core.guard is None or (profile.budget is None and profile.rate_limit is None):
+            return None
+        if self.input_tokens < 0:
+            self.input_tokens = estimate_tokens(self.input)
+        reserve: Decimal | None = ZERO
+        if profile.budget is not None:
+            worst = core.pricer.worst_case(
+                at.ref.provider,
+                at.model,
+                input_tokens=self.input_tokens,
+                max_output_tokens=self.prep.max_output,
+                at=datetime.fromtimestamp(core.clock.time(), UTC),
+            )
+            # None (no price known) goes to the guard, which refuses a budgeted call with
+            # BudgetUnverifiable: one code path decides, and it fails closed.
+            reserve = None if worst is None else min(worst, core.max_reservation_usd)
+        at.reserve = reserve or ZERO
+        return {
+            "tokens": self.input_tokens + self.prep.max_output,
+            "reserve_usd": reserve,
+            "rate_limit": profile.rate_limit,
+            "budget": profile.budget,
+            "wait_s": self.route.scope.rate_limit_wait_s,
+        }
+
+    def _refused(self, exc: ControlError) -> BaseException:
+        """The guard refused an attempt: the call ends with that outcome."""
+        if isinstance(exc, BudgetExceeded):
+            self.outcome = "budget_exceeded"
+            self.core.telemetry.emit(
+                semconv.EVENT_BUDGET_REJECTED,
+                {
+                    semconv.TENANT: exc.key.tenant,
+                    semconv.CONTEXT: exc.key.context,
+                    semconv.PURPOSE: exc.key.purpose,
+                    semconv.BUDGET_CAP_USD: str(exc.cap),
+                    semconv.BUDGET_SPENT_USD: str(exc.spent),
+                    semconv.BUDGET_RESERVED_USD: str(exc.reserved),
+                    semconv.BUDGET_DAY: exc.day,
+                },
+            )
+        elif isinstance(exc, BudgetUnverifiable):
+            self.outcome = "budget_unverifiable"
+        elif isinstance(exc, BudgetError):
+            self.outcome = "budget_error"
+        elif isinstance(exc, RateLimited):
+            self.outcome = "rate_limited"
+        else:
+            self.outcome = type(exc).__name__.lower()
+        return exc
+
+    def _start(self, at: Attempt, ticket: Any) -> None:
+        core = self.core
+        at.ticket = ticket
+        at.waited_s = ticket.wait_s if ticket is not None else 0.0
+        at.started_s = core.clock.time()
+        at.started_ns = int(at.started_s * 1e9)
+        at.start_ns = time.time_ns()
+        attrs = dict(self.prep.attempt_attrs[at.depth])
+        attrs[semconv.ATTEMPT] = at.attempt
+        if at.model != at.ref.model:
+            attrs[semconv.GEN_AI_REQUEST_MODEL] = at.model
+        if at.waited_s:
+            attrs[semconv.RATE_LIMIT_WAIT_MS] = at.waited_s * 1000.0
+        if core.telemetry.record_content:
+            attrs[semconv.GEN_AI_INPUT_MESSAGES] = content_json(self.input)
+        at.attrs = attrs
+        call = self.call_ctx
+        at.span_ctx = span_ctx = SpanContext(call.trace_id, new_span_id(), False, call.trace_flags)
+        at.otel_ctx = trace.set_span_in_context(NonRecordingSpan(span_ctx))
+        scope = self.route.scope
+        at.info = CallInfo(
+            self.prep.served_purpose,
+            scope.domain,
+            scope.org,
+            scope.context,
+            at.ref.provider,
+            at.model,
+            at.attempt,
+            at.depth,
+        )
+
+    # -- what an attempt's outcome means ----------------------------------------------------------
+
+    def _price(self, at: Attempt, response_model: str) -> None:
+        usage = at.usage
+        if usage is None:
+            at.price = None
+            return
+        pricer = self.core.pricer
+        when = datetime.fromtimestamp(at.started_s, UTC)
+        at.price = price = pricer.price(at.ref.provider, response_model, usage, when)
+        if price.cost_usd is None and response_model != at.model:
+            at.price = pricer.price(at.ref.provider, at.model, usage, when)
+
+    def _cost(self, at: Attempt) -> Decimal | None:
+        if at.price is not None and at.price.cost_usd is not None:
+            return at.price.cost_usd
+        # Usage missing or unpriced: charge the reservation (flagged estimated); without one
+        # the cost is unknown and stays absent, never 0.
+        at.estimated = True
+        return at.reserve if at.ticket is not None and at.reserve else None
+
+    def _settle(self, at: Attempt, cost: Decimal | None, tokens: int | None) -> Settle | None:
+        """The step that charges the attempt's ticket: its cost, else its reservation."""
+        if at.ticket is None:
+            return None
+        assert self.core.guard is not None
+        if tokens is None:
+            tokens = self.input_tokens + self.prep.max_output
+        return Settle(self.core.guard, at.ticket, cost if cost is not None else at.reserve, tokens)
+
+    def _succeeded(
+        self, at: Attempt, message: Any, validation: BaseException | None
+    ) -> tuple[AttemptRecord, Settle | None]:
+        core = self.core
+        ref = at.ref
+        core.circuits.record_success(ref.provider, ref.model)
+        meta = getattr(message, "response_metadata", None) or {}
+        response_model = meta.get("model_name") or meta.get("model") or at.model
+        attrs = at.attrs
+        attrs[semconv.GEN_AI_RESPONSE_MODEL] = response_model
+        response_id = meta.get("id") or getattr(message, "id", None)
+        if response_id:
+            attrs[semconv.GEN_AI_RESPONSE_ID] = response_id
+        finish = meta.get("finish_reason")
+        if finish:
+            attrs[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = (finish,)
+        at.usage = usage = usage_of(message)
+        self._price(at, response_model)
+        cost = self._cost(at)
+        status = _OK
+        outcome = "ok"
+        if validation is not None:
+            outcome = _validation_outcome(validation)
+            attrs[semconv.ERROR_TYPE] = type(validation).__name__
+            status = Status(StatusCode.ERROR, str(validation)[:200])
+        if core.telemetry.record_content:
+            attrs[semconv.GEN_AI_OUTPUT_MESSAGES] = content_json([message])
+        core.degradation.record(
+            self.route.degrade_key, self.prep.profile, failed=validation is not None
+        )
+        record = AttemptRecord(at, outcome, cost, response_model, status)
+        return record, self._settle(at, cost, usage.total_tokens if usage is not None else None)
+
+    def _failed(
+        self, at: Attempt, exc: BaseException, acc: StreamAccumulator | None
+    ) -> tuple[str, AttemptRecord, Settle | None]:
+        """Classify a failed attempt: (`retry` | `next` | `raise`, its record, its settlement)."""
+        core = self.core
+        ref = at.ref
+        cls = classify(exc)
+        at.cls = cls
+        cancelled = not isinstance(exc, Exception)
+        settle: Settle | None
+        if cancelled:
+            outcome = "cancelled"
+            if acc is not None:
+                # A stream was answering: the provider bills it whether or not anybody reads
+                # on, so charge what it reported so far, else the reservation.
+                at.usage = acc.usage_so_far()
+                self._price(at, at.model)
+                cost = self._cost(at)
+                settle = self._settle(at, cost, None)
+            else:
+                # A call cancelled while waiting for its answer: nothing is known to be
+                # billed; its reservation goes back.
+                at.estimated = True
+                cost = None
+                settle = self._release(at)
+            core.circuits.release_probe(ref.provider, ref.model)
+            at.attrs[semconv.ERROR_TYPE] = "cancelled"
+        else:
+            outcome = _validation_outcome(exc) if cls.kind == "validation" else "error"
+            if cls.rejected:
+                cost = ZERO  # the provider refused the request: nothing was charged
+                at.price = _provider_zero()
+                settle = None if at.ticket is None else self._release(at)
+            else:
+                # Timeout, broken connection, truncated stream: the provider may have billed.
+                cost = self._cost(at)
+                settle = self._settle(at, cost, None) if cost is not None else self._release(at)
+            if cls.kind == "transport":
+                core.circuits.record_failure(ref.provider, ref.model, reason=cls.error_type)
+            elif cls.kind == "quota":
+                core.circuits.record_failure(
+                    ref.provider, ref.model, reason=cls.error_type, quota=True
+                )
+            elif cls.kind == "validation":
+                core.circuits.record_success(ref.provider, ref.model)
+            else:
+                core.circuits.release_probe(ref.provider, ref.model)
+            at.attrs[semconv.ERROR_TYPE] = cls.error_type
+        status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
+        record = AttemptRecord(at, outcome, cost, None, status)
+        return self._decide(at, exc, cls, outcome, acc), record, settle
+
+    def _release(self, at: Attempt) -> Settle | None:
+        if at.ticket is None:
+            return None
+        assert self.core.guard is not None
+        return Settle(self.core.guard, at.ticket, None, 0)
+
+    def _decide(
+        self,
+        at: Attempt,
+        exc: BaseException,
+        cls: Classified,
+        outcome: str,
+        acc: StreamAccumulator | None,
+    ) -> str:
+        core = self.core
+        if not isinstance(exc, Exception):
+            self.outcome = "cancelled"
+            return "raise"
+        if cls.kind == "validation":
+            core.degradation.record(self.route.degrade_key, self.prep.profile, failed=True)
+            self.outcome = outcome
+            return "raise"
+        if cls.kind == "other" or (acc is not None and acc.delivered):
+            # A stream that has handed out chunks cannot be retried without repeating them.
+            self.outcome = "error"
+            return "raise"
+        self.errors.append(self._provider_error(at.ref, exc, cls))
+        if cls.kind == "transport" and self.tries_on_model <= core.retry.max_retries:
+            ra = cls.retry_after_s
+            if (ra is None or ra <= core.retry.max_retry_after_s) and core.retry_budget.try_retry(
+                self.route.scope.domain
+            ):
+                return "retry"
+        self.chain_index += 1
+        self.tries_on_model = 0
+        return "next"
+
+    def _backoff_s(self) -> float:
+        last = self.errors[-1] if self.errors else None
+        retry_after = getattr(last, "retry_after_s", None)
+        return backoff_s(
+            self.core.retry,
+            self.core.rng,
+            self.tries_on_model - 1,
+            float(retry_after) if isinstance(retry_after, int | float) else None,
+        )
+
+    def _error_for_caller(self, at: Attempt, exc: BaseException) -> BaseException:
+        """What the caller gets for an attempt that ends the call: provider failures as
+        `ProviderError`; validation errors and cancellations as they are."""
+        cls = at.cls
+        if cls is not None and cls.kind == "validation" and not _is_langchain_error(exc):
+            # An SDK's own schema failure: raised as what LangChain users catch.
+            error = OutputParserException(f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return error
+        if (
+            isinstance(exc, Exception)
+            and cls is not None
+            and (cls.kind in ("transport", "quota") or (cls.kind == "other" and cls.status))
+        ):
+            return self._provider_error(at.ref, exc, cls)
+        return exc
+
+    def _provider_error(self, ref: ModelRef, exc: BaseException, cls: Classified) -> Exception:
+        if isinstance(exc, ProviderError):
+            return exc
+        err = ProviderError(
+            ref.provider,
+            ref.model,
+            f"{type(exc).__name__}: {exc}"[:500],
+            status=cls.status,
+            retry_after_s=cls.retry_after_s,
+            retryable=cls.kind == "transport",
+        )
+        err.__cause__ = exc
+        return err
+
+    def _finish(self, error: BaseException | None) -> None:
+        export_call(
+            self.core,
+            self.prep,
+            self.call_ctx,
+            self.caller,
+            self.call_start_ns,
+            self.outcome,
+            error,
+            None if error is None else str(error),
+        )
+
+
+def _provider_zero() -> Any:
+    from comptroller.pricing import Price
+
+    return Price(ZERO, "provider")

@@ -1,0 +1,221 @@
+"""The steps a call flow yields. Each knows how to perform itself sync (`run`) and async
+(`arun`); the flow never performs I/O, the drivers never decide anything.
+
+Invoking and streaming run with the attempt's span as the current OpenTelemetry context (and
+the attempt as `current_call()`), so that instrumentation of the provider SDK or of HTTP in
+the same process nests under the attempt; the context is restored before control returns to
+the caller, between chunks too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterator
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+
+from comptroller.control._call._context import CURRENT
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import Runnable, RunnableConfig
+
+    from comptroller.control._call._attempt import Attempt, StreamAccumulator
+    from comptroller.control._clock import Clock
+    from comptroller.control._guard import Guard, GuardKey
+
+_END = object()
+
+
+class StreamClosed(BaseException):
+    """The caller stopped reading a stream (broke out of its loop or closed it)."""
+
+
+class Step:
+    """One thing the flow needs done; the driver sends back what `run`/`arun` returned, or
+    throws in what they raised."""
+
+    __slots__ = ()
+
+    def run(self) -> Any:
+        raise NotImplementedError
+
+    async def arun(self) -> Any:
+        return self.run()
+
+
+class Admit(Step):
+    """Reserve the attempt's worst case and take its rate-limit tokens (one guard step)."""
+
+    __slots__ = ("guard", "key", "kwargs")
+
+    def __init__(self, guard: Guard, key: GuardKey, kwargs: dict[str, Any]) -> None:
+        self.guard = guard
+        self.key = key
+        self.kwargs = kwargs
+
+    def run(self) -> Any:
+        return self.guard.admit(self.key, **self.kwargs)
+
+    async def arun(self) -> Any:
+        return await self.guard.aadmit(self.key, **self.kwargs)
+
+
+class Settle(Step):
+    """Charge a ticket what the attempt cost (or release it when `cost_usd` is None)."""
+
+    __slots__ = ("cost_usd", "guard", "ticket", "tokens")
+
+    def __init__(self, guard: Guard, ticket: Any, cost_usd: Decimal | None, tokens: int) -> None:
+        self.guard = guard
+        self.ticket = ticket
+        self.cost_usd = cost_usd
+        self.tokens = tokens
+
+    def run(self) -> None:
+        if self.cost_usd is None:
+            self.guard.release(self.ticket)
+        else:
+            self.guard.settle(self.ticket, cost_usd=self.cost_usd, tokens=self.tokens)
+
+    async def arun(self) -> None:
+        if self.cost_usd is None:
+            await self.guard.arelease(self.ticket)
+        else:
+            await self.guard.asettle(self.ticket, cost_usd=self.cost_usd, tokens=self.tokens)
+
+
+class Sleep(Step):
+    """Back off before a retry."""
+
+    __slots__ = ("clock", "seconds")
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+
+    def run(self) -> None:
+        self.clock.sleep(self.seconds)
+
+    async def arun(self) -> None:
+        await self.clock.asleep(self.seconds)
+
+
+class Record(Step):
+    """Export telemetry (a queue append: the same for both drivers)."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn = fn
+        self.args = args
+
+    def run(self) -> None:
+        self.fn(*self.args)
+
+
+class _InAttempt:
+    """Runs provider code inside the attempt's context (`with self:`), restoring the
+    caller's after; cheap enough to wrap every chunk of a stream."""
+
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, at: Attempt) -> None:
+        self.at = at
+        self.tokens: tuple[object, object] | None = None
+
+    def __enter__(self) -> None:
+        at = self.at
+        self.tokens = otel_context.attach(at.otel_ctx), CURRENT.set(at.info)
+
+    def __exit__(self, *exc: object) -> None:
+        tokens = self.tokens
+        assert tokens is not None
+        self.tokens = None
+        CURRENT.reset(tokens[1])  # type: ignore[arg-type]
+        otel_context.detach(tokens[0])  # type: ignore[arg-type]
+
+
+class Invoke(_InAttempt, Step):
+    """Call the model once and return its result."""
+
+    __slots__ = ("config", "input", "kwargs", "runnable")
+
+    def __init__(
+        self,
+        at: Attempt,
+        runnable: Runnable[Any, Any],
+        input: Any,
+        config: RunnableConfig | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        super().__init__(at)
+        self.runnable = runnable
+        self.input = input
+        self.config = config
+        self.kwargs = kwargs
+
+    def run(self) -> Any:
+        with self:
+            return self.runnable.invoke(self.input, self.config, **self.kwargs)
+
+    async def arun(self) -> Any:
+        with self:
+            return await self.runnable.ainvoke(self.input, self.config, **self.kwargs)
+
+
+class Stream(Invoke):
+    """Stream the model's answer to the caller chunk by chunk, noting each in `acc`.
+
+    The drivers iterate `pump`/`apump` and hand every chunk to the caller; the stream's
+    outcome is in the accumulator once it ends. Closing the pump (the caller stopped
+    reading) closes the provider's stream too, so its connection is not left open.
+    """
+
+    __slots__ = ("acc",)
+
+    def __init__(
+        self,
+        at: Attempt,
+        runnable: Runnable[Any, Any],
+        input: Any,
+        config: RunnableConfig | None,
+        kwargs: dict[str, Any],
+        acc: StreamAccumulator,
+    ) -> None:
+        super().__init__(at, runnable, input, config, kwargs)
+        self.acc = acc
+
+    def pump(self) -> Iterator[Any]:
+        with self:
+            source = iter(self.runnable.stream(self.input, self.config, **self.kwargs))
+        try:
+            while True:
+                with self:
+                    chunk = next(source, _END)
+                if chunk is _END:
+                    return
+                self.acc.add(chunk)
+                yield chunk
+        finally:
+            getattr(source, "close", _nothing)()
+
+    async def apump(self) -> AsyncGenerator[Any, None]:
+        with self:
+            source = aiter(self.runnable.astream(self.input, self.config, **self.kwargs))
+        try:
+            while True:
+                with self:
+                    chunk = await anext(source, _END)
+                if chunk is _END:
+                    return
+                self.acc.add(chunk)
+                yield chunk
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def _nothing() -> None:
+    pass
