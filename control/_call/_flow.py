@@ -60,7 +60,7 @@ from comptroller.control._usage import usage_of
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
-    from comptroller.control._call._route import Route
+    from comptroller.control._call._route import CallCore, Route
 
 _OK = Status(StatusCode.OK)
 _NO_KWARGS: dict[str, Any] = {}
@@ -73,6 +73,14 @@ class _Stop(Exception):
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+def _leaks(core: CallCore, exc: BaseException) -> bool:
+    try:
+        text = str(exc)
+    except Exception:
+        return True
+    return core.redactor.leaks(text)
 
 
 def _is_langchain_error(exc: BaseException) -> bool:
@@ -150,7 +158,6 @@ class CallFlow:
             return (yield from self._attempts(streaming))
         except _Stop as stop:
             error = stop.error
-            raise stop.error from None
         except GeneratorExit:
             raise  # the flow itself was abandoned: nothing may be yielded any more
         except BaseException as exc:
@@ -160,6 +167,9 @@ class CallFlow:
             raise
         finally:
             self._finish(error)
+        # Raised outside any handler, so that nothing it replaced (an unredacted provider
+        # error) hangs on as its implicit __context__.
+        raise error
 
     def _attempts(self, streaming: bool) -> Flow:
         core = self.core
@@ -170,14 +180,18 @@ class CallFlow:
             admit = self._admission(at)
             if admit is not None:
                 assert guard is not None
+                refusal: ControlError | None = None
                 try:
                     ticket = yield Admit(guard, self.prep.guard_key, admit)  # type: ignore[arg-type]
                 except ControlError as exc:
+                    refusal = exc
+                if refusal is not None:
                     core.circuits.release_probe(at.ref.provider, at.ref.model)
-                    raise _Stop(self._refused(exc)) from None
+                    raise _Stop(self._refused(refusal))
             self._start(at, ticket)
             runnable = core.runnable(self.route, self.prep, at.depth, self.binder)
             acc = StreamAccumulator() if streaming else None
+            failure: BaseException | None = None
             try:
                 if acc is not None:
                     yield Stream(at, runnable, self.input, self.config, self.kwargs, acc)
@@ -187,14 +201,17 @@ class CallFlow:
                     result = yield Invoke(at, runnable, self.input, self.config, self.kwargs)
                     message, validation, value = self.binder.split(result)
             except BaseException as exc:
-                decision, record, settle = self._failed(at, exc, acc)
+                failure = exc
+            if failure is not None:
+                decision, error, record, settle = self._failed(at, failure, acc)
+                del failure  # only the redacted copy goes on
                 yield Record(record.export, core, self.prep, self.call_ctx)
                 if settle is not None:
                     yield settle
                 if decision == "retry":
                     yield Sleep(core.clock, self._backoff_s())
                 if decision == "raise":
-                    raise _Stop(self._error_for_caller(at, exc)) from None
+                    raise _Stop(self._error_for_caller(at, error))
                 continue
             record, settle = self._succeeded(at, message, validation)
             yield Record(record.export, core, self.prep, self.call_ctx)
@@ -387,13 +404,21 @@ class CallFlow:
 
     def _failed(
         self, at: Attempt, exc: BaseException, acc: StreamAccumulator | None
-    ) -> tuple[str, AttemptRecord, Settle | None]:
-        """Classify a failed attempt: (`retry` | `next` | `raise`, its record, its settlement)."""
+    ) -> tuple[str, BaseException, AttemptRecord, Settle | None]:
+        """Classify a failed attempt: (`retry` | `next` | `raise`, the error as the caller may
+        see it, its record, its settlement)."""
         core = self.core
         ref = at.ref
-        cls = classify(exc)
+        cls = classify(exc)  # on the original: it reads the status and Retry-After
         at.cls = cls
         cancelled = not isinstance(exc, Exception)
+        if not cancelled and (
+            cls.kind in ("transport", "quota") or cls.status or _leaks(core, exc)
+        ):
+            # The boundary where provider errors enter: from here on (status, records,
+            # what the caller gets) only a copy with every known key redacted travels. An
+            # application's own error that holds no secret keeps its identity and traceback.
+            exc = core.redactor.redact_exception(exc, provider=ref.provider, model=at.model)
         settle: Settle | None
         if cancelled:
             outcome = "cancelled"
@@ -435,7 +460,7 @@ class CallFlow:
             at.attrs[semconv.ERROR_TYPE] = cls.error_type
         status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
         record = AttemptRecord(at, outcome, cost, None, status)
-        return self._decide(at, exc, cls, outcome, acc), record, settle
+        return self._decide(at, exc, cls, outcome, acc), exc, record, settle
 
     def _release(self, at: Attempt) -> Settle | None:
         if at.ticket is None:

@@ -3,6 +3,7 @@ machinery that builds and caches the concrete models."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from comptroller.control._circuit import CircuitBreakers
 from comptroller.control._clock import Clock
 from comptroller.control._profile_types import ModelRef, ResolvedProfile
 from comptroller.control._providers import ModelSpec, ProviderRegistry
+from comptroller.control._redact import Redactor
 from comptroller.control._telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -229,6 +231,9 @@ class CallCore:
         self.max_reservation_usd = max_reservation_usd
         self.default_max_output_tokens = default_max_output_tokens
         self.rng = rng or random.Random()
+        # Every key a call may use is known here, so that a provider echoing it back in an
+        # error body cannot carry it into an exception, a span or the ledger.
+        self.redactor = Redactor(_environment_secrets())
         self._models: dict[tuple[Any, ...], BaseChatModel] = {}
         self._bound: dict[tuple[Any, ...], Runnable[Any, Any]] = {}
         self._binders: dict[int, Binder] = {}
@@ -321,6 +326,7 @@ class CallCore:
                     api_key = self.credentials.resolve_secret(
                         profile, domain=scope.domain, org=scope.org, provider=ref.provider
                     )
+                self.redactor.add(api_key)
                 model = self.providers.build(
                     ModelSpec(
                         provider=ref.provider,
@@ -342,3 +348,8 @@ class CallCore:
             # Hold the binder so that its id cannot be reused while the entry exists.
             self._binders[id(binder)] = binder
         return runnable
+
+
+def _environment_secrets() -> list[str]:
+    """Provider keys the SDKs read from the environment (`OPENAI_API_KEY`, …)."""
+    return [value for name, value in os.environ.items() if name.endswith("_API_KEY") and value]
