@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from comptroller.control.testing import _replies
+
 ReplyKind = Literal["ok", "rate_limited", "server_error", "truncated_stream", "quota_exhausted"]
 
 
@@ -64,10 +66,25 @@ class ModelBehaviour:
     """Reported `prompt_tokens_details.cached_tokens`."""
     reasoning_tokens: int = 0
     """Reported `completion_tokens_details.reasoning_tokens`."""
+    cache_write_tokens: int = 0
+    """Reported `prompt_tokens_details.cache_write_tokens`."""
+    audio_prompt_tokens: int = 0
+    """Reported `prompt_tokens_details.audio_tokens` (part of the prompt tokens)."""
+    audio_completion_tokens: int = 0
+    """Reported `completion_tokens_details.audio_tokens` (part of the completion tokens)."""
+    service_tier: str | None = None
+    """Reported `service_tier` of the answer and of every streamed chunk (`flex`,
+    `priority`, `default`, …); None: not reported."""
     latency_s: float = 0.0
     """Delay before answering (and between streamed chunks, divided by their number)."""
-    tool_calls: Sequence[Mapping[str, Any]] = ()
-    """Tool calls to answer with (`{"name": …, "arguments": {…}}`) when tools are sent."""
+    tool_calls: (
+        Sequence[Mapping[str, Any]] | Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]]
+    ) = ()
+    """Tool calls to answer with (`{"name": …, "arguments": {…}}`; without `arguments`, a
+    minimal valid instance of the tool's parameters), or a function of the request JSON
+    returning them. Made only when the request sends tools, and as its `tool_choice` and
+    `parallel_tool_calls` allow; `tool_choice` `required` or a named function makes a call
+    even when none is scripted (see `_replies.tool_calls`)."""
     response_model: str | None = None
     """Model reported in the answer (default: the requested one)."""
 
@@ -84,7 +101,10 @@ class FakeOpenAIServer:
     Serves `POST /v1/chat/completions` (buffered and streamed; with
     `stream_options.include_usage` the usage comes in a final chunk, as OpenAI does), reports
     cached and reasoning tokens, and can be scripted per model: latency, 429 with
-    Retry-After, 5xx, quota exhaustion, truncated streams. Runs uvicorn in a background
+    Retry-After, 5xx, quota exhaustion, truncated streams. Answers the request as the API
+    does: tool calls when `tools` are sent (obeying `tool_choice` and `parallel_tool_calls`;
+    streamed as deltas), JSON valid against a `response_format` JSON schema (or a JSON object
+    in JSON mode), cut at `stop` sequences, `n` choices. Runs uvicorn in a background
     thread; use it as a context manager.
 
     Example:
@@ -264,6 +284,13 @@ class FakeOpenAIServer:
         content = reply.content
         if content is None:
             content = behaviour.content(body) if callable(behaviour.content) else behaviour.content
+        # Shaped as the request asks: JSON for `response_format`, cut at a `stop` sequence.
+        content = _replies.cut_at_stop(_replies.shaped_content(body, content), body.get("stop"))
+        scripted = (
+            behaviour.tool_calls(body) if callable(behaviour.tool_calls) else behaviour.tool_calls
+        )
+        calls = _replies.tool_calls(body, scripted)
+        choices = max(1, int(body.get("n") or 1))
         prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
         prompt_tokens = (
             behaviour.prompt_tokens
@@ -274,35 +301,43 @@ class FakeOpenAIServer:
         completion_tokens = (
             behaviour.completion_tokens
             if behaviour.completion_tokens is not None
-            else max(1, len(content.split())) + behaviour.reasoning_tokens
+            else (max(1, len(content.split())) + behaviour.reasoning_tokens) * choices
         )
-        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-        finish = "stop"
-        if body.get("tools") and behaviour.tool_calls:
-            message["content"] = None
-            message["tool_calls"] = [
-                {
-                    "id": f"call_{index}",
-                    "type": "function",
-                    "function": {
-                        "name": call["name"],
-                        "arguments": json.dumps(call.get("arguments", {})),
-                    },
-                }
-                for index, call in enumerate(behaviour.tool_calls)
-            ]
-            finish = "tool_calls"
         with self._lock:
             self._counter += 1
             number = self._counter
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+        finish = "stop"
+        if calls:
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{number}_{index}",
+                    "type": "function",
+                    "function": {
+                        "name": call["name"],
+                        "arguments": json.dumps(call["arguments"], ensure_ascii=False),
+                    },
+                }
+                for index, call in enumerate(calls)
+            ]
+            finish = "tool_calls"
         usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": behaviour.cached_tokens, "audio_tokens": 0},
+            "prompt_tokens_details": {
+                "cached_tokens": behaviour.cached_tokens,
+                "audio_tokens": behaviour.audio_prompt_tokens,
+                **(
+                    {"cache_write_tokens": behaviour.cache_write_tokens}
+                    if behaviour.cache_write_tokens
+                    else {}
+                ),
+            },
             "completion_tokens_details": {
                 "reasoning_tokens": behaviour.reasoning_tokens,
-                "audio_tokens": 0,
+                "audio_tokens": behaviour.audio_completion_tokens,
             },
         }
         return {
@@ -311,10 +346,12 @@ class FakeOpenAIServer:
             "created": int(time.time()),
             "model": behaviour.response_model or body.get("model"),
             "choices": [
-                {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+                {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+                for index in range(choices)
             ],
             "usage": usage,
             "system_fingerprint": "fp_fake",
+            **({"service_tier": behaviour.service_tier} if behaviour.service_tier else {}),
         }
 
     async def _sse(
@@ -326,8 +363,13 @@ class FakeOpenAIServer:
         truncated: bool,
     ) -> AsyncIterator[bytes]:
         base = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")}
+        if "service_tier" in answer:
+            base["service_tier"] = answer["service_tier"]  # OpenAI repeats it in every chunk
         base["object"] = "chat.completion.chunk"
-        message = answer["choices"][0]["message"]
+        if include_usage:
+            base["usage"] = None  # as OpenAI: null in every chunk but the last
+        choices = answer["choices"]
+        message = choices[0]["message"]
         text = message.get("content") or ""
         pieces = (
             [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
@@ -335,31 +377,56 @@ class FakeOpenAIServer:
             else []
         )
 
-        def chunk(delta: Mapping[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        def chunk(delta: Mapping[str, Any], index: int = 0, finish: str | None = None) -> bytes:
             data = {
                 **base,
                 "choices": [
-                    {"index": 0, "delta": dict(delta), "finish_reason": finish, "logprobs": None}
+                    {
+                        "index": index,
+                        "delta": dict(delta),
+                        "finish_reason": finish,
+                        "logprobs": None,
+                    }
                 ],
-                **extra,
             }
-            return f"data: {json.dumps(data)}\n\n".encode()
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
-        yield chunk({"role": "assistant", "content": ""})
         pause = behaviour.latency_s / max(1, len(pieces)) if behaviour.latency_s else 0.0
-        for piece in pieces:
-            if pause:
-                await asyncio.sleep(pause)
-            yield chunk({"content": piece})
-        if truncated:
-            return
-        for index, call in enumerate(message.get("tool_calls") or []):
-            yield chunk({"tool_calls": [{"index": index, **call}]})
-        yield chunk({}, answer["choices"][0]["finish_reason"])
+        for choice in choices:
+            index = choice["index"]
+            yield chunk({"role": "assistant", "content": ""}, index)
+            for piece in pieces:
+                if pause:
+                    await asyncio.sleep(pause)
+                yield chunk({"content": piece}, index)
+            if truncated:
+                return
+            for position, call in enumerate(message.get("tool_calls") or ()):
+                for delta in _tool_call_deltas(position, call):
+                    yield chunk({"tool_calls": [delta]}, index)
+            yield chunk({}, index, choice["finish_reason"])
         if include_usage:
             data = {**base, "choices": [], "usage": answer["usage"]}
             yield f"data: {json.dumps(data)}\n\n".encode()
         yield b"data: [DONE]\n\n"
+
+
+def _tool_call_deltas(position: int, call: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A tool call streamed as OpenAI streams it: id, type and name with empty arguments
+    first, then the arguments in fragments (clients must join them)."""
+    function = call["function"]
+    arguments = str(function["arguments"])
+    size = max(1, len(arguments) // 3)
+    fragments = [arguments[i : i + size] for i in range(0, len(arguments), size)]
+    first = {
+        "index": position,
+        "id": call["id"],
+        "type": "function",
+        "function": {"name": function["name"], "arguments": ""},
+    }
+    return [first] + [
+        {"index": position, "function": {"arguments": fragment}} for fragment in fragments
+    ]
 
 
 def replace_behaviour(behaviour: ModelBehaviour, **changes: Any) -> ModelBehaviour:

@@ -194,8 +194,10 @@ def test_fake_server_truncated_stream_has_no_finish_and_no_usage() -> None:
         text = client.post(server.base_url + "/chat/completions", json=body).text
 
     assert "[DONE]" not in text
-    assert '"usage"' not in text
-    assert '"finish_reason": "stop"' not in text
+    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    assert chunks
+    assert all(chunk["usage"] is None for chunk in chunks)  # null until the final chunk
+    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in chunks)
 
 
 def _plane(base_url: str, sink: InMemorySink) -> ControlPlane:
