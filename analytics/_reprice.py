@@ -11,12 +11,22 @@ SQL decimal type: the results always equal the pricer's.
 
 A model known to neither genai-prices nor the registry is unpriced (NULL cost, never 0), as
 is a row whose counts are inconsistent (cache tokens above input tokens). Rows whose cost came
-from the provider, and estimated rows (charged their reservation), keep their cost.
+from the provider keep it. The control plane's estimated rows are repriced too: one charged
+its reservation for want of a price (`reservation`) gets the price of its token counts once
+one is known, and keeps its reservation while none is (or when it has no token counts: the
+call ended before any usage was seen).
+
+Each changed row keeps its provenance: `repriced_at`, the cost and price source it had
+(`repriced_from_usd`, `repriced_from_source`) and the version of the prices applied
+(`price_version`: genai-prices' package version, or `registry-<digest>` of the fallback
+registry). Unpriced calls are counted as `budget check` counts them (analytics/_unpriced.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +38,7 @@ import duckdb
 import pyarrow as pa
 
 from comptroller.analytics._rollup import apply_usage_batch, rollup_timezone
+from comptroller.analytics._unpriced import unpriced_sql
 from comptroller.config._control import PriceSpec
 from comptroller.pricing import UNPRICED_SOURCE, PriceCoefficients, Pricer, Usage
 
@@ -66,7 +77,7 @@ class RepriceResult:
     """What `reprice` changed."""
 
     rows: int
-    """Rows considered (not provider-priced, not estimated, within the filters)."""
+    """Rows considered (not provider-priced, within the filters)."""
     changed: int
     """Rows whose cost or price source changed."""
     old_total_usd: Decimal
@@ -77,6 +88,8 @@ class RepriceResult:
     rollup_groups: int
     """Rollup groups recomputed."""
     dry_run: bool
+    repriced_at: dt.datetime
+    """The time written to the changed rows' `repriced_at`."""
 
 
 def reprice(
@@ -88,6 +101,7 @@ def reprice(
     pricer: Pricer | None = None,
     timezone: str | None = None,
     dry_run: bool = False,
+    now: dt.datetime | None = None,
 ) -> RepriceResult:
     """Recompute the cost of past usage rows and the rollup groups they belong to.
 
@@ -100,15 +114,19 @@ def reprice(
         pricer: The pricer (default: `Pricer(fallback_prices)`).
         timezone: Time zone of the days (default: the rollup's, else UTC).
         dry_run: Compute and report, change nothing.
+        now: The time recorded as `repriced_at` (default: now).
 
     Returns:
         Old and new totals, overall and per model.
     """
     zone = timezone or rollup_timezone(con) or "UTC"
+    stamp = _Stamp(
+        at=now or dt.datetime.now(dt.UTC), registry=registry_version(fallback_prices or {})
+    )
     pricer = pricer or Pricer(fallback_prices)
     con.execute("BEGIN TRANSACTION").fetchall()
     try:
-        result = _reprice(con, since, models, zone, pricer, dry_run)
+        result = _reprice(con, since, models, zone, pricer, dry_run, stamp)
     except BaseException:
         con.execute("ROLLBACK").fetchall()
         raise
@@ -124,7 +142,7 @@ def _filters(
     since: dt.date | None, models: Sequence[str], zone: str, p: str = ""
 ) -> tuple[str, dict[str, object]]:
     """The rows to reprice, as SQL over llm_usage (columns prefixed with `p`)."""
-    clauses = [f"NOT {p}estimated", f"{p}price_source NOT IN ('provider', 'reservation')"]
+    clauses = [f"{p}price_source <> 'provider'"]
     params: dict[str, object] = {}
     if since is not None:
         clauses.append(f"{p}ts >= $since")
@@ -144,7 +162,7 @@ def _totals(
     rows = con.execute(
         f"""
         SELECT coalesce(provider, ''), {_model()}, count(*), coalesce(sum(cost_usd), 0),
-               count(*) FILTER (WHERE cost_usd IS NULL),
+               count(*) FILTER (WHERE {unpriced_sql()}),
                CASE WHEN count(DISTINCT price_source) = 1 THEN any_value(price_source)
                     ELSE 'mixed' END
         FROM llm_usage WHERE {where} GROUP BY ALL
@@ -164,6 +182,7 @@ def _reprice(
     zone: str,
     pricer: Pricer,
     dry_run: bool,
+    stamp: _Stamp,
 ) -> RepriceResult:
     where, params = _filters(since, models, zone)
     before = _totals(con, where, params)
@@ -190,9 +209,9 @@ def _reprice(
         )
     changed = 0
     if coefficient_rows:
-        changed += _update_in_sql(con, since, models, zone, coefficient_rows)
+        changed += _update_in_sql(con, since, models, zone, coefficient_rows, stamp)
     if row_by_row:
-        changed += _update_row_by_row(con, where, params, pricer, row_by_row)
+        changed += _update_row_by_row(con, where, params, pricer, row_by_row, stamp)
     groups_recomputed = 0
     if changed:
         keys = con.sql(
@@ -230,6 +249,43 @@ def _reprice(
         lines=lines,
         rollup_groups=groups_recomputed,
         dry_run=dry_run,
+        repriced_at=stamp.at,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Stamp:
+    """The provenance a repricing writes: when, and the fallback registry's version."""
+
+    at: dt.datetime
+    registry: str
+
+
+def registry_version(prices: Mapping[str, PriceSpec]) -> str:
+    """`registry-<digest>`: the version of a fallback registry (changes with any price)."""
+    canonical = json.dumps(
+        {key: spec.model_dump(mode="json") for key, spec in sorted(prices.items())},
+        sort_keys=True,
+    )
+    return "registry-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _provenance(source: str) -> str:
+    """SET clauses recording what a row had before, given the SQL of its new price source."""
+    return (
+        "repriced_at = $repriced_at, repriced_from_usd = u.cost_usd, "
+        "repriced_from_source = u.price_source, "
+        f"price_version = CASE WHEN {source} LIKE 'genai-prices@%' "
+        f"THEN split_part({source}, '@', 2) "
+        f"WHEN {source} = 'fallback' THEN $registry ELSE NULL END"
+    )
+
+
+def _keeps_reservation(source: str) -> str:
+    """SQL: a reservation row that has nothing better to get (no usage, or still no price)."""
+    return (
+        f"(u.price_source = 'reservation' AND (u.input_tokens + u.output_tokens = 0 "
+        f"OR {source} = 'unpriced'))"
     )
 
 
@@ -296,6 +352,7 @@ def _update_in_sql(
     models: Sequence[str],
     zone: str,
     rows: list[dict[str, Any]],
+    stamp: _Stamp,
 ) -> int:
     schema = pa.schema(
         [
@@ -316,7 +373,7 @@ def _update_in_sql(
         result = con.execute(
             f"""
             UPDATE llm_usage AS u
-            SET cost_usd = {_NEW_COST}, price_source = {_NEW_SOURCE}
+            SET cost_usd = {_NEW_COST}, price_source = {_NEW_SOURCE}, {_provenance(_NEW_SOURCE)}
             FROM {name} AS c
             WHERE coalesce(u.provider, '') = c.provider
               AND u.response_model IS NOT DISTINCT FROM c.response_model
@@ -325,9 +382,10 @@ def _update_in_sql(
               AND (c.above IS NULL OR u.input_tokens > c.above)
               AND (c.upto IS NULL OR u.input_tokens <= c.upto)
               AND {where}
+              AND NOT {_keeps_reservation(_NEW_SOURCE)}
               AND ({_NEW_COST} IS DISTINCT FROM u.cost_usd OR {_NEW_SOURCE} <> u.price_source)
             """,
-            params,
+            {**params, "repriced_at": stamp.at, "registry": stamp.registry},
         ).fetchall()
     finally:
         con.unregister(name)
@@ -340,6 +398,7 @@ def _update_row_by_row(
     params: dict[str, object],
     pricer: Pricer,
     groups: list[_Group],
+    stamp: _Stamp,
 ) -> int:
     priced: list[dict[str, Any]] = []
     for provider, response_model, request_model, day in groups:
@@ -380,12 +439,15 @@ def _update_row_by_row(
         result = con.execute(
             f"""
             UPDATE llm_usage AS u
-            SET cost_usd = CAST(x.cost AS DECIMAL(20, 10)), price_source = x.source
+            SET cost_usd = CAST(x.cost AS DECIMAL(20, 10)), price_source = x.source,
+                {_provenance("x.source")}
             FROM {name} AS x
             WHERE u.usage_id = x.usage_id
+              AND NOT {_keeps_reservation("x.source")}
               AND (CAST(x.cost AS DECIMAL(20, 10)) IS DISTINCT FROM u.cost_usd
                    OR x.source <> u.price_source)
-            """
+            """,
+            {"repriced_at": stamp.at, "registry": stamp.registry},
         ).fetchall()
     finally:
         con.unregister(name)

@@ -197,14 +197,22 @@ PROVIDER_ALIASES: Final[dict[str, str]] = {
 # --- token semantics ---------------------------------------------------------------------------
 EXCLUSIVE_INPUT: Final[frozenset[tuple[str, str]]] = frozenset(
     {
-        # Logfire's Anthropic integration copies Anthropic's `usage.input_tokens`, which
-        # excludes cache reads and writes.
-        ("logfire", "anthropic"),
+        # OpenLIT's Anthropic instrumentation copies Anthropic's `usage.input_tokens`, which
+        # excludes cache reads and writes (read as inclusive, a cached call cost 37.7 % less).
+        ("openlit", "anthropic"),
+        # Not ("logfire", "anthropic"): pydantic-ai (the Logfire dialect) reports the input
+        # inclusive of cache reads and writes, as the GenAI conventions define it; converting
+        # it priced its cached calls 37.7 % too high. OpenLLMetry, openai-v2 and
+        # OpenInference report inclusive counts too.
     }
 )
 """(dialect, provider) pairs whose input count excludes cached tokens; converted on landing.
 Independently of this table, input smaller than cache_read + cache_write can only be an
-exclusive count and is converted too (genai-prices rejects cache_read > input)."""
+exclusive count and is converted too (genai-prices rejects cache_read > input).
+
+Keyed by dialect (which the scope name, or OpenLIT's resource, decides) because the native
+decoder applies the same table in C; it does not read the scope version, so a rule that
+depends on an instrumentation's version needs that added there first."""
 
 # --- dialect detection ---------------------------------------------------------------------------
 SCOPE_DIALECTS: Final[tuple[tuple[str, Dialect], ...]] = (

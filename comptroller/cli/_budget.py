@@ -39,6 +39,11 @@ def budget() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
+    "--allow-unpriced",
+    is_flag=True,
+    help="Pass even when a budgeted key has unpriced calls (their cost unknown) [default: fail].",
+)
+@click.option(
     "--now",
     type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     help="Judge the budget day of this instant (ISO; naive means UTC) [default: now].",
@@ -52,11 +57,18 @@ def check(
     warn_ratio: float | None,
     junit: Path | None,
     as_json: bool,
+    allow_unpriced: bool,
     now: dt.datetime | None,
 ) -> None:
     """Print today's budget state; exit 1 when a budget is over the --fail-on threshold.
 
-    Exit codes: 0 within budget, 1 over the threshold, 2 bad usage or unreadable data.
+    It also fails when the control plane refused a budget's calls today, and when a
+    budgeted key has unpriced calls (counted as `comptroller reprice` counts them: no price,
+    or a reservation standing in for one), naming the keys and how many; --allow-unpriced
+    only warns about those.
+
+    Exit codes: 0 within budget, 1 over the threshold, refused or unpriced, 2 bad usage or
+    unreadable data.
     Under GitHub Actions (GITHUB_ACTIONS=true) it also prints ::warning/::error
     annotations and appends a Markdown summary to $GITHUB_STEP_SUMMARY.
 
@@ -87,6 +99,7 @@ def check(
             else settings.analytics.budget_warn_ratio,
             now=now,
             timezone=settings.timezone,
+            allow_unpriced=allow_unpriced,
         )
     finally:
         reader.close()

@@ -41,8 +41,12 @@ def reprice(
 
     Prices come from the installed genai-prices, then the fallback registry
     (`[control.prices."provider:model"]`); models known to neither stay unpriced. Rows
-    priced by the provider and estimated rows keep their cost. Prints the old and new
-    totals per model.
+    priced by the provider keep their cost; the control plane's estimated rows are repriced
+    from their token counts (one charged its reservation keeps it until a price is known).
+    Each changed row records when, its cost and price source before, and the price version
+    (columns repriced_at, repriced_from_usd, repriced_from_source, price_version). Prints
+    the old and new totals per model; unpriced calls are counted as `budget check` counts
+    them.
 
     \b
     Examples:
@@ -78,6 +82,7 @@ def reprice(
             "old_unpriced": result.old_unpriced,
             "new_unpriced": result.new_unpriced,
             "rollup_groups": result.rollup_groups,
+            "repriced_at": result.repriced_at.isoformat(),
             "models": [
                 {
                     "provider": line.provider,

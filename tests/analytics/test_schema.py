@@ -103,7 +103,14 @@ def test_a_v1_file_migrates_to_tables_without_primary_keys_keeping_rows_and_colu
         ).fetchall()
         return [tuple(row if nullable else row[:2]) for row in rows]
 
-    assert columns("llm_usage") == columns_v1["llm_usage"]
+    # v5 adds the repricing provenance, NULL on every row landed before.
+    assert columns("llm_usage") == [
+        *columns_v1["llm_usage"],
+        ("repriced_at", "TIMESTAMP WITH TIME ZONE", "YES"),
+        ("repriced_from_usd", "DECIMAL(20,10)", "YES"),
+        ("repriced_from_source", "VARCHAR", "YES"),
+        ("price_version", "VARCHAR", "YES"),
+    ]
     # spans is a view now (v3), with the same columns; span_rows stores them, and the id of
     # each span's resource.
     assert columns("spans", nullable=False) == [row[:2] for row in columns_v1["spans"]]

@@ -49,7 +49,7 @@ def test_within_budget_exits_0_with_a_table(
 def test_warning_passes_by_default_and_fails_with_fail_on_warn(
     capsys: pytest.CaptureFixture[str], warn_db: Path
 ) -> None:
-    code, out, _ = run_cli(capsys, "budget", "check", "--db", str(warn_db), *AT)
+    code, out, _ = run_cli(capsys, "budget", "check", "--db", str(warn_db), "--allow-unpriced", *AT)
     assert code == 0
     assert "WARNING" in out
     assert "1 unpriced call not counted (openai:mystery)" in out
@@ -69,7 +69,9 @@ def test_exceeded_exits_1(capsys: pytest.CaptureFixture[str], over_db: Path) -> 
 
 
 def test_json_output(capsys: pytest.CaptureFixture[str], warn_db: Path) -> None:
-    code, out, _ = run_cli(capsys, "budget", "check", "--db", str(warn_db), "--json", *AT)
+    code, out, _ = run_cli(
+        capsys, "budget", "check", "--db", str(warn_db), "--json", "--allow-unpriced", *AT
+    )
     assert code == 0
     payload = json.loads(out)
     assert payload["passed"] is True
@@ -115,7 +117,17 @@ def test_github_actions_gets_annotations_and_a_step_summary(
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")
     result = subprocess.run(
-        [sys.executable, "-m", "comptroller", "budget", "check", "--db", str(warn_db), *AT],
+        [
+            sys.executable,
+            "-m",
+            "comptroller",
+            "budget",
+            "check",
+            "--db",
+            str(warn_db),
+            "--allow-unpriced",
+            *AT,
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)},

@@ -337,3 +337,90 @@ def test_control_plane_collector_and_reprice_give_the_same_cost_to_the_digit(
     assert code == 0, err
     assert f"{2 * len(AGREEMENT_CASES)} of {2 * len(AGREEMENT_CASES)} rows changed" in out
     assert _costs_by_source(db) == landed
+
+
+def _provenance(db: Path) -> dict[str, tuple[Any, ...]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT usage_id, cost_usd, price_source, epoch_us(repriced_at), repriced_from_usd, "
+            "repriced_from_source, price_version FROM llm_usage"
+        ).fetchall()
+    finally:
+        con.close()
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_each_repriced_row_keeps_its_provenance(
+    capsys: pytest.CaptureFixture[str], db: Path, config: Path
+) -> None:
+    from importlib.metadata import version
+
+    code, out, err = run_cli(capsys, "--config", str(config), "reprice", "--db", str(db), "--json")
+    assert code == 0, err
+    repriced_at = dt.datetime.fromisoformat(json.loads(out)["repriced_at"])
+    at = round(repriced_at.timestamp() * 1e6)
+    got = _provenance(db)
+    _, source, when, before, before_source, price_version = got["wrong"]
+    assert source == f"genai-prices@{version('genai-prices')}"
+    assert (when, before, before_source) == (at, Decimal("1"), "genai-prices@test")
+    assert price_version == version("genai-prices")
+    _, source, when, before, before_source, price_version = got["local"]
+    assert (source, when, before, before_source) == ("fallback", at, None, "unpriced")
+    assert price_version.startswith("registry-")
+    # Unchanged rows say so: no provenance.
+    assert got["provider"][2:] == (None, None, None, None)
+    assert got["mystery"][2:] == (None, None, None, None)
+
+
+def test_the_control_planes_estimated_rows_are_repriced_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, config: Path
+) -> None:
+    def estimated(usage_id: str, **kwargs: Any) -> dict[str, Any]:
+        return usage_row(NOW, usage_id=usage_id, estimated=True, **kwargs)
+
+    db = fill(
+        tmp_path / "e.duckdb",
+        [
+            # No price when it ran: charged its reservation; now the registry has one.
+            estimated(
+                "reserved",
+                provider="ollama",
+                model="llama3",
+                input_tokens=2_000_000,
+                output_tokens=1_000_000,
+                cost="9",
+                price_source="reservation",
+            ),
+            # Ended before any usage was seen: the reservation is all there is.
+            estimated(
+                "no-usage",
+                provider="ollama",
+                model="llama3",
+                input_tokens=0,
+                output_tokens=0,
+                cost="9",
+                price_source="reservation",
+            ),
+            # Still no price anywhere: keeps its reservation (never NULL, never 0).
+            estimated(
+                "still-unknown", provider="acme", model="x-1", cost="4", price_source="reservation"
+            ),
+            # Unpriced with its usage known.
+            estimated("unpriced", provider="ollama", model="llama3", cost=None),
+        ],
+    )
+    code, out, err = run_cli(capsys, "--config", str(config), "reprice", "--db", str(db))
+    assert code == 0, err
+    got = costs(db)
+    assert got["reserved"] == (Decimal("2.5"), "fallback")
+    assert got["no-usage"] == (Decimal("9"), "reservation")
+    assert got["still-unknown"] == (Decimal("4"), "reservation")
+    assert got["unpriced"][1] == "fallback"
+    assert _provenance(db)["reserved"][3:5] == (Decimal("9"), "reservation")
+    # What stays unpriced is what `budget check` still counts.
+    assert "unpriced calls 4 -> 2" in out
+    code, out, _ = run_cli(
+        capsys, "budget", "check", "--db", str(db), "--json", "--now", NOW.isoformat()
+    )
+    assert json.loads(out)["unpriced_calls"] == 2

@@ -52,20 +52,132 @@ def test_a_torn_final_entry_is_cut_off_and_its_number_reused(tmp_path: Path) -> 
     again.close()
 
 
-def test_damage_inside_an_older_segment_is_an_error_not_a_silent_skip(tmp_path: Path) -> None:
+def _flip(segment: Path, at: int) -> None:
+    data = bytearray(segment.read_bytes())
+    data[at] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+
+def _entry_offsets(segment: Path) -> list[int]:
+    """Where each entry starts (after the segment header), read from the sound file."""
+    data = segment.read_bytes()
+    offsets, at = [], 12
+    while at < len(data):
+        offsets.append(at)
+        length = int.from_bytes(data[at + 13 : at + 17], "little")
+        at += 25 + length
+    return offsets
+
+
+def test_damage_in_the_middle_of_the_newest_segment_loses_only_the_damaged_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = IngestLog(tmp_path / "log")
+    for i in range(10):
+        log.append("traces", b"request-%d" % i * 20)
+    log.close()
+    (segment,) = (tmp_path / "log").glob("*.log")
+    offsets = _entry_offsets(segment)
+    _flip(segment, offsets[4] + 40)  # inside the fifth entry's payload
+
+    again = IngestLog(tmp_path / "log")
+    assert again.last_seq == 10  # nothing cut off: the damage is not a torn tail
+    assert [seq for seq, _, _ in _payloads(again)] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    (damage,) = again.damage
+    assert (damage.segment, damage.offset, damage.entries) == (segment.name, offsets[4], 1)
+    assert damage.first_seq == 5
+    aside = tmp_path / "log" / "damaged" / f"{segment.stem}-{offsets[4]}.bin"
+    assert damage.aside == str(aside)
+    assert aside.read_bytes() == segment.read_bytes()[offsets[4] : offsets[5]]
+    assert f"{segment} is damaged at byte {offsets[4]}" in caplog.text
+    assert "1 acknowledged request(s) from sequence 5 cannot be landed" in caplog.text
+    assert again.append("traces", b"next") == 11
+    again.close()
+
+
+def test_damage_in_an_older_segment_lands_the_rest_and_is_reported(tmp_path: Path) -> None:
     log = IngestLog(tmp_path / "log", segment_bytes=1)  # one entry per segment
     for payload in (b"alpha", b"bravo", b"charlie"):
         log.append("logs", payload)
     log.close()
     first = sorted((tmp_path / "log").glob("*.log"))[0]
-    data = bytearray(first.read_bytes())
-    data[-1] ^= 0xFF  # bit rot in the payload: the CRC no longer matches
-    first.write_bytes(bytes(data))
+    _flip(first, -1)  # bit rot in the payload: the CRC no longer matches
     again = IngestLog(tmp_path / "log")
-    with pytest.raises(IngestLogError, match=r"damaged at byte 0 .* Move the file aside"):
-        _payloads(again)
-    assert _payloads(again, after=1) == [(2, "logs", b"bravo"), (3, "logs", b"charlie")]
+    assert _payloads(again) == [(2, "logs", b"bravo"), (3, "logs", b"charlie")]
+    (damage,) = again.damage_report()
+    assert damage["segment"] == first.name
+    assert (damage["offset"], damage["entries"], damage["first_seq"]) == (12, 1, 1)
+    assert Path(damage["aside"]).exists()
     again.close()
+
+
+def test_damage_among_landed_entries_is_not_a_loss(tmp_path: Path) -> None:
+    log = IngestLog(tmp_path / "log")
+    for i in range(3):
+        log.append("traces", b"x%d" % i)
+    log.close()
+    (segment,) = (tmp_path / "log").glob("*.log")
+    _flip(segment, _entry_offsets(segment)[0] + 26)
+    again = IngestLog(tmp_path / "log")
+    assert [seq for seq, _, _ in _payloads(again, after=1)] == [2, 3]
+    assert again.damage == []
+    again.close()
+
+
+def test_a_damaged_last_entry_is_damage_not_a_torn_tail(tmp_path: Path) -> None:
+    # The whole entry is there, so its write finished and it was acknowledged.
+    log = IngestLog(tmp_path / "log")
+    for payload in (b"first", b"second", b"third"):
+        log.append("traces", payload)
+    log.close()
+    (segment,) = (tmp_path / "log").glob("*.log")
+    size = segment.stat().st_size
+    _flip(segment, -2)
+    again = IngestLog(tmp_path / "log")
+    assert again.truncated_bytes == 0
+    assert segment.stat().st_size == size
+    assert [seq for seq, _, _ in _payloads(again)] == [1, 2]
+    (damage,) = again.damage
+    assert damage.entries is None  # nothing after it tells how many there were
+    assert again.append("traces", b"after") == 3
+    assert [seq for seq, _, _ in _payloads(again, after=2)] == [3]
+    again.close()
+
+
+def test_a_new_segment_cut_inside_its_header_is_a_torn_tail(tmp_path: Path) -> None:
+    log = IngestLog(tmp_path / "log", segment_bytes=1)
+    log.append("traces", b"one")
+    log.append("traces", b"two")
+    log.close()
+    (tmp_path / "log" / f"{3:020d}.log").write_bytes(b"CTLGS")  # died in the first write
+    again = IngestLog(tmp_path / "log")
+    assert again.last_seq == 2
+    assert [seq for seq, _, _ in _payloads(again)] == [1, 2]
+    assert again.damage == []
+    assert again.append("traces", b"three") == 3
+    assert [seq for seq, _, _ in _payloads(again, after=2)] == [3]
+    again.close()
+
+
+def test_a_segment_of_the_first_format_is_still_replayed(tmp_path: Path) -> None:
+    # Before segment headers and header checksums: entries `<IQBII` + payload from byte 0.
+    import struct
+    import zlib
+
+    directory = tmp_path / "log"
+    directory.mkdir()
+    old = b"".join(
+        struct.pack("<IQBII", 0x43544C47, seq, 1, len(p), zlib.crc32(p)) + p
+        for seq, p in ((1, b"one"), (2, b"two"), (3, b"three"))
+    )
+    (directory / f"{1:020d}.log").write_bytes(old + b"GLTC\x04")  # and a torn tail
+    log = IngestLog(directory)
+    assert log.last_seq == 3
+    assert log.truncated_bytes == 5
+    assert _payloads(log) == [(1, "traces", b"one"), (2, "traces", b"two"), (3, "traces", b"three")]
+    assert log.append("logs", b"four") == 4  # in a new segment of the current format
+    assert [seq for seq, _, _ in _payloads(log)] == [1, 2, 3, 4]
+    log.close()
 
 
 def test_landed_segments_are_released_but_never_the_newest(tmp_path: Path) -> None:
@@ -126,3 +238,68 @@ def test_a_collector_on_a_recreated_database_does_not_replay_the_old_log(tmp_pat
         Collector(db)
     log_dir.rename(tmp_path / "old-ingest")
     Collector(db).close()  # a new log for the new database
+
+
+def test_a_collector_lands_what_survives_damage_and_reports_it_on_health(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import httpx
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from usage_db import LiveCollector
+
+    from comptroller.collector import Collector
+
+    from .helpers import log_records, usage_event
+
+    db = tmp_path / "usage.duckdb"
+    Collector(db).close()
+    # Ten acknowledged requests the collector died before landing.
+    log = IngestLog(tmp_path / "usage.duckdb.ingest")
+    for i in range(10):
+        request = encode_logs(log_records([usage_event(f"u{i}")]))
+        log.append("logs", request.SerializeToString())
+    log.close()
+    (segment,) = (tmp_path / "usage.duckdb.ingest").glob("*.log")
+    offsets = _entry_offsets(segment)
+    _flip(segment, (offsets[5] + offsets[6]) // 2)  # in the middle of the file
+    damaged = segment.read_bytes()[offsets[5] : offsets[6]]
+
+    server = LiveCollector(db)
+    try:
+        landed = server.collector.con.execute("select usage_id from llm_usage").fetchall()
+        assert sorted(u for (u,) in landed) == [f"u{i}" for i in range(10) if i != 5]
+        health = httpx.get(f"{server.url}/health", timeout=10).json()
+    finally:
+        server.stop()
+    assert health["status"] == "damaged"
+    (damage,) = health["ingest_log_damage"]
+    assert damage["segment"] == segment.name
+    assert (damage["offset"], damage["entries"], damage["first_seq"]) == (offsets[5], 1, 6)
+    assert Path(damage["aside"]).read_bytes() == damaged
+    assert f"{segment} is damaged at byte {offsets[5]}" in caplog.text
+
+
+def test_a_wrong_length_in_a_first_format_header_is_damage_not_a_torn_tail(
+    tmp_path: Path,
+) -> None:
+    # Format 1 has no header checksum: a length pointing past the end looks like a torn
+    # write, but a sound entry after it shows the write finished.
+    import struct
+    import zlib
+
+    directory = tmp_path / "log"
+    directory.mkdir()
+    entries = [
+        struct.pack("<IQBII", 0x43544C47, seq, 2, len(p), zlib.crc32(p)) + p
+        for seq, p in ((1, b"one"), (2, b"two"), (3, b"three"))
+    ]
+    second = bytearray(entries[1])
+    second[13:17] = (1 << 30).to_bytes(4, "little")
+    (directory / f"{1:020d}.log").write_bytes(entries[0] + bytes(second) + entries[2])
+    log = IngestLog(directory)
+    assert log.truncated_bytes == 0
+    assert log.last_seq == 3
+    assert _payloads(log) == [(1, "logs", b"one"), (3, "logs", b"three")]
+    (damage,) = log.damage
+    assert (damage.offset, damage.entries, damage.first_seq) == (len(entries[0]), 1, 2)
+    log.close()
