@@ -60,9 +60,13 @@ from comptroller.analytics._reader import (
     ARROW_STREAM,
     DuckDBReader,
     HttpReader,
+    Limits,
+    QueryTimeout,
     Reader,
     check_read_only,
     open_reader,
+    run_read_only,
+    truncated_at,
 )
 from comptroller.analytics._rollup import (
     ROLLUP_TIMEZONE_KEY,
@@ -112,7 +116,9 @@ __all__ = [
     "Dimension",
     "DuckDBReader",
     "HttpReader",
+    "Limits",
     "QueryError",
+    "QueryTimeout",
     "Reader",
     "ReaderUnavailable",
     "add_usage_rows",
@@ -132,7 +138,9 @@ __all__ = [
     "record_budget_events",
     "rollup_timezone",
     "run_panel",
+    "run_read_only",
     "schema_version",
     "set_meta",
     "time_bounds",
+    "truncated_at",
 ]

@@ -27,7 +27,7 @@ def reader_from_settings(
     """
     if db is not None and url is not None:
         raise UsageError("give --db FILE or --url URL, not both")
-    token = settings.collector.token
+    token = settings.collector.bearer_token()
     if url is not None:
         return HttpReader(url, token=token)
     if db is None and settings.analytics.read_url:

@@ -93,6 +93,11 @@ def serve(
     checkpoint_mb: int = 128,
     duckdb_memory_mb: int = 128,
     row_group_size: int | None = ROW_GROUP_SIZE,
+    query_timeout_s: float = 30.0,
+    query_max_rows: int = 100_000,
+    query_concurrency: int = 2,
+    query_queue: int = 16,
+    query_max_body_bytes: int = 1 << 20,
 ) -> None:
     """Serve until SIGTERM / Ctrl-C, then flush and close.
 
@@ -118,6 +123,11 @@ def serve(
         checkpoint_mb: DuckDB's WAL size that triggers a checkpoint.
         duckdb_memory_mb: DuckDB's memory limit.
         row_group_size: Rows per row group the collector writes (None: DuckDB's default).
+        query_timeout_s: Time limit of one `/api/query` or budget-state statement.
+        query_max_rows: Most rows one `/api/query` answer holds.
+        query_concurrency: `/api/query` statements that run at once.
+        query_queue: `/api/query` requests that may wait for a slot (beyond: 429).
+        query_max_body_bytes: Largest `/api/query` request body (beyond: 413).
 
     Raises:
         ConfigError: No token for a non-loopback host, or the database cannot be opened.
@@ -140,6 +150,11 @@ def serve(
         checkpoint_mb=checkpoint_mb,
         duckdb_memory_mb=duckdb_memory_mb,
         row_group_size=row_group_size,
+        query_timeout_s=query_timeout_s,
+        query_max_rows=query_max_rows,
+        query_concurrency=query_concurrency,
+        query_queue=query_queue,
+        query_max_body_bytes=query_max_body_bytes,
     )
     _tune_gc()
     _release_arrow_memory()

@@ -45,6 +45,7 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from comptroller._private import private_dir, private_file, write_private
 from comptroller.control._clock import SYSTEM_CLOCK, Clock
 from comptroller.control._errors import ControlError
 
@@ -140,7 +141,7 @@ class SpoolingLogExporter(LogRecordExporter):
         import httpx  # noqa: F401
         from opentelemetry.exporter.otlp.proto.common import _log_encoder  # noqa: F401
 
-        spool_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(spool_dir)  # usage rows are billing data: 0700, files 0600
         for stale in spool_dir.glob("*.otlp.tmp"):
             # A write cut short by a crash: its records were never acknowledged as kept.
             stale.unlink(missing_ok=True)
@@ -221,10 +222,14 @@ class SpoolingLogExporter(LogRecordExporter):
             return False
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.otlp"
         tmp = self.spool_dir / (name + ".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd = private_file(tmp)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         tmp.rename(self.spool_dir / name)
         self._size += len(data)
         self._empty.clear()
@@ -270,8 +275,8 @@ class SpoolingLogExporter(LogRecordExporter):
             self.spool_dir / "rejected",
         )
         bad = self.spool_dir / "rejected"
-        bad.mkdir(exist_ok=True)
-        (bad / f"{time.time_ns()}.otlp").write_bytes(data)
+        private_dir(bad)
+        write_private(bad / f"{time.time_ns()}.otlp", data)
         self._succeeded()
         return True
 
@@ -457,13 +462,13 @@ class OtlpSink:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OtlpSink:
-        """From `otlp_endpoint`, `collector.token`, the data dir and `control.spool_max_mb`."""
+        """From `otlp_endpoint`, the collector token, the data dir and `control.spool_max_mb`."""
         settings.ensure_data_dir()
         return cls(
             settings.otlp_endpoint,
             settings.data_dir / "spool",
             max_spool_bytes=int(settings.control.spool_max_mb * _MIB),
-            token=settings.collector.token,
+            token=settings.collector.bearer_token(),
         )
 
     @property

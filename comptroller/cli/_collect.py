@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -30,7 +31,15 @@ from comptroller.cli._app import AppContext, pass_app
     "--token",
     envvar="COMPTROLLER_COLLECTOR_TOKEN",
     default=None,
-    help="Bearer token clients must send [env COMPTROLLER_COLLECTOR_TOKEN].",
+    help="Bearer token clients must send [env COMPTROLLER_COLLECTOR_TOKEN]. On the command "
+    "line `ps` shows it to every user: prefer --token-file or the environment.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="File holding the bearer token (first line; mode 0600) [env "
+    "COMPTROLLER_COLLECTOR_TOKEN_FILE].",
 )
 @pass_app
 def collect(
@@ -41,6 +50,7 @@ def collect(
     grpc_port: int | None,
     no_grpc: bool,
     token: str | None,
+    token_file: Path | None,
 ) -> None:
     """Run the OTLP collector that lands telemetry in DuckDB.
 
@@ -51,34 +61,65 @@ def collect(
     Example: comptroller collect --db usage.duckdb --port 4318
     """
     from comptroller.collector import Limits, serve
+    from comptroller.config._collector import read_token_file
     from comptroller.pricing import Pricer
 
     settings = app.settings()
     section = settings.collector
+    source = click.get_current_context().get_parameter_source("token")
+    if token and source == click.core.ParameterSource.COMMANDLINE:
+        click.echo(
+            "comptroller collect: warning: a --token on the command line is visible to other "
+            "users (ps); use --token-file or COMPTROLLER_COLLECTOR_TOKEN",
+            err=True,
+        )
+    if token_file is not None:
+        if token and source == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("give --token or --token-file, not both")
+        token = read_token_file(token_file)  # named on the command line: wins over the env
+    elif not token:
+        token = section.bearer_token()
     if db is None:
         settings.ensure_data_dir()
         db = settings.db_file
-    serve(
-        db,
-        host=host or section.host,
-        port=section.port if port is None else port,
-        grpc_port=None if no_grpc else (section.grpc_port if grpc_port is None else grpc_port),
-        token=token or section.token,
-        timezone=settings.timezone,
-        max_request_bytes=section.max_request_bytes,
-        max_queue_rows=section.max_queue_rows,
-        max_queue_mb=section.max_queue_mb,
-        limits=Limits(
-            max_future_s=section.max_future_s,
-            max_attribute_bytes=section.max_attribute_bytes,
-        ),
-        prices=Pricer.from_settings(settings),
-        ingest_log_dir=section.ingest_log_dir,
-        ingest_log_fsync=section.ingest_log_fsync,
-        linger_s=section.linger_ms / 1000,
-        landing_nice=section.landing_nice,
-        native_decoder=section.native_decoder,
-        checkpoint_mb=section.checkpoint_mb,
-        row_group_size=section.row_group_size or None,
-        duckdb_memory_mb=section.duckdb_memory_mb,
-    )
+    # Everything the collector creates (the DuckDB file, its WAL, recreated after every
+    # checkpoint, spill files, the ingest log) holds billing data: private to this user.
+    previous_umask = os.umask(0o077)
+    try:
+        serve(
+            db,
+            host=host or section.host,
+            port=section.port if port is None else port,
+            grpc_port=None if no_grpc else (section.grpc_port if grpc_port is None else grpc_port),
+            token=token,
+            timezone=settings.timezone,
+            max_request_bytes=section.max_request_bytes,
+            max_queue_rows=section.max_queue_rows,
+            max_queue_mb=section.max_queue_mb,
+            limits=Limits(
+                max_future_s=section.max_future_s,
+                max_attribute_bytes=section.max_attribute_bytes,
+                max_span_attributes=section.max_span_attributes,
+                max_record_attribute_bytes=section.max_record_attribute_bytes,
+                max_record_attributes=section.max_record_attributes,
+                max_spans=section.max_spans_per_request,
+                max_records=section.max_records_per_request,
+                max_resource_fanout_bytes=section.max_resource_fanout_mb << 20,
+            ),
+            prices=Pricer.from_settings(settings),
+            ingest_log_dir=section.ingest_log_dir,
+            ingest_log_fsync=section.ingest_log_fsync,
+            linger_s=section.linger_ms / 1000,
+            landing_nice=section.landing_nice,
+            native_decoder=section.native_decoder,
+            checkpoint_mb=section.checkpoint_mb,
+            row_group_size=section.row_group_size or None,
+            duckdb_memory_mb=section.duckdb_memory_mb,
+            query_timeout_s=section.query_timeout_s,
+            query_max_rows=section.query_max_rows,
+            query_concurrency=section.query_concurrency,
+            query_queue=section.query_queue,
+            query_max_body_bytes=section.query_max_body_bytes,
+        )
+    finally:
+        os.umask(previous_umask)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import re
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -19,9 +21,7 @@ def config() -> None:
 def show(app: AppContext, as_json: bool) -> None:
     """Print every setting in force (secrets masked)."""
     settings = app.settings()
-    data = settings.model_dump(mode="json")
-    if data["collector"].get("token"):
-        data["collector"]["token"] = "***"
+    data = mask_settings(settings.model_dump(mode="json"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -72,6 +72,57 @@ def configuration_markdown() -> str:
         lines.append(f"| `{key}` | `{env}` | `{default}` | {doc} |")
     lines.append("")
     return "\n".join(lines)
+
+
+MASK = "***"
+_SECRET_NAME = re.compile(
+    r"(^|_)(token|password|passwd|secret|api_?key|master_key|credential)$", re.IGNORECASE
+)
+"""Setting names whose value is a secret (a `*_file` setting names a path: not masked)."""
+
+
+def mask_settings(data: dict[str, object]) -> dict[str, object]:
+    """A settings dump with its secrets masked (see `masked`)."""
+    return {key: masked(value, key) for key, value in data.items()}
+
+
+def masked(data: object, name: str = "") -> object:
+    """`data` (a settings dump) with secrets replaced by `***`: every secret-named setting,
+    and the password of every URL (`postgresql://user:***@host/db`, `redis://:***@host`)."""
+    if isinstance(data, dict):
+        return {key: masked(value, str(key)) for key, value in data.items()}
+    if isinstance(data, list):
+        return [masked(value, name) for value in data]
+    if data is None or data == "":
+        return data
+    if _SECRET_NAME.search(name):
+        return MASK
+    if isinstance(data, str) and "://" in data:
+        return mask_url(data)
+    return data
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password (and any query parameter named like a secret) masked."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}"
+    query = (
+        "&".join(
+            f"{key}={MASK}" if _SECRET_NAME.search(key) and sep else f"{key}{sep}{value}"
+            for key, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
+        )
+        if parts.query
+        else parts.query
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _flatten(data: dict[str, object], prefix: str = "") -> list[tuple[str, object]]:

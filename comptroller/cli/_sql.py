@@ -10,6 +10,8 @@ import click
 from comptroller.cli._app import AppContext, pass_app
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from comptroller.analytics import Reader
 
 _PROMPT = "comptroller> "
@@ -88,6 +90,19 @@ def _run_one(reader: Reader, query: str, fmt: str, output: Path | None) -> None:
     table = reader.query(query)
     binary = None if sys.stdout.isatty() else sys.stdout.buffer
     write_result(table, fmt, text=sys.stdout, binary=binary, output=output)  # type: ignore[arg-type]
+    _note_truncated(table)
+
+
+def _note_truncated(table: pa.Table) -> None:
+    from comptroller.analytics import truncated_at
+
+    cap = truncated_at(table)
+    if cap is not None:
+        click.echo(
+            f"note: {cap} of more than {cap} rows: the collector cuts answers at "
+            "collector.query_max_rows; aggregate, filter or add a LIMIT",
+            err=True,
+        )
 
 
 def _interactive(reader: Reader, fmt: str) -> None:
@@ -119,7 +134,9 @@ def _interactive(reader: Reader, fmt: str) -> None:
         buffer.clear()
         for statement in _split(text):
             try:
-                click.echo(render(reader.query(statement), shown), nl=False)  # type: ignore[arg-type]
+                table = reader.query(statement)
+                click.echo(render(table, shown), nl=False)  # type: ignore[arg-type]
+                _note_truncated(table)
             except AnalyticsError as exc:
                 click.echo(f"error: {exc}", err=True)
 

@@ -67,7 +67,7 @@ def tui(
     source = open_source(
         db=db if url is None else None,
         url=url,
-        token=token or settings.collector.token,
+        token=token or settings.collector.bearer_token(),
         default_db=settings.db_file,
     )
     who = Operator(name=operator, role=role, org=org, domain=domain) if operator and role else None

@@ -1,8 +1,30 @@
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from comptroller.errors import ConfigError
+
+_OTEL_LIMITS: Final = {
+    "max_attribute_bytes": (
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    ),
+    "max_span_attributes": ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT"),
+    "max_record_attribute_bytes": (
+        "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    ),
+    "max_record_attributes": (
+        "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    ),
+}
+"""Setting -> the OpenTelemetry variables that set its default, most specific first."""
 
 
 class CollectorSettings(BaseModel):
@@ -20,7 +42,9 @@ class CollectorSettings(BaseModel):
     grpc_port: int | None = Field(default=4317, ge=0, le=65535)
     """OTLP/gRPC port (the standard is 4317); unset to disable gRPC."""
     token: str | None = None
-    """Bearer token that clients must send. Required when not on loopback."""
+    """Bearer token that clients must send (`/v1/*`, `/health`, `/api/*`). Required when not
+    on loopback. Give it by `COMPTROLLER_COLLECTOR_TOKEN` or `token_file`, not on a command
+    line (`ps` shows it to every user) nor in a shared configuration file."""
     max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest accepted request body, after decompression."""
     max_queue_rows: int = Field(default=50_000, gt=0)
@@ -33,7 +57,90 @@ class CollectorSettings(BaseModel):
     max_future_s: float = Field(default=86_400.0, gt=0)
     """Spans and records starting further ahead of the collector's clock are rejected."""
     max_attribute_bytes: int = Field(default=1 << 20, gt=0)
-    """Largest single attribute value; a span or record holding a bigger one is rejected."""
+    """Largest attribute value of a span, in characters (an array's: its items' total); a span
+    holding a bigger one is rejected, never truncated (a truncated billing attribute would be
+    a wrong value). Default: `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else
+    `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else 1 MiB."""
+    max_span_attributes: int = Field(default=1024, gt=0)
+    """Most attributes a span (or its resource) may hold; a span over it is rejected whole,
+    before any of its attributes is read. Default: `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`, else
+    `OTEL_ATTRIBUTE_COUNT_LIMIT`, else 1024."""
+    max_record_attribute_bytes: int = Field(default=1 << 20, gt=0)
+    """Largest attribute value of a log record (usage records, events), measured and
+    enforced as `max_attribute_bytes`: the record is rejected. Default:
+    `OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`,
+    else 1 MiB."""
+    max_record_attributes: int = Field(default=1024, gt=0)
+    """Most attributes a log record (or its resource) may hold; a record over it is rejected.
+    Default: `OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT`, else `OTEL_ATTRIBUTE_COUNT_LIMIT`, else
+    1024."""
+    max_spans_per_request: int = Field(default=16_384, gt=0)
+    """Most spans one trace export may hold; every span of a bigger request is rejected
+    (partial success naming the limit: send smaller batches). The SDK's batch processor sends
+    512 at most."""
+    max_records_per_request: int = Field(default=16_384, gt=0)
+    """Most log records one log export may hold; every record of a bigger request is
+    rejected."""
+    max_resource_fanout_mb: int = Field(default=64, gt=0)
+    """Bound on a resource's attributes (as JSON) times its spans in one request, in MiB:
+    every span row stores its resource, so a 1 MB resource on 10,000 spans would cost 10 GB
+    of memory from a 1 MB request. Over it, that resource's spans are rejected."""
+
+    def bearer_token(self) -> str | None:
+        """The bearer token in force: `token`, else the first line of `token_file`.
+
+        Raises:
+            ConfigError: The token file cannot be read, is empty, or others may read it.
+        """
+        if self.token:
+            return self.token
+        if self.token_file is None:
+            return None
+        return read_token_file(self.token_file)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _otel_attribute_limits(cls, data: Any) -> Any:
+        # OpenTelemetry's attribute-limit variables, where a setting of ours is not given:
+        # the specific name (span, log record) wins over the general one.
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, envs in _OTEL_LIMITS.items():
+            if name in out:
+                continue
+            for env in envs:
+                raw = os.environ.get(env, "").strip()
+                if raw:
+                    if not raw.isdigit() or int(raw) == 0:
+                        # Not a ValueError: pydantic would report it without the variable.
+                        raise ConfigError(
+                            f"environment variable {env}={raw!r} is not a positive integer: "
+                            f"fix or unset it, or set collector.{name}"
+                        )
+                    out[name] = int(raw)
+                    break
+        return out
+
+    token_file: Path | None = None
+    """File holding the bearer token (its first line), so that the token is neither on a
+    command line (`ps` shows it) nor in the configuration file. It must not be readable by
+    group or others (mode 0600): the collector refuses it otherwise. Used when `token` is
+    not set."""
+    query_timeout_s: float = Field(default=30.0, gt=0)
+    """Time limit of one `/api/query` statement (and of a budget-state read): a longer one
+    is stopped and answered 408."""
+    query_max_rows: int = Field(default=100_000, gt=0)
+    """Most rows one `/api/query` answer holds; a longer result is cut there and marked
+    (`comptroller sql` says "N of more than N rows")."""
+    query_concurrency: int = Field(default=2, gt=0)
+    """`/api/query` statements that run at once; budget state has a lane of its own and
+    never waits behind them."""
+    query_queue: int = Field(default=16, ge=0)
+    """`/api/query` requests that may wait for a running slot; beyond, 429 with
+    Retry-After."""
+    query_max_body_bytes: int = Field(default=1 << 20, gt=0)
+    """Largest `/api/query` request body (SQL and parameters); beyond, 413."""
     ingest_log_dir: Path | None = None
     """Where accepted requests are logged before they are acknowledged, to be replayed after
     a crash. Default: `<database>.ingest` beside the DuckDB file."""
@@ -76,3 +183,33 @@ class CollectorSettings(BaseModel):
     duckdb_memory_mb: int = Field(default=128, ge=64)
     """DuckDB's memory limit in the collector (its buffer pool: the largest part of the
     collector's memory; the process needs ~150 MB more, and the landing queue)."""
+
+
+def read_token_file(path: Path) -> str:
+    """The bearer token held in `path` (its first line, stripped).
+
+    A file that group or others may read is refused, as ssh refuses such a private key:
+    whoever could read it may hold the token already, so the fix is the operator's (tighten
+    the mode, and rotate the token if the file was exposed), not a silent chmod.
+
+    Raises:
+        ConfigError: Unreadable, empty, or readable by group or others.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"token file {path} has mode {mode:o}: group or others may read it; run "
+                f"`chmod 600 {path}` (and change the token if others could have read it)"
+            )
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"token file {path} cannot be read ({exc.strerror or exc}): fix the path "
+            "(collector.token_file, COMPTROLLER_COLLECTOR_TOKEN_FILE or --token-file)"
+        ) from exc
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ConfigError(f"token file {path} is empty: write the bearer token on its first line")
+    return token

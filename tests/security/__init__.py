@@ -1,0 +1,1 @@
+"""Security: read paths that cannot write, secrets that never leak."""
