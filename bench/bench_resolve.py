@@ -43,6 +43,7 @@ PLATFORM = Actor.platform("bench")
 def build(url: str | None, data_dir: Path) -> ProfileService:
     settings = load_settings(None, data_dir=data_dir, model={"reasoning": "openai:gpt-4o-mini"})
     service = ProfileService.from_settings(settings, url=url, environ={})
+    service.admins.init(PLATFORM.name)  # a fresh store: the bench is its platform admin
     service.credentials.set(Scope.global_(), "openai", "sk-bench", actor=PLATFORM)
     for purpose in ("reasoning", "scoring", "agent_turn", "embedding"):
         model = "openai:text-embedding-3-small" if purpose == "embedding" else "openai:gpt-4o"

@@ -165,7 +165,13 @@ def _configure_profiles(service: ProfileService, base_url: str) -> None:
         Scope,
     )
 
-    platform = Actor(name="demo-platform", role="platform")
+    # The demo's store is its own and fresh: it binds its platform admin and grants the org
+    # admins it acts as (roles are granted in the store, never claimed).
+    platform = service.admins.init("demo-platform")
+    for org_admin in ("initech", "acme"):
+        service.admins.grant(
+            Actor(name=f"{org_admin}-admin", role="org_admin", org=org_admin), by=platform
+        )
     service.credentials.set(
         Scope.global_(), "openai", "sk-demo-not-a-real-key", actor=platform, reason="demo"
     )

@@ -32,15 +32,19 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection
 
+from comptroller._private import private_dir
 from comptroller.control._governance import Actor, authorize_credential_change, authorize_platform
+from comptroller.control._principal import AdminRegistry
 from comptroller.control._profile_errors import (
     CredentialDecryptError,
     CredentialNotFound,
     MasterKeyError,
+    PermissionDenied,
 )
 from comptroller.control._profile_store import ProfileStore, _aware, _scope, credentials
 from comptroller.control._profile_types import CredentialSource, ResolvedProfile
 from comptroller.control._profiles import Scope
+from comptroller.control._redact import Redactor, looks_like_secret
 
 ENV_MASTER_KEY = "COMPTROLLER_MASTER_KEY"
 """Environment variable holding the master key (URL-safe base64 of 32 random bytes)."""
@@ -160,8 +164,11 @@ class MasterKeySource:
         try:
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & 0o077:
+                # Refused, not tightened: whoever could read it may hold the key already.
                 raise MasterKeyError(
-                    f"key file {path} has mode {mode:o}: others may read it; run `chmod 600 {path}`"
+                    f"key file {path} has mode {mode:o}: others may read it; run "
+                    f"`chmod 600 {path}`, and rotate the master key if others could have "
+                    "read it (`comptroller credentials rotate-master-key`)"
                 )
             return path.read_text()
         except OSError as exc:
@@ -172,7 +179,8 @@ class MasterKeySource:
 
 
 def _write_private(path: Path, text: str, *, replace: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        private_dir(path.parent)  # made for the key: 0700 (an existing one is not ours)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
     fd = os.open(path, flags, 0o600)
     try:
@@ -248,9 +256,21 @@ def credential_chain(domain: str | None, org: str | None) -> tuple[tuple[str, st
 
 
 def _check_provider(provider: str) -> str:
-    if not provider or len(provider) > 100 or not all(c.isalnum() or c in "._-" for c in provider):
+    if looks_like_secret(provider):
+        # A key pasted into --provider would be stored, listed and audited in plain text.
         raise ValueError(
-            f"provider id {provider!r} is malformed: use the OpenTelemetry provider name "
+            f"the provider id ({len(provider)} characters, not shown) looks like a key: give "
+            "the provider's name (e.g. 'openai'); the secret is read from stdin or --from-env"
+        )
+    if not provider or len(provider) > 100 or not all(c.isalnum() or c in "._-" for c in provider):
+        # A key pasted into --provider by mistake must not be echoed back into a terminal log.
+        shown = (
+            repr(provider)
+            if len(provider) <= 40 and not looks_like_secret(provider)
+            else f"({len(provider)} characters, not shown)"
+        )
+        raise ValueError(
+            f"provider id {shown} is malformed: use the OpenTelemetry provider name "
             "(letters, digits, '.', '_', '-'), e.g. 'openai'"
         )
     return provider
@@ -262,11 +282,23 @@ class CredentialStore:
     Args:
         store: The profile store (same database, same transactions and audit log).
         master_key: Where the master key comes from.
+        admins: Who is bound to which role (default: the bindings in `store`).
+        redactor: Learns every secret `resolve_secret` hands out, so that the call path can
+            scrub it from provider errors (default: a fresh one; share the plane's).
     """
 
-    def __init__(self, store: ProfileStore, master_key: MasterKeySource) -> None:
+    def __init__(
+        self,
+        store: ProfileStore,
+        master_key: MasterKeySource,
+        *,
+        admins: AdminRegistry | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
         self._store = store
         self._keys = master_key
+        self._admins = admins or AdminRegistry(store)
+        self.redactor = redactor if redactor is not None else Redactor()
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -360,7 +392,8 @@ class CredentialStore:
             assert found is not None
             return _info(found)
 
-        info = self._store.write(work)
+        detail = {"provider": provider, "name": name, "kind": kind}
+        info = self._refusable(actor, "credential_set", scope, detail, work)
         self._changed()
         return info
 
@@ -404,7 +437,8 @@ class CredentialStore:
             )
             return info
 
-        deleted = self._store.write(work)
+        detail = {"provider": provider, "name": name}
+        deleted = self._refusable(actor, "credential_delete", scope, detail, work)
         self._changed()
         return deleted
 
@@ -420,7 +454,19 @@ class CredentialStore:
             MasterKeyError: `COMPTROLLER_MASTER_KEY` is in use and no `new_key` was given.
             CredentialDecryptError: A row does not open under the current key.
         """
-        authorize_platform(actor, "rotate the master key")
+        try:
+            authorize_platform(actor, "rotate the master key")
+            with self._store.reading() as connection:
+                self._admins.require_bound(connection, actor)
+        except PermissionDenied as exc:
+            self._admins.record_refusal(
+                actor,
+                attempted="master_key_rotated",
+                scope=Scope.global_(),
+                purpose=None,
+                reason=str(exc),
+            )
+            raise
         if self._keys.from_environment and new_key is None:
             raise MasterKeyError(
                 f"the master key comes from {ENV_MASTER_KEY}: pass the new key (e.g. "
@@ -571,10 +617,35 @@ class CredentialStore:
         if pending is not None:
             keyring[pending.key_id] = pending
         aad = _aad(row["ref"], row["scope_kind"], row["scope_id"], row["provider"], row["kind"])
-        return self._open(keyring, row, aad).decode("utf-8")
+        secret = self._open(keyring, row, aad).decode("utf-8")
+        self.redactor.add(secret)  # before it leaves: a provider may echo it in an error
+        return secret
 
     # --- internals -----------------------------------------------------------------------
+    def _refusable(
+        self,
+        actor: Actor,
+        attempted: str,
+        scope: Scope,
+        detail: Mapping[str, Any],
+        work: Callable[[Connection], CredentialInfo],
+    ) -> CredentialInfo:
+        try:
+            return self._store.write(work)
+        except PermissionDenied as exc:
+            # The refusal rolled its transaction back: audit it in a transaction of its own.
+            self._admins.record_refusal(
+                actor,
+                attempted=attempted,
+                scope=scope,
+                purpose=None,
+                reason=str(exc),
+                detail=detail,
+            )
+            raise
+
     def _authorize(self, connection: Connection, actor: Actor, scope: Scope) -> None:
+        self._admins.require_bound(connection, actor)
         recorded = (
             self._store.recorded_org(connection, scope.id) if scope.kind == "domain" else None
         )

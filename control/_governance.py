@@ -8,6 +8,10 @@ Roles:
 - `domain_admin` of a domain: that domain's scope only, with the same purpose rules.
 
 Nobody but the platform writes the global scope, and nobody writes another org's profiles.
+
+An `Actor` names who acts and in which role; it is a principal, not a claim: every write
+first checks that the store grants exactly that name, role and scope (`_principal`), and
+the CLI takes the name from the OS user or an admin token, never from an option.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ ROLES: tuple[Role, ...] = ("platform", "org_admin", "domain_admin")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Actor:
-    """The person or system making a change, with the role it acts in.
+    """The person or system making a change, with the role it acts in (the principal).
+
+    Writes refuse an actor unless the profile store grants exactly its name, role and
+    scope (`comptroller admin grant`, `AdminRegistry.grant`).
 
     Example:
         >>> Actor(name="alice", role="org_admin", org="acme")

@@ -2,7 +2,8 @@
 
 `ProfileService.resolve` is what the guarded call uses (it implements `ProfileResolver`);
 `set_profile`, `rollback`, `history`, `diff` and `audit` are what operators use, each with
-an explicit `Actor` whose role is checked in `_governance`.
+an explicit `Actor`: the store must bind its name to its role and scope (`_principal`), and
+`_governance` checks what that role may change. Refused changes are audited as `refused`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from typing import TYPE_CHECKING, Any
@@ -22,10 +24,12 @@ from sqlalchemy.engine import Connection
 from comptroller import semconv
 from comptroller.control._credentials import CredentialStore, MasterKeySource, credential_chain
 from comptroller.control._governance import Actor, authorize_profile_change
+from comptroller.control._principal import AdminRegistry
 from comptroller.control._profile_errors import (
     MissingCredential,
     PermissionDenied,
     ProfileNotFound,
+    ProfileRefused,
     UnknownModel,
     VersionNotFound,
 )
@@ -109,6 +113,8 @@ class ProfileService:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.admins = AdminRegistry(store)
+        """Who may act: admin bindings and tokens (`comptroller admin …`)."""
         self.credentials = credentials
         self.purposes = purposes
         self.server_defaults: Mapping[str, ModelRef] = dict(server_defaults or {})
@@ -278,6 +284,23 @@ class ProfileService:
             MissingCredential: The scope cannot resolve a credential for a model's provider.
             ProfileConflict: Concurrent writes kept conflicting.
         """
+        detail = {"spec": spec.to_json(), "unset": list(unset), "replace": replace}
+        with self._audited_refusal(actor, "activate", scope, purpose, detail):
+            change = self._set_profile(scope, purpose, spec, actor, reason, unset, replace)
+        self._cache.invalidate()
+        self._emit_change(semconv.EVENT_PROFILE_ACTIVATED, change, actor, reason)
+        return change.version
+
+    def _set_profile(
+        self,
+        scope: Scope,
+        purpose: str,
+        spec: ProfileSpec,
+        actor: Actor,
+        reason: str,
+        unset: tuple[str, ...],
+        replace: bool,
+    ) -> _Change:
         definition = self.purposes.get_purpose(purpose)
         self._check_models_known(definition, spec.models())
         if spec.degradation is not None:
@@ -290,6 +313,7 @@ class ProfileService:
                 )
 
         def work(connection: Connection) -> _Change:
+            self.admins.require_bound(connection, actor)
             recorded = self._recorded_org(connection, scope)
             authorize_profile_change(actor, scope, definition, spec, recorded_org=recorded)
             current = self.store.current(connection, scope, purpose)
@@ -315,10 +339,7 @@ class ProfileService:
                 version=result.version, previous=result.previous, before=before, after=after
             )
 
-        change = self.store.write(work)
-        self._cache.invalidate()
-        self._emit_change(semconv.EVENT_PROFILE_ACTIVATED, change, actor, reason)
-        return change.version
+        return self.store.write(work)
 
     def rollback(
         self,
@@ -337,9 +358,20 @@ class ProfileService:
             PermissionDenied, ModelNotApproved, UnknownModel, MissingCredential: As for
                 `set_profile`, checked against the version being re-activated.
         """
+        detail = {"to_version": to_version}
+        with self._audited_refusal(actor, "rollback", scope, purpose, detail):
+            change = self._rollback(scope, purpose, to_version, actor, reason)
+        self._cache.invalidate()
+        self._emit_change(semconv.EVENT_PROFILE_ROLLED_BACK, change, actor, change.version.reason)
+        return change.version
+
+    def _rollback(
+        self, scope: Scope, purpose: str, to_version: int | None, actor: Actor, reason: str
+    ) -> _Change:
         definition = self.purposes.get_purpose(purpose)
 
         def work(connection: Connection) -> _Change:
+            self.admins.require_bound(connection, actor)
             recorded = self._recorded_org(connection, scope)
             current = self.store.current(connection, scope, purpose)
             number = to_version
@@ -384,10 +416,7 @@ class ProfileService:
                 version=result.version, previous=result.previous, before=before, after=after
             )
 
-        change = self.store.write(work)
-        self._cache.invalidate()
-        self._emit_change(semconv.EVENT_PROFILE_ROLLED_BACK, change, actor, change.version.reason)
-        return change.version
+        return self.store.write(work)
 
     def history(self, scope: Scope, purpose: str) -> list[ProfileVersion]:
         """Every version of (scope, purpose), oldest first."""
@@ -431,6 +460,29 @@ class ProfileService:
         return self.store.audit(scope=scope, purpose=purpose, limit=limit)
 
     # --- internals -----------------------------------------------------------------------
+    @contextmanager
+    def _audited_refusal(
+        self,
+        actor: Actor,
+        attempted: AuditAction,
+        scope: Scope,
+        purpose: str,
+        detail: Mapping[str, Any],
+    ) -> Iterator[None]:
+        # A refusal rolls its transaction back: the `refused` entry is written in its own.
+        try:
+            yield
+        except (PermissionDenied, ProfileRefused) as exc:
+            self.admins.record_refusal(
+                actor,
+                attempted=attempted,
+                scope=scope,
+                purpose=purpose,
+                reason=str(exc),
+                detail=detail,
+            )
+            raise
+
     def _recorded_org(self, connection: Connection, scope: Scope) -> str | None:
         return self.store.recorded_org(connection, scope.id) if scope.kind == "domain" else None
 

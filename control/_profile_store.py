@@ -9,8 +9,10 @@ integer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -41,7 +43,7 @@ _log = logging.getLogger("comptroller.control.profiles")
 T = TypeVar("T")
 ActiveKey: TypeAlias = tuple[ScopeKind, str]
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The newest migration; a store at this revision skips Alembic entirely on open."""
 VERSION_TABLE = "comptroller_alembic_version"
 MIGRATIONS_DIR = Path(__file__).parent / "_migrations"
@@ -121,6 +123,37 @@ credentials = sa.Table(
     sa.UniqueConstraint("scope_kind", "scope_id", "provider", "name", name="uq_credential"),
 )
 
+# Who holds which role, proven by the OS user name or an admin token (see `_principal`).
+# org and domain are "" rather than NULL so that the unique constraint holds on both engines.
+admins = sa.Table(
+    "comptroller_admins",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("identity", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("org", sa.String(200), nullable=False),
+    sa.Column("domain", sa.String(200), nullable=False),
+    sa.Column("granted_by", sa.String(200), nullable=False),
+    sa.Column("granted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("identity", "role", "org", "domain", name="uq_admin_binding"),
+)
+
+# Admin tokens: only a hash of each token's secret is stored, so reading the table mints none.
+admin_tokens = sa.Table(
+    "comptroller_admin_tokens",
+    metadata,
+    sa.Column("token_id", sa.String(32), primary_key=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("identity", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("org", sa.String(200), nullable=False),
+    sa.Column("domain", sa.String(200), nullable=False),
+    sa.Column("minted_by", sa.String(200), nullable=False),
+    sa.Column("minted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
 change_counter = sa.Table(
     "comptroller_change_counter",
     metadata,
@@ -139,6 +172,21 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _private_sqlite(path: Path) -> None:
+    """Profiles, audit and sealed credentials: the file is its owner's alone (0600).
+
+    SQLite takes an empty file for a new database, and creates its `-wal` and `-shm` files
+    with the database file's permissions: creating it empty with 0600 covers all three.
+    """
+    from comptroller._private import FILE_MODE, tighten
+
+    if path.exists():
+        tighten(path)
+        return
+    with contextlib.suppress(FileExistsError):  # another process created it first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`, set up for concurrent writers (SQLite: WAL, busy timeout)."""
     sa_url = sa.make_url(url)
@@ -147,6 +195,7 @@ def make_engine(url: str) -> Engine:
         in_memory = not database or database == ":memory:"
         if database and not in_memory:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite(Path(database))
         engine = sa.create_engine(
             sa_url,
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -167,9 +216,10 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(sa_url, pool_pre_ping=True)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the store's schema to the newest revision (Alembic, scripts in the package)."""
-    if _current_revision(engine) == HEAD_REVISION:
+def migrate(engine: Engine, *, revision: str = HEAD_REVISION) -> None:
+    """Bring the store's schema to `revision` (default: the newest; Alembic scripts in the
+    package). Tests pass an older revision to build a store as an earlier release left it."""
+    if _current_revision(engine) == revision:
         return
     from alembic import command
     from alembic.config import Config
@@ -183,7 +233,7 @@ def migrate(engine: Engine) -> None:
                     # Two processes opening a fresh store must not both create the tables.
                     connection.execute(sa.text("SELECT pg_advisory_xact_lock(7401235)"))
                 config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
             return
         except OperationalError:
             if attempt == 2:

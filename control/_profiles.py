@@ -29,6 +29,12 @@ AuditAction: TypeAlias = Literal[
     "credential_set",
     "credential_delete",
     "master_key_rotated",
+    "refused",
+    "admin_init",
+    "admin_grant",
+    "admin_revoke",
+    "token_mint",
+    "token_revoke",
 ]
 
 _SCOPE_KINDS: tuple[ScopeKind, ...] = ("global", "org", "domain")

@@ -57,6 +57,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "credentials",
         "Set, list, delete and rotate provider credentials (write-only).",
     ),
+    "admin": (
+        "comptroller.cli._admin",
+        "admin",
+        "Who may change profiles and credentials: grants, admin tokens, the first admin.",
+    ),
     "config": (
         "comptroller.cli._config",
         "config",

@@ -11,15 +11,15 @@ from comptroller.cli._app import AppContext, pass_app
 from comptroller.cli._profiles import (
     actor_options,
     json_option,
-    make_actor,
     make_scope,
     open_service,
+    prove_actor,
     scope_options,
 )
 from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
-    from comptroller.control import CredentialKind
+    from comptroller.control import Actor, CredentialKind, ProfileService
 
 
 def _read_secret(from_env: str | None, what: str) -> str:
@@ -33,6 +33,24 @@ def _read_secret(from_env: str | None, what: str) -> str:
         value = click.prompt(what, hide_input=True, err=True)
         return str(value)
     return sys.stdin.read().rstrip("\r\n")
+
+
+def _who(
+    service: ProfileService,
+    actor: str | None,
+    role: str | None,
+    actor_org: str | None,
+    actor_domain: str | None,
+    token_env: str | None,
+) -> Actor:
+    return prove_actor(
+        service,
+        claimed=actor,
+        role=role,
+        actor_org=actor_org,
+        actor_domain=actor_domain,
+        token_env=token_env,
+    )
 
 
 @click.group(name="credentials")
@@ -73,9 +91,10 @@ def set_(
     from_env: str | None,
     reason: str,
     actor: str | None,
-    role: str,
+    role: str | None,
     actor_org: str | None,
     actor_domain: str | None,
+    token_env: str | None,
     as_json: bool,
 ) -> None:
     """Store (or overwrite) the secret of PROVIDER at a scope, read from stdin or --from-env."""
@@ -86,9 +105,9 @@ def set_(
             "is read from stdin or --from-env VAR, never from the command line"
         )
     scope = make_scope(is_global, org, domain, required=True)
-    who = make_actor(actor, role, actor_org, actor_domain)
     secret = _read_secret(from_env, f"secret for {provider} at {scope}")
     with open_service(app) as service:
+        who = _who(service, actor, role, actor_org, actor_domain, token_env)
         try:
             info = service.credentials.set(
                 scope,
@@ -149,15 +168,16 @@ def delete(
     name: str,
     reason: str,
     actor: str | None,
-    role: str,
+    role: str | None,
     actor_org: str | None,
     actor_domain: str | None,
+    token_env: str | None,
     as_json: bool,
 ) -> None:
     """Delete the credential of PROVIDER at a scope."""
     scope = make_scope(is_global, org, domain, required=True)
-    who = make_actor(actor, role, actor_org, actor_domain)
     with open_service(app) as service:
+        who = _who(service, actor, role, actor_org, actor_domain, token_env)
         info = service.credentials.delete(scope, provider, actor=who, name=name, reason=reason)
     if as_json:
         click.echo(json.dumps({"deleted": info.to_json()}, indent=2))
@@ -178,19 +198,20 @@ def rotate_master_key(
     app: AppContext,
     new_key_env: str | None,
     actor: str | None,
-    role: str,
+    role: str | None,
     actor_org: str | None,
     actor_domain: str | None,
+    token_env: str | None,
     as_json: bool,
 ) -> None:
     """Re-encrypt every credential under a new master key (the key file is replaced)."""
-    who = make_actor(actor, role, actor_org, actor_domain)
     new_key = None
     if new_key_env:
         new_key = os.environ.get(new_key_env)
         if not new_key:
             raise UsageError(f"environment variable {new_key_env} is not set or empty")
     with open_service(app) as service:
+        who = _who(service, actor, role, actor_org, actor_domain, token_env)
         count = service.credentials.rotate_master_key(actor=who, new_key=new_key)
         key_ids = sorted({info.key_id for info in service.credentials.list()})
     if as_json:

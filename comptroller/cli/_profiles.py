@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import getpass
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -28,7 +27,8 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ENV_ACTOR = "COMPTROLLER_ACTOR"
+ENV_ADMIN_TOKEN = "COMPTROLLER_ADMIN_TOKEN"
+"""An admin token (`comptroller admin token mint`) proving who acts, instead of the OS user."""
 
 
 def scope_options(func: F) -> F:
@@ -46,7 +46,16 @@ def scope_options(func: F) -> F:
 
 
 def actor_options(func: F) -> F:
-    """Who makes the change, and in which role (checked by the service)."""
+    """Which of the caller's granted roles a change is made in.
+
+    Who the caller is never comes from an option: it is the OS user running the command, or
+    the identity an admin token proves (`$COMPTROLLER_ADMIN_TOKEN` or --token-env VAR).
+    """
+    func = click.option(
+        "--token-env",
+        metavar="VAR",
+        help=f"Prove who acts with the admin token in VAR [default: ${ENV_ADMIN_TOKEN}].",
+    )(func)
     func = click.option(
         "--actor-domain", metavar="ID", help="The domain a domain_admin administers."
     )(func)
@@ -54,14 +63,14 @@ def actor_options(func: F) -> F:
     func = click.option(
         "--role",
         type=click.Choice(["platform", "org_admin", "domain_admin"]),
-        default="platform",
-        show_default=True,
-        help="The role the change is made in.",
+        default=None,
+        help="Which of your granted roles to act in [default: your only (or platform) grant].",
     )(func)
     func = click.option(
         "--actor",
         metavar="NAME",
-        help=f"Who makes the change (audit log) [default: ${ENV_ACTOR}, else the login name].",
+        hidden=True,
+        help="Ignored: the actor is the OS user or the admin token's identity.",
     )(func)
     return func
 
@@ -84,23 +93,46 @@ def make_scope(is_global: bool, org: str | None, domain: str | None, *, required
     return Scope.global_()
 
 
-def make_actor(
-    actor: str | None, role: str, actor_org: str | None, actor_domain: str | None
+def prove_actor(
+    service: ProfileService,
+    *,
+    claimed: str | None,
+    role: str | None,
+    actor_org: str | None,
+    actor_domain: str | None,
+    token_env: str | None,
 ) -> Actor:
-    from comptroller.control import Actor
+    """The actor of a change: the caller's proven identity, in one of its granted roles.
 
-    name = actor or os.environ.get(ENV_ACTOR) or _login()
+    The identity is the OS user of the process (its real uid) or the identity of a verified
+    admin token. `--role/--actor-org/--actor-domain` only pick among that identity's grants;
+    a role it does not hold is passed on as asked, so that the service refuses it and audits
+    the refusal under the proven name.
+    """
+    from comptroller.control._principal import os_identity
+
+    identity = os_identity()
+    if claimed is not None and claimed != identity:
+        click.echo(
+            f"comptroller: warning: --actor {claimed} is ignored; changes are made and "
+            f"audited as the proven identity: {identity}, the OS user running this command "
+            "(or an admin token's identity; see docs/SECURITY.md)",
+            err=True,
+        )
+    token = os.environ.get(token_env or ENV_ADMIN_TOKEN, "")
+    if token_env and not token:
+        raise UsageError(f"environment variable {token_env} is not set or empty")
+    if token:
+        return service.admins.verify_token(token, presented_by=identity)
     try:
-        return Actor(name=name, role=role, org=actor_org, domain=actor_domain)  # type: ignore[arg-type]
+        return service.admins.act_as(
+            identity,
+            role=role,  # type: ignore[arg-type]
+            org=actor_org,
+            domain=actor_domain,
+        )
     except ValueError as exc:
         raise click.UsageError(f"{exc} (use --actor-org / --actor-domain)") from None
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 @contextmanager
@@ -259,9 +291,10 @@ def set_(
     replace: bool,
     reason: str,
     actor: str | None,
-    role: str,
+    role: str | None,
     actor_org: str | None,
     actor_domain: str | None,
+    token_env: str | None,
     as_json: bool,
 ) -> None:
     """Activate a new version of PURPOSE's profile at a scope (fields not given are kept)."""
@@ -274,7 +307,6 @@ def set_(
     )
 
     scope = make_scope(is_global, org, domain, required=True)
-    who = make_actor(actor, role, actor_org, actor_domain)
     fields: dict[str, Any] = {}
     try:
         if model:
@@ -324,6 +356,14 @@ def set_(
         raise click.UsageError("nothing to set: give at least one field (e.g. --model) or --unset")
     spec = ProfileSpec(**fields)
     with open_service(app, events=True) as service:
+        who = prove_actor(
+            service,
+            claimed=actor,
+            role=role,
+            actor_org=actor_org,
+            actor_domain=actor_domain,
+            token_env=token_env,
+        )
         try:
             version = service.set_profile(
                 scope, purpose, spec, actor=who, reason=reason, unset=unset, replace=replace
@@ -402,22 +442,28 @@ def history(
     domain: str | None,
     as_json: bool,
 ) -> None:
-    """Every version of PURPOSE's profile at a scope, oldest first."""
+    """Every version of PURPOSE's profile at a scope, oldest first, then refused changes."""
     scope = make_scope(is_global, org, domain, required=False)
     with open_service(app) as service:
         versions = service.history(scope, purpose)
+        refused = [e for e in service.audit(scope=scope, purpose=purpose) if e.action == "refused"]
     if as_json:
         _echo_json([version_json(v) for v in versions])
         return
     if not versions:
         click.echo(f"{scope}/{purpose}: no versions")
-        return
     for v in versions:
         mark = "*" if v.active else " "
         extra = f" (rollback to v{v.rollback_of})" if v.rollback_of is not None else ""
         click.echo(
             f"{mark} v{v.version}\t{v.activated_at.isoformat(timespec='seconds')}\t{v.created_by}"
             f"\t{_spec_text(v.spec)}{extra}\t{v.reason}"
+        )
+    for e in refused:
+        attempted = (e.after or {}).get("attempted", "change")
+        click.echo(
+            f"! refused\t{e.at.isoformat(timespec='seconds')}\t{e.actor} ({e.role})"
+            f"\t{attempted}\t{e.reason}"
         )
 
 
@@ -468,15 +514,23 @@ def rollback(
     to_version: int | None,
     reason: str,
     actor: str | None,
-    role: str,
+    role: str | None,
     actor_org: str | None,
     actor_domain: str | None,
+    token_env: str | None,
     as_json: bool,
 ) -> None:
     """Re-activate a prior version of PURPOSE's profile, as a new version."""
     scope = make_scope(is_global, org, domain, required=True)
-    who = make_actor(actor, role, actor_org, actor_domain)
     with open_service(app, events=True) as service:
+        who = prove_actor(
+            service,
+            claimed=actor,
+            role=role,
+            actor_org=actor_org,
+            actor_domain=actor_domain,
+            token_env=token_env,
+        )
         version = service.rollback(scope, purpose, to_version=to_version, actor=who, reason=reason)
     if as_json:
         _echo_json(version_json(version))

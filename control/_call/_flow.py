@@ -76,11 +76,7 @@ class _Stop(Exception):
 
 
 def _leaks(core: CallCore, exc: BaseException) -> bool:
-    try:
-        text = str(exc)
-    except Exception:
-        return True
-    return core.redactor.leaks(text)
+    return core.redactor.exception_leaks(exc)
 
 
 def _is_langchain_error(exc: BaseException) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from comptroller.cli import main
+from comptroller.control._principal import os_identity
 
 
 @dataclass
@@ -30,6 +31,9 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  #
         captured = capsys.readouterr()
         return Run(code, captured.out, captured.err)
 
+    # Roles are granted, not claimed: the OS user owning the data directory binds itself.
+    assert run("admin", "init").code == 0
+    run("admin", "grant", os_identity(), "--role", "org_admin", "--org", "acme")
     return run
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from comptroller.cli import main
+from comptroller.control._principal import os_identity
 
 
 @dataclass
@@ -33,6 +34,10 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  #
 
     # Telemetry off by default here; one test below checks the events land in DuckDB.
     monkeypatch.setenv("COMPTROLLER_TELEMETRY", "none")
+    # The OS user running the tests owns the data directory: it binds itself as the first
+    # platform admin, and takes an org_admin grant for the role tests below.
+    assert run("admin", "init").code == 0
+    run("admin", "grant", os_identity(), "--role", "org_admin", "--org", "acme")
     run("credentials", "set", "--provider", "openai", "--global", stdin="sk-cli-global\n")
     return run
 
@@ -107,17 +112,23 @@ def test_set_show_resolve_history_diff_rollback_round_trip(cli) -> None:  # type
     assert again["profile"]["model"] == "openai:gpt-4.1"
 
     audit = cli("profiles", "audit", "--org", "acme", "--json").json()
-    assert [e["action"] for e in audit] == ["activate", "activate", "rollback"]
+    actions = [e["action"] for e in audit if not e["action"].startswith("admin_")]
+    assert actions == ["activate", "activate", "rollback"]
     assert audit[-1]["reason"] == "regressed"
 
 
-def test_actor_and_role_come_from_options_and_are_audited(
+def test_actor_is_the_os_user_whatever_the_options_and_environment_claim(
     cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("COMPTROLLER_ACTOR", "ops-bot")
-    cli("profiles", "set", "reasoning", "--org", "acme", "--model", "openai:gpt-4o")
+    result = cli(
+        "profiles", "set", "reasoning", "--org", "acme", "--model", "openai:gpt-4o",
+        "--actor", "ops-bot", "--role", "platform",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert "--actor ops-bot is ignored" in result.err
     audit = cli("profiles", "audit", "--json").json()
-    assert (audit[-1]["actor"], audit[-1]["role"]) == ("ops-bot", "platform")
+    assert (audit[-1]["actor"], audit[-1]["role"]) == (os_identity(), "platform")
 
 
 @pytest.mark.parametrize(
@@ -174,9 +185,9 @@ def test_actor_and_role_come_from_options_and_are_audited(
                 "--model",
                 "openai:gpt-4o",
                 "--role",
-                "org_admin",
+                "domain_admin",
             ],
-            "an org_admin actor needs the org it administers",
+            "a domain_admin actor needs the domain it administers",
         ),
         (
             ["profiles", "set", "reasoning", "--global", "--daily-budget", "lots"],

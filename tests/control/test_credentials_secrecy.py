@@ -99,6 +99,8 @@ def test_planted_secret_appears_in_no_output(
     )
     attempt(lambda: creds.set(ACME, "openai", planted, actor=intruder))  # PermissionDenied
     attempt(lambda: creds.set(ACME, "bad provider", planted, actor=PLATFORM))  # ValueError
+    attempt(lambda: creds.set(ACME, planted, "x", actor=PLATFORM))  # key pasted as provider
+    attempt(lambda: creds.set(ACME, planted + " !", "x", actor=PLATFORM))  # and malformed
     attempt(lambda: creds.set(ACME, "openai", planted, actor=PLATFORM, kind="cookie"))  # type: ignore[arg-type]
     attempt(lambda: creds.set(GLOBAL, "openai", planted, actor=intruder))
     attempt(lambda: creds.list())
@@ -195,6 +197,7 @@ def test_planted_secret_appears_in_no_output(
     cli(
         "credentials", "set", "--provider", "anthropic", "--global", planted
     )  # secret in argv: refused, not echoed
+    cli("credentials", "set", "--provider", planted, "--global", stdin="x")  # key as provider
     monkeypatch.setenv("PLANTED_VAR", planted)
     cli(
         "credentials",
@@ -252,6 +255,7 @@ def test_planted_secret_appears_in_no_output(
     assert len(events.exported()) >= 1
     assert "comptroller_credentials" in caplog.text
     assert any("may not change org:acme" in text for text in outputs)
+    assert any("looks like a key" in text for text in outputs)
     leaks = [text for text in outputs if token in text]
     assert leaks == [], (
         f"planted secret found in {len(leaks)} output(s): {[t[:200].replace(token, '<TOKEN>') for t in leaks]}"

@@ -33,6 +33,7 @@ def test_rotated_key_is_used_by_the_next_call(data_dir: Path) -> None:
     settings = load_settings(None, data_dir=data_dir, telemetry="none")
     with FakeOpenAIServer() as server:
         service = ProfileService.from_settings(settings)
+        service.admins.init(PLATFORM.name)
         try:
             service.credentials.set(Scope.global_(), "openai", "sk-first-key", actor=PLATFORM)
             service.set_profile(

@@ -2,7 +2,9 @@
 
 `store_url` gives a SQLite file or a unique PostgreSQL schema (dropped afterwards), so every
 store test runs against both; `make_service` builds a `ProfileService` with an in-memory
-event recorder, a controllable cache clock and an explicit master key source.
+event recorder, a controllable cache clock and an explicit master key source, and binds the
+test actors: roles are granted in the store, never claimed (`root` is the first platform
+admin, and grants the others).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from comptroller.control import (
 )
 
 PLATFORM = Actor.platform("root")
+BOUND_ACTORS = (
+    Actor(name="alice", role="org_admin", org="acme"),
+    Actor(name="a", role="org_admin", org="acme"),
+    Actor(name="mallory", role="org_admin", org="globex"),
+    Actor(name="dora", role="domain_admin", domain="acme-eu", org="acme"),
+    Actor.platform("other-process"),
+)
+"""Actors the tests use, granted by `make_service` (PLATFORM is bound by `init`)."""
 ACME = Scope.of_org("acme")
 GLOBEX = Scope.of_org("globex")
 ACME_EU = Scope.of_domain("acme-eu", org="acme")
@@ -110,7 +120,16 @@ def make_service(
     service = ProfileService.from_settings(
         settings, url=url, events=events, environ=env, clock=clock
     )
+    bind(service)
     return Rig(service=service, events=events, clock=clock, settings=settings, environ=env)
+
+
+def bind(service: ProfileService, *actors: Actor) -> None:
+    """Bind PLATFORM as the first platform admin (once per store) and grant `actors`."""
+    if not service.admins.bindings():  # else a second service over the same store
+        service.admins.init(PLATFORM.name)
+    for actor in actors or BOUND_ACTORS:
+        service.admins.grant(actor, by=PLATFORM)
 
 
 def with_openai(rig: Rig, *scopes: Scope, secret: str = "sk-test-openai") -> None:

@@ -168,14 +168,17 @@ def test_rollback_is_governed_like_a_set(rig: Rig) -> None:
         rig.service.rollback(ACME, "reasoning", actor=GLOBEX_ADMIN)
 
 
-def test_refused_change_writes_no_version_and_no_audit_entry(rig: Rig) -> None:
+def test_refused_change_writes_no_version_and_only_a_refused_audit_entry(rig: Rig) -> None:
     before = len(rig.service.audit())
     with pytest.raises(PermissionDenied):
         rig.service.set_profile(
             ACME, "code_generation", spec(model="openai:gpt-4o"), actor=ACME_ADMIN
         )
     assert rig.service.history(ACME, "code_generation") == []
-    assert len(rig.service.audit()) == before
+    entries = rig.service.audit()[before:]
+    assert [(e.action, e.actor, e.purpose) for e in entries] == [
+        ("refused", "alice", "code_generation")
+    ]
     assert rig.events.events == []
 
 

@@ -40,7 +40,10 @@ GLOBAL = Scope.global_()
 @pytest.fixture
 def admin(data_dir: Path) -> ServiceProfileAdmin:
     service = profile_admin(load_settings(None, data_dir=data_dir))
-    platform = Actor.platform("setup")
+    platform = service.service.admins.init("setup")
+    # Roles are granted in the store: the operators of these tests hold theirs.
+    service.service.admins.grant(Actor.platform(ROOT.name), by=platform)
+    service.service.admins.grant(Actor(name="bob", role="org_admin", org="acme"), by=platform)
     service.service.credentials.set(GLOBAL, "openai", "sk-test", actor=platform)
     for model in ("openai:gpt-4o-mini", "openai:gpt-4o", "openai:o3"):
         service.service.set_profile(
