@@ -14,6 +14,8 @@ from pathlib import Path
 
 import duckdb
 
+from comptroller._private import private_dir, tighten
+from comptroller.analytics._tables import REJECTED_RECORDS, create_sql
 from comptroller.errors import ConfigError
 
 
@@ -241,6 +243,21 @@ SELECT s.* EXCLUDE (resource, resource_id), coalesce(s.resource, r.resource) AS 
 FROM span_rows AS s LEFT JOIN resources AS r ON r.resource_id = s.resource_id;
 """
 
+# A record that cannot land (a cost over DECIMAL(20, 10), a negative token count, a timestamp
+# before 2000, …) is quarantined here with its raw attributes and the reason, instead of
+# failing its whole landing (collector/_validate.py). Declared in analytics/_tables.py.
+_V4 = create_sql(REJECTED_RECORDS)
+
+# `comptroller reprice` keeps what it replaced: when, the cost and price source before, and
+# the version of the prices it applied (genai-prices' package version, or the fallback
+# registry's digest). NULL on rows never repriced (analytics/_reprice.py).
+_V5 = """
+ALTER TABLE llm_usage ADD COLUMN repriced_at TIMESTAMPTZ;
+ALTER TABLE llm_usage ADD COLUMN repriced_from_usd DECIMAL(20, 10);
+ALTER TABLE llm_usage ADD COLUMN repriced_from_source VARCHAR;
+ALTER TABLE llm_usage ADD COLUMN price_version VARCHAR;
+"""
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(version=1, description="usage, spans, events and the daily rollup", sql=_V1),
     Migration(
@@ -252,6 +269,16 @@ MIGRATIONS: Sequence[Migration] = (
         version=3,
         description="span resources stored once (resources; spans a view over span_rows)",
         sql=_V3,
+    ),
+    Migration(
+        version=4,
+        description="rejected_records: records quarantined instead of landed",
+        sql=_V4,
+    ),
+    Migration(
+        version=5,
+        description="llm_usage repricing provenance (repriced_at, cost and source before)",
+        sql=_V5,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -352,9 +379,16 @@ def connect(
             f"{target}: no such database (run 'comptroller demo' or a collector first)"
         )
     try:
-        if not read_only:
-            target.parent.mkdir(parents=True, exist_ok=True)
+        if not read_only and not target.parent.exists():
+            private_dir(target.parent)  # made for it: private (an existing one is not ours)
+        existed = target.exists()
         con = _open(target, read_only=read_only, row_group_size=row_group_size)
+        if not read_only:
+            # Billing data: owner only (DuckDB creates files by the umask). Its WAL is
+            # re-created after every checkpoint: the data directory (0700) guards it, and
+            # `comptroller collect` runs with umask 077.
+            tighten(target, created=not existed)
+            tighten(target.with_name(target.name + ".wal"), created=not existed)
     except duckdb.IOException as exc:
         raise ConfigError(f"{target}: cannot open database: {_first_line(exc)}") from exc
     except OSError as exc:

@@ -1,18 +1,26 @@
 """The embedded sink: the control plane's default, landing in-process into a DuckDB file.
 
 It encodes the SDK's spans and log records with the OTLP exporters' own encoders and feeds
-the result through the SAME normaliser and landing code as the OTLP receiver, so both paths
-produce identical rows. Exporters report failure, they never raise into the application.
+the result through the SAME normaliser, validation and landing code as the OTLP receiver, so
+both paths produce identical rows. Exporters report failure, they never raise into the
+application.
+
+It never says "landed" when a row did not land: a span, usage row or event that was rejected
+(quarantined in `rejected_records`) or whose landing failed makes `check_delivered` — and so
+`Telemetry.flush` and `ControlPlane.flush` — return False, and `shutdown` logs a warning with
+the count and the reasons.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
 from google.protobuf.message import Message
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -25,9 +33,11 @@ from comptroller import analytics
 from comptroller.collector._land import Lander
 from comptroller.collector._native import NativeDecoder, available
 from comptroller.collector._normalise import Batch, Normaliser
+from comptroller.collector._validate import validate
 from comptroller.pricing import Pricer
 
 _log = logging.getLogger(__name__)
+_EMPTY = pa.table({})
 
 
 class EmbeddedSink:
@@ -55,6 +65,11 @@ class EmbeddedSink:
         self.native = NativeDecoder(self.normaliser) if available() else None
         self.lander = Lander(self.con, timezone=timezone)
         self.rejected: dict[str, int] = {}
+        """Rows rejected or refused (quarantined in `rejected_records`), by reason."""
+        self.failed: dict[str, int] = {}
+        """Rows whose landing failed (not landed at all), by error."""
+        self._undelivered = 0
+        """Rows not landed since the last `check_delivered`."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -76,19 +91,55 @@ class EmbeddedSink:
             return self.normaliser.traces(message)  # type: ignore[arg-type]
         return self.normaliser.logs(message)  # type: ignore[arg-type]
 
-    def land(self, batch: Batch) -> bool:
-        """Land one normalised batch; False (logged) when it could not be landed."""
+    def land(self, batch: Batch, *, signal: str = "traces", message: Message | None = None) -> bool:
+        """Validate and land one normalised batch.
+
+        Returns:
+            False when a row of it did not land: rejected (then quarantined) or failed
+            (logged). The rest of the batch lands either way.
+        """
+        now = self.normaliser.now_ns()
+        validate(
+            batch,
+            signal=signal,
+            latest_ns=self.normaliser.latest_ns(),
+            received=dt.datetime.fromtimestamp(now / 1e9, dt.UTC),
+            request=lambda: message,
+        )
         with self._lock:
             if self._closed:
+                self._note(self.failed, {"sink closed": batch.rows})
                 return False
-            for reason, count in batch.reasons.items():
-                self.rejected[reason] = self.rejected.get(reason, 0) + count
+            self._note(self.rejected, batch.reasons)
             try:
-                self.lander.land([batch])
-            except Exception:
+                result = self.lander.land_safely([batch])
+            except Exception as exc:
                 _log.exception("comptroller: the embedded sink could not land a batch")
+                rows = batch.rows - batch.tables.get("rejected_records", _EMPTY).num_rows
+                self._note(self.failed, {f"{type(exc).__name__}: {exc}": rows})
                 return False
-        return True
+            if result.quarantined is not None:
+                refused: dict[str, int] = {}
+                for reason in result.quarantined.column("reason").to_pylist():
+                    refused[reason] = refused.get(reason, 0) + 1
+                self._note(self.rejected, refused)
+                return False
+        return not batch.rejected
+
+    def _note(self, into: dict[str, int], counts: dict[str, int]) -> None:
+        for reason, count in counts.items():
+            into[reason] = into.get(reason, 0) + count
+            self._undelivered += count
+
+    def check_delivered(self) -> bool:
+        """True when every row handed to the sink since the last check landed.
+
+        `Telemetry.flush` asks after the providers flushed: a row rejected (it is in
+        `rejected_records`) or whose landing failed makes the flush report failure.
+        """
+        with self._lock:
+            undelivered, self._undelivered = self._undelivered, 0
+        return undelivered == 0
 
     def budget_state(self) -> list[analytics.BudgetState]:
         """Today's budget state in this sink's database.
@@ -108,6 +159,19 @@ class EmbeddedSink:
             if self._closed:
                 return
             self._closed = True
+            lost = sum(self.rejected.values()) + sum(self.failed.values())
+            if lost:
+                reasons = "; ".join(
+                    f"{count} {reason}"
+                    for reason, count in sorted({**self.rejected, **self.failed}.items())
+                )
+                _log.warning(
+                    "comptroller: %d spans, usage rows or events did not land in %s (%s); "
+                    "the rejected ones are in its rejected_records table",
+                    lost,
+                    self.db_path,
+                    reasons,
+                )
             # The WAL has the data; a checkpoint is a courtesy.
             with contextlib.suppress(Exception):
                 self.con.execute("CHECKPOINT").fetchall()
@@ -120,11 +184,13 @@ class _SpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            batch = self._sink.normalise("traces", encode_spans(spans))
+            message = encode_spans(spans)
+            batch = self._sink.normalise("traces", message)
         except Exception:
             _log.exception("comptroller: the embedded sink could not encode spans")
             return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS if self._sink.land(batch) else SpanExportResult.FAILURE
+        landed = self._sink.land(batch, signal="traces", message=message)
+        return SpanExportResult.SUCCESS if landed else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         return None
@@ -139,11 +205,12 @@ class _LogExporter(LogRecordExporter):
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         try:
-            normalised = self._sink.normalise("logs", encode_logs(batch))
+            message = encode_logs(batch)
+            normalised = self._sink.normalise("logs", message)
         except Exception:
             _log.exception("comptroller: the embedded sink could not encode log records")
             return LogRecordExportResult.FAILURE
-        if self._sink.land(normalised):
+        if self._sink.land(normalised, signal="logs", message=message):
             return LogRecordExportResult.SUCCESS
         return LogRecordExportResult.FAILURE
 

@@ -45,38 +45,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from comptroller import analytics
+from comptroller.analytics._tables import LANDED, select_expr
 from comptroller.collector._aliases import LEAF_OPERATIONS
 from comptroller.collector._normalise import (
     COMPTROLLER_FLAG,
     LEAF_FLAG,
-    TABLE_SCHEMAS,
-    USAGE_SCHEMA,
     Batch,
 )
 from comptroller.collector._resources import resource_id, split_resources
+from comptroller.collector._validate import quarantine_rows
 
-_DECIMAL: Final = "DECIMAL(20, 10)"
-_CASTS: Final[dict[str, dict[str, str]]] = {
-    "spans": {
-        "cost_usd": f"CAST(cost_usd AS {_DECIMAL})",
-        "attributes": "CAST(attributes AS JSON)",
-        "resource": "CAST(resource AS JSON)",
-    },
-    "llm_usage": {
-        "cost_usd": f"CAST(cost_usd AS {_DECIMAL})",
-        "budget_cap_usd": f"CAST(budget_cap_usd AS {_DECIMAL})",
-    },
-    "circuit_events": {"attributes": "CAST(attributes AS JSON)"},
-    "profile_events": {"detail": "CAST(detail AS JSON)"},
-    "budget_events": {
-        "day": "CAST(day AS DATE)",
-        "cap_usd": f"CAST(cap_usd AS {_DECIMAL})",
-        "spent_usd": f"CAST(spent_usd AS {_DECIMAL})",
-        "reserved_usd": f"CAST(reserved_usd AS {_DECIMAL})",
-        "attributes": "CAST(attributes AS JSON)",
-    },
-}
-_USAGE_COLS: Final = [f.name for f in USAGE_SCHEMA]
+_DATA_ERRORS: Final = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException)
+"""What a row's values can make the database raise (a cast out of range, a constraint): the
+landing isolates and quarantines such rows. Other errors (I/O, memory) are retried."""
 _ROLLUP_KEYS: Final = "ts, tenant, org, context, purpose, provider, request_model, response_model"
 _DELTA_COLS: Final = (
     f"{_ROLLUP_KEYS}, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
@@ -98,11 +79,12 @@ _counter = itertools.count()
 
 def _insert_sql(table: str, source: str, data: pa.Table) -> str:
     target = "llm_usage" if table == "derive" else table
-    schema_names = [f.name for f in TABLE_SCHEMAS[target]]
+    declared = LANDED[target]
+    schema_names = declared.names
+    select = [select_expr(column) for column in declared.landed]
     if target == "spans":  # stored in span_rows, with the id of the resource
         schema_names.append("resource_id")
-    casts = _CASTS.get(target, {})
-    select = [casts.get(name, name) for name in schema_names]
+        select.append("resource_id")
     if target in analytics.DEDUP_KEYS:  # empty tables are not landed
         return analytics.insert_new_sql(target, source, data, columns=schema_names, select=select)
     # Events are few: their primary keys ignore what was landed before.
@@ -119,6 +101,8 @@ class LandResult:
     inserted: dict[str, int] = field(default_factory=dict)
     derived: int = 0
     superseded: int = 0
+    quarantined: pa.Table | None = None
+    """Rows the database refused, moved to `rejected_records` by `land_safely`."""
 
 
 class _Relations:
@@ -306,6 +290,95 @@ class Lander:
                     con.unregister(view)
             self._commit(new, dropped)
         return result
+
+    def land_safely(
+        self,
+        batches: Sequence[Batch],
+        *,
+        log_seq: int | None = None,
+        received: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> LandResult:
+        """`land`, and when a row's values make it fail, quarantine that row and land the rest.
+
+        `validate` keeps out-of-range values from reaching the landing; this is the defence
+        in depth. Without it one bad row failed its whole landing, which the writer retried
+        forever, and a restart replayed it from the ingest log and failed again.
+
+        Raises:
+            Exception: The landing failed for another reason (retried by the caller), or
+                still fails once the refused rows are out.
+        """
+        try:
+            return self.land(batches, log_seq=log_seq)
+        except _DATA_ERRORS:
+            pass
+        when = received()
+        before = [b.tables.get("rejected_records") for b in batches]
+        moved = 0
+        with self.lock:
+            for batch in batches:
+                bad = {
+                    name: dict(self._refused_rows(name, table))
+                    for name, table in batch.tables.items()
+                }
+                dropped = bad.pop("rejected_records", {})
+                if dropped:  # the quarantine cannot be quarantined: those rows are lost
+                    keep = [
+                        i not in dropped for i in range(batch.tables["rejected_records"].num_rows)
+                    ]
+                    batch.tables["rejected_records"] = batch.tables["rejected_records"].filter(
+                        pa.array(keep, pa.bool_())
+                    )
+                moved += quarantine_rows(batch, bad, received=when)
+        result = self.land(batches, log_seq=log_seq)
+        if moved:
+            new = [
+                b.tables["rejected_records"].slice(0 if old is None else old.num_rows)
+                for b, old in zip(batches, before, strict=True)
+                if "rejected_records" in b.tables
+            ]
+            result.quarantined = pa.concat_tables(new)
+        return result
+
+    def _refused_rows(self, name: str, table: pa.Table) -> list[tuple[int, tuple[str, str]]]:
+        """The rows of `table` the database refuses, found by landing halves on trial."""
+        error = self._trial(name, table)
+        if error is None:
+            return []
+        if table.num_rows == 1:
+            return [(0, ("refused_by_database", error))]
+        mid = table.num_rows // 2
+        left = self._refused_rows(name, table.slice(0, mid))
+        right = self._refused_rows(name, table.slice(mid))
+        return left + [(i + mid, found) for i, found in right]
+
+    def _trial(self, name: str, table: pa.Table) -> str | None:
+        """Insert `table` (and roll its usage up) in a transaction rolled back; the error."""
+        if table.num_rows == 0:
+            return None
+        if name == "spans":  # resources inline, as for a clash (the trial stores none)
+            table = table.append_column("resource_id", pa.nulls(table.num_rows, pa.uint64()))
+        con = self.con
+        view = f"_trial_{name}_{next(_counter)}"
+        con.register(view, table)
+        try:
+            con.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                if name in ("derive", "llm_usage"):
+                    rows = con.sql(
+                        f"{_insert_sql(name, view, table)} RETURNING {_DELTA_COLS}"
+                    ).to_arrow_table()
+                    if self.rollup and rows.num_rows:
+                        analytics.add_usage_rows(con, rows, timezone=self.timezone)
+                else:
+                    con.execute(_insert_sql(name, view, table)).fetchall()
+            except _DATA_ERRORS as exc:
+                return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            finally:
+                con.execute("ROLLBACK").fetchall()
+        finally:
+            con.unregister(view)
+        return None
 
     def _split_resources(self, spans: pa.Table) -> tuple[pa.Table, pa.Table]:
         """The spans with their resources' ids, and the distinct resources (schema v3)."""

@@ -8,7 +8,9 @@ lands everything queued while the previous transaction ran in one transaction (g
 commit), which amortises DuckDB's per-statement cost over many requests, and commits the
 sequence number of the last request it holds with the rows.
 
-A landing that fails (the database refusing writes, a full disk) is retried, with backoff,
+A row the database refuses (a value out of its column's range that validation missed) is
+quarantined into `rejected_records` and the rest lands (`Lander.land_safely`). A landing that
+fails otherwise (the database refusing writes, a full disk) is retried, with backoff,
 until it succeeds: the batches stay queued, `/health` says "failing" with the error, and the
 queue fills until receivers answer 429. Nothing accepted is dropped.
 
@@ -26,10 +28,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from comptroller.collector._ingest_log import IngestLog, IngestLogError
 from comptroller.collector._land import Lander, LandResult
 from comptroller.collector._normalise import Batch
 from comptroller.collector._priority import lower_thread_priority
+from comptroller.collector._validate import TARGETS
 from comptroller.errors import ComptrollerError
 
 MAX_QUEUE_MB = 64
@@ -85,6 +90,9 @@ class Stats:
     last_error: str | None = None
     metric_points_dropped: int = 0
     landing_failures: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    """Rows put in `rejected_records` instead of landing, by what they were: spans, usage,
+    events."""
 
     def count_request_rejected(self, kind: str) -> None:
         """Count one request refused as a whole (`kind`: bad_protobuf, too_large, …)."""
@@ -98,6 +106,14 @@ class Stats:
         with self.lock:
             for reason, count in reasons.items():
                 self.rows_rejected[reason] = self.rows_rejected.get(reason, 0) + count
+
+    def count_quarantined(self, records: pa.Table) -> None:
+        """Count the rows of a `rejected_records` table by the table they were bound for."""
+        targets = records.column("target").to_pylist()
+        with self.lock:
+            for target in targets:
+                kind = TARGETS.get(target or "", "other")
+                self.quarantined[kind] = self.quarantined.get(kind, 0) + 1
 
     def count_unauthorized(self) -> None:
         """Count one request refused for a missing or wrong bearer token."""
@@ -295,7 +311,7 @@ class Pipeline:
             size = sum(item[3] for item in items)
             seq = items[-1][2]
             try:
-                result = self.lander.land([item[0] for item in items], log_seq=seq)
+                result = self.lander.land_safely([item[0] for item in items], log_seq=seq)
             except Exception as exc:  # a failed landing is retried; the writer lives on
                 message = f"landing failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                 with self.stats.lock:
@@ -355,6 +371,10 @@ class Pipeline:
                     stats.rows_landed.get("llm_usage", 0) + result.derived
                 )
             stats.derived_usage_rows += result.derived
+            if result.quarantined is not None:
+                for target in result.quarantined.column("target").to_pylist():
+                    kind = TARGETS.get(target or "", "other")
+                    stats.quarantined[kind] = stats.quarantined.get(kind, 0) + 1
             stats.superseded_usage_rows += result.superseded
             stats.flushes += 1
             stats.last_flush = dt.datetime.now(dt.UTC)
@@ -377,6 +397,7 @@ class Pipeline:
                 "derived_usage_rows": stats.derived_usage_rows,
                 "superseded_usage_rows": stats.superseded_usage_rows,
                 "rows_rejected": dict(stats.rows_rejected),
+                "rejected": {"spans": 0, "usage": 0, "events": 0, **stats.quarantined},
                 "requests_rejected": dict(stats.requests_rejected),
                 "requests_ok": stats.requests_ok,
                 "unauthorized": stats.unauthorized,

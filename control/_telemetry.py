@@ -65,7 +65,12 @@ class TelemetrySink(Protocol):
         ...
 
     def shutdown(self) -> None:
-        """Release the sink's resources (after the providers have flushed into it)."""
+        """Release the sink's resources (after the providers have flushed into it).
+
+        A sink that could not land some rows says so here (a warning naming the count and
+        the reasons); one that can tell also offers `check_delivered() -> bool`, which
+        `Telemetry.flush` asks (True: every row handed over since the last check landed).
+        """
         ...
 
 
@@ -382,10 +387,18 @@ class Telemetry:
         )
 
     def flush(self, timeout_ms: int = 30_000) -> bool:
-        """Export everything emitted so far; True when both pipelines flushed in time."""
+        """Export everything emitted so far.
+
+        Returns:
+            True when both pipelines flushed in time and the sink landed every row it was
+            handed since the last flush (a sink that can tell: `check_delivered`). A row the
+            sink rejected or failed to land makes it False: never "landed" when it did not.
+        """
         spans = self.tracer_provider.force_flush(timeout_ms)
         logs = self.logger_provider.force_flush(timeout_ms)
-        return bool(spans and logs)
+        check = getattr(self.sink, "check_delivered", None)
+        delivered = True if check is None else bool(check())
+        return bool(spans and logs and delivered)
 
     def shutdown(self) -> None:
         """Flush and stop both pipelines, then the sink. Idempotent."""
