@@ -28,7 +28,11 @@ _ROLES = ("platform", "org_admin", "domain_admin")
     type=click.FloatRange(min=0.1),
     help="Seconds between refreshes [default: tui.refresh_s].",
 )
-@click.option("--operator", help="Your name, recorded in the audit log: enables profile rollback.")
+@click.option(
+    "--operator",
+    help="Enables profile rollback; the audit log records your proven identity (the OS user "
+    "or an admin token's), whatever name is given here.",
+)
 @click.option("--role", type=click.Choice(_ROLES), help="The role you act in (with --operator).")
 @click.option("--org", help="The org an org_admin administers.")
 @click.option("--domain", help="The domain a domain_admin administers.")
@@ -70,7 +74,23 @@ def tui(
         token=token or settings.collector.bearer_token(),
         default_db=settings.db_file,
     )
-    who = Operator(name=operator, role=role, org=org, domain=domain) if operator and role else None
+    who: Operator | None = None
+    admin = None
+    if operator and role:
+        from comptroller.cli._profiles import prove_actor
+
+        # The name in the audit log is the proven identity (the OS user, or an admin
+        # token's), never what --operator claims: the grant check is made for that identity.
+        admin = profile_admin(settings)
+        actor = prove_actor(
+            admin.service,
+            claimed=operator,
+            role=role,
+            actor_org=org,
+            actor_domain=domain,
+            token_env=None,
+        )
+        who = Operator(name=actor.name, role=actor.role, org=actor.org, domain=actor.domain)
     options = AppOptions(
         refresh_s=refresh_s or settings.tui.refresh_s,
         max_rows=settings.tui.max_rows,
@@ -81,9 +101,7 @@ def tui(
         panel_dirs=tuple(settings.analytics.panel_dirs),
     )
     try:
-        ComptrollerApp(
-            source, options=options, operator=who, admin=profile_admin(settings) if who else None
-        ).run()
+        ComptrollerApp(source, options=options, operator=who, admin=admin).run()
     finally:
         close = getattr(source, "close", None)
         if close is not None:
