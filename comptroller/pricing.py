@@ -4,12 +4,15 @@
 (~70 µs). The cost of a call is linear in its token counts within one price tier, so the
 `Pricer` asks genai-prices' own `ModelPrice.calc_price` once per (model price, tier) for the
 cost of a handful of probe usages, derives the per-token coefficient of every token kind from
-them, and prices each call with five Decimal multiplications. Because the coefficients come
-from genai-prices' own arithmetic, every rule it applies carries over unchanged: cache reads
-and writes carved out of the input count, reasoning out of the output count, a kind without
-its own price charged as its parent, per-request fees, tiers chosen by the input count, and
-prices that change with the request time (the price in force at `at` is looked up per call,
-its coefficients cached).
+them, and prices each call with a few Decimal multiplications (one per token kind the call
+reports). Because the coefficients come from genai-prices' own arithmetic, every rule it
+applies carries over unchanged: cache reads and writes carved out of the input count (1-hour
+and 5-minute cache writes out of the writes), audio out of the input and output counts,
+reasoning out of the output count, a kind without its own price charged as its parent,
+per-request fees, tiers chosen by the input count, OpenAI service tiers (`flex`, `priority`:
+genai-prices' price variants selected by `service_tier`, cached per tier) and prices that
+change with the request time (the price in force at `at` is looked up per call, its
+coefficients cached).
 
 Models genai-prices does not know are priced from the configuration's fallback registry
 (`[control.prices."provider:model"]`, USD per million tokens). A model known to neither is
@@ -88,48 +91,122 @@ PROVIDER_ALIASES: Final[Mapping[str, str | None]] = {
 """Default alias map, extended or overridden by `Pricer(aliases=…)`."""
 
 
+_KINDS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "cache_audio_read_tokens",
+    "output_audio_tokens",
+    "cache_write_1h_tokens",
+    "cache_write_5m_tokens",
+)
+"""The token counts of a `Usage`, in the order of `Usage.counts` and `Pricer.price_counts`."""
+
+_GENAI_KEYS: Final = {kind: kind for kind in _KINDS} | {
+    "reasoning_tokens": "output_reasoning_tokens"
+}
+"""genai-prices' `Usage` field of each kind (inclusive counts there too)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Usage:
     """Token usage of one provider attempt, as the provider reported it.
 
-    Counts are *inclusive*, as in the OpenTelemetry GenAI conventions: `input_tokens`
-    includes the cache reads and writes, `output_tokens` includes the reasoning tokens.
-    (Anthropic reports input exclusive of cache tokens: add them before building this.)
+    Counts are *inclusive*, as in the OpenTelemetry GenAI conventions and genai-prices:
+    `input_tokens` includes the cache reads and writes and the audio tokens,
+    `cache_read_tokens` the cached audio tokens, `cache_write_tokens` the 1-hour and 5-minute
+    writes, `output_tokens` the reasoning and audio tokens. (Anthropic reports input exclusive
+    of cache tokens: add them before building this.)
     """
 
     input_tokens: int = 0
-    """All input (prompt) tokens, cached ones included."""
+    """All input (prompt) tokens, cached and audio ones included."""
     output_tokens: int = 0
-    """All output (completion) tokens, reasoning included."""
+    """All output (completion) tokens, reasoning and audio included."""
     cache_read_tokens: int = 0
-    """Input tokens served from the provider's prompt cache."""
+    """Input tokens served from the provider's prompt cache (cached audio included)."""
     cache_write_tokens: int = 0
-    """Input tokens written to the provider's prompt cache."""
+    """Input tokens written to the provider's prompt cache (every lifetime)."""
     reasoning_tokens: int = 0
     """Output tokens spent on reasoning (thinking)."""
+    input_audio_tokens: int = 0
+    """Input tokens of audio (cached audio included)."""
+    cache_audio_read_tokens: int = 0
+    """Cached input tokens of audio (part of both `cache_read_tokens` and `input_audio_tokens`)."""
+    output_audio_tokens: int = 0
+    """Output tokens of audio."""
+    cache_write_1h_tokens: int = 0
+    """Cache writes with a 1-hour lifetime (Anthropic; part of `cache_write_tokens`)."""
+    cache_write_5m_tokens: int = 0
+    """Cache writes with a 5-minute lifetime (part of `cache_write_tokens`)."""
+    service_tier: str | None = None
+    """The service tier the provider ran the call in (OpenAI `flex`, `priority`, …), as the
+    response reports it; None: the standard price."""
 
     @property
     def total_tokens(self) -> int:
         """Input plus output tokens (what a tokens-per-interval rate limit counts)."""
         return self.input_tokens + self.output_tokens
 
-    @property
-    def consistent(self) -> bool:
-        """Whether the counts can be priced: none negative, the parts within their totals."""
-        return _consistent(
+    def counts(self) -> tuple[int, ...]:
+        """The token counts in the order of `Pricer.price_counts` tuples."""
+        return (
             self.input_tokens,
             self.output_tokens,
             self.cache_read_tokens,
             self.cache_write_tokens,
             self.reasoning_tokens,
+            self.input_audio_tokens,
+            self.cache_audio_read_tokens,
+            self.output_audio_tokens,
+            self.cache_write_1h_tokens,
+            self.cache_write_5m_tokens,
         )
 
+    @property
+    def consistent(self) -> bool:
+        """Whether the counts can be priced: none negative, the parts within their totals."""
+        # `_consistent(self.counts())`; this runs on every priced call, and most calls report
+        # none of the audio and cache-lifetime kinds: those are checked without the tuple.
+        inp, cr, cw = self.input_tokens, self.cache_read_tokens, self.cache_write_tokens
+        if not (
+            self.input_audio_tokens
+            or self.cache_audio_read_tokens
+            or self.output_audio_tokens
+            or self.cache_write_1h_tokens
+            or self.cache_write_5m_tokens
+        ):
+            return (
+                cr + cw <= inp
+                and self.reasoning_tokens <= self.output_tokens
+                and min(inp, self.output_tokens, cr, cw, self.reasoning_tokens) >= 0
+            )
+        return _consistent(self.counts())
 
-def _consistent(inp: int, outp: int, cache_read: int, cache_write: int, reasoning: int) -> bool:
+
+def _consistent(counts: Sequence[int]) -> bool:
+    """Whether every exclusive share of the inclusive counts is non-negative.
+
+    The shares: cached audio, cached text (cache reads − cached audio), uncached audio (audio
+    − cached audio), 1-hour and 5-minute writes, other writes, uncached text input (input −
+    reads − writes − audio + cached audio), reasoning, output audio, other output (output −
+    reasoning − audio). Audio is assumed neither written to the cache nor reasoning, which is
+    what providers report. genai-prices rejects a usage with a negative share of a kind it
+    prices; this rejects one with a negative share of any kind, whatever the model prices.
+    """
+    if len(counts) < len(_KINDS):
+        counts = (*counts, *(0,) * (len(_KINDS) - len(counts)))
+    inp, outp, cr, cw, rs, ia, car, oa, w1h, w5m = counts
     return (
-        cache_read + cache_write <= inp
-        and reasoning <= outp
-        and min(inp, outp, cache_read, cache_write, reasoning) >= 0
+        min(inp, outp, cr, cw, rs, ia, car, oa, w1h, w5m) >= 0
+        and car <= cr
+        and car <= ia
+        and w1h + w5m <= cw
+        and cr + cw + ia - car <= inp
+        and rs + oa <= outp
     )
 
 
@@ -154,7 +231,9 @@ class TierCoefficients:
 
     A call's cost in the tier is `per_request + input × (input_tokens − cache_read_tokens −
     cache_write_tokens) + cache_read × cache_read_tokens + cache_write × cache_write_tokens +
-    output × (output_tokens − reasoning_tokens) + reasoning × reasoning_tokens`.
+    output × (output_tokens − reasoning_tokens) + reasoning × reasoning_tokens` for a call
+    without audio or 1-hour/5-minute cache writes; each of those kinds takes its exclusive
+    share at its own price (see `comptroller.pricing._consistent` for the shares).
     """
 
     above: int | None
@@ -173,6 +252,17 @@ class TierCoefficients:
     """Per output token that is not a reasoning token."""
     reasoning: Decimal
     """Per reasoning output token."""
+    input_audio: Decimal = Decimal(0)
+    """Per uncached input audio token."""
+    cache_audio_read: Decimal = Decimal(0)
+    """Per cached input audio token."""
+    output_audio: Decimal = Decimal(0)
+    """Per output audio token."""
+    cache_write_1h: Decimal = Decimal(0)
+    """Per input token written to the cache for 1 hour."""
+    cache_write_5m: Decimal = Decimal(0)
+    """Per input token written to the cache for 5 minutes (when priced apart from
+    `cache_write`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -200,49 +290,113 @@ class PriceCoefficients:
         return self.tiers[0]
 
 
-@dataclass(frozen=True, slots=True)
 class _Linear:
-    """Cost of a usage within one price tier: const + Σ coefficient × count."""
+    """Cost of a usage within one price tier: const + Σ coefficient × inclusive count.
 
-    const: Decimal
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal
-    cache_write: Decimal
-    reasoning: Decimal
+    A kind's coefficient is what one more token of it adds with its parents' counts held
+    (a cache read: its price minus the input price, since it is carved out of the input).
+    """
+
+    __slots__ = (
+        "cache_audio_read",
+        "cache_read",
+        "cache_write",
+        "cache_write_1h",
+        "cache_write_5m",
+        "const",
+        "input",
+        "input_audio",
+        "ordered",
+        "output",
+        "output_audio",
+        "reasoning",
+        "worst_in",
+        "worst_out",
+    )
+
+    def __init__(self, const: Decimal, coefficients: Sequence[Decimal]) -> None:
+        self.const = const
+        self.ordered = tuple(coefficients)
+        (
+            self.input,
+            self.output,
+            self.cache_read,
+            self.cache_write,
+            self.reasoning,
+            self.input_audio,
+            self.cache_audio_read,
+            self.output_audio,
+            self.cache_write_1h,
+            self.cache_write_5m,
+        ) = self.ordered
+        exclusive = self.exclusive()
+        # Any input token may turn out to be of the dearest input kind (a cache write costs
+        # more than plain input at Anthropic, audio more than text at OpenAI), any output
+        # token of the dearest output kind: the worst case reserves at those.
+        self.worst_in = max(
+            exclusive[k]
+            for k in (
+                "input",
+                "cache_read",
+                "cache_write",
+                "input_audio",
+                "cache_audio_read",
+                "cache_write_1h",
+                "cache_write_5m",
+            )
+        )
+        self.worst_out = max(exclusive[k] for k in ("output", "reasoning", "output_audio"))
+
+    def exclusive(self) -> dict[str, Decimal]:
+        """The price of one token of each kind alone (its exclusive share)."""
+        i, o = self.input, self.output
+        return {
+            "input": i,
+            "cache_read": i + self.cache_read,
+            "cache_write": i + self.cache_write,
+            "input_audio": i + self.input_audio,
+            "cache_audio_read": i + self.cache_read + self.input_audio + self.cache_audio_read,
+            "cache_write_1h": i + self.cache_write + self.cache_write_1h,
+            "cache_write_5m": i + self.cache_write + self.cache_write_5m,
+            "output": o,
+            "reasoning": o + self.reasoning,
+            "output_audio": o + self.output_audio,
+        }
 
     def cost(self, u: Usage) -> Decimal:
-        return self.cost_of(
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_tokens,
-            u.cache_write_tokens,
-            u.reasoning_tokens,
-        )
-
-    def cost_of(
-        self, inp: int, outp: int, cache_read: int, cache_write: int, reasoning: int
-    ) -> Decimal:
         # Decimal × int is exact; skipping zero counts keeps the common call to ~2 products.
         total = self.const
-        if inp:
-            total += self.input * inp
-        if outp:
-            total += self.output * outp
-        if cache_read:
-            total += self.cache_read * cache_read
-        if cache_write:
-            total += self.cache_write * cache_write
-        if reasoning:
-            total += self.reasoning * reasoning
+        if u.input_tokens:
+            total += self.input * u.input_tokens
+        if u.output_tokens:
+            total += self.output * u.output_tokens
+        if u.cache_read_tokens:
+            total += self.cache_read * u.cache_read_tokens
+        if u.cache_write_tokens:
+            total += self.cache_write * u.cache_write_tokens
+        if u.reasoning_tokens:
+            total += self.reasoning * u.reasoning_tokens
+        if u.input_audio_tokens:
+            total += self.input_audio * u.input_audio_tokens
+        if u.cache_audio_read_tokens:
+            total += self.cache_audio_read * u.cache_audio_read_tokens
+        if u.output_audio_tokens:
+            total += self.output_audio * u.output_audio_tokens
+        if u.cache_write_1h_tokens:
+            total += self.cache_write_1h * u.cache_write_1h_tokens
+        if u.cache_write_5m_tokens:
+            total += self.cache_write_5m * u.cache_write_5m_tokens
+        return total
+
+    def cost_of(self, counts: Sequence[int]) -> Decimal:
+        total = self.const
+        for coefficient, count in zip(self.ordered, counts, strict=False):
+            if count:
+                total += coefficient * count
         return total
 
     def worst(self, input_tokens: int, output_tokens: int) -> Decimal:
-        # Any input token may turn out to be a cache write (dearer than input at Anthropic),
-        # any output token a reasoning token: reserve at the dearest kind.
-        per_in = max(self.input, self.input + self.cache_read, self.input + self.cache_write)
-        per_out = max(self.output, self.output + self.reasoning)
-        return self.const + per_in * input_tokens + per_out * output_tokens
+        return self.const + self.worst_in * input_tokens + self.worst_out * output_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,55 +420,110 @@ class _Schedule:
 
     def coefficients(self, source: str, time_of_day: bool) -> PriceCoefficients:
         bounds = (None, *self.thresholds, None)
-        tiers = tuple(
-            TierCoefficients(
-                above=bounds[i],
-                upto=bounds[i + 1],
-                per_request=b.const,
-                input=b.input,
-                # The brackets hold each kind as a delta on its parent (input, output); the
-                # sums are exact in Decimal, so both forms give the same cost to the digit.
-                cache_read=b.input + b.cache_read,
-                cache_write=b.input + b.cache_write,
-                output=b.output,
-                reasoning=b.output + b.reasoning,
+        tiers = []
+        for i, b in enumerate(self.brackets):
+            # The brackets hold each kind as a delta on its parents; the sums are exact in
+            # Decimal, so both forms give the same cost to the digit.
+            exclusive = b.exclusive()
+            tiers.append(
+                TierCoefficients(
+                    above=bounds[i],
+                    upto=bounds[i + 1],
+                    per_request=b.const,
+                    **exclusive,
+                )
             )
-            for i, b in enumerate(self.brackets)
-        )
-        return PriceCoefficients(source=source, tiers=tiers, time_of_day=time_of_day)
+        return PriceCoefficients(source=source, tiers=tuple(tiers), time_of_day=time_of_day)
 
 
 class _GenaiModel:
-    """One genai-prices model: its price in force at a time, and compiled schedules."""
+    """One genai-prices model: its price in force at a time and tier, and compiled schedules."""
 
-    __slots__ = ("_info", "_lock", "_schedules", "static", "time_of_day")
+    __slots__ = ("_info", "_lock", "_schedules", "_tiers", "static", "time_of_day")
 
-    def __init__(self, info: Any) -> None:
+    def __init__(self, info: Any, *, own: bool) -> None:
         from genai_prices.types import ModelPrice, TimeOfDateConstraint
 
         self._info = info
         self._lock = threading.Lock()
-        # Keyed by the identity of the ModelPrice object genai-prices hands back; the
-        # object is held in the value so that its id cannot be reused.
-        self._schedules: dict[int, tuple[Any, _Schedule]] = {}
+        # Keyed by the identity of the ModelPrice object genai-prices hands back (and, for a
+        # service tier, of the price variants in force); the objects are held in the value
+        # so that their ids cannot be reused.
+        self._schedules: dict[tuple[int, ...], tuple[Any, _Schedule]] = {}
         self.static: _Schedule | None = (
             _compile_model_price(info.prices) if isinstance(info.prices, ModelPrice) else None
         )
         self.time_of_day = self.static is None and any(
             isinstance(conditional.constraint, TimeOfDateConstraint) for conditional in info.prices
         )
+        # genai-prices selects a variant for `price_context={"service_tier": tier}` when every
+        # condition of its `when` holds: only variants conditioned on the tier alone. It
+        # ignores the context for a model borrowed from another provider (`own` False).
+        tiers: dict[str, list[Any]] = {}
+        if own:
+            for variant in info.price_variants or ():
+                if set(variant.when) == {"service_tier"}:
+                    tiers.setdefault(variant.when["service_tier"], []).append(variant)
+        self._tiers = {tier: tuple(variants) for tier, variants in tiers.items()}
 
-    def schedule(self, at: datetime) -> _Schedule:
+    @property
+    def tiered(self) -> bool:
+        """Whether some service tier has prices of its own."""
+        return bool(self._tiers)
+
+    def schedule(self, at: datetime, tier: str | None = None) -> _Schedule:
+        if tier is not None:
+            variants = self._tiers.get(tier)
+            if variants is not None:
+                # The price genai-prices applies: the standard price in force, overridden
+                # key by key by the tier's variants in force (the first one wins). Keyed by
+                # the identities of those objects; plain loops, since this runs per call.
+                key: list[int] = []
+                for variant in variants:
+                    constraint = variant.constraint
+                    if constraint is None or constraint.active(at):
+                        key.append(id(variant))
+                if key:
+                    standard = self._info.get_prices(at)
+                    key.append(id(standard))
+                    hit = self._schedules.get(tuple(key))
+                    if hit is not None:
+                        return hit[1]
+                    return self._compile(
+                        tuple(key),
+                        (standard, variants),
+                        self._info.get_prices(at, {"service_tier": tier}),
+                    )
         if self.static is not None:
             return self.static
         model_price = self._info.get_prices(at)
-        hit = self._schedules.get(id(model_price))
+        hit = self._schedules.get((id(model_price),))
         if hit is not None:
             return hit[1]
+        return self._compile((id(model_price),), model_price, model_price)
+
+    def _compile(self, key: tuple[int, ...], held: Any, model_price: Any) -> _Schedule:
         compiled = _compile_model_price(model_price)
         with self._lock:
-            self._schedules[id(model_price)] = (model_price, compiled)
+            self._schedules[key] = (held, compiled)
         return compiled
+
+
+# Exclusive tokens of each kind in the probe usage the coefficients are measured around: it
+# holds some of every kind, so that one more token of any kind keeps every share of it
+# non-negative (genai-prices refuses a negative share).
+_PROBE: Final = {
+    "input_tokens": 14,  # plain, cached text, cached audio, audio, 3 kinds of writes: 2 each
+    "output_tokens": 6,
+    "cache_read_tokens": 4,
+    "cache_write_tokens": 6,
+    "reasoning_tokens": 2,
+    "input_audio_tokens": 4,
+    "cache_audio_read_tokens": 2,
+    "output_audio_tokens": 2,
+    "cache_write_1h_tokens": 2,
+    "cache_write_5m_tokens": 2,
+}
 
 
 def _compile_model_price(model_price: Any) -> _Schedule:
@@ -322,14 +531,8 @@ def _compile_model_price(model_price: Any) -> _Schedule:
     from genai_prices.types import TieredPrices
     from genai_prices.types import Usage as GenaiUsage
 
-    def f(inp: int, out: int = 0, cr: int = 0, cw: int = 0, rs: int = 0) -> Decimal:
-        usage = GenaiUsage(
-            input_tokens=inp,
-            output_tokens=out,
-            cache_read_tokens=cr,
-            cache_write_tokens=cw,
-            output_reasoning_tokens=rs,
-        )
+    def f(counts: Mapping[str, int]) -> Decimal:
+        usage = GenaiUsage(**{_GENAI_KEYS[kind]: count for kind, count in counts.items()})
         total: Decimal = model_price.calc_price(usage)["total_price"]
         return total
 
@@ -340,20 +543,15 @@ def _compile_model_price(model_price: Any) -> _Schedule:
     thresholds = tuple(sorted(starts))
     brackets: list[_Linear] = []
     for low in (0, *(start + 1 for start in thresholds)):
-        a, b = low, low + 1
-        f_a, f_b = f(a), f(b)
-        per_input = f_b - f_a
-        per_output = f(a, out=1) - f_a
-        brackets.append(
-            _Linear(
-                const=f_a - per_input * a,
-                input=per_input,
-                output=per_output,
-                cache_read=f(b, cr=1) - f_b,
-                cache_write=f(b, cw=1) - f_b,
-                reasoning=f(a, out=1, rs=1) - f(a, out=1),
-            )
+        # The probe and the probe plus one token stay within the bracket (the tiers of
+        # genai-prices' data are 100k+ tokens apart).
+        base = {**_PROBE, "input_tokens": _PROBE["input_tokens"] + low}
+        f_base = f(base)
+        coefficients = [f({**base, kind: base[kind] + 1}) - f_base for kind in _KINDS]
+        const = f_base - sum(
+            (c * base[kind] for c, kind in zip(coefficients, _KINDS, strict=True)), Decimal(0)
         )
+        brackets.append(_Linear(const, coefficients))
     return _Schedule(thresholds=thresholds, brackets=tuple(brackets))
 
 
@@ -381,13 +579,23 @@ def _compile_spec(spec: PriceSpec) -> _Schedule:
         # A kind without a price of its own is charged as its parent (the genai-prices rule).
         return Decimal(0) if price is None else price / _MILLION - parent
 
+    zero = Decimal(0)
+    # The registry has no audio or cache-lifetime prices: those tokens are charged as their
+    # parents (audio input as input, a 1-hour write as a write).
     linear = _Linear(
-        const=Decimal(0),
-        input=per_in,
-        output=per_out,
-        cache_read=delta(spec.cache_read_mtok, per_in),
-        cache_write=delta(spec.cache_write_mtok, per_in),
-        reasoning=delta(spec.reasoning_mtok, per_out),
+        zero,
+        (
+            per_in,
+            per_out,
+            delta(spec.cache_read_mtok, per_in),
+            delta(spec.cache_write_mtok, per_in),
+            delta(spec.reasoning_mtok, per_out),
+            zero,
+            zero,
+            zero,
+            zero,
+            zero,
+        ),
     )
     return _Schedule(thresholds=(), brackets=(linear,))
 
@@ -471,14 +679,17 @@ class Pricer:
         canonical = self.canonical_provider(provider)
         if canonical is not None:
             try:
-                _, info = snapshot.find_provider_model(model, None, canonical, None)
+                found, info = snapshot.find_provider_model(model, None, canonical, None)
             except LookupError:
                 pass
             else:
-                model_info = _GenaiModel(info)
-                # A price that never changes is resolved to its schedule: no lookup by time.
+                own = any(info is candidate for candidate in found.models)
+                model_info = _GenaiModel(info, own=own)
+                # A price that never changes, whatever the tier, is resolved to its schedule:
+                # no lookup by time or tier.
                 static = model_info.static
-                resolved = (GENAI_PRICES_SOURCE, model_info if static is None else static)
+                target = static if static is not None and not model_info.tiered else model_info
+                resolved = (GENAI_PRICES_SOURCE, target)
         if resolved is None:
             lowered = model.lower()
             spec = self._fallback.get((provider.lower(), lowered))
@@ -489,14 +700,18 @@ class Pricer:
         self._cache[key] = resolved
         return resolved
 
-    def _schedule(self, provider: str, model: str, at: datetime) -> tuple[str, _Schedule] | None:
+    def _schedule(
+        self, provider: str, model: str, at: datetime, tier: str | None = None
+    ) -> tuple[str, _Schedule] | None:
         resolved = self._lookup(provider, model)
         if resolved is None:
             return None
         source, target = resolved
         if isinstance(target, _Schedule):
             return source, target
-        return source, target.schedule(at)
+        if tier is None and target.static is not None:
+            return source, target.static
+        return source, target.schedule(at, tier)
 
     def knows(self, provider: str, model: str) -> bool:
         """Whether a price is known for (provider, model), from genai-prices or the registry."""
@@ -527,14 +742,16 @@ class Pricer:
         Args:
             provider: Provider name (OpenTelemetry `gen_ai.provider.name` or genai-prices id).
             model: The model id (the response model when the provider reported one).
-            usage: Token usage as the provider reported it, inclusive counts.
+            usage: Token usage as the provider reported it, inclusive counts, and the service
+                tier it ran in (`usage.service_tier`: that tier's prices when genai-prices
+                has them, as `calc_price(…, price_context={"service_tier": tier})`).
             at: When the request was made (prices may change with the date or time of day).
 
         Returns:
             The exact cost and its source; `Price(None, "unpriced")` when no price is known or
             the usage is inconsistent (cache tokens above input tokens) — never 0.
         """
-        found = self._schedule(provider, model, at)
+        found = self._schedule(provider, model, at, usage.service_tier)
         if found is None:
             return Price(None, UNPRICED_SOURCE, f"no price known for {provider}:{model}")
         if not usage.consistent:
@@ -546,18 +763,23 @@ class Pricer:
         self,
         provider: str,
         model: str,
-        counts: Sequence[tuple[int, int, int, int, int]],
+        counts: Sequence[tuple[int, ...]],
         at_us: Sequence[int],
+        *,
+        service_tier: str | None = None,
     ) -> list[Price]:
         """The costs of many attempts of one model: `price` of each, resolved once.
 
         Args:
             provider: Provider name.
             model: The model id.
-            counts: (input, output, cache_read, cache_write, reasoning) tokens per attempt,
-                inclusive as in `Usage`.
+            counts: Token counts per attempt, inclusive as in `Usage`, in the order of
+                `Usage.counts`: (input, output, cache_read, cache_write, reasoning[,
+                input_audio, cache_audio_read, output_audio, cache_write_1h,
+                cache_write_5m]); kinds left off are 0.
             at_us: When each attempt was made, µs since the epoch (used only when the
                 model's price changes with time).
+            service_tier: The service tier every one of these attempts ran in.
 
         Returns:
             One `Price` per attempt, equal to what `price` returns for it.
@@ -567,25 +789,26 @@ class Pricer:
             unknown = Price(None, UNPRICED_SOURCE, f"no price known for {provider}:{model}")
             return [unknown] * len(counts)
         source, target = resolved
-        schedule = target if isinstance(target, _Schedule) else target.static
+        schedule: _Schedule | None
+        if isinstance(target, _Schedule):
+            schedule = target
+        else:
+            # Tier prices may change with the date: those rows take the one-by-one path.
+            schedule = target.static if service_tier is None else None
         out: list[Price] = []
-        for (inp, outp, cr, cw, rs), at in zip(counts, at_us, strict=True):
-            if schedule is not None and _consistent(inp, outp, cr, cw, rs):
-                out.append(Price(schedule.linear(inp).cost_of(inp, outp, cr, cw, rs), source))
+        for row, at in zip(counts, at_us, strict=True):
+            if schedule is not None and _consistent(row):
+                out.append(Price(schedule.linear(row[0]).cost_of(row), source))
                 continue
-            # A price that changes with the date or the time of day, or counts that cannot be
-            # priced: the one-by-one path says why.
-            usage = Usage(
-                input_tokens=inp,
-                output_tokens=outp,
-                cache_read_tokens=cr,
-                cache_write_tokens=cw,
-                reasoning_tokens=rs,
-            )
+            # A price that changes with the date, the time of day or the tier, or counts that
+            # cannot be priced: the one-by-one path says why.
+            usage = Usage(**dict(zip(_KINDS, row, strict=False)), service_tier=service_tier)
             out.append(self.price(provider, model, usage, datetime.fromtimestamp(at / 1e6, UTC)))
         return out
 
-    def coefficients(self, provider: str, model: str, at: datetime) -> PriceCoefficients | None:
+    def coefficients(
+        self, provider: str, model: str, at: datetime, *, service_tier: str | None = None
+    ) -> PriceCoefficients | None:
         """The per-token price of every token kind and tier of a model, in force at `at`.
 
         `price` gives the same cost as these coefficients, to the digit; they let a caller
@@ -595,6 +818,7 @@ class Pricer:
             provider: Provider name (OpenTelemetry `gen_ai.provider.name` or genai-prices id).
             model: The model id.
             at: The instant; see `PriceCoefficients.time_of_day` for how long they hold.
+            service_tier: The service tier (None: the standard price).
 
         Returns:
             The coefficients, or None when no price is known for (provider, model).
@@ -605,7 +829,9 @@ class Pricer:
         source, target = resolved
         if isinstance(target, _Schedule):
             return target.coefficients(source, time_of_day=False)
-        return target.schedule(at).coefficients(source, time_of_day=target.time_of_day)
+        return target.schedule(at, service_tier).coefficients(
+            source, time_of_day=target.time_of_day
+        )
 
     def worst_case(
         self,
@@ -615,23 +841,28 @@ class Pricer:
         input_tokens: int,
         max_output_tokens: int,
         at: datetime,
+        service_tier: str | None = None,
     ) -> Decimal | None:
         """The most a call could cost: what a budget reserves before it runs.
 
         Every input token is charged at the dearest input kind (a cache write can cost more
-        than plain input) and every output token at the dearest output kind.
+        than plain input, audio more than text) and every output token at the dearest output
+        kind, at the prices of the requested service tier.
 
         Args:
             provider: Provider name.
             model: Model id.
-            input_tokens: Estimated input tokens.
+            input_tokens: An upper bound of the input tokens.
             max_output_tokens: The request's `max_tokens` (or the model's output limit).
             at: When the request is made.
+            service_tier: The service tier the request asks for (`flex`, `priority`, …):
+                its prices when genai-prices has them; None (or a tier without prices of its
+                own, such as `auto` or `default`): the standard price.
 
         Returns:
             The worst-case cost in USD, or None when no price is known.
         """
-        found = self._schedule(provider, model, at)
+        found = self._schedule(provider, model, at, service_tier)
         if found is None:
             return None
         return found[1].linear(input_tokens).worst(input_tokens, max_output_tokens)

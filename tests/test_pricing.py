@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -303,18 +304,28 @@ def test_worst_case_covers_every_split_of_the_same_token_counts(
     assert actual <= worst
 
 
-def test_worst_case_reserves_input_at_the_dearer_cache_write_price() -> None:
+def test_worst_case_reserves_input_at_the_dearest_cache_write_price() -> None:
     worst = PRICER.worst_case(
         "anthropic", "claude-3-5-haiku-latest", input_tokens=1_000_000, max_output_tokens=0, at=AT
     )
-    all_writes = PRICER.price(
+    five_minute_writes = PRICER.price(
         "anthropic",
         "claude-3-5-haiku-latest",
         Usage(input_tokens=1_000_000, cache_write_tokens=1_000_000),
         AT,
     )
+    one_hour_writes = PRICER.price(
+        "anthropic",
+        "claude-3-5-haiku-latest",
+        Usage(
+            input_tokens=1_000_000, cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000
+        ),
+        AT,
+    )
 
-    assert worst == all_writes.cost_usd
+    assert five_minute_writes.cost_usd is not None
+    assert worst == one_hour_writes.cost_usd
+    assert worst > five_minute_writes.cost_usd
 
 
 def test_fallback_registry_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -476,3 +487,369 @@ def test_price_counts_equals_price_call_by_call(
         PRICER.price(provider, model, usage, datetime.fromtimestamp(us / 1e6, UTC))
         for (usage, _), us in zip(calls, at_us, strict=True)
     ]
+
+
+# -- every usage shape: service tiers, audio, cache-write lifetimes --------------------------
+
+AT_TIERS = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)  # OpenAI's tier prices are in force
+
+
+def reference_all(provider_id: str, model: str, usage: Usage, at: datetime) -> Decimal:
+    """genai-prices' price of the same usage: every kind, and the tier as its price context."""
+    calc = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_reasoning_tokens=usage.reasoning_tokens,
+            input_audio_tokens=usage.input_audio_tokens,
+            cache_audio_read_tokens=usage.cache_audio_read_tokens,
+            output_audio_tokens=usage.output_audio_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            cache_write_5m_tokens=usage.cache_write_5m_tokens,
+        ),
+        model,
+        provider_id=provider_id,
+        genai_request_timestamp=at,
+        price_context={"service_tier": usage.service_tier} if usage.service_tier else None,
+    )
+    total: Decimal = calc.total_price
+    return total
+
+
+SHAPES = [
+    ("plain", "openai", "gpt-5", Usage(input_tokens=12_345, output_tokens=678)),
+    (
+        "cache read",
+        "openai",
+        "gpt-5",
+        Usage(input_tokens=12_345, output_tokens=678, cache_read_tokens=10_000),
+    ),
+    (
+        "reasoning",
+        "openai",
+        "gpt-5",
+        Usage(input_tokens=12_345, output_tokens=4_678, reasoning_tokens=4_000),
+    ),
+    (
+        "audio in",
+        "openai",
+        "gpt-audio",
+        Usage(input_tokens=12_345, output_tokens=678, input_audio_tokens=12_000),
+    ),
+    (
+        "audio out",
+        "openai",
+        "gpt-audio",
+        Usage(input_tokens=345, output_tokens=8_678, output_audio_tokens=8_000),
+    ),
+    (
+        "cached audio",
+        "openai",
+        "gpt-realtime",
+        Usage(
+            input_tokens=12_345,
+            output_tokens=678,
+            cache_read_tokens=9_000,
+            input_audio_tokens=11_000,
+            cache_audio_read_tokens=8_000,
+            output_audio_tokens=600,
+        ),
+    ),
+    ("flex", "openai", "gpt-5", Usage(input_tokens=12_345, output_tokens=678, service_tier="flex")),
+    (
+        "priority",
+        "openai",
+        "gpt-5",
+        Usage(input_tokens=12_345, output_tokens=678, service_tier="priority"),
+    ),
+    (
+        "flex + cache + reasoning",
+        "openai",
+        "gpt-5",
+        Usage(
+            input_tokens=12_345,
+            output_tokens=4_678,
+            cache_read_tokens=10_000,
+            reasoning_tokens=4_000,
+            service_tier="flex",
+        ),
+    ),
+    (
+        "priority + cache",
+        "openai",
+        "gpt-4o-mini",
+        Usage(
+            input_tokens=12_345, output_tokens=678, cache_read_tokens=6_000, service_tier="priority"
+        ),
+    ),
+    (
+        "a tier without prices of its own",
+        "openai",
+        "gpt-5",
+        Usage(input_tokens=12_345, output_tokens=678, service_tier="default"),
+    ),
+    (
+        "anthropic 1h + 5m cache writes",
+        "anthropic",
+        "claude-sonnet-4-5",
+        Usage(
+            input_tokens=52_345,
+            output_tokens=678,
+            cache_read_tokens=2_000,
+            cache_write_tokens=50_000,
+            cache_write_1h_tokens=30_000,
+            cache_write_5m_tokens=20_000,
+        ),
+    ),
+    (
+        "anthropic 1h writes only",
+        "anthropic",
+        "claude-opus-4-1",
+        Usage(
+            input_tokens=50_100,
+            output_tokens=678,
+            cache_write_tokens=50_000,
+            cache_write_1h_tokens=50_000,
+        ),
+    ),
+    (
+        "anthropic 1h writes above the 200k tier",
+        "anthropic",
+        "claude-sonnet-4-5",
+        Usage(
+            input_tokens=250_000,
+            output_tokens=678,
+            cache_write_tokens=200_000,
+            cache_write_1h_tokens=150_000,
+            cache_write_5m_tokens=50_000,
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("shape", "provider", "model", "usage"), SHAPES, ids=[s[0] for s in SHAPES]
+)
+def test_every_usage_shape_is_priced_as_genai_prices(
+    shape: str, provider: str, model: str, usage: Usage
+) -> None:
+    price = PRICER.price(provider, model, usage, AT_TIERS)
+
+    assert price.source == GENAI_PRICES_SOURCE
+    assert price.cost_usd == reference_all(provider, model, usage, AT_TIERS)
+
+
+def test_service_tiers_and_new_kinds_change_the_cost() -> None:
+    """The shapes the pricer used to get wrong (gpt-5 flex +177 %, priority −31 %,
+    gpt-audio −84 %, 1-hour cache writes −29 %) now differ from the plain price."""
+    base = Usage(input_tokens=10_000, output_tokens=1_000)
+
+    def cost(model: str, usage: Usage, provider: str = "openai") -> Decimal:
+        value = PRICER.price(provider, model, usage, AT_TIERS).cost_usd
+        assert value is not None
+        return value
+
+    plain = cost("gpt-5", base)
+    assert cost("gpt-5", Usage(input_tokens=10_000, output_tokens=1_000, service_tier="flex")) == (
+        plain / 2
+    )
+    assert cost(
+        "gpt-5", Usage(input_tokens=10_000, output_tokens=1_000, service_tier="priority")
+    ) == (plain * 2)
+    audio = Usage(
+        input_tokens=10_000,
+        output_tokens=1_000,
+        input_audio_tokens=10_000,
+        output_audio_tokens=1_000,
+    )
+    assert cost("gpt-audio", audio) > 6 * cost("gpt-audio", base)
+    five_minutes = Usage(input_tokens=10_000, cache_write_tokens=10_000)
+    one_hour = Usage(input_tokens=10_000, cache_write_tokens=10_000, cache_write_1h_tokens=10_000)
+    assert cost("claude-opus-4-1", one_hour, "anthropic") == Decimal("1.6") * cost(
+        "claude-opus-4-1", five_minutes, "anthropic"
+    )
+
+
+@st.composite
+def rich_usages(draw: st.DrawFn) -> Usage:
+    """Any consistent usage of every kind, in any service tier."""
+    audio_cached = draw(st.integers(0, 50_000))
+    text_cached = draw(st.integers(0, 100_000))
+    audio_uncached = draw(st.integers(0, 50_000))
+    write_1h = draw(st.integers(0, 100_000))
+    write_5m = draw(st.integers(0, 100_000))
+    write_other = draw(st.integers(0, 50_000))
+    text_uncached = draw(st.integers(0, 300_000))
+    reasoning = draw(st.integers(0, 20_000))
+    output_audio = draw(st.integers(0, 20_000))
+    output_text = draw(st.integers(0, 20_000))
+    return Usage(
+        input_tokens=audio_cached
+        + text_cached
+        + audio_uncached
+        + write_1h
+        + write_5m
+        + write_other
+        + text_uncached,
+        output_tokens=reasoning + output_audio + output_text,
+        cache_read_tokens=audio_cached + text_cached,
+        cache_write_tokens=write_1h + write_5m + write_other,
+        reasoning_tokens=reasoning,
+        input_audio_tokens=audio_cached + audio_uncached,
+        cache_audio_read_tokens=audio_cached,
+        output_audio_tokens=output_audio,
+        cache_write_1h_tokens=write_1h,
+        cache_write_5m_tokens=write_5m,
+        service_tier=draw(st.sampled_from([None, "flex", "priority", "default", "scale"])),
+    )
+
+
+RICH_MODELS = [
+    ("openai", "openai", "gpt-5"),
+    ("openai", "openai", "gpt-4o-mini"),
+    ("openai", "openai", "gpt-realtime"),
+    ("openai", "openai", "gpt-audio"),
+    ("anthropic", "anthropic", "claude-sonnet-4-5"),
+    ("anthropic", "anthropic", "claude-opus-4-1"),
+    ("gcp.gen_ai", "google", "gemini-2.5-flash"),
+    ("azure.ai.openai", "azure", "gpt-5"),  # borrowed from OpenAI: genai-prices ignores tiers
+]
+
+
+@pytest.mark.parametrize(("provider", "provider_id", "model"), RICH_MODELS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(usage=rich_usages(), at=instants)
+def test_price_equals_genai_prices_for_every_kind_and_tier(
+    provider: str, provider_id: str, model: str, usage: Usage, at: datetime
+) -> None:
+    price = PRICER.price(provider, model, usage, at)
+
+    assert price.cost_usd == reference_all(provider_id, model, usage, at)
+
+
+@pytest.mark.parametrize(("provider", "provider_id", "model"), RICH_MODELS)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(usage=rich_usages(), at=instants)
+def test_worst_case_at_the_requested_tier_covers_every_split(
+    provider: str, provider_id: str, model: str, usage: Usage, at: datetime
+) -> None:
+    worst = PRICER.worst_case(
+        provider,
+        model,
+        input_tokens=usage.input_tokens,
+        max_output_tokens=usage.output_tokens,
+        at=at,
+        service_tier=usage.service_tier,
+    )
+    actual = PRICER.price(provider, model, usage, at).cost_usd
+
+    assert worst is not None
+    assert actual is not None
+    assert actual <= worst
+
+
+def test_worst_case_uses_the_requested_tiers_price() -> None:
+    def worst(tier: str | None) -> Decimal | None:
+        return PRICER.worst_case(
+            "openai",
+            "gpt-5",
+            input_tokens=100_000,
+            max_output_tokens=10_000,
+            at=AT_TIERS,
+            service_tier=tier,
+        )
+
+    standard = worst(None)
+    assert standard is not None
+    assert worst("flex") == standard / 2
+    assert worst("priority") == standard * 2
+    assert worst("default") == standard
+    assert worst("auto") == standard
+
+
+def test_an_unknown_tier_or_a_tier_before_its_prices_is_the_standard_price() -> None:
+    usage = Usage(input_tokens=10_000, output_tokens=1_000)
+    flex = Usage(input_tokens=10_000, output_tokens=1_000, service_tier="flex")
+    before = datetime(2026, 1, 1, tzinfo=UTC)
+
+    assert PRICER.price("openai", "gpt-5", flex, before) == PRICER.price(
+        "openai", "gpt-5", usage, before
+    )
+    assert PRICER.price("anthropic", "claude-sonnet-4-5", flex, AT_TIERS) == PRICER.price(
+        "anthropic", "claude-sonnet-4-5", usage, AT_TIERS
+    )
+
+
+def test_inconsistent_audio_or_write_lifetimes_are_unpriced() -> None:
+    for usage in (
+        Usage(input_tokens=10, input_audio_tokens=11),
+        Usage(
+            input_tokens=10, cache_read_tokens=5, input_audio_tokens=5, cache_audio_read_tokens=6
+        ),
+        Usage(
+            input_tokens=10, cache_write_tokens=4, cache_write_1h_tokens=3, cache_write_5m_tokens=2
+        ),
+        Usage(output_tokens=10, reasoning_tokens=6, output_audio_tokens=5),
+    ):
+        price = PRICER.price("openai", "gpt-realtime", usage, AT_TIERS)
+        assert price.cost_usd is None
+        assert price.source == UNPRICED_SOURCE
+
+
+@pytest.mark.parametrize(("provider", "provider_id", "model"), RICH_MODELS)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    usages_=st.lists(rich_usages(), max_size=6), at=instants, tier=st.sampled_from([None, "flex"])
+)
+def test_price_counts_prices_every_kind_and_tier_as_price(
+    provider: str,
+    provider_id: str,
+    model: str,
+    usages_: list[Usage],
+    at: datetime,
+    tier: str | None,
+) -> None:
+    at_us = int(at.timestamp() * 1_000_000)
+    batch = PRICER.price_counts(
+        provider, model, [u.counts() for u in usages_], [at_us] * len(usages_), service_tier=tier
+    )
+
+    instant = datetime.fromtimestamp(at_us / 1e6, UTC)
+    assert batch == [
+        PRICER.price(provider, model, replace(u, service_tier=tier), instant) for u in usages_
+    ]
+
+
+def exclusive_cost(coefficients: PriceCoefficients, usage: Usage) -> Decimal:
+    """A call's cost from the per-kind prices: each kind's exclusive share at its price."""
+    t = coefficients.tier(usage.input_tokens)
+    u = usage
+    car = u.cache_audio_read_tokens
+    return (
+        t.per_request
+        + t.input
+        * (u.input_tokens - u.cache_read_tokens - u.cache_write_tokens - u.input_audio_tokens + car)
+        + t.cache_read * (u.cache_read_tokens - car)
+        + t.cache_audio_read * car
+        + t.input_audio * (u.input_audio_tokens - car)
+        + t.cache_write * (u.cache_write_tokens - u.cache_write_1h_tokens - u.cache_write_5m_tokens)
+        + t.cache_write_1h * u.cache_write_1h_tokens
+        + t.cache_write_5m * u.cache_write_5m_tokens
+        + t.output * (u.output_tokens - u.reasoning_tokens - u.output_audio_tokens)
+        + t.reasoning * u.reasoning_tokens
+        + t.output_audio * u.output_audio_tokens
+    )
+
+
+@pytest.mark.parametrize(("provider", "provider_id", "model"), RICH_MODELS)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(usage=rich_usages(), at=instants)
+def test_coefficients_of_every_kind_and_tier_price_as_genai_prices(
+    provider: str, provider_id: str, model: str, usage: Usage, at: datetime
+) -> None:
+    coefficients = PRICER.coefficients(provider, model, at, service_tier=usage.service_tier)
+
+    assert coefficients is not None
+    assert exclusive_cost(coefficients, usage) == reference_all(provider_id, model, usage, at)

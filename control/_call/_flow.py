@@ -28,19 +28,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.exceptions import OutputParserException
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode
-from pydantic import ValidationError
 
 from comptroller import semconv
 from comptroller.control._call._attempt import ZERO, Attempt, StreamAccumulator
 from comptroller.control._call._binders import Binder
 from comptroller.control._call._context import CallInfo
-from comptroller.control._call._policy import backoff_s
-from comptroller.control._call._record import AttemptRecord, content_json, export_call
-from comptroller.control._call._steps import Admit, Invoke, Record, Settle, Sleep, Step, Stream
-from comptroller.control._classify import Classified, classify
+from comptroller.control._call._outcome import AttemptOutcomes, validation_outcome
+from comptroller.control._call._record import content_json, export_call
+from comptroller.control._call._steps import Admit, Invoke, Record, Sleep, Step, Stream
 from comptroller.control._errors import (
     BudgetError,
     BudgetExceeded,
@@ -48,19 +45,15 @@ from comptroller.control._errors import (
     CircuitOpen,
     ControlError,
     ExhaustedFallbacks,
-    ModelRefused,
-    ProviderError,
     RateLimited,
 )
-from comptroller.control._profile_types import ModelRef
 from comptroller.control._telemetry import SAMPLED, new_span_id, new_trace_id
 from comptroller.control._tokens import estimate_tokens
-from comptroller.control._usage import usage_of
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
-    from comptroller.control._call._route import CallCore, Route
+    from comptroller.control._call._route import Route
 
 _OK = Status(StatusCode.OK)
 _NO_KWARGS: dict[str, Any] = {}
@@ -75,19 +68,7 @@ class _Stop(Exception):
         self.error = error
 
 
-def _leaks(core: CallCore, exc: BaseException) -> bool:
-    return core.redactor.exception_leaks(exc)
-
-
-def _is_langchain_error(exc: BaseException) -> bool:
-    return isinstance(exc, OutputParserException | ValidationError | ModelRefused)
-
-
-def _validation_outcome(error: BaseException) -> str:
-    return "refused" if isinstance(error, ModelRefused) else "validation_error"
-
-
-class CallFlow:
+class CallFlow(AttemptOutcomes):
     """One logical call: its route, input and the decisions made along the chain."""
 
     __slots__ = (
@@ -95,18 +76,11 @@ class CallFlow:
         "call_ctx",
         "call_start_ns",
         "caller",
-        "chain_index",
         "config",
-        "core",
-        "errors",
         "input",
-        "input_tokens",
         "kwargs",
         "model_override",
-        "outcome",
-        "prep",
-        "route",
-        "tries_on_model",
+        "service_tier",
     )
 
     def __init__(
@@ -126,6 +100,9 @@ class CallFlow:
         self.input = input
         self.config = config
         self.kwargs = kwargs or _NO_KWARGS
+        tier = self.kwargs.get("service_tier")
+        # A per-call tier (flex, priority) is reserved at that tier's prices.
+        self.service_tier: str | None = tier if isinstance(tier, str) else None
         override = self.kwargs.get("model") or self.kwargs.get("model_name")
         self.model_override: str | None = override if isinstance(override, str) else None
         self.prep = route.prepared()
@@ -214,7 +191,7 @@ class CallFlow:
             if settle is not None:
                 yield settle
             if validation is not None:
-                self.outcome = _validation_outcome(validation)
+                self.outcome = validation_outcome(validation)
                 if not self.binder.returns_errors:
                     raise _Stop(validation)
             return value
@@ -256,7 +233,9 @@ class CallFlow:
         if core.guard is None or (profile.budget is None and profile.rate_limit is None):
             return None
         if self.input_tokens < 0:
-            self.input_tokens = estimate_tokens(self.input)
+            self.input_tokens = estimate_tokens(
+                self.input, tools=getattr(self.binder, "tools", None)
+            )
         reserve: Decimal | None = ZERO
         if profile.budget is not None:
             worst = core.pricer.worst_case(
@@ -265,6 +244,7 @@ class CallFlow:
                 input_tokens=self.input_tokens,
                 max_output_tokens=self.prep.max_output,
                 at=datetime.fromtimestamp(core.clock.time(), UTC),
+                service_tier=self.service_tier,
             )
             # None (no price known) goes to the guard, which refuses a budgeted call with
             # BudgetUnverifiable: one code path decides, and it fails closed.
@@ -335,207 +315,6 @@ class CallFlow:
             at.depth,
         )
 
-    # -- what an attempt's outcome means ----------------------------------------------------------
-
-    def _price(self, at: Attempt, response_model: str) -> None:
-        usage = at.usage
-        if usage is None:
-            at.price = None
-            return
-        pricer = self.core.pricer
-        when = datetime.fromtimestamp(at.started_s, UTC)
-        at.price = price = pricer.price(at.ref.provider, response_model, usage, when)
-        if price.cost_usd is None and response_model != at.model:
-            at.price = pricer.price(at.ref.provider, at.model, usage, when)
-
-    def _cost(self, at: Attempt) -> Decimal | None:
-        if at.price is not None and at.price.cost_usd is not None:
-            return at.price.cost_usd
-        # Usage missing or unpriced: charge the reservation (flagged estimated); without one
-        # the cost is unknown and stays absent, never 0.
-        at.estimated = True
-        return at.reserve if at.ticket is not None and at.reserve else None
-
-    def _settle(self, at: Attempt, cost: Decimal | None, tokens: int | None) -> Settle | None:
-        """The step that charges the attempt's ticket: its cost, else its reservation."""
-        if at.ticket is None:
-            return None
-        assert self.core.guard is not None
-        if tokens is None:
-            tokens = self.input_tokens + self.prep.max_output
-        return Settle(self.core.guard, at.ticket, cost if cost is not None else at.reserve, tokens)
-
-    def _succeeded(
-        self, at: Attempt, message: Any, validation: BaseException | None
-    ) -> tuple[AttemptRecord, Settle | None]:
-        core = self.core
-        ref = at.ref
-        core.circuits.record_success(ref.provider, ref.model)
-        meta = getattr(message, "response_metadata", None) or {}
-        response_model = meta.get("model_name") or meta.get("model") or at.model
-        attrs = at.attrs
-        attrs[semconv.GEN_AI_RESPONSE_MODEL] = response_model
-        response_id = meta.get("id") or getattr(message, "id", None)
-        if response_id:
-            attrs[semconv.GEN_AI_RESPONSE_ID] = response_id
-        finish = meta.get("finish_reason")
-        if finish:
-            attrs[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = (finish,)
-        at.usage = usage = usage_of(message)
-        self._price(at, response_model)
-        cost = self._cost(at)
-        status = _OK
-        outcome = "ok"
-        if validation is not None:
-            outcome = _validation_outcome(validation)
-            attrs[semconv.ERROR_TYPE] = type(validation).__name__
-            status = Status(StatusCode.ERROR, str(validation)[:200])
-        if core.telemetry.record_content:
-            attrs[semconv.GEN_AI_OUTPUT_MESSAGES] = content_json([message])
-        core.degradation.record(
-            self.route.degrade_key, self.prep.profile, failed=validation is not None
-        )
-        record = AttemptRecord(at, outcome, cost, response_model, status)
-        return record, self._settle(at, cost, usage.total_tokens if usage is not None else None)
-
-    def _failed(
-        self, at: Attempt, exc: BaseException, acc: StreamAccumulator | None
-    ) -> tuple[str, BaseException, AttemptRecord, Settle | None]:
-        """Classify a failed attempt: (`retry` | `next` | `raise`, the error as the caller may
-        see it, its record, its settlement)."""
-        core = self.core
-        ref = at.ref
-        cls = classify(exc)  # on the original: it reads the status and Retry-After
-        at.cls = cls
-        cancelled = not isinstance(exc, Exception)
-        if not cancelled and (
-            cls.kind in ("transport", "quota") or cls.status or _leaks(core, exc)
-        ):
-            # The boundary where provider errors enter: from here on (status, records,
-            # what the caller gets) only a copy with every known key redacted travels. An
-            # application's own error that holds no secret keeps its identity and traceback.
-            exc = core.redactor.redact_exception(exc, provider=ref.provider, model=at.model)
-        settle: Settle | None
-        if cancelled:
-            outcome = "cancelled"
-            if acc is not None:
-                # A stream was answering: the provider bills it whether or not anybody reads
-                # on, so charge what it reported so far, else the reservation.
-                at.usage = acc.usage_so_far()
-                self._price(at, at.model)
-                cost = self._cost(at)
-                settle = self._settle(at, cost, None)
-            else:
-                # A call cancelled while waiting for its answer: nothing is known to be
-                # billed; its reservation goes back.
-                at.estimated = True
-                cost = None
-                settle = self._release(at)
-            core.circuits.release_probe(ref.provider, ref.model)
-            at.attrs[semconv.ERROR_TYPE] = "cancelled"
-        else:
-            outcome = _validation_outcome(exc) if cls.kind == "validation" else "error"
-            if cls.rejected:
-                cost = ZERO  # the provider refused the request: nothing was charged
-                at.price = _provider_zero()
-                settle = None if at.ticket is None else self._release(at)
-            else:
-                # Timeout, broken connection, truncated stream: the provider may have billed.
-                cost = self._cost(at)
-                settle = self._settle(at, cost, None) if cost is not None else self._release(at)
-            if cls.kind == "transport":
-                core.circuits.record_failure(ref.provider, ref.model, reason=cls.error_type)
-            elif cls.kind == "quota":
-                core.circuits.record_failure(
-                    ref.provider, ref.model, reason=cls.error_type, quota=True
-                )
-            elif cls.kind == "validation":
-                core.circuits.record_success(ref.provider, ref.model)
-            else:
-                core.circuits.release_probe(ref.provider, ref.model)
-            at.attrs[semconv.ERROR_TYPE] = cls.error_type
-        status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
-        record = AttemptRecord(at, outcome, cost, None, status)
-        return self._decide(at, exc, cls, outcome, acc), exc, record, settle
-
-    def _release(self, at: Attempt) -> Settle | None:
-        if at.ticket is None:
-            return None
-        assert self.core.guard is not None
-        return Settle(self.core.guard, at.ticket, None, 0)
-
-    def _decide(
-        self,
-        at: Attempt,
-        exc: BaseException,
-        cls: Classified,
-        outcome: str,
-        acc: StreamAccumulator | None,
-    ) -> str:
-        core = self.core
-        if not isinstance(exc, Exception):
-            self.outcome = "cancelled"
-            return "raise"
-        if cls.kind == "validation":
-            core.degradation.record(self.route.degrade_key, self.prep.profile, failed=True)
-            self.outcome = outcome
-            return "raise"
-        if cls.kind == "other" or (acc is not None and acc.delivered):
-            # A stream that has handed out chunks cannot be retried without repeating them.
-            self.outcome = "error"
-            return "raise"
-        self.errors.append(self._provider_error(at.ref, exc, cls))
-        if cls.kind == "transport" and self.tries_on_model <= core.retry.max_retries:
-            ra = cls.retry_after_s
-            if (ra is None or ra <= core.retry.max_retry_after_s) and core.retry_budget.try_retry(
-                self.route.scope.domain
-            ):
-                return "retry"
-        self.chain_index += 1
-        self.tries_on_model = 0
-        return "next"
-
-    def _backoff_s(self) -> float:
-        last = self.errors[-1] if self.errors else None
-        retry_after = getattr(last, "retry_after_s", None)
-        return backoff_s(
-            self.core.retry,
-            self.core.rng,
-            self.tries_on_model - 1,
-            float(retry_after) if isinstance(retry_after, int | float) else None,
-        )
-
-    def _error_for_caller(self, at: Attempt, exc: BaseException) -> BaseException:
-        """What the caller gets for an attempt that ends the call: provider failures as
-        `ProviderError`; validation errors and cancellations as they are."""
-        cls = at.cls
-        if cls is not None and cls.kind == "validation" and not _is_langchain_error(exc):
-            # An SDK's own schema failure: raised as what LangChain users catch.
-            error = OutputParserException(f"{type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            return error
-        if (
-            isinstance(exc, Exception)
-            and cls is not None
-            and (cls.kind in ("transport", "quota") or (cls.kind == "other" and cls.status))
-        ):
-            return self._provider_error(at.ref, exc, cls)
-        return exc
-
-    def _provider_error(self, ref: ModelRef, exc: BaseException, cls: Classified) -> Exception:
-        if isinstance(exc, ProviderError):
-            return exc
-        err = ProviderError(
-            ref.provider,
-            ref.model,
-            f"{type(exc).__name__}: {exc}"[:500],
-            status=cls.status,
-            retry_after_s=cls.retry_after_s,
-            retryable=cls.kind == "transport",
-        )
-        err.__cause__ = exc
-        return err
-
     def _finish(self, error: BaseException | None) -> None:
         export_call(
             self.core,
@@ -547,9 +326,3 @@ class CallFlow:
             error,
             None if error is None else str(error),
         )
-
-
-def _provider_zero() -> Any:
-    from comptroller.pricing import Price
-
-    return Price(ZERO, "provider")

@@ -29,9 +29,9 @@ def test_budget_exceeded_is_typed_and_the_call_span_says_so() -> None:
     model = r.plane.chat_model("reasoning", domain="acme", context="support")
     key = GuardKey("acme", "support", "reasoning")
 
-    model.invoke("x" * 400_000)  # ~100k tokens: $0.015 of gpt-4o-mini input
+    model.invoke("x" * 100_000)  # at most 100k tokens (1 a byte): $0.015 of gpt-4o-mini input
     with pytest.raises(BudgetExceeded) as caught:
-        model.invoke("x" * 400_000)
+        model.invoke("x" * 100_000)
 
     err = caught.value
     assert err.key == key
@@ -53,11 +53,11 @@ def test_one_contexts_exhausted_budget_leaves_another_context_served() -> None:
     support = r.plane.chat_model("reasoning", domain="acme", context="support")
     billing = r.plane.chat_model("reasoning", domain="acme", context="billing")
 
-    support.invoke("x" * 400_000)
+    support.invoke("x" * 100_000)
     with pytest.raises(BudgetExceeded):
-        support.invoke("x" * 400_000)
+        support.invoke("x" * 100_000)
 
-    assert billing.invoke("x" * 400_000).content == "ok"
+    assert billing.invoke("x" * 100_000).content == "ok"
 
 
 def test_rate_limited_is_typed_immediately_when_not_waiting() -> None:
