@@ -366,3 +366,46 @@ def test_a_per_call_model_override_is_recorded_and_priced_as_that_model() -> Non
         provider_id="openai",
     ).total_price
     assert Decimal(row[semconv.COST_USD]) == Decimal(expected)
+
+
+def test_a_per_call_service_tier_is_reserved_at_that_tiers_price() -> None:
+    from datetime import UTC, datetime
+
+    from comptroller.config import load_settings
+    from comptroller.control import BudgetExceeded, ControlPlane, MemoryGuard
+    from comptroller.control import StaticProfiles as Static
+    from comptroller.control.testing import FakeClock, InMemorySink
+
+    clock = FakeClock(start=datetime(2026, 12, 1, tzinfo=UTC).timestamp())
+    plane = ControlPlane(
+        load_settings(telemetry="none"),
+        resolver=Static({"reasoning": profile(model="openai:gpt-5", budget="1")}),
+        guard=MemoryGuard(clock=clock),
+        sink=InMemorySink(),
+        clock=clock,
+        providers={"openai": FakeChatModel(responses={"reasoning": "ok"}).factory},
+    )
+    when = datetime.fromtimestamp(clock.time(), UTC)
+    worst = {
+        tier: plane.pricer.worst_case(
+            "openai", "gpt-5", input_tokens=64, max_output_tokens=4096, at=when, service_tier=tier
+        )
+        for tier in (None, "priority")
+    }
+    assert worst[None] is not None
+    assert worst["priority"] is not None
+    assert worst["priority"] > worst[None]
+    # A cap between the two worst cases admits the standard call and refuses the priority one.
+    cap = (worst[None] + worst["priority"]) / 2
+    plane = ControlPlane(
+        load_settings(telemetry="none"),
+        resolver=Static({"reasoning": profile(model="openai:gpt-5", budget=str(cap))}),
+        guard=MemoryGuard(clock=clock),
+        sink=InMemorySink(),
+        clock=clock,
+        providers={"openai": FakeChatModel(responses={"reasoning": "ok"}).factory},
+    )
+    model = plane.chat_model("reasoning", domain="acme", context="chat")
+    with pytest.raises(BudgetExceeded):
+        model.invoke("go", service_tier="priority")
+    assert model.invoke("go").content == "ok"
