@@ -4,33 +4,29 @@
 `set_profile`, `rollback`, `history`, `diff` and `audit` are what operators use, each with
 an explicit `Actor`: the store must bind its name to its role and scope (`_principal`), and
 `_governance` checks what that role may change. Refused changes are audited as `refused`.
+
+The reads (resolution, history, diff, audit) are in `_profile_reads`; the audit entries and
+events of a committed change in `_profile_audit`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from dataclasses import replace as dataclass_replace
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.util.types import AttributeValue
 from sqlalchemy.engine import Connection
 
 from comptroller import semconv
-from comptroller.control._credentials import CredentialStore, MasterKeySource, credential_chain
+from comptroller.control._credential_crypto import MasterKeySource
+from comptroller.control._credentials import CredentialStore
 from comptroller.control._governance import Actor, authorize_profile_change
-from comptroller.control._principal import AdminRegistry
+from comptroller.control._profile_audit import _audit_change, _Change, _emit_change
+from comptroller.control._profile_checks import _chain_of, _check_credentials, _check_models_known
 from comptroller.control._profile_errors import (
-    MissingCredential,
     PermissionDenied,
-    ProfileNotFound,
     ProfileRefused,
-    UnknownModel,
     VersionNotFound,
 )
 from comptroller.control._profile_events import (
@@ -38,22 +34,19 @@ from comptroller.control._profile_events import (
     ModelCatalog,
     ProfileEventEmitter,
 )
+from comptroller.control._profile_reads import _ProfileReads
 from comptroller.control._profile_store import ProfileStore
-from comptroller.control._profile_types import ModelRef, ProfileResolver, ResolvedProfile
+from comptroller.control._profile_types import ModelRef, ProfileResolver
 from comptroller.control._profiles import (
     AuditAction,
-    AuditEntry,
-    FieldChange,
     ProfileSpec,
     ProfileVersion,
     Scope,
-    diff_specs,
 )
 from comptroller.control._purposes import Purpose, PurposeRegistry
 from comptroller.control._resolution import (
     ActiveKey,
     Resolution,
-    ResolutionCache,
     explain_resolution,
 )
 from comptroller.errors import UsageError
@@ -61,27 +54,8 @@ from comptroller.errors import UsageError
 if TYPE_CHECKING:
     from comptroller.config import Settings
 
-_log = logging.getLogger("comptroller.control.profiles")
 
-
-def _chain_of(scope: Scope) -> tuple[str | None, str | None]:
-    """(domain, org) of a call made at exactly `scope`."""
-    if scope.kind == "domain":
-        return scope.id, scope.org
-    if scope.kind == "org":
-        return None, scope.id
-    return None, None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Change:
-    version: ProfileVersion
-    previous: ProfileVersion | None
-    before: Resolution | None
-    after: Resolution | None
-
-
-class ProfileService:
+class ProfileService(_ProfileReads):
     """Profiles per (scope, purpose): resolution for calls, management for operators.
 
     Build it with `ProfileService.from_settings(settings)`; the store URL, the resolution
@@ -98,32 +72,6 @@ class ProfileService:
         cache_ttl_s: Bound on how long another process's write may go unseen.
         clock: Monotonic clock of the cache (injectable for tests).
     """
-
-    def __init__(
-        self,
-        store: ProfileStore,
-        *,
-        credentials: CredentialStore,
-        purposes: PurposeRegistry,
-        server_defaults: Mapping[str, ModelRef] | None = None,
-        catalog: ModelCatalog | None = None,
-        keyless_providers: Iterable[str] = (),
-        events: ProfileEventEmitter | None = None,
-        cache_ttl_s: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.store = store
-        self.admins = AdminRegistry(store)
-        """Who may act: admin bindings and tokens (`comptroller admin …`)."""
-        self.credentials = credentials
-        self.purposes = purposes
-        self.server_defaults: Mapping[str, ModelRef] = dict(server_defaults or {})
-        self.catalog: ModelCatalog = catalog or ConfiguredCatalog()
-        self.keyless_providers = frozenset(keyless_providers)
-        self.events = events
-        self._cache = ResolutionCache(ttl_s=cache_ttl_s, poll=store.change_count, clock=clock)
-        # A credential write changes `credential_revision` of resolved profiles: drop them now.
-        credentials.on_change(self._cache.invalidate)
 
     @classmethod
     def from_settings(
@@ -180,83 +128,8 @@ class ProfileService:
             clock=clock,
         )
 
-    def close(self) -> None:
-        """Release the store's connections."""
-        self.store.close()
-
     def __repr__(self) -> str:
         return f"ProfileService({self.store!r})"
-
-    # --- resolution (the call path) ------------------------------------------------------
-    def resolve(self, purpose: str, *, domain: str | None, org: str | None) -> ResolvedProfile:
-        """The effective profile for `purpose` at (domain, org), from the cache when warm.
-
-        Raises:
-            UnknownPurpose: `purpose` is not declared.
-            ProfileNotFound: No scope sets a model and there is no server default.
-        """
-        key = (purpose, domain, org)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        generation = self._cache.generation
-        resolution = self.explain(purpose, domain=domain, org=org)
-        self._cache.put(key, resolution.profile, generation)
-        return resolution.profile
-
-    def explain(self, purpose: str, *, domain: str | None, org: str | None) -> Resolution:
-        """Resolve without the cache, saying which scope supplied each field.
-
-        Raises:
-            UnknownPurpose: `purpose` is not declared.
-            ProfileNotFound: No scope sets a model and there is no server default.
-        """
-        self.purposes.get_purpose(purpose)
-        active = self.store.active_for(purpose, domain=domain, org=org)
-        resolution = explain_resolution(
-            domain, org, purpose, active=active, server_defaults=self.server_defaults
-        )
-        if resolution is None:
-            where = f"domain:{domain}" if domain else f"org:{org}" if org else "global"
-            raise ProfileNotFound(
-                f"no model for purpose {purpose!r} at {where}: set one with "
-                f"`comptroller profiles set {purpose} --model provider:model` or "
-                f"COMPTROLLER_MODEL_{purpose.upper()}=provider:model"
-            )
-        revision = self._credential_revision(resolution.profile, domain=domain, org=org)
-        if revision is None:
-            return resolution
-        return dataclass_replace(
-            resolution,
-            profile=dataclass_replace(resolution.profile, credential_revision=revision),
-        )
-
-    def _credential_revision(
-        self, profile: ResolvedProfile, *, domain: str | None, org: str | None
-    ) -> str | None:
-        parts: list[str] = []
-        providers = dict.fromkeys(
-            [profile.model.provider, *(f.provider for f in profile.fallbacks)]
-        )
-        for provider in providers:
-            if provider in self.keyless_providers:
-                continue
-            info = self.credentials.find(
-                provider,
-                source=profile.credential_source,
-                ref=profile.credential_ref,
-                domain=domain,
-                org=org,
-            )
-            stamp = f"{info.ref}@{info.updated_at.isoformat()}" if info is not None else "-"
-            parts.append(f"{provider}={stamp}")
-        if not parts:
-            return None
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-    def invalidate(self) -> None:
-        """Drop cached resolutions now (writes of this service do it themselves)."""
-        self._cache.invalidate()
 
     # --- management ----------------------------------------------------------------------
     def set_profile(
@@ -288,7 +161,9 @@ class ProfileService:
         with self._audited_refusal(actor, "activate", scope, purpose, detail):
             change = self._set_profile(scope, purpose, spec, actor, reason, unset, replace)
         self._cache.invalidate()
-        self._emit_change(semconv.EVENT_PROFILE_ACTIVATED, change, actor, reason)
+        _emit_change(
+            self.events, self.purposes, semconv.EVENT_PROFILE_ACTIVATED, change, actor, reason
+        )
         return change.version
 
     def _set_profile(
@@ -302,7 +177,7 @@ class ProfileService:
         replace: bool,
     ) -> _Change:
         definition = self.purposes.get_purpose(purpose)
-        self._check_models_known(definition, spec.models())
+        _check_models_known(self.catalog, definition, spec.models())
         if spec.degradation is not None:
             target = spec.degradation.upgrade_to
             self.purposes.get_purpose(target)
@@ -325,7 +200,14 @@ class ProfileService:
                 check_credentials |= (
                     {after.profile.model, *after.profile.fallbacks} if after else set()
                 )
-            self._check_credentials(connection, scope, after, check_credentials)
+            _check_credentials(
+                self.credentials,
+                self.keyless_providers,
+                connection,
+                scope,
+                after,
+                check_credentials,
+            )
             result = self.store.append_version(
                 connection,
                 scope=scope,
@@ -334,7 +216,9 @@ class ProfileService:
                 created_by=actor.name,
                 reason=reason,
             )
-            self._audit(connection, actor, "activate", result.version, result.previous, reason)
+            _audit_change(
+                self.store, connection, actor, "activate", result.version, result.previous, reason
+            )
             return _Change(
                 version=result.version, previous=result.previous, before=before, after=after
             )
@@ -362,7 +246,14 @@ class ProfileService:
         with self._audited_refusal(actor, "rollback", scope, purpose, detail):
             change = self._rollback(scope, purpose, to_version, actor, reason)
         self._cache.invalidate()
-        self._emit_change(semconv.EVENT_PROFILE_ROLLED_BACK, change, actor, change.version.reason)
+        _emit_change(
+            self.events,
+            self.purposes,
+            semconv.EVENT_PROFILE_ROLLED_BACK,
+            change,
+            actor,
+            change.version.reason,
+        )
         return change.version
 
     def _rollback(
@@ -391,10 +282,12 @@ class ProfileService:
             if current is not None and current.version == target.version:
                 raise UsageError(f"version {number} of {scope}/{purpose} is already active")
             authorize_profile_change(actor, scope, definition, target.spec, recorded_org=recorded)
-            self._check_models_known(definition, target.spec.models())
+            _check_models_known(self.catalog, definition, target.spec.models())
             before, after = self._effect(connection, scope, purpose, target.spec)
             models = {after.profile.model, *after.profile.fallbacks} if after else set()
-            self._check_credentials(connection, scope, after, models)
+            _check_credentials(
+                self.credentials, self.keyless_providers, connection, scope, after, models
+            )
             result = self.store.append_version(
                 connection,
                 scope=scope,
@@ -404,7 +297,8 @@ class ProfileService:
                 reason=reason or f"rollback to version {number}",
                 rollback_of=number,
             )
-            self._audit(
+            _audit_change(
+                self.store,
                 connection,
                 actor,
                 "rollback",
@@ -417,47 +311,6 @@ class ProfileService:
             )
 
         return self.store.write(work)
-
-    def history(self, scope: Scope, purpose: str) -> list[ProfileVersion]:
-        """Every version of (scope, purpose), oldest first."""
-        self.purposes.get_purpose(purpose)
-        return self.store.history(scope, purpose)
-
-    def active(self, scope: Scope, purpose: str | None = None) -> list[ProfileVersion]:
-        """The active versions set at exactly `scope`."""
-        return self.store.active_at(scope, purpose)
-
-    def diff(
-        self, scope: Scope, purpose: str, *, a: int | None = None, b: int | None = None
-    ) -> tuple[FieldChange, ...]:
-        """Fields that differ from version `a` to version `b`.
-
-        Defaults: `b` is the active version, `a` the one before `b`; version 0 is the empty
-        profile before version 1.
-
-        Raises:
-            VersionNotFound: A version does not exist.
-        """
-        versions = {v.version: v for v in self.history(scope, purpose)}
-        if not versions:
-            raise VersionNotFound(f"profile {scope}/{purpose} has no versions")
-        active = next((v.version for v in versions.values() if v.active), max(versions))
-        right = b if b is not None else active
-        left = a if a is not None else right - 1
-        for number in (left, right):
-            if number not in versions and number != 0:  # version 0: nothing set yet
-                raise VersionNotFound(
-                    f"profile {scope}/{purpose} has no version {number} "
-                    f"(versions 1–{max(versions)})"
-                )
-        before = versions[left].spec if left in versions else None
-        return diff_specs(before, versions[right].spec)
-
-    def audit(
-        self, *, scope: Scope | None = None, purpose: str | None = None, limit: int | None = None
-    ) -> list[AuditEntry]:
-        """Audit entries (profiles and credentials), oldest first."""
-        return self.store.audit(scope=scope, purpose=purpose, limit=limit)
 
     # --- internals -----------------------------------------------------------------------
     @contextmanager
@@ -513,157 +366,6 @@ class ProfileService:
             domain, org, purpose, active=active, server_defaults=self.server_defaults
         )
         return before, after
-
-    def _check_models_known(self, purpose: Purpose, models: Iterable[ModelRef]) -> None:
-        if purpose.override == "open":
-            return
-        for ref in models:
-            if not self.catalog.knows(ref.provider, ref.model):
-                raise UnknownModel(
-                    f"unknown model {ref} for purpose {purpose.key!r}: neither genai-prices nor "
-                    "the fallback price registry knows it; add its price to the fallback "
-                    "registry (or `control.known_models`), or use a purpose whose override "
-                    "class is 'open'"
-                )
-
-    def _check_credentials(
-        self,
-        connection: Connection,
-        scope: Scope,
-        after: Resolution | None,
-        models: Iterable[ModelRef],
-    ) -> None:
-        if after is None:
-            return
-        profile = after.profile
-        domain, org = _chain_of(scope)
-        if profile.credential_ref is not None:
-            info = self.credentials.get_info(profile.credential_ref, connection=connection)
-            if info is None:
-                raise MissingCredential(
-                    f"credential ref {profile.credential_ref!r} of {scope}/{profile.purpose} "
-                    "does not exist (deleted?); set the credential again or choose another ref"
-                )
-            chain = credential_chain(domain, org)
-            if (info.scope.kind, info.scope.id) not in chain:
-                # Pointing a profile at another scope's key would bill that scope's account.
-                allowed = ", ".join("global" if k == "global" else f"{k}:{i}" for k, i in chain)
-                raise PermissionDenied(
-                    f"credential ref {profile.credential_ref!r} belongs to {info.scope}, outside "
-                    f"the scopes {scope} may use ({allowed})"
-                )
-        for provider in sorted({ref.provider for ref in models}):
-            if provider in self.keyless_providers:
-                continue
-            found = self.credentials.find(
-                provider,
-                source=profile.credential_source,
-                ref=profile.credential_ref,
-                domain=domain,
-                org=org,
-                connection=connection,
-            )
-            if found is None:
-                looked = (
-                    "global (managed)"
-                    if profile.credential_source == "managed"
-                    else " then ".join(
-                        f"{kind}:{ident}"
-                        for kind, ident in (("domain", domain), ("org", org))
-                        if ident
-                    )
-                    or "nowhere (byo needs a domain or org)"
-                )
-                hint = (
-                    "--global"
-                    if profile.credential_source == "managed"
-                    else f"--{scope.kind} {scope.id}"
-                )
-                raise MissingCredential(
-                    f"no credential for provider {provider!r} resolvable at {scope} "
-                    f"(credential source {profile.credential_source}: looked at {looked}); "
-                    f"set one with `comptroller credentials set --provider {provider} {hint}` "
-                    "or list the provider in control.keyless_providers"
-                )
-
-    def _audit(
-        self,
-        connection: Connection,
-        actor: Actor,
-        action: AuditAction,
-        version: ProfileVersion,
-        previous: ProfileVersion | None,
-        reason: str,
-    ) -> None:
-        before = (
-            {"version": previous.version, "spec": previous.spec.to_json()} if previous else None
-        )
-        after: dict[str, Any] = {"version": version.version, "spec": version.spec.to_json()}
-        if version.rollback_of is not None:
-            after["rollback_of"] = version.rollback_of
-        self.store.add_audit(
-            connection,
-            actor=actor.name,
-            role=actor.role,
-            action=action,
-            scope=version.scope,
-            purpose=version.purpose,
-            version=version.version,
-            before=before,
-            after=after,
-            reason=reason,
-        )
-
-    def _emit_change(self, name: str, change: _Change, actor: Actor, reason: str) -> None:
-        version = change.version
-        changes = diff_specs(change.previous.spec if change.previous else None, version.spec)
-        detail: dict[str, Any] = {
-            "changes": {c.field: {"before": c.before, "after": c.after} for c in changes}
-        }
-        if version.rollback_of is not None:
-            detail["rollback_of"] = version.rollback_of
-        attributes: dict[str, AttributeValue] = {
-            semconv.PURPOSE: version.purpose,
-            semconv.SCOPE_KIND: version.scope.kind,
-            semconv.SCOPE_ID: version.scope.id,
-            semconv.PROFILE_ID: version.profile_id,
-            semconv.PROFILE_VERSION: version.version,
-            semconv.ACTOR: actor.name,
-            semconv.REASON: reason,
-            semconv.PROFILE_DETAIL: json.dumps(detail, sort_keys=True),
-        }
-        if change.previous is not None:
-            attributes[semconv.PROFILE_PREVIOUS_VERSION] = change.previous.version
-        if change.after is not None:
-            attributes[semconv.PROFILE_MODEL] = str(change.after.profile.model)
-        self._emit(name, attributes)
-        definition = self.purposes.get_purpose(version.purpose)
-        old = change.before.profile.model if change.before else None
-        new = change.after.profile.model if change.after else None
-        if definition.embedding and old is not None and new is not None and old != new:
-            warning = dict(attributes)
-            warning[semconv.PROFILE_DETAIL] = json.dumps(
-                {
-                    "warning": "embedding_model_changed",
-                    "before": str(old),
-                    "after": str(new),
-                    "message": (
-                        f"embedding model of {version.scope} changed from {old} to {new}: "
-                        "existing vectors are incompatible with new ones; re-embed them"
-                    ),
-                },
-                sort_keys=True,
-            )
-            self._emit(semconv.EVENT_PROFILE_WARNING, warning)
-
-    def _emit(self, name: str, attributes: Mapping[str, AttributeValue]) -> None:
-        if self.events is None:
-            return
-        try:
-            self.events.emit(name, attributes)
-        except Exception as exc:
-            # The change is committed; telemetry trouble must not turn it into an error.
-            _log.warning("profile event %s was not emitted (%s)", name, type(exc).__name__)
 
 
 if TYPE_CHECKING:

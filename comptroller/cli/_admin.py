@@ -84,7 +84,7 @@ def admin() -> None:
 def init(app: AppContext) -> None:
     """Make you, the OS user who owns the data directory, the first platform admin."""
     from comptroller.control import Actor, PermissionDenied, Scope
-    from comptroller.control._principal import os_identity, owns_data_dir
+    from comptroller.control._os_identity import os_identity, owns_data_dir
 
     settings = app.settings()
     settings.ensure_data_dir()
@@ -113,7 +113,7 @@ def init(app: AppContext) -> None:
 @pass_app
 def whoami(app: AppContext, as_json: bool) -> None:
     """Your OS identity and the roles granted to it."""
-    from comptroller.control._principal import os_identity
+    from comptroller.control._os_identity import os_identity
 
     identity = os_identity()
     with open_service(app) as service:

@@ -109,7 +109,7 @@ def prove_actor(
     a role it does not hold is passed on as asked, so that the service refuses it and audits
     the refusal under the proven name.
     """
-    from comptroller.control._principal import os_identity
+    from comptroller.control._os_identity import os_identity
 
     identity = os_identity()
     if claimed is not None and claimed != identity:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from comptroller.control._profile_store import VERSION_TABLE, metadata
+from comptroller.control._store_schema import VERSION_TABLE, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from comptroller.cli import main
-from comptroller.control._principal import os_identity
+from comptroller.control._os_identity import os_identity
 
 
 @dataclass

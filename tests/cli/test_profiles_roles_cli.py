@@ -14,7 +14,7 @@ import pytest
 from comptroller.cli import main
 from comptroller.config import load_settings
 from comptroller.control import Actor, ProfileService, Scope
-from comptroller.control._principal import os_identity
+from comptroller.control._os_identity import os_identity
 
 OPS = Actor.platform("ops")  # the platform admin here is someone else than the OS user
 ME = os_identity()

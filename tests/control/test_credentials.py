@@ -33,7 +33,7 @@ from comptroller.control import (
     ResolvedProfile,
     generate_master_key,
 )
-from comptroller.control._profile_store import credentials as credentials_table
+from comptroller.control._store_schema import credentials as credentials_table
 
 
 @pytest.fixture(params=STORE_PARAMS)

@@ -31,7 +31,7 @@ from comptroller.control import (
     ResolvedProfile,
     generate_master_key,
 )
-from comptroller.control._profile_store import metadata
+from comptroller.control._store_schema import metadata
 
 
 @pytest.fixture(params=STORE_PARAMS)

@@ -32,7 +32,8 @@ from comptroller.control import (
     UnknownPurpose,
     VersionNotFound,
 )
-from comptroller.control._profile_store import HEAD_REVISION, VERSION_TABLE, ProfileStore
+from comptroller.control._profile_store import ProfileStore
+from comptroller.control._store_schema import HEAD_REVISION, VERSION_TABLE
 from comptroller.errors import UsageError
 
 
@@ -393,7 +394,7 @@ def test_migrations_create_exactly_the_tables_the_code_uses(store_url: str) -> N
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from comptroller.control._profile_store import metadata
+    from comptroller.control._store_schema import metadata
 
     store = ProfileStore(store_url)
     with store.engine.connect() as con:

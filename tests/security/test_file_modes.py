@@ -20,7 +20,7 @@ from usage_db import NOW, LiveCollector, fill, usage_row
 
 from comptroller import analytics
 from comptroller.config import load_settings
-from comptroller.control._credentials import MasterKeySource
+from comptroller.control._credential_crypto import MasterKeySource
 from comptroller.control._otlp import SpoolingLogExporter
 from comptroller.control._profile_store import ProfileStore
 from comptroller.errors import ComptrollerError

@@ -1,0 +1,104 @@
+"""What a profile change must satisfy before it is written: known models, and a credential
+the changed scope can resolve for every provider it calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy.engine import Connection
+
+from comptroller.control._credential_lookup import credential_chain
+from comptroller.control._credentials import CredentialStore
+from comptroller.control._profile_errors import MissingCredential, PermissionDenied, UnknownModel
+from comptroller.control._profile_events import ModelCatalog
+from comptroller.control._profile_types import ModelRef
+from comptroller.control._profiles import Scope
+from comptroller.control._purposes import Purpose
+from comptroller.control._resolution import Resolution
+
+
+def _chain_of(scope: Scope) -> tuple[str | None, str | None]:
+    """(domain, org) of a call made at exactly `scope`."""
+    if scope.kind == "domain":
+        return scope.id, scope.org
+    if scope.kind == "org":
+        return None, scope.id
+    return None, None
+
+
+def _check_models_known(
+    catalog: ModelCatalog, purpose: Purpose, models: Iterable[ModelRef]
+) -> None:
+    """Refuse a model the catalog does not know, unless the purpose is `open`."""
+    if purpose.override == "open":
+        return
+    for ref in models:
+        if not catalog.knows(ref.provider, ref.model):
+            raise UnknownModel(
+                f"unknown model {ref} for purpose {purpose.key!r}: neither genai-prices nor "
+                "the fallback price registry knows it; add its price to the fallback "
+                "registry (or `control.known_models`), or use a purpose whose override "
+                "class is 'open'"
+            )
+
+
+def _check_credentials(
+    credentials: CredentialStore,
+    keyless_providers: frozenset[str],
+    connection: Connection,
+    scope: Scope,
+    after: Resolution | None,
+    models: Iterable[ModelRef],
+) -> None:
+    """Refuse a profile whose scope cannot resolve a credential for each model's provider,
+    or whose credential ref points outside the scopes it may use."""
+    if after is None:
+        return
+    profile = after.profile
+    domain, org = _chain_of(scope)
+    if profile.credential_ref is not None:
+        info = credentials.get_info(profile.credential_ref, connection=connection)
+        if info is None:
+            raise MissingCredential(
+                f"credential ref {profile.credential_ref!r} of {scope}/{profile.purpose} "
+                "does not exist (deleted?); set the credential again or choose another ref"
+            )
+        chain = credential_chain(domain, org)
+        if (info.scope.kind, info.scope.id) not in chain:
+            # Pointing a profile at another scope's key would bill that scope's account.
+            allowed = ", ".join("global" if k == "global" else f"{k}:{i}" for k, i in chain)
+            raise PermissionDenied(
+                f"credential ref {profile.credential_ref!r} belongs to {info.scope}, outside "
+                f"the scopes {scope} may use ({allowed})"
+            )
+    for provider in sorted({ref.provider for ref in models}):
+        if provider in keyless_providers:
+            continue
+        found = credentials.find(
+            provider,
+            source=profile.credential_source,
+            ref=profile.credential_ref,
+            domain=domain,
+            org=org,
+            connection=connection,
+        )
+        if found is None:
+            looked = (
+                "global (managed)"
+                if profile.credential_source == "managed"
+                else " then ".join(
+                    f"{kind}:{ident}" for kind, ident in (("domain", domain), ("org", org)) if ident
+                )
+                or "nowhere (byo needs a domain or org)"
+            )
+            hint = (
+                "--global"
+                if profile.credential_source == "managed"
+                else f"--{scope.kind} {scope.id}"
+            )
+            raise MissingCredential(
+                f"no credential for provider {provider!r} resolvable at {scope} "
+                f"(credential source {profile.credential_source}: looked at {looked}); "
+                f"set one with `comptroller credentials set --provider {provider} {hint}` "
+                "or list the provider in control.keyless_providers"
+            )
