@@ -119,7 +119,7 @@ def measure_redis(url: str, calls: int, *, collect: bool) -> dict[str, float | s
 
     import redis
 
-    from comptroller.control._guard_redis import RedisGuard
+    from comptroller.control._guard import RedisGuard
 
     sends = [0]
 
