@@ -27,10 +27,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from comptroller.config import load_settings
-from comptroller.control import (
+from comptroller.control import BudgetSpec, ModelRef
+from comptroller.control.profiles import (
     Actor,
-    BudgetSpec,
-    ModelRef,
     ProfileService,
     ProfileSpec,
     Scope,

@@ -48,7 +48,9 @@ class _Receiver:
                 collector.stats.count_request_rejected("queue_full")
                 context.abort(grpc.StatusCode.UNAVAILABLE, str(collector.pipeline.queue_full()))
             try:
-                message, batch = collector.decode_normalise(signal, "protobuf", request)
+                message, batch = collector.decode_normalise(
+                    signal, "protobuf", request, client=context.peer()
+                )
             except DecodeError as exc:
                 collector.stats.count_request_rejected(exc.kind)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)

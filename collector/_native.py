@@ -125,6 +125,7 @@ class NativeDecoder:
         missing = set(ref._FIELD_NAMES) ^ set(index)
         if missing:  # the C field list and the alias table's fields must be the same set
             raise RuntimeError(f"native decoder fields differ from the alias table: {missing}")
+        limits = normaliser.limits
         self._config = _ext.make_config(
             aliases=[
                 (key, tuple((index[name], prio) for name, prio in hits))
@@ -143,7 +144,13 @@ class NativeDecoder:
             dumps_double=_dumps_double,
             decimal_text=_decimal_text,
             log_keys=[_LOG_KEYS[name] for name in _ext.LOG_SLOTS],
-            max_attribute_bytes=normaliser.limits.max_attribute_bytes,
+            max_attribute_bytes=limits.max_attribute_bytes,
+            max_span_attributes=limits.max_span_attributes,
+            max_record_attribute_bytes=limits.max_record_attribute_bytes,
+            max_record_attributes=limits.max_record_attributes,
+            max_spans=limits.max_spans,
+            max_records=limits.max_records,
+            max_resource_fanout_bytes=limits.max_resource_fanout_bytes,
         )
 
     def normalise(self, signal: str, body: bytes) -> ref.Batch | str:

@@ -27,6 +27,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from comptroller import semconv as sc
+from comptroller.analytics import _tables as tables
+from comptroller.analytics._tables import arrow_schema
 from comptroller.collector._aliases import (
     AGENT_MARKERS,
     ALIASES,
@@ -48,145 +50,16 @@ from comptroller.pricing import UNPRICED_SOURCE, Pricer, Usage
 _SCALAR: Final = frozenset({"string_value", "int_value", "double_value", "bool_value"})
 _KINDS: Final = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 _STATUS: Final = ("UNSET", "OK", "ERROR")
-_TS = pa.timestamp("us", tz="UTC")  # DuckDB TIMESTAMPTZ resolution
 _STR = pa.string()
-_I64 = pa.int64()
-_I32 = pa.int32()
-_F64 = pa.float64()
-_BOOL = pa.bool_()
 
-# --- Arrow schemas of the batches (names match analytics/_schema.py) ------------------------
-SPANS_SCHEMA: Final = pa.schema(
-    [
-        ("trace_id", _STR),
-        ("span_id", _STR),
-        ("parent_span_id", _STR),
-        ("name", _STR),
-        ("kind", _STR),
-        ("start_ts", _TS),
-        ("end_ts", _TS),
-        ("duration_ms", _F64),
-        ("status_code", _STR),
-        ("status_message", _STR),
-        ("service_name", _STR),
-        ("scope_name", _STR),
-        ("is_genai", _BOOL),
-        ("dialect", _STR),
-        ("semconv_version", _STR),
-        ("operation", _STR),
-        ("provider", _STR),
-        ("request_model", _STR),
-        ("response_model", _STR),
-        ("response_id", _STR),
-        ("finish_reasons", pa.list_(_STR)),
-        ("input_tokens", _I64),
-        ("output_tokens", _I64),
-        ("cache_read_tokens", _I64),
-        ("cache_write_tokens", _I64),
-        ("reasoning_tokens", _I64),
-        ("error_type", _STR),
-        ("server_address", _STR),
-        ("purpose", _STR),
-        ("tenant", _STR),
-        ("org", _STR),
-        ("context", _STR),
-        ("profile_id", _STR),
-        ("profile_version", _I32),
-        ("attempt", _I32),
-        ("fallback_depth", _I32),
-        ("cost_usd", _F64),
-        ("outcome", _STR),
-        ("attributes", _STR),
-        ("resource", _STR),
-    ]
-)
-
-USAGE_SCHEMA: Final = pa.schema(
-    [
-        ("usage_id", _STR),
-        ("ts", _TS),
-        ("trace_id", _STR),
-        ("span_id", _STR),
-        ("service_name", _STR),
-        ("tenant", _STR),
-        ("org", _STR),
-        ("context", _STR),
-        ("purpose", _STR),
-        ("operation", _STR),
-        ("provider", _STR),
-        ("request_model", _STR),
-        ("response_model", _STR),
-        ("input_tokens", _I64),
-        ("output_tokens", _I64),
-        ("cache_read_tokens", _I64),
-        ("cache_write_tokens", _I64),
-        ("reasoning_tokens", _I64),
-        ("cost_usd", _STR),
-        ("price_source", _STR),
-        ("estimated", _BOOL),
-        ("outcome", _STR),
-        ("error_type", _STR),
-        ("attempt", _I32),
-        ("fallback_depth", _I32),
-        ("profile_id", _STR),
-        ("profile_version", _I32),
-        ("latency_ms", _F64),
-        ("budget_cap_usd", _STR),
-        ("source", _STR),
-    ]
-)
-
-DERIVE_SCHEMA: Final = pa.schema([*USAGE_SCHEMA, ("parent_span_id", _STR)])
+# --- Arrow schemas of the batches: declared once, with the tables, in analytics/_tables.py --
+SPANS_SCHEMA: Final = arrow_schema(tables.SPANS)
+USAGE_SCHEMA: Final = arrow_schema(tables.LLM_USAGE)
+DERIVE_SCHEMA: Final = arrow_schema(tables.LLM_USAGE, extra=(("parent_span_id", _STR),))
 """Usage rows derived from third-party GenAI spans; the landing decides which are kept."""
-
-CIRCUIT_SCHEMA: Final = pa.schema(
-    [
-        ("event_id", _STR),
-        ("ts", _TS),
-        ("provider", _STR),
-        ("model", _STR),
-        ("state", _STR),
-        ("reason", _STR),
-        ("failures", _I32),
-        ("calls", _I32),
-        ("cooldown_s", _F64),
-        ("service_name", _STR),
-        ("attributes", _STR),
-    ]
-)
-PROFILE_SCHEMA: Final = pa.schema(
-    [
-        ("event_id", _STR),
-        ("ts", _TS),
-        ("action", _STR),
-        ("scope_kind", _STR),
-        ("scope_id", _STR),
-        ("purpose", _STR),
-        ("version", _I32),
-        ("previous_version", _I32),
-        ("model", _STR),
-        ("actor", _STR),
-        ("reason", _STR),
-        ("detail", _STR),
-        ("service_name", _STR),
-    ]
-)
-BUDGET_SCHEMA: Final = pa.schema(
-    [
-        ("event_id", _STR),
-        ("ts", _TS),
-        ("day", _STR),
-        ("kind", _STR),
-        ("tenant", _STR),
-        ("context", _STR),
-        ("purpose", _STR),
-        ("cap_usd", _STR),
-        ("spent_usd", _STR),
-        ("reserved_usd", _STR),
-        ("service_name", _STR),
-        ("attributes", _STR),
-    ]
-)
+CIRCUIT_SCHEMA: Final = arrow_schema(tables.CIRCUIT_EVENTS)
+PROFILE_SCHEMA: Final = arrow_schema(tables.PROFILE_EVENTS)
+BUDGET_SCHEMA: Final = arrow_schema(tables.BUDGET_EVENTS)
 
 TABLE_SCHEMAS: Final[dict[str, pa.Schema]] = {
     "spans": SPANS_SCHEMA,
@@ -214,6 +87,14 @@ _BUDGET_EVENTS: Final = {
     sc.EVENT_BUDGET_REJECTED: "rejected",
 }
 
+_LOG_TABLES: Final = {
+    sc.EVENT_USAGE: "llm_usage",
+    **dict.fromkeys(_CIRCUIT_EVENTS, "circuit_events"),
+    **dict.fromkeys(_PROFILE_EVENTS, "profile_events"),
+    **dict.fromkeys(_BUDGET_EVENTS, "budget_events"),
+}
+"""The table each kind of log record lands in (for the quarantine of a rejected one)."""
+
 
 LEAF_FLAG: Final = 1
 """A GenAI inference span (chat, text_completion, generate_content, embeddings)."""
@@ -228,7 +109,21 @@ class Limits:
     max_future_s: float = 86_400.0
     """A start more than this far ahead of the collector's clock is rejected."""
     max_attribute_bytes: int = 1 << 20
-    """Largest single attribute value (a span over this in total is inspected)."""
+    """Largest single attribute value of a span (a span over this in total is inspected)."""
+    max_span_attributes: int = 1024
+    """Most attributes a span (or its resource) may hold; a span over it is rejected."""
+    max_record_attribute_bytes: int = 1 << 20
+    """Largest single attribute value of a log record."""
+    max_record_attributes: int = 1024
+    """Most attributes a log record (or its resource) may hold; a record over it is rejected."""
+    max_spans: int = 16_384
+    """Most spans one trace export may hold; every span of a bigger one is rejected."""
+    max_records: int = 16_384
+    """Most log records one log export may hold; every record of a bigger one is rejected."""
+    max_resource_fanout_bytes: int = 64 << 20
+    """A resource's attributes (JSON) times its spans: each span row stores them, so a big
+    resource on many spans would cost gigabytes from a request of megabytes. Over it, the
+    resource's spans are rejected."""
 
 
 @dataclass(kw_only=True)
@@ -249,6 +144,11 @@ class Batch:
     """Key of the span of each comptroller usage row (that names a valid span)."""
     derive_refs: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     """(key, parent key) of each derived candidate, in the order of `tables["derive"]`."""
+    quarantine: list[tuple[str | None, str, str, str | None, dict[str, Any]]] = field(
+        default_factory=list
+    )
+    """(table, reason, detail, scope, raw attributes) of each record rejected with its
+    attributes: `collector/_validate.py` makes them `rejected_records` rows."""
 
     @property
     def rows(self) -> int:
@@ -260,11 +160,21 @@ class Batch:
         """Arrow memory of the rows to land, over every table."""
         return sum(table.get_total_buffer_size() for table in self.tables.values())
 
-    def reject(self, reason: str, example: str) -> None:
-        """Count one rejected span or record."""
+    def reject(
+        self,
+        reason: str,
+        example: str,
+        *,
+        table: str | None = None,
+        scope: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """Count one rejected span or record (kept for quarantine when `attributes` is given)."""
         self.rejected += 1
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         self.examples.setdefault(reason, example)
+        if attributes is not None:
+            self.quarantine.append((table, reason, example, scope, attributes))
 
     def message(self) -> str:
         """The partial-success message: each reason with its count and one example."""
@@ -314,6 +224,11 @@ def _dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+_I64_MAX: Final = (1 << 63) - 1
+_I32_MIN: Final = -(1 << 31)
+_I32_MAX: Final = (1 << 31) - 1
+
+
 def _as_int(value: Any, name: str) -> int | None:
     if value is None:
         return None
@@ -327,16 +242,22 @@ def _as_int(value: Any, name: str) -> int | None:
         raise _Reject("bad_token_value", f"{name}={value!r} is not an integer")
     if out < 0:
         raise _Reject("negative_tokens", f"{name}={out} is negative")
+    if out > _I64_MAX:  # a string of digits: Arrow's int64 column could not hold it
+        raise _Reject("token_overflow", f"{name}={out} does not fit a 64-bit integer")
     return out
 
 
 def _opt_int(value: Any) -> int | None:
+    """An INTEGER column's value (None when not a number); out of its range is rejected."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        out = int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    if not _I32_MIN <= out <= _I32_MAX:
+        raise _Reject("int_out_of_range", f"{value!r} does not fit a 32-bit integer column")
+    return out
 
 
 def _opt_str(value: Any) -> str | None:
@@ -364,6 +285,14 @@ def _check_sizes(attrs: dict[str, Any], limit: int) -> None:
             size = sum(len(v) if isinstance(v, str) else 8 for v in value)
         if size > limit:
             raise _Reject("attribute_too_large", f"{key} holds {size} bytes, the limit is {limit}")
+
+
+def _reject_all(batch: Batch, count: int, reason: str, example: str) -> None:
+    """Reject `count` spans or records at once: their request or resource is over a limit."""
+    if count:
+        batch.rejected += count
+        batch.reasons[reason] = batch.reasons.get(reason, 0) + count
+        batch.examples.setdefault(reason, example)
 
 
 _FIELD_NAMES: Final = (*STR_FIELDS, *INT_FIELDS)
@@ -449,6 +378,10 @@ class Normaliser:
         self.prices = prices or Pricer()
         self._clock_ns = clock_ns
 
+    def now_ns(self) -> int:
+        """The normaliser's clock: ns since the epoch."""
+        return int(self._clock_ns())
+
     def latest_ns(self) -> int:
         """The latest start or timestamp accepted now (ns since the epoch); later is rejected."""
         return int(self._clock_ns()) + int(self.limits.max_future_s * 1e9)
@@ -465,7 +398,21 @@ class Normaliser:
         rows: list[tuple[Any, ...]] = []
         derived: list[tuple[Any, ...]] = []
         max_start = self.latest_ns()
-        max_attr = self.limits.max_attribute_bytes
+        limits = self.limits
+        max_attr = limits.max_attribute_bytes
+        max_count = limits.max_span_attributes
+        # Over the span limit, every span is rejected unread: a hostile request of many
+        # spans costs a count, not a normalisation.
+        spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        if spans > limits.max_spans:
+            _reject_all(
+                batch,
+                spans,
+                "too_many_spans",
+                f"the request holds {spans} spans, the limit is {limits.max_spans}: "
+                "send smaller batches",
+            )
+            return batch
         # No span of a request under the limit can hold an attribute over it: one size for
         # the whole request instead of one per span.
         check_sizes = (request.ByteSize() if size is None else size) > max_attr
@@ -478,14 +425,39 @@ class Normaliser:
         genai_refs = batch.genai_refs
         derive_refs = batch.derive_refs
         for rs in request.resource_spans:
+            if len(rs.resource.attributes) > max_count:  # counted, not read
+                _reject_all(
+                    batch,
+                    sum(len(ss.spans) for ss in rs.scope_spans),
+                    "too_many_attributes",
+                    f"a resource has more than {max_count} attributes (the limit)",
+                )
+                continue
             res_attrs = _attrs(rs.resource.attributes)
             service = _opt_str(res_attrs.get("service.name"))
             resource_json = _dumps(res_attrs)
+            res_spans = sum(len(ss.spans) for ss in rs.scope_spans)
+            if len(resource_json) * res_spans > limits.max_resource_fanout_bytes:
+                _reject_all(
+                    batch,
+                    res_spans,
+                    "resource_too_large",
+                    f"a resource of {len(resource_json)} characters on {res_spans} spans is "
+                    f"over the limit of {limits.max_resource_fanout_bytes} in all: send its "
+                    "spans in smaller batches, or a smaller resource",
+                )
+                continue
             res_dialect = "openlit" if res_attrs.get("telemetry.sdk.name") == "openlit" else None
             for ss in rs.scope_spans:
                 scope_name = ss.scope.name
                 sdialect = scope_dialect(scope_name) or res_dialect
                 for span in ss.spans:
+                    if len(span.attributes) > max_count:  # counted, not read
+                        batch.reject(
+                            "too_many_attributes",
+                            f"span {span.name!r} has more than {max_count} attributes (the limit)",
+                        )
+                        continue
                     start = span.start_time_unix_nano
                     attrs: dict[str, Any] = {}
                     prios = no_prio.copy()
@@ -518,7 +490,13 @@ class Normaliser:
                             span, attrs, vals, sdialect, service, scope_name, resource_json
                         )
                     except _Reject as rej:
-                        batch.reject(rej.reason, rej.example)
+                        batch.reject(
+                            rej.reason,
+                            rej.example,
+                            table="spans",
+                            scope=scope_name,
+                            attributes=attrs,
+                        )
                         continue
                     rows.append(row)
                     flags = 0
@@ -635,6 +613,14 @@ class Normaliser:
                 input_tokens += cached  # exclusive count -> inclusive
         if output_tokens is not None and reasoning and reasoning > output_tokens:
             output_tokens += reasoning
+        if (input_tokens or 0) > _I64_MAX or (output_tokens or 0) > _I64_MAX:
+            raise _Reject("token_overflow", "a token count with its cached part overflows")
+        for i in (_PROFILE_VERSION, _ATTEMPT, _FALLBACK):
+            x = vals[i]
+            if x is not None and not _I32_MIN <= x <= _I32_MAX:
+                raise _Reject(
+                    "int_out_of_range", f"{_FIELD_NAMES[i]}={x} does not fit a 32-bit integer"
+                )
         request_model = vals[_REQUEST_MODEL]
         response_model = vals[_RESPONSE_MODEL]
         finish = None
@@ -707,7 +693,13 @@ class Normaliser:
             pricer.price(
                 provider,
                 model,
-                Usage(reasoning_tokens=reasoning or 0, **tokens),
+                Usage(
+                    input_tokens=tokens["input_tokens"],
+                    output_tokens=tokens["output_tokens"],
+                    cache_read_tokens=tokens["cache_read_tokens"],
+                    cache_write_tokens=tokens["cache_write_tokens"],
+                    reasoning_tokens=reasoning or 0,
+                ),
                 # The stored ts (µs); µs / 1e6 as a float converts back to the same µs.
                 datetime.fromtimestamp(start // 1000 / 1e6, UTC),
             )
@@ -761,11 +753,37 @@ class Normaliser:
         }
         ignored = 0
         max_ts = self.latest_ns()
-        max_attr = self.limits.max_attribute_bytes
+        limits = self.limits
+        max_attr = limits.max_record_attribute_bytes
+        max_count = limits.max_record_attributes
+        records = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        if records > limits.max_records:
+            _reject_all(
+                batch,
+                records,
+                "too_many_records",
+                f"the request holds {records} records, the limit is {limits.max_records}: "
+                "send smaller batches",
+            )
+            return batch
         for rl in request.resource_logs:
+            if len(rl.resource.attributes) > max_count:  # counted, not read
+                _reject_all(
+                    batch,
+                    sum(len(sl.log_records) for sl in rl.scope_logs),
+                    "too_many_attributes",
+                    f"a resource has more than {max_count} attributes (the limit)",
+                )
+                continue
             service = _opt_str(_attrs(rl.resource.attributes).get("service.name"))
             for sl in rl.scope_logs:
                 for record in sl.log_records:
+                    if len(record.attributes) > max_count:  # counted, not read
+                        batch.reject(
+                            "too_many_attributes",
+                            f"a record has more than {max_count} attributes (the limit)",
+                        )
+                        continue
                     try:
                         attrs = _attrs(record.attributes)
                         name = record.event_name or _opt_str(attrs.get("event.name")) or ""
@@ -785,7 +803,13 @@ class Normaliser:
                             _check_sizes(attrs, max_attr)
                         table, row = self._log_row(record, name, ts, attrs, service)
                     except _Reject as rej:
-                        batch.reject(rej.reason, rej.example)
+                        batch.reject(
+                            rej.reason,
+                            rej.example,
+                            table=_LOG_TABLES.get(name),
+                            scope=sl.scope.name,
+                            attributes=attrs,
+                        )
                         continue
                     if table is None:
                         ignored += 1

@@ -7,8 +7,10 @@
  * everything else (returns a reason string) -- malformed or truncated protobuf, invalid UTF-8,
  * a rejected span (bad ids, missing or future start), a value whose type is not its field's,
  * negative or huge token counts, kvlist values, duplicate attribute keys, an attribute over
- * the size limit.  The caller then takes the reference path, which produces the
- * right error, rejection or row.  Declining is always correct; accepting must be exact.
+ * the size limit, more attributes, spans or records than the limits allow (counted while
+ * scanning: it stops at the first one over), a resource too big for its spans.  The caller
+ * then takes the reference path, which produces the right error, rejection or row.
+ * Declining is always correct; accepting must be exact.  Fuzzed under ASan/UBSan: fuzz/.
  *
  * Wire format: https://protobuf.dev/programming-guides/encoding/ .  Field numbers are those of
  * opentelemetry-proto (trace/v1, common/v1, resource/v1).  Where protobuf would merge two
@@ -728,7 +730,11 @@ typedef struct Config {
     PyObject *dumps_double;      /* callable: float -> JSON text (orjson's) */
     PyObject *decimal_text;      /* callable: value -> canonical decimal text, None if invalid */
     DoubleText doubles[DOUBLE_CACHE];
-    int64_t max_attribute_bytes;
+    int64_t max_attribute_bytes;        /* of a span's attribute value */
+    int64_t max_record_attribute_bytes; /* of a log record's */
+    int64_t max_span_attributes, max_record_attributes; /* per span / record / resource */
+    int64_t max_spans, max_records;     /* per request */
+    int64_t max_resource_fanout;        /* a resource's JSON times its spans */
 } Config;
 
 static int json_double(Ctx *ctx, Buf *b, double d) {
@@ -903,15 +909,19 @@ static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
                              "dialect_markers", "operation_aliases", "leaf_operations",
                              "exclusive_input", "scope_dialect", "canonical_provider",
                              "provider_memo", "dumps_double", "decimal_text", "log_keys",
-                             "max_attribute_bytes", NULL};
+                             "max_attribute_bytes", "max_span_attributes",
+                             "max_record_attribute_bytes", "max_record_attributes", "max_spans",
+                             "max_records", "max_resource_fanout_bytes", NULL};
     PyObject *aliases, *finish_keys, *cost_key, *agent_markers, *markers, *ops, *leaf, *excl;
     PyObject *scope_dialect, *canonical_provider, *memo, *dumps_double, *decimal_text, *log_keys;
-    long long max_attr;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOUOOOOOOOO!OOOL", kwlist, &aliases,
+    long long max_attr, max_span_attrs, max_record_attr, max_record_attrs, max_spans, max_records;
+    long long max_fanout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOUOOOOOOOO!OOOLLLLLLL", kwlist, &aliases,
                                      &finish_keys, &cost_key, &agent_markers, &markers, &ops,
                                      &leaf, &excl, &scope_dialect, &canonical_provider,
                                      &PyDict_Type, &memo, &dumps_double, &decimal_text,
-                                     &log_keys, &max_attr))
+                                     &log_keys, &max_attr, &max_span_attrs, &max_record_attr,
+                                     &max_record_attrs, &max_spans, &max_records, &max_fanout))
         return NULL;
     Config *cfg = PyMem_Calloc(1, sizeof(Config));
     if (cfg == NULL) return PyErr_NoMemory();
@@ -921,6 +931,12 @@ static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
     cfg->dumps_double = Py_NewRef(dumps_double);
     cfg->decimal_text = Py_NewRef(decimal_text);
     cfg->max_attribute_bytes = max_attr;
+    cfg->max_record_attribute_bytes = max_record_attr;
+    cfg->max_span_attributes = max_span_attrs;
+    cfg->max_record_attributes = max_record_attrs;
+    cfg->max_spans = max_spans;
+    cfg->max_records = max_records;
+    cfg->max_resource_fanout = max_fanout;
     PyObject *capsule = PyCapsule_New(cfg, "comptroller.otlp_native.Config", config_free);
     if (capsule == NULL) {
         Py_DECREF(cfg->scope_dialect);
@@ -1037,6 +1053,7 @@ typedef struct {
     Buf derive_idx; /* int32 row indices of the spans that derive a usage row */
     PyObject *genai_refs, *derive_refs;
     uint64_t max_start;
+    int64_t res_spans; /* spans of the current resource so far */
 } State;
 
 typedef struct {
@@ -1095,7 +1112,12 @@ static int parse_kv(Ctx *ctx, Rd r, Attr *a) {
     return OK;
 }
 
-static int add_attr(Ctx *ctx, const Config *cfg, Attr *attrs, int *count, Attr *a) {
+/* Over `limit` attributes, declined before the next is read: the reference rejects the span
+ * or record by the count alone, so a hostile list of 100k attributes costs no more here than
+ * the limit's worth (or MAX_ATTRS, the decoder's own bound) and a count there. */
+static int add_attr(Ctx *ctx, const Config *cfg, Attr *attrs, int *count, Attr *a,
+                    int64_t limit) {
+    if (*count >= limit) return bail(ctx, "too many attributes");
     a->hash = fnv1a(a->key, a->klen);
     for (int i = 0; i < *count; i++)
         if (attrs[i].hash == a->hash && attrs[i].klen == a->klen &&
@@ -1118,7 +1140,7 @@ static int attrs_json(Ctx *ctx, Buf *b, const Attr *attrs, int count) {
     return buf_putc(b, '}');
 }
 
-static int parse_resource_with(Ctx *ctx, Rd r, Resource *res, Attr *attrs) {
+static int parse_resource_with(Ctx *ctx, Rd r, Resource *res, Attr *attrs, int64_t limit) {
     int count = 0;
     while (r.p < r.end) {
         uint32_t field;
@@ -1134,7 +1156,7 @@ static int parse_resource_with(Ctx *ctx, Rd r, Resource *res, Attr *attrs) {
             }
             Attr a;
             TRY(parse_kv(ctx, sub, &a));
-            TRY(add_attr(ctx, NULL, attrs, &count, &a));
+            TRY(add_attr(ctx, NULL, attrs, &count, &a, limit));
         } else {
             TRY(rd_skip(ctx, &r, wt));
         }
@@ -1248,6 +1270,12 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
     Slice status_msg = {NULL, 0};
     uint64_t start = 0, end = 0, kind = 0, status_code = 0;
     int count = 0, have_status = 0;
+    /* every span so far is a row (any other declines): one more is over the request's limit */
+    if (st->rows >= cfg->max_spans) return bail(ctx, "too many spans");
+    /* each span stores its resource's JSON: bounded in total, as the reference bounds it
+     * (bytes here, characters there: never less, so never accepted where it rejects) */
+    if ((int64_t)res->json.n * ++st->res_spans > cfg->max_resource_fanout)
+        return bail(ctx, "resource too large for its spans");
     /* the first pass: framing, scalar fields, and the attribute list */
     while (r.p < r.end) {
         uint32_t field;
@@ -1294,7 +1322,7 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
             case 9: {
                 Attr a;
                 TRY(parse_kv(ctx, sub, &a));
-                TRY(add_attr(ctx, cfg, attrs, &count, &a));
+                TRY(add_attr(ctx, cfg, attrs, &count, &a, cfg->max_span_attributes));
                 break;
             }
             case 11: TRY(validate(ctx, sub, &S_EVENT, 0)); break;
@@ -1590,7 +1618,7 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
 
 /* The resource of a ResourceSpans or ResourceLogs (field 1; 3 is the schema URL): it
  * applies to every span or record, wherever it appears in the message. */
-static int scan_resource(Ctx *ctx, Rd r, Resource *res, Attr *attrs) {
+static int scan_resource(Ctx *ctx, Rd r, Resource *res, Attr *attrs, int64_t limit) {
     int have_resource = 0;
     while (r.p < r.end) {
         uint32_t field;
@@ -1608,7 +1636,7 @@ static int scan_resource(Ctx *ctx, Rd r, Resource *res, Attr *attrs) {
         else if (have_resource++)
             return bail(ctx, "two resource fields");
         else
-            TRY(parse_resource_with(ctx, sub, res, attrs));
+            TRY(parse_resource_with(ctx, sub, res, attrs, limit));
     }
     return have_resource ? OK : buf_puts(&res->json, "{}");
 }
@@ -1686,7 +1714,8 @@ static int do_resource_spans(State *st, Rd r, Attr *attrs) {
     Ctx *ctx = &st->ctx;
     Resource res;
     memset(&res, 0, sizeof res);
-    int rc = scan_resource(ctx, r, &res, attrs), more = 1;
+    int rc = scan_resource(ctx, r, &res, attrs, st->cfg->max_span_attributes), more = 1;
+    st->res_spans = 0;
     while (rc == OK && more) {
         Rd sub;
         rc = next_message(ctx, &r, 2, &sub, &more);
@@ -1783,6 +1812,8 @@ static int do_record(UState *st, Rd r, Slice service, Attr *attrs) {
     uint64_t time = 0, observed = 0, u;
     Slice trace = {NULL, 0}, span = {NULL, 0}, event = {NULL, 0};
     int count = 0, have_body = 0;
+    /* every record so far is a row or ignored (any other declines) */
+    if (st->rows + st->ignored >= cfg->max_records) return bail(ctx, "too many records");
     while (r.p < r.end) {
         uint32_t field;
         int wt;
@@ -1822,7 +1853,7 @@ static int do_record(UState *st, Rd r, Slice service, Attr *attrs) {
             case 6: {
                 Attr a;
                 TRY(parse_kv(ctx, sub, &a));
-                TRY(add_attr(ctx, cfg, attrs, &count, &a));
+                TRY(add_attr(ctx, cfg, attrs, &count, &a, cfg->max_record_attributes));
                 break;
             }
             case 9: trace = (Slice){(const char *)sub.p, n}; break;
@@ -1865,11 +1896,11 @@ static int do_record(UState *st, Rd r, Slice service, Attr *attrs) {
     uint64_t ts = time ? time : observed;
     if (ts == 0) return bail(ctx, "missing timestamp");
     if (ts > st->max_ts) return bail(ctx, "future timestamp");
-    if ((int64_t)encoded > cfg->max_attribute_bytes) {
+    if ((int64_t)encoded > cfg->max_record_attribute_bytes) {
         for (int k = 0; k < count; k++) {
             int64_t size;
             TRY(attr_size(ctx, &attrs[k].value, &size));
-            if (size > cfg->max_attribute_bytes) return bail(ctx, "attribute too large");
+            if (size > cfg->max_record_attribute_bytes) return bail(ctx, "attribute too large");
         }
     }
     Slice usage_id;
@@ -2009,7 +2040,7 @@ static int do_resource_logs(UState *st, Rd r, Attr *attrs) {
     Ctx *ctx = &st->ctx;
     Resource res;
     memset(&res, 0, sizeof res);
-    int rc = scan_resource(ctx, r, &res, attrs), more = 1;
+    int rc = scan_resource(ctx, r, &res, attrs, st->cfg->max_record_attributes), more = 1;
     while (rc == OK && more) {
         Rd sub;
         rc = next_message(ctx, &r, 2, &sub, &more);

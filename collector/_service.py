@@ -28,6 +28,7 @@ from comptroller.collector._native import NativeDecoder, available, unavailable_
 from comptroller.collector._normalise import Batch, Limits, Normaliser
 from comptroller.collector._pipeline import MAX_FLUSH_ROWS, MAX_QUEUE_MB, Pipeline, Stats
 from comptroller.collector._priority import at_lower_priority
+from comptroller.collector._validate import validate
 from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
 
@@ -78,6 +79,11 @@ class Collector:
         row_group_size: Rows per row group the collector writes (None: DuckDB's default,
             122,880). A landing that appends a row group's worth to a table writes it
             compressed to the file, skipping the WAL and the checkpoint's compression.
+        query_timeout_s: Time limit of one `/api/query` (and budget-state) statement.
+        query_max_rows: Most rows one `/api/query` answer holds (more are cut, and marked).
+        query_concurrency: `/api/query` statements that run at once (the rest wait).
+        query_queue: `/api/query` requests that may wait for a slot (beyond: 429).
+        query_max_body_bytes: Largest `/api/query` request body (beyond: 413).
     """
 
     def __init__(
@@ -99,8 +105,25 @@ class Collector:
         native_decoder: bool = True,
         checkpoint_mb: int = 128,
         row_group_size: int | None = ROW_GROUP_SIZE,
+        query_timeout_s: float = 30.0,
+        query_max_rows: int = 100_000,
+        query_concurrency: int = 2,
+        query_queue: int = 16,
+        query_max_body_bytes: int = 1 << 20,
     ) -> None:
         self.db_path = Path(db_path)
+        self.query_limits = analytics.Limits(
+            timeout_s=query_timeout_s,
+            max_rows=query_max_rows,
+            setting="collector.query_timeout_s",
+        )
+        # Budget state is what control planes depend on: bounded in time, never cut.
+        self.budget_limits = analytics.Limits(
+            timeout_s=query_timeout_s, setting="collector.query_timeout_s"
+        )
+        self.query_concurrency = query_concurrency
+        self.query_queue = query_queue
+        self.query_max_body_bytes = query_max_body_bytes
         self.timezone = timezone
         self.token = token
         self.max_request_bytes = max_request_bytes
@@ -168,10 +191,10 @@ class Collector:
             last = entry.seq
             replayed += 1
             if rows >= MAX_FLUSH_ROWS:
-                lander.land(group, log_seq=last)
+                lander.land_safely(group, log_seq=last)
                 group, rows = [], 0
         if group:
-            lander.land(group, log_seq=last)
+            lander.land_safely(group, log_seq=last)
         if replayed:
             log.release(upto=last)
         return replayed
@@ -212,13 +235,24 @@ class Collector:
         return ok
 
     def decode_normalise(
-        self, signal: str, encoding: Encoding, body: bytes, *, count: bool = True
+        self,
+        signal: str,
+        encoding: Encoding,
+        body: bytes,
+        *,
+        count: bool = True,
+        client: str | None = None,
     ) -> tuple[Message | None, Batch]:
-        """Decode and normalise an export request body (inflated).
+        """Decode, normalise and validate an export request body (inflated).
 
         Protobuf trace and log exports take the native decoder when it is built; a request
         it declines, and every other request, is decoded by upb and normalised by the
-        reference.
+        reference. Either way the batch is then validated (`_validate.py`): rows out of
+        their column's range are split off into `rejected_records` and counted as rejected.
+
+        Args:
+            count: Count rejections in the stats (not on replay).
+            client: The sender's address, recorded with quarantined records.
 
         Returns:
             The decoded message (None when the native decoder handled the body) and the batch.
@@ -226,13 +260,41 @@ class Collector:
         Raises:
             DecodeError: The body cannot be decoded.
         """
+        message: Message | None = None
+        batch: Batch | None = None
         if self.native is not None and encoding == "protobuf" and signal != "metrics":
             native = self.native.normalise(signal, body)
             if not isinstance(native, str):
-                return None, native
-        message = decode(signal, encoding, body)  # type: ignore[arg-type]
-        size = len(body) if encoding == "protobuf" else None
-        return message, self.normalise(signal, message, count=count, size=size)
+                batch = native
+        if batch is None:
+            limits = self.normaliser.limits
+            message = decode(
+                signal,  # type: ignore[arg-type]
+                encoding,
+                body,
+                max_attributes=limits.max_span_attributes
+                if signal == "traces"
+                else limits.max_record_attributes,
+            )
+            size = len(body) if encoding == "protobuf" else None
+            # metrics count their dropped points there; the rest count below, validated
+            batch = self.normalise(signal, message, count=count and signal == "metrics", size=size)
+        if signal != "metrics":
+            decoded = message
+            validate(
+                batch,
+                signal=signal,
+                latest_ns=self.normaliser.latest_ns(),
+                received=dt.datetime.fromtimestamp(self.normaliser.now_ns() / 1e9, dt.UTC),
+                client=client,
+                request=lambda: decoded or decode(signal, "protobuf", body),  # type: ignore[arg-type]
+            )
+        if count:
+            self.stats.count_rows_rejected(batch.reasons)
+            quarantined = batch.tables.get("rejected_records")
+            if quarantined is not None:
+                self.stats.count_quarantined(quarantined)
+        return message, batch
 
     def native_health(self) -> dict[str, Any]:
         """The native decoder's part of `/health`."""
@@ -267,18 +329,16 @@ class Collector:
         return batch
 
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> pa.Table:
-        """Run one read-only statement on a cursor of its own.
+        """Run one read statement on a cursor of its own, in a read-only transaction,
+        within `query_limits` (time limit, row cap).
 
         Raises:
-            comptroller.analytics.QueryError: Not a single read-only statement, or it failed.
+            comptroller.analytics.QueryError: Not a single read statement, or it failed.
+            comptroller.analytics.QueryTimeout: It ran past the time limit.
         """
         analytics.check_read_only(sql)
         self._catch_up()
-        reader = analytics.DuckDBReader(self.con.cursor(), owned=True)
-        try:
-            return reader.query(sql, params)
-        finally:
-            reader.close()
+        return analytics.run_read_only(self.con, sql, params, limits=self.query_limits)
 
     def _catch_up(self) -> None:
         """Reads see every request acknowledged before them, and its budget events."""
@@ -288,7 +348,7 @@ class Collector:
     def budget_state(self, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
         """Today's spend per budget key, as JSON-ready dicts."""
         self._catch_up()
-        reader = analytics.DuckDBReader(self.con.cursor(), owned=True)
+        reader = analytics.DuckDBReader(self.con, limits=self.budget_limits)
         try:
             states = analytics.budget_state(reader, now=now, timezone=self.timezone)
         finally:

@@ -28,7 +28,8 @@ from comptroller.config._control import PurposeSettings
 from comptroller.errors import ConfigError
 
 if TYPE_CHECKING:
-    from comptroller.control import ControlPlane, ProfileService
+    from comptroller.control import ControlPlane
+    from comptroller.control.profiles import ProfileService
     from comptroller.control.testing import FakeOpenAIServer
 
 DEMO_SERVICE = "comptroller-demo"
@@ -155,15 +156,8 @@ def _start_endpoint() -> FakeOpenAIServer:
 
 
 def _configure_profiles(service: ProfileService, base_url: str) -> None:
-    from comptroller.control import (
-        Actor,
-        BudgetSpec,
-        CallDefaults,
-        ModelRef,
-        ProfileSpec,
-        RateLimitSpec,
-        Scope,
-    )
+    from comptroller.control import BudgetSpec, CallDefaults, ModelRef, RateLimitSpec
+    from comptroller.control.profiles import Actor, ProfileSpec, Scope
 
     # The demo's store is its own and fresh: it binds its platform admin and grants the org
     # admins it acts as (roles are granted in the store, never claimed).
@@ -203,7 +197,8 @@ def _configure_profiles(service: ProfileService, base_url: str) -> None:
 
 
 def _change_model_mid_run(service: ProfileService) -> None:
-    from comptroller.control import Actor, ModelRef, ProfileSpec, Scope
+    from comptroller.control import ModelRef
+    from comptroller.control.profiles import Actor, ProfileSpec, Scope
 
     service.set_profile(
         Scope.of_org("acme"),
@@ -281,7 +276,8 @@ def run_demo(
     """
     import os
 
-    from comptroller.control import ControlPlane, ProfileService
+    from comptroller.control import ControlPlane
+    from comptroller.control.profiles import ProfileService
 
     settings.ensure_data_dir()
     target = db_file or settings.db_file

@@ -1,4 +1,10 @@
-"""The in-process control plane around LangChain chat models.
+"""The in-process control plane around LangChain chat models: what an application needs.
+
+`ControlPlane(...).chat_model(purpose, ...)` returns a LangChain chat model whose every call
+is routed, rate-limited, budgeted, retried, priced and traced. This package holds that, the
+values to configure it in code (`StaticProfiles`, `ResolvedProfile`, …), the guards and sinks
+to wire it, and the error types its calls raise. Profile, credential and role administration
+is `comptroller.control.profiles`; test doubles are `comptroller.control.testing`.
 
 Example:
     >>> from comptroller.control import ControlPlane  # doctest: +SKIP
@@ -6,68 +12,10 @@ Example:
     >>> model.invoke("Summarise the ticket")  # doctest: +SKIP
 """
 
-from comptroller.control._profile_types import (
-    BudgetSpec,
-    CallDefaults,
-    CredentialSource,
-    DegradationPolicy,
-    ModelRef,
-    ProfileResolver,
-    RateLimitSpec,
-    ResolvedProfile,
-    ScopeKind,
-)
+from typing import Any
 
-# --- profiles, purposes & credentials (issue 3): add imports below this line ---
-# isort: split
-from comptroller.control._credentials import (
-    ENV_MASTER_KEY,
-    CredentialInfo,
-    CredentialKind,
-    CredentialStore,
-    MasterKeySource,
-    generate_master_key,
-)
-from comptroller.control._governance import Actor, Role
-from comptroller.control._profile_errors import (
-    CredentialDecryptError,
-    CredentialError,
-    CredentialNotFound,
-    MasterKeyError,
-    MissingCredential,
-    ModelNotApproved,
-    PermissionDenied,
-    ProfileConflict,
-    ProfileError,
-    ProfileNotFound,
-    ProfileRefused,
-    UnknownModel,
-    UnknownPurpose,
-    VersionNotFound,
-)
-from comptroller.control._profile_events import (
-    ConfiguredCatalog,
-    InMemoryProfileEvents,
-    ModelCatalog,
-    ProfileEventEmitter,
-    RecordedEvent,
-)
-from comptroller.control._profile_service import ProfileService
-from comptroller.control._profile_store import ProfileStore
-from comptroller.control._profiles import (
-    AuditEntry,
-    FieldChange,
-    ProfileSpec,
-    ProfileVersion,
-    Scope,
-)
-from comptroller.control._purposes import OverrideClass, Purpose, PurposeKey, PurposeRegistry
-from comptroller.control._resolution import Resolution, resolve_active_profile
-
-# --- guarded call, limits, budgets, pricing, telemetry (issue 4): add imports below this line ---
-# isort: split
-# guarded call core (issue 4)
 from comptroller.control._call import CallInfo, CredentialResolver, RetryPolicy, current_call
+from comptroller.control._chat_model import GuardedChatModel
 from comptroller.control._circuit import CircuitPolicy, CircuitSnapshot, CircuitState
 from comptroller.control._clock import Clock, SystemClock
 from comptroller.control._errors import (
@@ -84,30 +32,36 @@ from comptroller.control._errors import (
     TruncatedStream,
     UnknownPrice,
 )
-from comptroller.control._guard import (
-    BudgetReconciler,
-    Guard,
-    GuardKey,
-    LedgerState,
-    MemoryGuard,
-    Ticket,
-    make_guard,
-    make_reconciler,
-)
-from comptroller.control._guard_redis import RedisGuard
+from comptroller.control._guard import Guard, GuardKey, LedgerState, MemoryGuard, RedisGuard
 from comptroller.control._otlp import OtlpSink, SpoolFull
-from comptroller.control._plane import ControlPlane, GuardedChatModel, StaticProfiles
+from comptroller.control._plane import ControlPlane, StaticProfiles
+from comptroller.control._profile_errors import (
+    CredentialError,
+    MissingCredential,
+    ProfileError,
+    ProfileNotFound,
+    UnknownModel,
+    UnknownPurpose,
+)
+from comptroller.control._profile_types import (
+    BudgetSpec,
+    CallDefaults,
+    CredentialSource,
+    DegradationPolicy,
+    ModelRef,
+    ProfileResolver,
+    RateLimitSpec,
+    ResolvedProfile,
+    ScopeKind,
+)
 from comptroller.control._providers import ChatModelFactory, ModelSpec, ProviderRegistry
+from comptroller.control._redact import Redactor
 from comptroller.control._telemetry import EventEmitter, NullSink, TelemetrySink
 from comptroller.pricing import Price, Pricer, Usage
 
 __all__ = [
-    "ENV_MASTER_KEY",
-    "Actor",
-    "AuditEntry",
     "BudgetError",
     "BudgetExceeded",
-    "BudgetReconciler",
     "BudgetSpec",
     "BudgetUnverifiable",
     "CallDefaults",
@@ -118,81 +72,100 @@ __all__ = [
     "CircuitSnapshot",
     "CircuitState",
     "Clock",
-    "ConfiguredCatalog",
     "ControlError",
     "ControlPlane",
-    "CredentialDecryptError",
     "CredentialError",
-    "CredentialInfo",
-    "CredentialKind",
-    "CredentialNotFound",
     "CredentialResolver",
     "CredentialSource",
-    "CredentialStore",
     "DegradationPolicy",
     "EventEmitter",
     "ExhaustedFallbacks",
-    "FieldChange",
     "Guard",
     "GuardKey",
     "GuardUnavailable",
     "GuardedChatModel",
-    "InMemoryProfileEvents",
     "LedgerState",
-    "MasterKeyError",
-    "MasterKeySource",
     "MemoryGuard",
     "MissingCredential",
-    "ModelCatalog",
-    "ModelNotApproved",
     "ModelRef",
     "ModelRefused",
     "ModelSpec",
     "NullSink",
     "OtlpSink",
-    "OverrideClass",
-    "PermissionDenied",
     "Price",
     "Pricer",
-    "ProfileConflict",
     "ProfileError",
-    "ProfileEventEmitter",
     "ProfileNotFound",
-    "ProfileRefused",
     "ProfileResolver",
-    "ProfileService",
-    "ProfileSpec",
-    "ProfileStore",
-    "ProfileVersion",
     "ProviderError",
     "ProviderRegistry",
-    "Purpose",
-    "PurposeKey",
-    "PurposeRegistry",
     "RateLimitSpec",
     "RateLimited",
-    "RecordedEvent",
+    "Redactor",
     "RedisGuard",
-    "Resolution",
     "ResolvedProfile",
     "RetryPolicy",
-    "Role",
-    "Scope",
     "ScopeKind",
     "SpoolFull",
     "StaticProfiles",
     "SystemClock",
     "TelemetrySink",
-    "Ticket",
     "TruncatedStream",
     "UnknownModel",
     "UnknownPrice",
     "UnknownPurpose",
     "Usage",
-    "VersionNotFound",
     "current_call",
-    "generate_master_key",
-    "make_guard",
-    "make_reconciler",
-    "resolve_active_profile",
 ]
+
+_MOVED_TO_PROFILES = frozenset(
+    [
+        "ENV_MASTER_KEY",
+        "Actor",
+        "AdminRegistry",
+        "AuditEntry",
+        "Binding",
+        "ConfiguredCatalog",
+        "CredentialDecryptError",
+        "CredentialInfo",
+        "CredentialKind",
+        "CredentialNotFound",
+        "CredentialStore",
+        "FieldChange",
+        "InMemoryProfileEvents",
+        "MasterKeyError",
+        "MasterKeySource",
+        "ModelCatalog",
+        "ModelNotApproved",
+        "OverrideClass",
+        "PermissionDenied",
+        "ProfileConflict",
+        "ProfileEventEmitter",
+        "ProfileRefused",
+        "ProfileService",
+        "ProfileSpec",
+        "ProfileStore",
+        "ProfileVersion",
+        "Purpose",
+        "PurposeKey",
+        "PurposeRegistry",
+        "RecordedEvent",
+        "Resolution",
+        "Role",
+        "Scope",
+        "VersionNotFound",
+        "generate_master_key",
+        "resolve_active_profile",
+    ]
+)
+
+
+def __getattr__(name: str) -> Any:
+    # Administration moved out of the application's surface: say where, rather than a bare
+    # AttributeError.
+    if name in _MOVED_TO_PROFILES:
+        raise AttributeError(
+            f"comptroller.control.{name} is administration: import it from "
+            f"comptroller.control.profiles"
+        )
+    raise AttributeError(f"module 'comptroller.control' has no attribute {name!r}")

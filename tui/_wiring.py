@@ -12,7 +12,7 @@ from comptroller.tui._source import DuckDBSource, Reader, ReaderFactory
 
 if TYPE_CHECKING:
     from comptroller.config import Settings
-    from comptroller.control import ProfileService, Role
+    from comptroller.control.profiles import ProfileService, Role
 
 
 class _HttpSource:
@@ -72,8 +72,8 @@ class ServiceProfileAdmin:
         return None
 
     def rollback(self, target: ProfileRef, *, operator: Operator, reason: str) -> RollbackDone:
-        from comptroller.control import Actor
         from comptroller.control._profiles import Scope
+        from comptroller.control.profiles import Actor
 
         scope = self._scope(target, operator)
         assert isinstance(scope, Scope)
@@ -93,6 +93,6 @@ class ServiceProfileAdmin:
 
 def profile_admin(settings: Settings) -> ServiceProfileAdmin:
     """The profile store of `settings`, for rollbacks."""
-    from comptroller.control import ProfileService
+    from comptroller.control.profiles import ProfileService
 
     return ServiceProfileAdmin(ProfileService.from_settings(settings))

@@ -12,7 +12,7 @@ from comptroller.cli._profiles import ENV_ADMIN_TOKEN, json_option, open_service
 from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
-    from comptroller.control import Actor, ProfileService
+    from comptroller.control.profiles import Actor, ProfileService
 
 _TTL = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -26,7 +26,7 @@ def _parse_ttl(text: str) -> timedelta:
 
 
 def _target(identity: str, role: str, org: str | None, domain: str | None) -> Actor:
-    from comptroller.control import Actor
+    from comptroller.control.profiles import Actor
 
     try:
         return Actor(name=identity, role=role, org=org, domain=domain)  # type: ignore[arg-type]
@@ -83,8 +83,9 @@ def admin() -> None:
 @pass_app
 def init(app: AppContext) -> None:
     """Make you, the OS user who owns the data directory, the first platform admin."""
-    from comptroller.control import Actor, PermissionDenied, Scope
+    from comptroller.control import PermissionDenied
     from comptroller.control._os_identity import os_identity, owns_data_dir
+    from comptroller.control.profiles import Actor, Scope
 
     settings = app.settings()
     settings.ensure_data_dir()

@@ -19,7 +19,7 @@ from comptroller.cli._profiles import (
 from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
-    from comptroller.control import Actor, CredentialKind, ProfileService
+    from comptroller.control.profiles import Actor, CredentialKind, ProfileService
 
 
 def _read_secret(from_env: str | None, what: str) -> str:

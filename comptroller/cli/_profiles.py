@@ -15,13 +15,12 @@ from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
     from comptroller.config import Settings
-    from comptroller.control import (
+    from comptroller.control import ControlPlane, ResolvedProfile
+    from comptroller.control.profiles import (
         Actor,
-        ControlPlane,
         ProfileService,
         ProfileSpec,
         ProfileVersion,
-        ResolvedProfile,
         Scope,
     )
 
@@ -80,7 +79,7 @@ def json_option(func: F) -> F:
 
 
 def make_scope(is_global: bool, org: str | None, domain: str | None, *, required: bool) -> Scope:
-    from comptroller.control import Scope
+    from comptroller.control.profiles import Scope
 
     if is_global and (org or domain):
         raise click.UsageError("--global cannot be combined with --org or --domain")
@@ -139,7 +138,7 @@ def prove_actor(
 def open_service(app: AppContext, *, events: bool = False) -> Iterator[ProfileService]:
     """The profile service of the settings; with `events`, wired to the telemetry pipeline
     (embedded DuckDB sink or OTLP, as configured) so that changes reach `profile_events`."""
-    from comptroller.control import ProfileService
+    from comptroller.control.profiles import ProfileService
 
     settings = app.settings()
     if settings.control.profile_store_url is None:
@@ -298,13 +297,8 @@ def set_(
     as_json: bool,
 ) -> None:
     """Activate a new version of PURPOSE's profile at a scope (fields not given are kept)."""
-    from comptroller.control import (
-        BudgetSpec,
-        DegradationPolicy,
-        ModelRef,
-        ProfileSpec,
-        RateLimitSpec,
-    )
+    from comptroller.control import BudgetSpec, DegradationPolicy, ModelRef, RateLimitSpec
+    from comptroller.control.profiles import ProfileSpec
 
     scope = make_scope(is_global, org, domain, required=True)
     fields: dict[str, Any] = {}

@@ -121,14 +121,20 @@ class Settings(BaseSettings):
         return self.data_dir / "master.key"
 
     def ensure_data_dir(self) -> Path:
-        """Create the data directory if needed and check it is writable.
+        """Create the data directory (mode 0700) if needed and check it is writable.
+
+        An existing directory that group or others may enter is tightened to its owner
+        alone, with a warning in the log.
 
         Raises:
             ConfigError: The directory cannot be created or written, naming it and what to do.
         """
+        from comptroller._private import private_dir
+
         path = self.data_dir
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            # It holds billing data and secrets: private to this user (0700, tightened).
+            private_dir(path)
             probe = path / ".write-probe"
             probe.write_bytes(b"")
             probe.unlink()

@@ -170,7 +170,7 @@ def test_rotate_with_an_environment_master_key_takes_the_new_one_from_a_variable
     cli,
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
-    from comptroller.control import generate_master_key
+    from comptroller.control.profiles import generate_master_key
 
     monkeypatch.setenv("COMPTROLLER_MASTER_KEY", generate_master_key())
     cli("credentials", "set", "--provider", "openai", "--global", stdin="sk-1")

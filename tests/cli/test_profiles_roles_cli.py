@@ -13,8 +13,8 @@ import pytest
 
 from comptroller.cli import main
 from comptroller.config import load_settings
-from comptroller.control import Actor, ProfileService, Scope
 from comptroller.control._os_identity import os_identity
+from comptroller.control.profiles import Actor, ProfileService, Scope
 
 OPS = Actor.platform("ops")  # the platform admin here is someone else than the OS user
 ME = os_identity()

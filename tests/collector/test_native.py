@@ -595,3 +595,47 @@ def test_damaged_log_exports_are_declined_or_agree(
         at = data.draw(st.integers(0, len(damaged) - 1))
         damaged[at] ^= 1 << data.draw(st.integers(0, 7))
     check_logs(pair, bytes(damaged))  # declined, or equal
+
+
+@pytest.fixture(scope="module")
+def small_counts() -> tuple[Normaliser, NativeDecoder]:
+    # Limits the generated requests cross: up to 12 attributes a span or record, 4 on a
+    # resource, 12 spans and 16 records a request; values of 10 characters; resources of
+    # ~100 bytes of JSON on up to 6 spans.
+    limits = Limits(
+        max_span_attributes=5,
+        max_record_attributes=8,
+        max_spans=4,
+        max_records=3,
+        max_record_attribute_bytes=10,
+        max_resource_fanout_bytes=200,
+    )
+    normaliser = Normaliser(limits=limits, clock_ns=lambda: NOW_NS)
+    return normaliser, NativeDecoder(normaliser)
+
+
+_LIMIT_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+@_LIMIT_SETTINGS
+@given(body=requests())
+def test_generated_requests_agree_under_small_count_limits(
+    small_counts: tuple[Normaliser, NativeDecoder], body: bytes
+) -> None:
+    if check(small_counts, body) == "too many spans":  # the reference rejects them all
+        batch = reference(small_counts[0], body)
+        assert batch.accepted == 0
+        assert batch.reasons.keys() == {"too_many_spans"}
+
+
+@_LIMIT_SETTINGS
+@given(body=log_requests())
+def test_generated_log_exports_agree_under_small_limits(
+    small_counts: tuple[Normaliser, NativeDecoder], body: bytes
+) -> None:
+    if check_logs(small_counts, body) == "too many records":
+        batch = reference_logs(small_counts[0], body)
+        assert batch.accepted == 0
+        assert batch.reasons.keys() == {"too_many_records"}

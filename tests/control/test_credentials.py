@@ -23,17 +23,19 @@ from test_profiles_kit import (
 )
 
 from comptroller.control import (
-    ENV_MASTER_KEY,
-    Actor,
     CredentialDecryptError,
     CredentialNotFound,
     MasterKeyError,
-    MasterKeySource,
     PermissionDenied,
     ResolvedProfile,
-    generate_master_key,
 )
 from comptroller.control._store_schema import credentials as credentials_table
+from comptroller.control.profiles import (
+    ENV_MASTER_KEY,
+    Actor,
+    MasterKeySource,
+    generate_master_key,
+)
 
 
 @pytest.fixture(params=STORE_PARAMS)

@@ -24,14 +24,9 @@ from opentelemetry.util.types import AttributeValue
 from test_profiles_kit import ACME, GLOBAL, PLATFORM, STORE_PARAMS, make_service, spec, store_urls
 
 from comptroller.cli import main
-from comptroller.control import (
-    ENV_MASTER_KEY,
-    Actor,
-    ProfileService,
-    ResolvedProfile,
-    generate_master_key,
-)
+from comptroller.control import ResolvedProfile
 from comptroller.control._store_schema import metadata
+from comptroller.control.profiles import ENV_MASTER_KEY, Actor, ProfileService, generate_master_key
 
 
 @pytest.fixture(params=STORE_PARAMS)

@@ -19,7 +19,6 @@ from comptroller.config import load_settings
 from comptroller.control import (
     BudgetError,
     BudgetExceeded,
-    BudgetReconciler,
     BudgetSpec,
     BudgetUnverifiable,
     ControlError,
@@ -30,10 +29,8 @@ from comptroller.control import (
     RateLimited,
     RateLimitSpec,
     RedisGuard,
-    Ticket,
-    make_guard,
-    make_reconciler,
 )
+from comptroller.control._guard import BudgetReconciler, Ticket, make_guard, make_reconciler
 from comptroller.control.testing import FakeClock
 from comptroller.errors import ConfigError
 

@@ -24,7 +24,6 @@ from hypothesis.stateful import (
 
 from comptroller.control import (
     BudgetExceeded,
-    BudgetReconciler,
     BudgetSpec,
     BudgetUnverifiable,
     Guard,
@@ -34,8 +33,8 @@ from comptroller.control import (
     RateLimited,
     RateLimitSpec,
     RedisGuard,
-    Ticket,
 )
+from comptroller.control._guard import BudgetReconciler, Ticket
 from comptroller.control.testing import FakeClock
 
 pytestmark = pytest.mark.redis

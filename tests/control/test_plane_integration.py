@@ -10,7 +10,6 @@ import pytest
 
 from comptroller.config import load_settings
 from comptroller.control import (
-    Actor,
     BudgetExceeded,
     BudgetSpec,
     CallDefaults,
@@ -18,12 +17,10 @@ from comptroller.control import (
     GuardKey,
     MemoryGuard,
     ModelRef,
-    ProfileService,
-    ProfileSpec,
     ResolvedProfile,
-    Scope,
     StaticProfiles,
 )
+from comptroller.control.profiles import Actor, ProfileService, ProfileSpec, Scope
 from comptroller.control.testing import FakeOpenAIServer, ModelBehaviour
 
 PLATFORM = Actor(name="ops", role="platform")

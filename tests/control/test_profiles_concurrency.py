@@ -24,7 +24,7 @@ from test_profiles_kit import (
     with_openai,
 )
 
-from comptroller.control import ProfileService
+from comptroller.control.profiles import ProfileService
 
 
 @pytest.fixture(params=STORE_PARAMS)
@@ -91,7 +91,8 @@ _WRITER = textwrap.dedent(
     """
     import sys
     from comptroller.config import load_settings
-    from comptroller.control import Actor, ModelRef, ProfileService, ProfileSpec, Scope
+    from comptroller.control import ModelRef
+    from comptroller.control.profiles import Actor, ProfileService, ProfileSpec, Scope
 
     service = ProfileService.from_settings(load_settings(), url=sys.argv[1])
     service.set_profile(

@@ -19,10 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 from comptroller.config import Settings, load_settings
-from comptroller.control import (
+from comptroller.control import ModelRef
+from comptroller.control.profiles import (
     Actor,
     InMemoryProfileEvents,
-    ModelRef,
     ProfileService,
     ProfileSpec,
     Scope,

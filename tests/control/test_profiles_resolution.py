@@ -10,16 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_profiles_kit import ManualClock, ref, spec
 
-from comptroller.control import (
-    BudgetSpec,
-    DegradationPolicy,
-    ProfileSpec,
-    ProfileVersion,
-    RateLimitSpec,
-    Scope,
-    resolve_active_profile,
-)
+from comptroller.control import BudgetSpec, DegradationPolicy, RateLimitSpec
 from comptroller.control._resolution import ResolutionCache, explain_resolution
+from comptroller.control.profiles import ProfileSpec, ProfileVersion, Scope, resolve_active_profile
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

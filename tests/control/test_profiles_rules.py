@@ -22,14 +22,8 @@ from test_profiles_kit import (
     with_openai,
 )
 
-from comptroller.control import (
-    Actor,
-    MissingCredential,
-    ModelNotApproved,
-    PermissionDenied,
-    Scope,
-    UnknownModel,
-)
+from comptroller.control import MissingCredential, ModelNotApproved, PermissionDenied, UnknownModel
+from comptroller.control.profiles import Actor, Scope
 
 ACME_ADMIN = Actor(name="alice", role="org_admin", org="acme")
 GLOBEX_ADMIN = Actor(name="mallory", role="org_admin", org="globex")

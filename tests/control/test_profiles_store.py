@@ -24,16 +24,10 @@ from test_profiles_kit import (
 
 from comptroller import semconv
 from comptroller.config import load_settings
-from comptroller.control import (
-    BudgetSpec,
-    ProfileNotFound,
-    ProfileService,
-    Scope,
-    UnknownPurpose,
-    VersionNotFound,
-)
+from comptroller.control import BudgetSpec, ProfileNotFound, UnknownPurpose, VersionNotFound
 from comptroller.control._profile_store import ProfileStore
 from comptroller.control._store_schema import HEAD_REVISION, VERSION_TABLE
+from comptroller.control.profiles import ProfileService, Scope
 from comptroller.errors import UsageError
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from comptroller.config import load_settings
-from comptroller.control import ModelRef, Purpose, PurposeKey, PurposeRegistry, UnknownPurpose
+from comptroller.control import ModelRef, UnknownPurpose
+from comptroller.control.profiles import Purpose, PurposeKey, PurposeRegistry
 
 
 def test_default_taxonomy_has_every_purpose_with_its_override_class() -> None:

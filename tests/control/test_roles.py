@@ -20,12 +20,13 @@ from test_profiles_kit import (
     with_openai,
 )
 
-from comptroller.control import Actor, PermissionDenied
+from comptroller.control import PermissionDenied
 from comptroller.control._os_identity import os_identity, owns_data_dir
 from comptroller.control._principal import AdminRegistry
 from comptroller.control._profile_store import ProfileStore
 from comptroller.control._store_engine import make_engine, migrate
 from comptroller.control._store_schema import HEAD_REVISION, VERSION_TABLE, profile_versions
+from comptroller.control.profiles import Actor
 
 ANYONE = Actor.platform("anyone")
 OLGA = Actor(name="olga", role="org_admin", org="acme")

@@ -18,8 +18,9 @@ from textual.widgets import Input
 
 from comptroller.cli import main
 from comptroller.config import load_settings
-from comptroller.control import Actor, ModelRef, ProfileSpec
+from comptroller.control import ModelRef
 from comptroller.control._profiles import Scope
+from comptroller.control.profiles import Actor, ProfileSpec
 from comptroller.tui import (
     DuckDBSource,
     Operator,
