@@ -12,6 +12,7 @@ PACKAGES = [
     "comptroller",
     "comptroller.config",
     "comptroller.control",
+    "comptroller.control.profiles",
     "comptroller.control.testing",
     "comptroller.collector",
     "comptroller.analytics",
@@ -39,3 +40,81 @@ def test_exported_errors_derive_from_comptroller_error(name: str) -> None:
         value = getattr(module, member)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, ComptrollerError), f"{name}.{member} is outside the error tree"
+
+
+def test_the_application_surface_is_pinned_and_holds_no_administration() -> None:
+    """`comptroller.control` is what an application developer needs: the control plane, the
+    values that configure it, the guards and sinks that wire it, the errors its calls raise.
+    Profile, credential and role administration is `comptroller.control.profiles`; adding a
+    name here is a decision, made by changing this list."""
+    import comptroller.control as control
+    import comptroller.control.profiles as profiles
+
+    assert set(control.__all__) == {
+        *[
+            "BudgetSpec",
+            "CallDefaults",
+            "CallInfo",
+            "ChatModelFactory",
+            "CircuitPolicy",
+            "CircuitSnapshot",
+        ],
+        *["CircuitState", "Clock", "ControlPlane", "CredentialResolver", "CredentialSource"],
+        *[
+            "DegradationPolicy",
+            "EventEmitter",
+            "Guard",
+            "GuardKey",
+            "GuardedChatModel",
+            "LedgerState",
+        ],
+        *[
+            "MemoryGuard",
+            "ModelRef",
+            "ModelSpec",
+            "NullSink",
+            "OtlpSink",
+            "Price",
+            "Pricer",
+            "ProfileResolver",
+        ],
+        *[
+            "ProviderRegistry",
+            "RateLimitSpec",
+            "RedisGuard",
+            "Redactor",
+            "ResolvedProfile",
+            "RetryPolicy",
+        ],
+        *["ScopeKind", "StaticProfiles", "SystemClock", "TelemetrySink", "Usage", "current_call"],
+        # errors
+        *["BudgetError", "BudgetExceeded", "BudgetUnverifiable", "CircuitOpen", "ControlError"],
+        *["CredentialDecryptError", "CredentialError", "CredentialNotFound", "ExhaustedFallbacks"],
+        *[
+            "GuardUnavailable",
+            "MasterKeyError",
+            "MissingCredential",
+            "ModelNotApproved",
+            "ModelRefused",
+        ],
+        *[
+            "PermissionDenied",
+            "ProfileConflict",
+            "ProfileError",
+            "ProfileNotFound",
+            "ProfileRefused",
+        ],
+        *[
+            "ProviderError",
+            "RateLimited",
+            "SpoolFull",
+            "TruncatedStream",
+            "UnknownModel",
+            "UnknownPrice",
+        ],
+        *["UnknownPurpose", "VersionNotFound"],
+    }
+    for name in ("ProfileService", "CredentialStore", "Actor", "Scope", "AdminRegistry"):
+        assert name in profiles.__all__
+        with pytest.raises(AttributeError, match=r"comptroller\.control\.profiles"):
+            getattr(control, name)
