@@ -30,9 +30,13 @@ def test_every_package_folder_is_listed_for_the_wheel() -> None:
 
 def test_control_plane_imports_no_heavy_parts() -> None:
     code = (
-        "import sys, comptroller.control\n"
+        "import sys\n"
+        "from comptroller.control import ControlPlane, GuardedChatModel, MemoryGuard, RedisGuard\n"
         "heavy = [m for m in ('textual', 'duckdb', 'polars', 'pyarrow', 'uvicorn', 'starlette',"
-        " 'comptroller.collector', 'comptroller.analytics', 'comptroller.tui') if m in sys.modules]\n"
+        " 'comptroller.collector', 'comptroller.analytics', 'comptroller.tui', 'sqlalchemy',"
+        " 'genai_prices', 'redis', 'openai', 'langchain_openai', 'cryptography',"
+        " 'comptroller.control.profiles', 'comptroller.control._profile_service')"
+        " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     result = subprocess.run(
@@ -52,3 +56,20 @@ def test_cli_help_imports_no_subcommand() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "HEAVY=", result.stdout
+
+
+def test_the_control_package_loads_its_names_on_first_use() -> None:
+    """`import comptroller.control` is cheap (names load on first use, as langchain_core's
+    do), and every name of `__all__` is in the table that loads it."""
+    import comptroller.control as control
+
+    assert set(control.__all__) == set(control._EXPORTS)
+    code = (
+        "import sys, comptroller.control\n"
+        "print(','.join(m for m in ('langchain_core.language_models.base',"
+        " 'comptroller.control._plane', 'opentelemetry.sdk') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
