@@ -78,7 +78,13 @@ class GuardedChatModel(BaseChatModel):
     def _call_args(
         self, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[Route, Binder, dict[str, Any] | None]:
-        binder = kwargs.pop(_BINDER, None) or self._binder
+        # The private attributes are read from pydantic's dict: `self._route` goes through
+        # BaseModel.__getattr__, a few µs on every call.
+        private = self.__pydantic_private__
+        assert private is not None
+        if not kwargs and stop is None:
+            return private["_route"], private["_binder"], None
+        binder = kwargs.pop(_BINDER, None) or private["_binder"]
         if "tools" in kwargs:
             # Tools passed per call (not through bind_tools): bind them for this call.
             tools = kwargs.pop("tools")
@@ -88,7 +94,7 @@ class GuardedChatModel(BaseChatModel):
             binder = ToolsBinder(tools, options)
         if stop is not None:
             kwargs["stop"] = stop
-        return self._route, binder, kwargs or None
+        return private["_route"], binder, kwargs or None
 
     # The Runnable methods are overridden rather than going through BaseChatModel's
     # generate(): the inner model runs LangChain's callbacks once, with the caller's config,

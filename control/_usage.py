@@ -26,6 +26,8 @@ from comptroller.control._pricing import Usage
 _CACHE_READ = "cache_read"
 _CACHE_WRITE = "cache_creation"
 _REASONING = "reasoning"
+_PLAIN_IN = frozenset((_CACHE_READ, _CACHE_WRITE, "audio"))
+_PLAIN_OUT = frozenset((_REASONING, "audio"))
 
 
 def usage_of(message: Any) -> Usage | None:
@@ -46,6 +48,22 @@ def usage_of(message: Any) -> Usage | None:
     out_details: Mapping[str, Any] = meta.get("output_token_details") or {}
     response_meta: Mapping[str, Any] = getattr(message, "response_metadata", None) or {}
     tier = response_meta.get("service_tier")
+    if (
+        not tier
+        and in_details.keys() <= _PLAIN_IN
+        and out_details.keys() <= _PLAIN_OUT
+        and not in_details.get("audio")
+        and not out_details.get("audio")
+    ):
+        # The common answer (no tier, no audio, no split cache writes): one pass, no parsing
+        # of detail names.
+        return Usage(
+            input_tokens=_count(meta.get("input_tokens")),
+            output_tokens=_count(meta.get("output_tokens")),
+            cache_read_tokens=_count(in_details.get(_CACHE_READ)),
+            cache_write_tokens=_count(in_details.get(_CACHE_WRITE)),
+            reasoning_tokens=_count(out_details.get(_REASONING)),
+        )
     cache_read = cache_write = reasoning = 0
     for key, value in in_details.items():
         name, prefix = _split(key, (_CACHE_READ, _CACHE_WRITE))

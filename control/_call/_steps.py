@@ -149,7 +149,8 @@ class Invoke(_InAttempt, Step):
         config: RunnableConfig | None,
         kwargs: dict[str, Any],
     ) -> None:
-        super().__init__(at)
+        self.at = at  # (not super().__init__: this runs on every call)
+        self.tokens = None
         self.runnable = runnable
         self.input = input
         self.config = config
