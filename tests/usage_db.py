@@ -21,35 +21,32 @@ import duckdb
 import pyarrow as pa
 
 from comptroller.analytics import apply_usage_batch, connect, insert_new_sql
+from comptroller.analytics._tables import LLM_USAGE
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 """A fixed "now" for tests that need one."""
 
 _COUNTER = itertools.count()
 
+_FILLED = (
+    *("usage_id", "ts", "tenant", "org", "context", "purpose", "operation", "provider"),
+    *("request_model", "response_model", "input_tokens", "output_tokens"),
+    *("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd"),
+    *("price_source", "estimated", "outcome", "budget_cap_usd", "source"),
+)
+"""The `llm_usage` columns these builders fill (the others land NULL or their default)."""
+
+# Types come from the table's one declaration; amounts are built from Decimals here (the
+# collector's batches carry them as decimal strings).
 USAGE_SCHEMA = pa.schema(
     [
-        ("usage_id", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("tenant", pa.string()),
-        ("org", pa.string()),
-        ("context", pa.string()),
-        ("purpose", pa.string()),
-        ("operation", pa.string()),
-        ("provider", pa.string()),
-        ("request_model", pa.string()),
-        ("response_model", pa.string()),
-        ("input_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("cache_read_tokens", pa.int64()),
-        ("cache_write_tokens", pa.int64()),
-        ("reasoning_tokens", pa.int64()),
-        ("cost_usd", pa.decimal128(20, 10)),
-        ("price_source", pa.string()),
-        ("estimated", pa.bool_()),
-        ("outcome", pa.string()),
-        ("budget_cap_usd", pa.decimal128(20, 10)),
-        ("source", pa.string()),
+        (
+            name,
+            pa.decimal128(20, 10)
+            if LLM_USAGE.column(name).check == "money"
+            else LLM_USAGE.column(name).arrow,
+        )
+        for name in _FILLED
     ]
 )
 
