@@ -58,11 +58,11 @@ def usage_of(message: Any) -> Usage | None:
         # The common answer (no tier, no audio, no split cache writes): one pass, no parsing
         # of detail names.
         return Usage(
-            input_tokens=_count(meta.get("input_tokens")),
-            output_tokens=_count(meta.get("output_tokens")),
-            cache_read_tokens=_count(in_details.get(_CACHE_READ)),
-            cache_write_tokens=_count(in_details.get(_CACHE_WRITE)),
-            reasoning_tokens=_count(out_details.get(_REASONING)),
+            input_tokens=int(meta.get("input_tokens") or 0),
+            output_tokens=int(meta.get("output_tokens") or 0),
+            cache_read_tokens=int(in_details.get(_CACHE_READ) or 0),
+            cache_write_tokens=int(in_details.get(_CACHE_WRITE) or 0),
+            reasoning_tokens=int(out_details.get(_REASONING) or 0),
         )
     cache_read = cache_write = reasoning = 0
     for key, value in in_details.items():

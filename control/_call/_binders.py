@@ -25,6 +25,8 @@ class Binder:
 
     returns_errors = False
     """Validation errors are returned in the result (`include_raw=True`), not raised."""
+    tools: Any = None
+    """Tools bound on every model (counted in the reservation's input bound)."""
 
     def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
         return model

@@ -32,17 +32,24 @@ class _Cursor:
 
     def next(self) -> Step | None:
         """The next step, or None once the flow is over (its value in `value`)."""
-        failure = self.failure
         try:
-            if failure is None:
+            if self.failure is None:
                 return self.flow.send(self.outcome)
-            self.failure = None
-            return self.flow.throw(failure)
+            # No local name holds the failure while the flow runs: a provider's original
+            # error (which may hold a key) must not stay reachable from this frame through
+            # the traceback of the redacted error the flow raises.
+            return self.flow.throw(self._take_failure())
         except StopIteration as stop:
             self.value = stop.value
             return None
         except StreamClosed:
             return None  # the flow has settled a stream its caller closed: end quietly
+
+    def _take_failure(self) -> BaseException:
+        failure = self.failure
+        assert failure is not None
+        self.failure = None
+        return failure
 
     def fail(self, exc: BaseException) -> None:
         """Throw `exc` into the flow at the next step. A stream closed by its caller goes in

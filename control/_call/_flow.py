@@ -100,11 +100,15 @@ class CallFlow(AttemptOutcomes):
         self.input = input
         self.config = config
         self.kwargs = kwargs or _NO_KWARGS
-        tier = self.kwargs.get("service_tier")
-        # A per-call tier (flex, priority) is reserved at that tier's prices.
-        self.service_tier: str | None = tier if isinstance(tier, str) else None
-        override = self.kwargs.get("model") or self.kwargs.get("model_name")
-        self.model_override: str | None = override if isinstance(override, str) else None
+        self.service_tier: str | None = None
+        self.model_override: str | None = None
+        if kwargs:
+            # A per-call tier (flex, priority) is reserved at that tier's prices; a per-call
+            # model is what the provider is asked for, so it is what is recorded and priced.
+            tier = kwargs.get("service_tier")
+            self.service_tier = tier if isinstance(tier, str) else None
+            override = kwargs.get("model") or kwargs.get("model_name")
+            self.model_override = override if isinstance(override, str) else None
         self.prep = route.prepared()
         self.errors: list[Exception] = []
         self.chain_index = 0
@@ -128,7 +132,56 @@ class CallFlow(AttemptOutcomes):
         """The call as steps; returns the caller's result (None for a stream)."""
         error: BaseException | None = None
         try:
-            return (yield from self._attempts(streaming))
+            core = self.core
+            guard = core.guard
+            while True:
+                at = self._next_attempt()
+                ticket = None
+                admit = self._admission(at)
+                if admit is not None:
+                    assert guard is not None
+                    refusal: ControlError | None = None
+                    try:
+                        ticket = yield Admit(guard, self.prep.guard_key, admit)  # type: ignore[arg-type]
+                    except ControlError as exc:
+                        refusal = exc
+                    if refusal is not None:
+                        core.circuits.release_probe(at.ref.provider, at.ref.model)
+                        raise _Stop(self._refused(refusal))
+                self._start(at, ticket)
+                runnable = core.runnable(self.route, self.prep, at.depth, self.binder)
+                acc = StreamAccumulator() if streaming else None
+                failure: BaseException | None = None
+                try:
+                    if acc is not None:
+                        yield Stream(at, runnable, self.input, self.config, self.kwargs, acc)
+                        message = acc.complete(at.ref)
+                        validation, value = None, None
+                    else:
+                        result = yield Invoke(at, runnable, self.input, self.config, self.kwargs)
+                        message, validation, value = self.binder.split(result)
+                except BaseException as exc:
+                    failure = exc
+                if failure is not None:
+                    decision, caller_error, record, settle = self._failed(at, failure, acc)
+                    del failure  # only the redacted copy goes on
+                    yield Record(record.export, core, self.prep, self.call_ctx)
+                    if settle is not None:
+                        yield settle
+                    if decision == "retry":
+                        yield Sleep(core.clock, self._backoff_s())
+                    if decision == "raise":
+                        raise _Stop(self._error_for_caller(at, caller_error))
+                    continue
+                record, settle = self._succeeded(at, message, validation)
+                yield Record(record.export, core, self.prep, self.call_ctx)
+                if settle is not None:
+                    yield settle
+                if validation is not None:
+                    self.outcome = validation_outcome(validation)
+                    if not self.binder.returns_errors:
+                        raise _Stop(validation)
+                return value
         except _Stop as stop:
             error = stop.error
         except GeneratorExit:
@@ -143,58 +196,6 @@ class CallFlow(AttemptOutcomes):
         # Raised outside any handler, so that nothing it replaced (an unredacted provider
         # error) hangs on as its implicit __context__.
         raise error
-
-    def _attempts(self, streaming: bool) -> Flow:
-        core = self.core
-        guard = core.guard
-        while True:
-            at = self._next_attempt()
-            ticket = None
-            admit = self._admission(at)
-            if admit is not None:
-                assert guard is not None
-                refusal: ControlError | None = None
-                try:
-                    ticket = yield Admit(guard, self.prep.guard_key, admit)  # type: ignore[arg-type]
-                except ControlError as exc:
-                    refusal = exc
-                if refusal is not None:
-                    core.circuits.release_probe(at.ref.provider, at.ref.model)
-                    raise _Stop(self._refused(refusal))
-            self._start(at, ticket)
-            runnable = core.runnable(self.route, self.prep, at.depth, self.binder)
-            acc = StreamAccumulator() if streaming else None
-            failure: BaseException | None = None
-            try:
-                if acc is not None:
-                    yield Stream(at, runnable, self.input, self.config, self.kwargs, acc)
-                    message = acc.complete(at.ref)
-                    validation, value = None, None
-                else:
-                    result = yield Invoke(at, runnable, self.input, self.config, self.kwargs)
-                    message, validation, value = self.binder.split(result)
-            except BaseException as exc:
-                failure = exc
-            if failure is not None:
-                decision, error, record, settle = self._failed(at, failure, acc)
-                del failure  # only the redacted copy goes on
-                yield Record(record.export, core, self.prep, self.call_ctx)
-                if settle is not None:
-                    yield settle
-                if decision == "retry":
-                    yield Sleep(core.clock, self._backoff_s())
-                if decision == "raise":
-                    raise _Stop(self._error_for_caller(at, error))
-                continue
-            record, settle = self._succeeded(at, message, validation)
-            yield Record(record.export, core, self.prep, self.call_ctx)
-            if settle is not None:
-                yield settle
-            if validation is not None:
-                self.outcome = validation_outcome(validation)
-                if not self.binder.returns_errors:
-                    raise _Stop(validation)
-            return value
 
     # -- choosing and admitting an attempt -------------------------------------------------------
 
@@ -233,9 +234,7 @@ class CallFlow(AttemptOutcomes):
         if core.guard is None or (profile.budget is None and profile.rate_limit is None):
             return None
         if self.input_tokens < 0:
-            self.input_tokens = estimate_tokens(
-                self.input, tools=getattr(self.binder, "tools", None)
-            )
+            self.input_tokens = estimate_tokens(self.input, tools=self.binder.tools)
         reserve: Decimal | None = ZERO
         if profile.budget is not None:
             worst = core.pricer.worst_case(
