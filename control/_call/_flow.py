@@ -37,7 +37,7 @@ from comptroller.control._call._binders import Binder
 from comptroller.control._call._context import CallInfo
 from comptroller.control._call._outcome import AttemptOutcomes, validation_outcome
 from comptroller.control._call._record import content_json, export_call
-from comptroller.control._call._steps import Admit, Invoke, Record, Sleep, Step, Stream
+from comptroller.control._call._steps import Admit, Invoke, Sleep, Step, Stream
 from comptroller.control._errors import (
     BudgetError,
     BudgetExceeded,
@@ -165,7 +165,7 @@ class CallFlow(AttemptOutcomes):
                 if failure is not None:
                     decision, caller_error, record, settle = self._failed(at, failure, acc)
                     del failure  # only the redacted copy goes on
-                    yield Record(record.export, core, self.prep, self.call_ctx)
+                    yield record
                     if settle is not None:
                         yield settle
                     if decision == "retry":
@@ -174,7 +174,7 @@ class CallFlow(AttemptOutcomes):
                         raise _Stop(self._error_for_caller(at, caller_error))
                     continue
                 record, settle = self._succeeded(at, message, validation)
-                yield Record(record.export, core, self.prep, self.call_ctx)
+                yield record
                 if settle is not None:
                     yield settle
                 if validation is not None:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.exceptions import OutputParserException
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanContext, Status, StatusCode
 from pydantic import ValidationError
 
 from comptroller import semconv
@@ -54,6 +54,7 @@ class AttemptOutcomes:
     )
 
     core: CallCore
+    call_ctx: SpanContext
     route: Route
     prep: Prepared
     errors: list[Exception]
@@ -120,7 +121,9 @@ class AttemptOutcomes:
         core.degradation.record(
             self.route.degrade_key, self.prep.profile, failed=validation is not None
         )
-        record = AttemptRecord(at, outcome, cost, response_model, status)
+        record = AttemptRecord(
+            at, outcome, cost, response_model, status, (self.core, self.prep, self.call_ctx)
+        )
         return record, self._settle(at, cost, usage.total_tokens if usage is not None else None)
 
     def _failed(
@@ -180,7 +183,9 @@ class AttemptOutcomes:
                 core.circuits.release_probe(ref.provider, ref.model)
             at.attrs[semconv.ERROR_TYPE] = cls.error_type
         status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
-        record = AttemptRecord(at, outcome, cost, None, status)
+        record = AttemptRecord(
+            at, outcome, cost, None, status, (self.core, self.prep, self.call_ctx)
+        )
         return self._decide(at, exc, cls, outcome, acc), exc, record, settle
 
     def _release(self, at: Attempt) -> Settle | None:

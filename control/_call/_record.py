@@ -12,6 +12,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from comptroller import semconv
+from comptroller.control._call._steps import Record
 
 if TYPE_CHECKING:
     from comptroller.control._call._attempt import Attempt
@@ -20,10 +21,10 @@ if TYPE_CHECKING:
 UNSET = Status(StatusCode.UNSET)
 
 
-class AttemptRecord:
-    """An attempt's outcome, ready to be exported as its span and usage row."""
+class AttemptRecord(Record):
+    """An attempt's outcome, exported as its span and usage row when the flow yields it."""
 
-    __slots__ = ("at", "cost", "outcome", "response_model", "status")
+    __slots__ = ("at", "call_ctx", "core", "cost", "outcome", "prep", "response_model", "status")
 
     def __init__(
         self,
@@ -32,12 +33,17 @@ class AttemptRecord:
         cost: Decimal | None,
         response_model: str | None,
         status: Status,
+        where: tuple[CallCore, Prepared, SpanContext],
     ) -> None:
         self.at = at
         self.outcome = outcome
         self.cost = cost
         self.response_model = response_model
         self.status = status
+        self.core, self.prep, self.call_ctx = where
+
+    def run(self) -> None:
+        self.export(self.core, self.prep, self.call_ctx)
 
     def export(self, core: CallCore, prep: Prepared, call_ctx: SpanContext) -> None:
         """Export the attempt's CLIENT span and its usage row (never sampled)."""

@@ -102,16 +102,10 @@ class Sleep(Step):
 
 
 class Record(Step):
-    """Export telemetry (a queue append: the same for both drivers)."""
+    """Export telemetry: a queue append, the same for both drivers (see
+    `_record.AttemptRecord`)."""
 
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        self.fn = fn
-        self.args = args
-
-    def run(self) -> None:
-        self.fn(*self.args)
+    __slots__ = ()
 
 
 class _InAttempt:
@@ -157,8 +151,14 @@ class Invoke(_InAttempt, Step):
         self.kwargs = kwargs
 
     def run(self) -> Any:
-        with self:
+        at = self.at
+        otel_token = otel_context.attach(at.otel_ctx)
+        info_token = CURRENT.set(at.info)
+        try:
             return self.runnable.invoke(self.input, self.config, **self.kwargs)
+        finally:
+            CURRENT.reset(info_token)
+            otel_context.detach(otel_token)
 
     async def arun(self) -> Any:
         with self:

@@ -286,7 +286,7 @@ def test_the_flow_yields_admit_invoke_record_settle_in_that_order() -> None:
     try:
         while True:
             step = flow.send(outcome)
-            kinds.append(type(step))
+            kinds.append(next(k for k in (Admit, Invoke, Record, Settle) if isinstance(step, k)))
             outcome = step.run()
     except StopIteration as stop:
         result = stop.value
