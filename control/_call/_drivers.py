@@ -62,46 +62,26 @@ def invoke(
     route: Route, binder: Binder, input: Any, config: RunnableConfig | None, kwargs: Any = None
 ) -> Any:
     """One guarded call, synchronously."""
-    flow = CallFlow(route, binder, input, config, kwargs).steps()
-    send = flow.send
-    failed: list[BaseException] = []
-    try:
-        step = send(None)
-        while True:
-            try:
-                outcome = step.run()
-            except BaseException as exc:
-                failed.append(exc)
-            else:
-                step = send(outcome)
-                continue
-            # Thrown outside the handler, from the list: no frame name keeps the original
-            # (see _Cursor.next).
-            step = flow.throw(failed.pop())
-    except StopIteration as stop:
-        return stop.value
+    cursor = _Cursor(CallFlow(route, binder, input, config, kwargs).steps())
+    while (step := cursor.next()) is not None:
+        try:
+            cursor.outcome = step.run()
+        except BaseException as exc:
+            cursor.fail(exc)
+    return cursor.value
 
 
 async def ainvoke(
     route: Route, binder: Binder, input: Any, config: RunnableConfig | None, kwargs: Any = None
 ) -> Any:
     """One guarded call, asynchronously."""
-    flow = CallFlow(route, binder, input, config, kwargs).steps()
-    send = flow.send
-    failed: list[BaseException] = []
-    try:
-        step = send(None)
-        while True:
-            try:
-                outcome = await step.arun()
-            except BaseException as exc:
-                failed.append(exc)
-            else:
-                step = send(outcome)
-                continue
-            step = flow.throw(failed.pop())
-    except StopIteration as stop:
-        return stop.value
+    cursor = _Cursor(CallFlow(route, binder, input, config, kwargs).steps())
+    while (step := cursor.next()) is not None:
+        try:
+            cursor.outcome = await step.arun()
+        except BaseException as exc:
+            cursor.fail(exc)
+    return cursor.value
 
 
 def stream(
