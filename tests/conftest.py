@@ -34,42 +34,72 @@ def data_dir(_isolated_env: Path) -> Path:
     return _isolated_env / "data"
 
 
+_STANDARD_URLS = {
+    "COMPTROLLER_TEST_POSTGRES_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    "COMPTROLLER_TEST_REDIS_URL": "redis://127.0.0.1:6379/0",
+}
+"""Where the tests look for the services when the variable is not set: their standard local
+ports (trust auth, database `test`)."""
+
+
 def _service_url(variable: str) -> str:
-    url = os.environ.get(variable)
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail(f"{variable} is not set: .ci/run exports it for the tests that need it")
-        pytest.skip(f"{variable} not set (bash .ci/run sets it)")
-    return url
+    return os.environ.get(variable) or _STANDARD_URLS[variable]
 
 
-@pytest.fixture
-def postgres_url() -> str:
-    """SQLAlchemy URL of the real PostgreSQL server (database `test`); fails if unreachable."""
+def _unreachable(variable: str, url: str, exc: Exception) -> None:
+    # Under CI a missing service fails the run; on a developer's machine the test is skipped
+    # with one line saying what to start or set.
+    reason = f"{url} does not answer ({type(exc).__name__}); start it or set {variable}"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def _postgres_answer() -> tuple[str, Exception | None]:
     url = _service_url("COMPTROLLER_TEST_POSTGRES_URL")
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url)
+    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
     try:
         with engine.connect() as con:
             con.execute(sqlalchemy.text("select 1"))
     except Exception as exc:
-        pytest.fail(f"PostgreSQL at {url} is unreachable: {exc}")
+        return url, exc
     finally:
         engine.dispose()
-    return url
+    return url, None
 
 
 @pytest.fixture
-def redis_url() -> str:
-    """URL of the real Redis server on this machine; fails if unreachable."""
+def postgres_url(_postgres_answer: tuple[str, Exception | None]) -> str:
+    """SQLAlchemy URL of the real PostgreSQL server (database `test`); the standard local
+    address unless COMPTROLLER_TEST_POSTGRES_URL says otherwise."""
+    url, error = _postgres_answer
+    if error is not None:
+        _unreachable("COMPTROLLER_TEST_POSTGRES_URL", url, error)
+    return url
+
+
+@pytest.fixture(scope="session")
+def _redis_answer() -> tuple[str, Exception | None]:
     url = _service_url("COMPTROLLER_TEST_REDIS_URL")
     import redis
 
     try:
         redis.Redis.from_url(url, socket_timeout=5).ping()
     except Exception as exc:
-        pytest.fail(f"Redis at {url} is unreachable: {exc}")
+        return url, exc
+    return url, None
+
+
+@pytest.fixture
+def redis_url(_redis_answer: tuple[str, Exception | None]) -> str:
+    """URL of the real Redis server; the standard local address unless
+    COMPTROLLER_TEST_REDIS_URL says otherwise."""
+    url, error = _redis_answer
+    if error is not None:
+        _unreachable("COMPTROLLER_TEST_REDIS_URL", url, error)
     return url
 
 

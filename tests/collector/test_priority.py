@@ -22,7 +22,11 @@ def _nice(tid: int) -> int:
 def _thread_nices() -> dict[int, int]:
     out = {}
     for task in Path("/proc/self/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread exited between the listing and the read
+        fields = stat.rsplit(")", 1)[1].split()
         out[int(task.name)] = int(fields[16])  # field 19 of stat: nice
     return out
 
