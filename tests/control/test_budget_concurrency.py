@@ -1,6 +1,6 @@
 """Concurrency proof: concurrent admits never let settled spend exceed the cap.
 
-The documented overshoot bound (control/_guard.py, control/_guard_redis.py) is
+The documented overshoot bound (control/_guard/_memory.py, control/_guard/_redis.py) is
 Σ max(0, actual − reserved) plus reservations of calls outliving the reservation TTL. Every
 call here costs at most its reservation and finishes well within the TTL, so the bound is
 zero: settled spend must never exceed the cap, in memory and across processes on Redis.
