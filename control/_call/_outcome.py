@@ -18,6 +18,7 @@ from comptroller.control._call._record import AttemptRecord, content_json
 from comptroller.control._call._steps import Settle
 from comptroller.control._classify import Classified, classify
 from comptroller.control._errors import ModelRefused, ProviderError
+from comptroller.control._pricing import Price
 from comptroller.control._profile_types import ModelRef
 from comptroller.control._usage import usage_of
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from comptroller.control._call._route import CallCore, Prepared, Route
 
 _OK = Status(StatusCode.OK)
+_PROVIDER_ZERO = Price(ZERO, "provider")
+"""A request the provider refused: it charged nothing."""
 
 
 def _leaks(core: CallCore, exc: BaseException) -> bool:
@@ -165,8 +168,8 @@ class AttemptOutcomes:
             outcome = validation_outcome(exc) if cls.kind == "validation" else "error"
             if cls.rejected:
                 cost = ZERO  # the provider refused the request: nothing was charged
-                at.price = _provider_zero()
-                settle = None if at.ticket is None else self._release(at)
+                at.price = _PROVIDER_ZERO
+                settle = self._release(at)
             else:
                 # Timeout, broken connection, truncated stream: the provider may have billed.
                 cost = self._cost(at)
@@ -265,9 +268,3 @@ class AttemptOutcomes:
         )
         err.__cause__ = exc
         return err
-
-
-def _provider_zero() -> Any:
-    from comptroller.pricing import Price
-
-    return Price(ZERO, "provider")

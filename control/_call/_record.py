@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
-from opentelemetry.util.types import AttributeValue
 
 from comptroller import semconv
 from comptroller.control._call._steps import Record
@@ -43,10 +42,9 @@ class AttemptRecord(Record):
         self.core, self.prep, self.call_ctx = where
 
     def run(self) -> None:
-        self.export(self.core, self.prep, self.call_ctx)
-
-    def export(self, core: CallCore, prep: Prepared, call_ctx: SpanContext) -> None:
         """Export the attempt's CLIENT span and its usage row (never sampled)."""
+        core = self.core
+        prep = self.prep
         at = self.at
         cost = self.cost
         outcome = self.outcome
@@ -102,7 +100,7 @@ class AttemptRecord(Record):
             name,
             SpanKind.CLIENT,
             at.span_ctx,
-            call_ctx,
+            self.call_ctx,
             attrs,
             at.start_ns,
             time.time_ns(),
@@ -159,10 +157,3 @@ def content_json(value: Any) -> str:
     if to_messages is not None:
         return content_json(to_messages())
     return json.dumps([{"role": "user", "content": str(value)}])
-
-
-def attrs_value(value: Any) -> AttributeValue:
-    """A value as an attribute (str for anything the SDK would refuse)."""
-    if isinstance(value, str | bool | int | float):
-        return value
-    return str(value)

@@ -118,8 +118,8 @@ def _leave(tokens: tuple[object, object]) -> None:
     otel_context.detach(tokens[0])  # type: ignore[arg-type]
 
 
-class Invoke(Step):
-    """Call the model once and return its result."""
+class _ProviderCall(Step):
+    """A step that runs the provider's code for an attempt."""
 
     __slots__ = ("at", "config", "input", "kwargs", "runnable")
 
@@ -137,6 +137,12 @@ class Invoke(Step):
         self.config = config
         self.kwargs = kwargs
 
+
+class Invoke(_ProviderCall):
+    """Call the model once and return its result."""
+
+    __slots__ = ()
+
     def run(self) -> Any:
         tokens = _enter(self.at)
         try:
@@ -152,12 +158,13 @@ class Invoke(Step):
             _leave(tokens)
 
 
-class Stream(Invoke):
+class Stream(_ProviderCall):
     """Stream the model's answer to the caller chunk by chunk, noting each in `acc`.
 
-    The drivers iterate `pump`/`apump` and hand every chunk to the caller; the stream's
-    outcome is in the accumulator once it ends. Closing the pump (the caller stopped
-    reading) closes the provider's stream too, so its connection is not left open.
+    Not run like the other steps: the streaming drivers iterate `pump`/`apump` and hand every
+    chunk to the caller; the stream's outcome is in the accumulator once it ends. Closing the
+    pump (the caller stopped reading) closes the provider's stream too, so its connection is
+    not left open.
     """
 
     __slots__ = ("acc",)

@@ -207,6 +207,21 @@ class MemoryGuard:
     # The only I/O of an admission is its wait: the sync and async drivers below differ in
     # how they sleep, nothing else.
 
+    def _take(
+        self,
+        key: GuardKey,
+        tokens: int,
+        reserve_usd: Decimal | None,
+        rate_limit: RateLimitSpec | None,
+        budget: BudgetSpec | None,
+        wait_s: float,
+    ) -> Ticket:
+        """The admission, without its wait (which the sync and async callers do their way)."""
+        if rate_limit is None and budget is None:
+            return Ticket(key=key, id=self._ids.next())
+        with self._lock:
+            return self._admit_locked(key, tokens, reserve_usd, rate_limit, budget, wait_s)
+
     def admit(
         self,
         key: GuardKey,
@@ -218,10 +233,7 @@ class MemoryGuard:
         wait_s: float = 0.0,
     ) -> Ticket:
         """See `Guard.admit`."""
-        if rate_limit is None and budget is None:
-            return Ticket(key=key, id=self._ids.next())
-        with self._lock:
-            ticket = self._admit_locked(key, tokens, reserve_usd, rate_limit, budget, wait_s)
+        ticket = self._take(key, tokens, reserve_usd, rate_limit, budget, wait_s)
         if ticket.wait_s > 0:
             try:
                 self._clock.sleep(ticket.wait_s)
@@ -241,10 +253,7 @@ class MemoryGuard:
         wait_s: float = 0.0,
     ) -> Ticket:
         """See `Guard.aadmit`."""
-        if rate_limit is None and budget is None:
-            return Ticket(key=key, id=self._ids.next())
-        with self._lock:
-            ticket = self._admit_locked(key, tokens, reserve_usd, rate_limit, budget, wait_s)
+        ticket = self._take(key, tokens, reserve_usd, rate_limit, budget, wait_s)
         if ticket.wait_s > 0:
             try:
                 await self._clock.asleep(ticket.wait_s)
