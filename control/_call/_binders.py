@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.exceptions import OutputParserException
 
 from comptroller.control._errors import ModelRefused
+from comptroller.control._tokens import estimate_tool_tokens
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -25,8 +26,8 @@ class Binder:
 
     returns_errors = False
     """Validation errors are returned in the result (`include_raw=True`), not raised."""
-    tools: Any = None
-    """Tools bound on every model (counted in the reservation's input bound)."""
+    tool_tokens = 0
+    """Input tokens the bound tools add to every request (counted in the reservation)."""
 
     def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
         return model
@@ -42,6 +43,8 @@ class ToolsBinder(Binder):
     def __init__(self, tools: Any, kwargs: Mapping[str, Any]) -> None:
         self.tools = tools
         self.kwargs = dict(kwargs)
+        # Once per binding: turning the tools into JSON definitions is not for every call.
+        self.tool_tokens = estimate_tool_tokens(tools)
 
     def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
         return model.bind_tools(self.tools, **self.kwargs)

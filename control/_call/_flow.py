@@ -234,7 +234,7 @@ class CallFlow(AttemptOutcomes):
         if core.guard is None or (profile.budget is None and profile.rate_limit is None):
             return None
         if self.input_tokens < 0:
-            self.input_tokens = estimate_tokens(self.input, tools=self.binder.tools)
+            self.input_tokens = estimate_tokens(self.input) + self.binder.tool_tokens
         reserve: Decimal | None = ZERO
         if profile.budget is not None:
             worst = core.pricer.worst_case(
