@@ -39,10 +39,6 @@ class Binding:
         """The actor this binding lets its identity act as."""
         return Actor(name=self.identity, role=self.role, org=self.org, domain=self.domain)
 
-    def scope(self) -> Scope:
-        """The scope the binding administers (global for the platform)."""
-        return _binding_scope(self.role, self.org, self.domain)
-
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for `admin list --json`)."""
         return {

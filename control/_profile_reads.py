@@ -49,8 +49,12 @@ class _ProfileReads:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.admins = AdminRegistry(store)
-        """Who may act: admin bindings and tokens (`comptroller admin …`)."""
+        shared = getattr(credentials, "admins", None)
+        self.admins: AdminRegistry = (
+            shared if isinstance(shared, AdminRegistry) else AdminRegistry(store)
+        )
+        """Who may act: admin bindings and tokens (`comptroller admin …`), one registry with
+        the credential store."""
         self.credentials = credentials
         self.purposes = purposes
         self.server_defaults: Mapping[str, ModelRef] = dict(server_defaults or {})

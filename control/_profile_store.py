@@ -10,7 +10,6 @@ change or not at all, and other processes notice the change by polling one integ
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,8 +39,6 @@ from comptroller.control._store_schema import (
     credentials,
     profile_versions,
 )
-
-_log = logging.getLogger("comptroller.control.profiles")
 
 T = TypeVar("T")
 ActiveKey: TypeAlias = tuple[ScopeKind, str]

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 import click
 
 from comptroller.cli._app import AppContext, pass_app
-from comptroller.cli._profiles import ENV_ADMIN_TOKEN, json_option, open_service, prove_actor
+from comptroller.cli._profiles import (
+    json_option,
+    open_service,
+    prove_actor,
+    token_env_option,
+)
 from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
@@ -48,11 +53,7 @@ def _me(service: ProfileService, token_env: str | None) -> Actor:
 
 def platform_options(func: click.decorators.FC) -> click.decorators.FC:
     """How the acting platform admin is proven: the OS user, or an admin token."""
-    return click.option(
-        "--token-env",
-        metavar="VAR",
-        help=f"Prove who acts with the admin token in VAR [default: ${ENV_ADMIN_TOKEN}].",
-    )(func)
+    return token_env_option(func)
 
 
 def target_options(func: click.decorators.FC) -> click.decorators.FC:

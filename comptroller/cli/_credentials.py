@@ -19,7 +19,7 @@ from comptroller.cli._profiles import (
 from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
-    from comptroller.control.profiles import Actor, CredentialKind, ProfileService
+    from comptroller.control.profiles import CredentialKind
 
 
 def _read_secret(from_env: str | None, what: str) -> str:
@@ -33,24 +33,6 @@ def _read_secret(from_env: str | None, what: str) -> str:
         value = click.prompt(what, hide_input=True, err=True)
         return str(value)
     return sys.stdin.read().rstrip("\r\n")
-
-
-def _who(
-    service: ProfileService,
-    actor: str | None,
-    role: str | None,
-    actor_org: str | None,
-    actor_domain: str | None,
-    token_env: str | None,
-) -> Actor:
-    return prove_actor(
-        service,
-        claimed=actor,
-        role=role,
-        actor_org=actor_org,
-        actor_domain=actor_domain,
-        token_env=token_env,
-    )
 
 
 @click.group(name="credentials")
@@ -107,7 +89,14 @@ def set_(
     scope = make_scope(is_global, org, domain, required=True)
     secret = _read_secret(from_env, f"secret for {provider} at {scope}")
     with open_service(app) as service:
-        who = _who(service, actor, role, actor_org, actor_domain, token_env)
+        who = prove_actor(
+            service,
+            claimed=actor,
+            role=role,
+            actor_org=actor_org,
+            actor_domain=actor_domain,
+            token_env=token_env,
+        )
         try:
             info = service.credentials.set(
                 scope,
@@ -177,7 +166,14 @@ def delete(
     """Delete the credential of PROVIDER at a scope."""
     scope = make_scope(is_global, org, domain, required=True)
     with open_service(app) as service:
-        who = _who(service, actor, role, actor_org, actor_domain, token_env)
+        who = prove_actor(
+            service,
+            claimed=actor,
+            role=role,
+            actor_org=actor_org,
+            actor_domain=actor_domain,
+            token_env=token_env,
+        )
         info = service.credentials.delete(scope, provider, actor=who, name=name, reason=reason)
     if as_json:
         click.echo(json.dumps({"deleted": info.to_json()}, indent=2))
@@ -211,7 +207,14 @@ def rotate_master_key(
         if not new_key:
             raise UsageError(f"environment variable {new_key_env} is not set or empty")
     with open_service(app) as service:
-        who = _who(service, actor, role, actor_org, actor_domain, token_env)
+        who = prove_actor(
+            service,
+            claimed=actor,
+            role=role,
+            actor_org=actor_org,
+            actor_domain=actor_domain,
+            token_env=token_env,
+        )
         count = service.credentials.rotate_master_key(actor=who, new_key=new_key)
         key_ids = sorted({info.key_id for info in service.credentials.list()})
     if as_json:

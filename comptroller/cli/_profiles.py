@@ -44,17 +44,22 @@ def scope_options(func: F) -> F:
     return func
 
 
+def token_env_option(func: F) -> F:
+    """`--token-env VAR`: prove who acts with an admin token instead of the OS user."""
+    return click.option(
+        "--token-env",
+        metavar="VAR",
+        help=f"Prove who acts with the admin token in VAR [default: ${ENV_ADMIN_TOKEN}].",
+    )(func)
+
+
 def actor_options(func: F) -> F:
     """Which of the caller's granted roles a change is made in.
 
     Who the caller is never comes from an option: it is the OS user running the command, or
     the identity an admin token proves (`$COMPTROLLER_ADMIN_TOKEN` or --token-env VAR).
     """
-    func = click.option(
-        "--token-env",
-        metavar="VAR",
-        help=f"Prove who acts with the admin token in VAR [default: ${ENV_ADMIN_TOKEN}].",
-    )(func)
+    func = token_env_option(func)
     func = click.option(
         "--actor-domain", metavar="ID", help="The domain a domain_admin administers."
     )(func)

@@ -232,8 +232,11 @@ class CallCore:
         self.default_max_output_tokens = default_max_output_tokens
         self.rng = rng or random.Random()
         # Every key a call may use is known here, so that a provider echoing it back in an
-        # error body cannot carry it into an exception, a span or the ledger.
-        self.redactor = Redactor(_environment_secrets())
+        # error body cannot carry it into an exception, a span or the ledger. One redactor
+        # with the credential store, which adds each secret it hands out.
+        shared = getattr(credentials, "redactor", None)
+        self.redactor: Redactor = shared if isinstance(shared, Redactor) else Redactor()
+        self.redactor.add(*_environment_secrets())
         self._models: dict[tuple[Any, ...], BaseChatModel] = {}
         self._bound: dict[tuple[Any, ...], Runnable[Any, Any]] = {}
         self._binders: dict[int, Binder] = {}

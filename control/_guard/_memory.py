@@ -278,12 +278,8 @@ class MemoryGuard:
         charge = ticket.reserved_nanos if cost_usd is None else max(to_nanos(cost_usd), 0)
         with self._lock:
             if ticket.day is not None:
-                ledger = ticket.held
-                if not isinstance(ledger, _Ledger):
-                    ledger = self._ledger_for(ticket.key, ticket.day)
-                held = ledger.open.pop(ticket.id, None)
-                if held is not None:
-                    ledger.reserved -= held[0]
+                ledger = self._held(ticket)
+                ledger.drop(ticket.id)
                 ledger.spent += charge
                 ticket.spent_nanos = ledger.spent
             spec = ticket.rate_limit
