@@ -371,14 +371,12 @@ class Pipeline:
                     stats.rows_landed.get("llm_usage", 0) + result.derived
                 )
             stats.derived_usage_rows += result.derived
-            if result.quarantined is not None:
-                for target in result.quarantined.column("target").to_pylist():
-                    kind = TARGETS.get(target or "", "other")
-                    stats.quarantined[kind] = stats.quarantined.get(kind, 0) + 1
             stats.superseded_usage_rows += result.superseded
             stats.flushes += 1
             stats.last_flush = dt.datetime.now(dt.UTC)
             stats.last_flush_ms = round(elapsed_ms, 3)
+        if result.quarantined is not None:  # (after: Stats.lock is not reentrant)
+            stats.count_quarantined(result.quarantined)
 
     def health(self) -> dict[str, Any]:
         """What `/health` reports."""

@@ -165,21 +165,12 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
         return batch
 
     async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        try:
+            return await _read_limited(request, limit)
+        except _TooLarge:
             raise DecodeError(
-                413, f"request body of {declared} bytes is over the limit of {limit}", "too_large"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise DecodeError(
-                    413, f"request body is over the limit of {limit} bytes", "too_large"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+                413, f"request body is over the limit of {limit} bytes", "too_large"
+            ) from None
 
     def export(signal: Signal) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:

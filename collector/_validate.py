@@ -142,12 +142,11 @@ def _check_table(name: str, table: pa.Table, latest: pa.Scalar) -> _Rejections:
         if pc.all(ok).as_py():
             continue
         bad = pc.indices_nonzero(pc.invert(ok)).to_pylist()
-        values = column.to_pylist()
-        found.add(bad, f"{spec.name}_out_of_range", _describe(spec, values, latest))
+        found.add(bad, f"{spec.name}_out_of_range", _describe(spec, column, latest))
     return found
 
 
-def _describe(spec: Column, values: list[Any], latest: pa.Scalar) -> Callable[[int], str]:
+def _describe(spec: Column, values: pa.ChunkedArray, latest: pa.Scalar) -> Callable[[int], str]:
     if spec.check == "money":
         allowed = f"from 0 to below {MONEY_LIMIT:.0f}"
     elif spec.check == "tokens":
@@ -156,7 +155,7 @@ def _describe(spec: Column, values: list[Any], latest: pa.Scalar) -> Callable[[i
         allowed = f"from {EARLIEST_TS.isoformat()} to {latest.as_py().isoformat()}"
 
     def detail(i: int) -> str:
-        value = values[i]
+        value = values[i].as_py()
         shown = value.isoformat() if isinstance(value, dt.datetime) else repr(value)
         return f"{spec.name}={shown} must be {allowed}"
 
@@ -277,16 +276,20 @@ def _split(
     """Remove the rejected rows of table `name` from `batch`; their quarantine rows."""
     table = batch.tables[name]
     keep = [i not in rej.rows for i in range(table.num_rows)]
-    rows = table.to_pylist()
-    batch.tables[name] = table.filter(pa.array(keep, pa.bool_()))
-    if not batch.tables[name].num_rows:
+    bad = sorted(rej.rows)
+    # Only the rejected rows become Python values: a request of 16k spans with one bad span
+    # converts one row, not the whole table.
+    rows = dict(zip(bad, table.take(bad).to_pylist(), strict=True))
+    kept = table.filter(pa.array(keep, pa.bool_()))
+    batch.tables[name] = kept
+    if not kept.num_rows:
         del batch.tables[name]
     if name == "derive":  # the span it derives from is the record quarantined (and counted)
         batch.derive_refs = [ref for i, ref in enumerate(batch.derive_refs) if keep[i]]
         return []
     target = name
     out = []
-    for i in sorted(rej.rows):
+    for i in bad:
         reason, detail = rej.rows[i]
         row = rows[i]
         batch.reject(reason, detail)
@@ -308,9 +311,11 @@ def _split(
         batch.genai_refs = [ref for ref in batch.genai_refs if ref[0] not in gone]
     elif name == "llm_usage":
         still = {
-            f"{r['trace_id']}{r['span_id']}"
-            for i, r in enumerate(rows)
-            if keep[i] and r["trace_id"]
+            f"{trace}{span}"
+            for trace, span in zip(
+                kept.column("trace_id").to_pylist(), kept.column("span_id").to_pylist(), strict=True
+            )
+            if trace
         }
         batch.usage_refs = [ref for ref in batch.usage_refs if ref.hex() in still]
     return out
