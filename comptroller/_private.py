@@ -42,20 +42,27 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def private_file(path: Path) -> int:
-    """Open `path` for writing (created 0600, truncated if it exists); return the fd."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+def private_file(path: Path, *, exclusive: bool = False) -> int:
+    """Open `path` for writing (created 0600, truncated if it exists); return the fd.
+
+    With `exclusive`, an existing file is not touched: FileExistsError.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, FILE_MODE)
     tighten(path)
     return fd
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` (created 0600, replaced if it exists)."""
-    fd = private_file(path)
+def write_private(path: Path, data: bytes, *, exclusive: bool = False, sync: bool = False) -> None:
+    """Write `data` to `path` (created 0600, replaced if it exists, unless `exclusive`);
+    with `sync`, on disk before this returns."""
+    fd = private_file(path, exclusive=exclusive)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from comptroller._private import private_dir
+from comptroller._private import private_dir, write_private
 from comptroller.control._profile_errors import CredentialDecryptError, MasterKeyError
 from comptroller.control._store_rows import _scope
 
@@ -165,14 +165,7 @@ class MasterKeySource:
 def _write_private(path: Path, text: str, *, replace: bool) -> None:
     if not path.parent.exists():
         private_dir(path.parent)  # made for the key: 0700 (an existing one is not ours)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
+    write_private(path, text.encode("ascii"), exclusive=not replace, sync=True)
 
 
 def _aad(ref: str, scope_kind: str, scope_id: str, provider: str, kind: str) -> bytes:

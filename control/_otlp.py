@@ -31,7 +31,6 @@ batch beyond the hard limit is dropped and counted in `dropped_records` (logged 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -45,7 +44,7 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from comptroller._private import private_dir, private_file, write_private
+from comptroller._private import private_dir, write_private
 from comptroller.control._clock import SYSTEM_CLOCK, Clock
 from comptroller.control._errors import ControlError
 
@@ -222,14 +221,7 @@ class SpoolingLogExporter(LogRecordExporter):
             return False
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.otlp"
         tmp = self.spool_dir / (name + ".tmp")
-        fd = private_file(tmp)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_private(tmp, data, sync=True)
         tmp.rename(self.spool_dir / name)
         self._size += len(data)
         self._empty.clear()
