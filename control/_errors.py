@@ -33,16 +33,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from comptroller.errors import ComptrollerError
+from comptroller.money import usd_column
 
 if TYPE_CHECKING:
     from comptroller.control._guard import GuardKey
-
-
-def _usd(value: Decimal | None) -> str:
-    if value is None:
-        return "n/a"
-    # Six decimals show sub-cent reservations without drowning the message in digits.
-    return f"${value:.6f}".rstrip("0").rstrip(".") if value else "$0"
 
 
 class ControlError(ComptrollerError):
@@ -105,10 +99,15 @@ class BudgetExceeded(BudgetError):
         self.day = day
         left = max(cap - spent - reserved, Decimal(0))
         on_day = f" on {day}" if day else ""
+        # One precision for all five: they are read against each other, and a sub-cent
+        # reservation must not read as $0.00.
+        cap_, spent_, reserved_, requested_, left_ = usd_column(
+            [cap, spent, reserved, requested, left]
+        )
         super().__init__(
-            f"daily budget of {key} exceeded{on_day}: cap {_usd(cap)}, spent {_usd(spent)}, "
-            f"reserved in flight {_usd(reserved)}, this call needs {_usd(requested)} (worst case) "
-            f"but only {_usd(left)} is left; raise the cap in the profile, lower max_tokens, "
+            f"daily budget of {key} exceeded{on_day}: cap {cap_}, spent {spent_}, "
+            f"reserved in flight {reserved_}, this call needs {requested_} (worst case) "
+            f"but only {left_} is left; raise the cap in the profile, lower max_tokens, "
             "or wait for the next budget day"
         )
 

@@ -146,10 +146,21 @@ def new_trace_id() -> int:
     return random.getrandbits(128) or 1
 
 
-_SpanItem = tuple[
+SpanItem = tuple[
     str, SpanKind, SpanContext, "SpanContext | None", dict[str, AttributeValue], int, int, Status
 ]
-_RowItem = tuple[str, dict[str, AttributeValue], int, int, SpanContext]
+RowItem = tuple[str, dict[str, AttributeValue], int, int, SpanContext]
+
+
+class Deferred(Protocol):
+    """A finished attempt whose span and usage row the export threads build (`span_item` in
+    the span thread, `row_item` in the log thread; the two must not share what they write)."""
+
+    context: SpanContext
+
+    def span_item(self) -> SpanItem: ...
+
+    def row_item(self) -> RowItem: ...
 
 
 class _DeferredSpans(SpanExporter):
@@ -165,6 +176,8 @@ class _DeferredSpans(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         built: list[ReadableSpan] = []
         for item in spans:
+            if not isinstance(item, tuple | ReadableSpan):
+                item = item.span_item()
             if isinstance(item, tuple):
                 name, kind, context, parent, attributes, start, end, status = item
                 item = ReadableSpan(
@@ -207,6 +220,8 @@ class _DeferredRows(LogRecordExporter):
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         built: list[ReadableLogRecord] = []
         for item in batch:
+            if not isinstance(item, tuple | ReadableLogRecord):
+                item = item.row_item()
             if isinstance(item, tuple):
                 event_name, attributes, timestamp, observed, context = item
                 record = LogRecord(
@@ -318,7 +333,7 @@ class Telemetry:
         processor = self._span_processor
         if processor is None or not context.trace_flags.sampled:
             return
-        item: _SpanItem = (name, kind, context, parent, attributes, start_ns, end_ns, status)
+        item: SpanItem = (name, kind, context, parent, attributes, start_ns, end_ns, status)
         queue = self._span_queue
         if queue is not None:
             queue.emit(item)
@@ -338,6 +353,21 @@ class Telemetry:
             )
         )
 
+    def export_deferred(self, item: Deferred) -> None:
+        """Queue a finished attempt: its span (when sampled) and its usage row (always) are
+        built from it in the export threads."""
+        if self._log_processor is None:
+            return  # no sink: nothing is exported
+        if self._span_queue is None or self._row_queue is None:
+            # An SDK without the batch queue attribute: build them here.
+            self.export_span(*item.span_item())  # pragma: no cover
+            event_name, attributes, timestamp_ns, _, context = item.row_item()  # pragma: no cover
+            self.export_record(event_name, attributes, timestamp_ns, context)  # pragma: no cover
+            return  # pragma: no cover
+        if item.context.trace_flags.sampled:
+            self._span_queue.emit(item)
+        self._row_queue.emit(item)
+
     def export_record(
         self,
         event_name: str,
@@ -350,7 +380,7 @@ class Telemetry:
         processor = self._log_processor
         if processor is None:
             return
-        item: _RowItem = (event_name, attributes, timestamp_ns, time.time_ns(), context)
+        item: RowItem = (event_name, attributes, timestamp_ns, time.time_ns(), context)
         queue = self._row_queue
         if queue is not None:
             queue.emit(item)

@@ -1,8 +1,9 @@
 """The guarded call's decision sequence, written once.
 
 `CallFlow.steps()` is a generator that never performs I/O: it yields `Step`s (admit, invoke
-or stream, sleep, settle, record) and is resumed with their outcomes, or has their exceptions
-thrown in. The drivers (`_drivers.py`) perform the steps sync or async; every way of calling
+or stream, sleep, settle) and is resumed with their outcomes, or has their exceptions thrown
+in. Records are handed to telemetry as they are decided (a queue append; their spans and usage
+rows are built in the export threads). The drivers (`_drivers.py`) perform the steps sync or async; every way of calling
 (`invoke`, `ainvoke`, `stream`, `astream`, batches through them) runs this same sequence::
 
     resolve profile (cached per scope) ─► for each model of the chain (fallbacks):
@@ -163,9 +164,8 @@ class CallFlow(AttemptOutcomes):
                 except BaseException as exc:
                     failure = exc
                 if failure is not None:
-                    decision, caller_error, record, settle = self._failed(at, failure, acc)
+                    decision, caller_error, settle = self._failed(at, failure, acc)
                     del failure  # only the redacted copy goes on
-                    yield record
                     if settle is not None:
                         yield settle
                     if decision == "retry":
@@ -173,8 +173,7 @@ class CallFlow(AttemptOutcomes):
                     if decision == "raise":
                         raise _Stop(self._error_for_caller(at, caller_error))
                     continue
-                record, settle = self._succeeded(at, message, validation)
-                yield record
+                settle = self._succeeded(at, message, validation)
                 if settle is not None:
                     yield settle
                 if validation is not None:

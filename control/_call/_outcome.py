@@ -96,7 +96,8 @@ class AttemptOutcomes:
 
     def _succeeded(
         self, at: Attempt, message: Any, validation: BaseException | None
-    ) -> tuple[AttemptRecord, Settle | None]:
+    ) -> Settle | None:
+        """Note a successful attempt: export its record, return the step that charges it."""
         core = self.core
         ref = at.ref
         core.circuits.record_success(ref.provider, ref.model)
@@ -124,16 +125,16 @@ class AttemptOutcomes:
         core.degradation.record(
             self.route.degrade_key, self.prep.profile, failed=validation is not None
         )
-        record = AttemptRecord(
+        AttemptRecord(
             at, outcome, cost, response_model, status, (self.core, self.prep, self.call_ctx)
-        )
-        return record, self._settle(at, cost, usage.total_tokens if usage is not None else None)
+        ).export()
+        return self._settle(at, cost, usage.total_tokens if usage is not None else None)
 
     def _failed(
         self, at: Attempt, exc: BaseException, acc: StreamAccumulator | None
-    ) -> tuple[str, BaseException, AttemptRecord, Settle | None]:
-        """Classify a failed attempt: (`retry` | `next` | `raise`, the error as the caller may
-        see it, its record, its settlement)."""
+    ) -> tuple[str, BaseException, Settle | None]:
+        """Classify a failed attempt and export its record: (`retry` | `next` | `raise`, the
+        error as the caller may see it, its settlement)."""
         core = self.core
         ref = at.ref
         cls = classify(exc)  # on the original: it reads the status and Retry-After
@@ -186,10 +187,10 @@ class AttemptOutcomes:
                 core.circuits.release_probe(ref.provider, ref.model)
             at.attrs[semconv.ERROR_TYPE] = cls.error_type
         status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
-        record = AttemptRecord(
+        AttemptRecord(
             at, outcome, cost, None, status, (self.core, self.prep, self.call_ctx)
-        )
-        return self._decide(at, exc, cls, outcome, acc), exc, record, settle
+        ).export()
+        return self._decide(at, exc, cls, outcome, acc), exc, settle
 
     def _release(self, at: Attempt) -> Settle | None:
         if at.ticket is None:

@@ -11,19 +11,34 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from comptroller import semconv
-from comptroller.control._call._steps import Record
 
 if TYPE_CHECKING:
     from comptroller.control._call._attempt import Attempt
     from comptroller.control._call._route import CallCore, Prepared
+    from comptroller.control._telemetry import RowItem, SpanItem
 
 UNSET = Status(StatusCode.UNSET)
 
 
-class AttemptRecord(Record):
-    """An attempt's outcome, exported as its span and usage row when the flow yields it."""
+class AttemptRecord:
+    """An attempt's outcome. `export()` (on the caller's path) takes the two instants and
+    queues the record; its span and usage row are built from it in the export threads, so the
+    caller pays two queue appends, not the building of ~30 attributes."""
 
-    __slots__ = ("at", "call_ctx", "core", "cost", "outcome", "prep", "response_model", "status")
+    __slots__ = (
+        "at",
+        "call_ctx",
+        "context",
+        "core",
+        "cost",
+        "end_ns",
+        "error_type",
+        "latency_ms",
+        "outcome",
+        "prep",
+        "response_model",
+        "status",
+    )
 
     def __init__(
         self,
@@ -35,77 +50,89 @@ class AttemptRecord(Record):
         where: tuple[CallCore, Prepared, SpanContext],
     ) -> None:
         self.at = at
+        self.context = at.span_ctx
         self.outcome = outcome
         self.cost = cost
         self.response_model = response_model
         self.status = status
         self.core, self.prep, self.call_ctx = where
+        # Read here, not by the row's builder: the span's builder adds to `at.attrs`.
+        self.error_type = at.attrs.get(semconv.ERROR_TYPE)
+        self.end_ns = 0
+        self.latency_ms = 0.0
 
-    def run(self) -> None:
-        """Export the attempt's CLIENT span and its usage row (never sampled)."""
-        core = self.core
-        prep = self.prep
+    def export(self) -> None:
+        """Queue the attempt's CLIENT span and its usage row (never sampled) for export."""
+        self.end_ns = time.time_ns()
+        self.latency_ms = (self.core.clock.time() - self.at.started_s) * 1000.0
+        self.core.telemetry.export_deferred(self)
+
+    def _source(self) -> str:
+        price = self.at.price
+        if price is not None and price.cost_usd is not None:
+            return price.source
+        return "unpriced" if self.cost is None else "reservation"
+
+    def span_item(self) -> SpanItem:
+        """The span, built in the span export thread."""
         at = self.at
-        cost = self.cost
-        outcome = self.outcome
-        response_model = self.response_model
-        telemetry = core.telemetry
         attrs = at.attrs
-        # The usage row: the span's identity and labels plus the billing fields. Token
-        # counts always present on the row (0 when reported so); on the span only as reported.
-        row = dict(prep.row_attrs[at.depth])
-        if at.model != at.ref.model:
-            row[semconv.GEN_AI_REQUEST_MODEL] = at.model
-        row[semconv.ATTEMPT] = at.attempt
-        error_type = attrs.get(semconv.ERROR_TYPE)
-        if error_type is not None:
-            row[semconv.ERROR_TYPE] = error_type
         usage = at.usage
         if usage is not None:
             attrs[semconv.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
             attrs[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
-            row[semconv.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
-            row[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
-            row[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
-            row[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
-            row[semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+            # On the span only the kinds reported (the row always has every count).
             if usage.cache_read_tokens:
                 attrs[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
             if usage.cache_write_tokens:
                 attrs[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
             if usage.reasoning_tokens:
                 attrs[semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
-        price = at.price
-        if price is not None and price.cost_usd is not None:
-            source = price.source
-        elif cost is not None:
-            source = "reservation"
-        else:
-            source = "unpriced"
-        attrs[semconv.PRICE_SOURCE] = row[semconv.PRICE_SOURCE] = source
-        attrs[semconv.OUTCOME] = row[semconv.OUTCOME] = outcome
-        if cost is not None:
-            attrs[semconv.COST_USD] = float(cost)
-            row[semconv.COST_USD] = str(cost)
-        row[semconv.USAGE_ID] = f"{random.getrandbits(128):032x}"
-        row[semconv.ESTIMATED] = at.estimated
-        row[semconv.LATENCY_MS] = (core.clock.time() - at.started_s) * 1000.0
-        if response_model is not None:
-            row[semconv.GEN_AI_RESPONSE_MODEL] = response_model
-        telemetry.export_record(semconv.EVENT_USAGE, row, at.started_ns, at.span_ctx)
-        name = prep.attempt_names[at.depth]
+        attrs[semconv.PRICE_SOURCE] = self._source()
+        attrs[semconv.OUTCOME] = self.outcome
+        if self.cost is not None:
+            attrs[semconv.COST_USD] = float(self.cost)
+        name = self.prep.attempt_names[at.depth]
         if at.model != at.ref.model:
             name = semconv.OPERATION_CHAT + " " + at.model
-        telemetry.export_span(
+        return (
             name,
             SpanKind.CLIENT,
             at.span_ctx,
             self.call_ctx,
             attrs,
             at.start_ns,
-            time.time_ns(),
+            self.end_ns,
             self.status,
         )
+
+    def row_item(self) -> RowItem:
+        """The usage row (the span's identity and labels plus the billing fields), built in
+        the log export thread."""
+        at = self.at
+        row = dict(self.prep.row_attrs[at.depth])
+        if at.model != at.ref.model:
+            row[semconv.GEN_AI_REQUEST_MODEL] = at.model
+        row[semconv.ATTEMPT] = at.attempt
+        if self.error_type is not None:
+            row[semconv.ERROR_TYPE] = self.error_type
+        usage = at.usage
+        if usage is not None:
+            row[semconv.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
+            row[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+            row[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
+            row[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
+            row[semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+        row[semconv.PRICE_SOURCE] = self._source()
+        row[semconv.OUTCOME] = self.outcome
+        if self.cost is not None:
+            row[semconv.COST_USD] = str(self.cost)
+        row[semconv.USAGE_ID] = f"{random.getrandbits(128):032x}"
+        row[semconv.ESTIMATED] = at.estimated
+        row[semconv.LATENCY_MS] = self.latency_ms
+        if self.response_model is not None:
+            row[semconv.GEN_AI_RESPONSE_MODEL] = self.response_model
+        return (semconv.EVENT_USAGE, row, at.started_ns, time.time_ns(), at.span_ctx)
 
 
 def export_call(

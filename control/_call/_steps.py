@@ -101,13 +101,6 @@ class Sleep(Step):
         await self.clock.asleep(self.seconds)
 
 
-class Record(Step):
-    """Export telemetry: a queue append, the same for both drivers (see
-    `_record.AttemptRecord`)."""
-
-    __slots__ = ()
-
-
 def _enter(at: Attempt) -> tuple[object, object]:
     """Make the attempt the current context (plain calls: a `with` costs a µs more)."""
     return otel_context.attach(at.otel_ctx), CURRENT.set(at.info)

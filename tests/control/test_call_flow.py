@@ -18,7 +18,7 @@ from opentelemetry import trace
 from comptroller import semconv
 from comptroller.control import CallDefaults, GuardKey
 from comptroller.control._call import CallFlow
-from comptroller.control._call._steps import Admit, Invoke, Record, Settle
+from comptroller.control._call._steps import Admit, Invoke, Settle
 from comptroller.control.testing import FakeChatModel, FakeUsage
 
 TEXT = "one two three four five six seven eight"
@@ -275,7 +275,7 @@ def test_stream_events_v3_goes_through_the_guard() -> None:
 # --- the flow itself, without I/O ---------------------------------------------------------------
 
 
-def test_the_flow_yields_admit_invoke_record_settle_in_that_order() -> None:
+def test_the_flow_yields_admit_invoke_settle_in_that_order() -> None:
     r = rig(FakeChatModel(responses={"reasoning": "ok"}), {"reasoning": profile(budget="1")})
     route = r.plane.chat_model("reasoning", domain="acme", context="chat")._route
     from comptroller.control._call import IDENTITY
@@ -286,11 +286,11 @@ def test_the_flow_yields_admit_invoke_record_settle_in_that_order() -> None:
     try:
         while True:
             step = flow.send(outcome)
-            kinds.append(next(k for k in (Admit, Invoke, Record, Settle) if isinstance(step, k)))
+            kinds.append(next(k for k in (Admit, Invoke, Settle) if isinstance(step, k)))
             outcome = step.run()
     except StopIteration as stop:
         result = stop.value
-    assert kinds == [Admit, Invoke, Record, Settle]
+    assert kinds == [Admit, Invoke, Settle]
     assert result.content == "ok"
 
 
