@@ -64,8 +64,8 @@ def decimals_for(value: object) -> int:
     # ...but no trailing zeros beyond what the amount has: 0.5 is $0.50, not $0.500.
     wanted = min(_MAX_DECIMALS, wanted)
     kept = magnitude.quantize(Decimal(1).scaleb(-wanted), rounding=ROUND_HALF_EVEN)
-    exact = -kept.normalize().as_tuple().exponent
-    return max(_MIN_DECIMALS, min(wanted, int(exact)))
+    exponent = kept.normalize().as_tuple().exponent  # an int: the amount is finite
+    return max(_MIN_DECIMALS, min(wanted, -int(exponent)))
 
 
 def usd(value: object, *, decimals: int | None = None, sign: bool = False, none: str = DASH) -> str:

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.context import Context
@@ -152,13 +152,17 @@ SpanItem = tuple[
 RowItem = tuple[str, dict[str, AttributeValue], int, int, SpanContext]
 
 
-class Deferred(Protocol):
-    """A finished attempt whose span and usage row the export threads build (`span_item` in
-    the span thread, `row_item` in the log thread; the two must not share what they write)."""
+class DeferredSpan(Protocol):
+    """A finished span that the span export thread builds (`span_item`)."""
 
     context: SpanContext
 
     def span_item(self) -> SpanItem: ...
+
+
+class Deferred(DeferredSpan, Protocol):
+    """A finished attempt whose span and usage row the export threads build (`span_item` in
+    the span thread, `row_item` in the log thread; the two must not share what they write)."""
 
     def row_item(self) -> RowItem: ...
 
@@ -175,12 +179,15 @@ class _DeferredSpans(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         built: list[ReadableSpan] = []
-        for item in spans:
-            if not isinstance(item, tuple | ReadableSpan):
-                item = item.span_item()
-            if isinstance(item, tuple):
-                name, kind, context, parent, attributes, start, end, status = item
-                item = ReadableSpan(
+        # The queue holds what the hot path put there: SDK spans, tuples, deferred records.
+        for queued in cast("Sequence[object]", spans):
+            if isinstance(queued, ReadableSpan):
+                built.append(queued)
+                continue
+            item = queued if isinstance(queued, tuple) else cast(DeferredSpan, queued).span_item()
+            name, kind, context, parent, attributes, start, end, status = item
+            built.append(
+                ReadableSpan(
                     name=name,
                     context=context,
                     parent=parent,
@@ -192,7 +199,7 @@ class _DeferredSpans(SpanExporter):
                     end_time=end,
                     instrumentation_scope=self.scope,
                 )
-            built.append(item)
+            )
         return self.inner.export(built)
 
     def shutdown(self) -> None:
@@ -219,31 +226,33 @@ class _DeferredRows(LogRecordExporter):
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         built: list[ReadableLogRecord] = []
-        for item in batch:
-            if not isinstance(item, tuple | ReadableLogRecord):
-                item = item.row_item()
-            if isinstance(item, tuple):
-                event_name, attributes, timestamp, observed, context = item
-                record = LogRecord(
-                    timestamp=timestamp,
-                    observed_timestamp=observed,
-                    context=_EMPTY_CONTEXT,
-                    severity_number=SeverityNumber.INFO,
-                    severity_text="INFO",
-                    attributes=attributes,
-                    event_name=event_name,
-                )
-                # Ids set directly (the context is empty): no span object per row.
-                record.trace_id = context.trace_id
-                record.span_id = context.span_id
-                record.trace_flags = context.trace_flags
-                item = ReadableLogRecord(
+        for queued in cast("Sequence[object]", batch):
+            if isinstance(queued, ReadableLogRecord):
+                built.append(queued)
+                continue
+            row = queued if isinstance(queued, tuple) else cast(Deferred, queued).row_item()
+            event_name, attributes, timestamp, observed, context = row
+            record = LogRecord(
+                timestamp=timestamp,
+                observed_timestamp=observed,
+                context=_EMPTY_CONTEXT,
+                severity_number=SeverityNumber.INFO,
+                severity_text="INFO",
+                attributes=attributes,
+                event_name=event_name,
+            )
+            # Ids set directly (the context is empty): no span object per row.
+            record.trace_id = context.trace_id
+            record.span_id = context.span_id
+            record.trace_flags = context.trace_flags
+            built.append(
+                ReadableLogRecord(
                     log_record=record,
                     resource=self.resource,
                     instrumentation_scope=self.scope,
                     limits=self.limits,
                 )
-            built.append(item)
+            )
         return self.inner.export(built)
 
     def shutdown(self) -> None:
@@ -367,6 +376,15 @@ class Telemetry:
         if item.context.trace_flags.sampled:
             self._span_queue.emit(item)
         self._row_queue.emit(item)
+
+    def export_deferred_span(self, item: DeferredSpan) -> None:
+        """Queue a finished span (dropped when not sampled), built in the export thread."""
+        if self._span_processor is None or not item.context.trace_flags.sampled:
+            return
+        if self._span_queue is None:
+            self.export_span(*item.span_item())  # pragma: no cover
+            return  # pragma: no cover
+        self._span_queue.emit(item)
 
     def export_record(
         self,

@@ -59,6 +59,8 @@ class Attempt:
         self.otel_ctx: Any = None
         self.info: CallInfo | None = None
         self.attrs: dict[str, AttributeValue] = {}
+        """What the attempt's outcome adds to its span (the profile's attributes are added
+        when the span is built, in the export thread)."""
         self.start_ns = 0
         self.started_ns = 0
         self.started_s = 0.0

@@ -37,7 +37,7 @@ from comptroller.control._call._attempt import ZERO, Attempt, StreamAccumulator
 from comptroller.control._call._binders import Binder
 from comptroller.control._call._context import CallInfo
 from comptroller.control._call._outcome import AttemptOutcomes, validation_outcome
-from comptroller.control._call._record import content_json, export_call
+from comptroller.control._call._record import CallRecord, content_json
 from comptroller.control._call._steps import Admit, Invoke, Sleep, Step, Stream
 from comptroller.control._errors import (
     BudgetError,
@@ -134,16 +134,14 @@ class CallFlow(AttemptOutcomes):
         error: BaseException | None = None
         try:
             core = self.core
-            guard = core.guard
             while True:
                 at = self._next_attempt()
                 ticket = None
                 admit = self._admission(at)
                 if admit is not None:
-                    assert guard is not None
                     refusal: ControlError | None = None
                     try:
-                        ticket = yield Admit(guard, self.prep.guard_key, admit)  # type: ignore[arg-type]
+                        ticket = yield admit
                     except ControlError as exc:
                         refusal = exc
                     if refusal is not None:
@@ -226,11 +224,12 @@ class CallFlow(AttemptOutcomes):
             self.errors,
         )
 
-    def _admission(self, at: Attempt) -> dict[str, Any] | None:
-        """Keyword arguments of the guard's admit, or None when nothing is guarded."""
+    def _admission(self, at: Attempt) -> Admit | None:
+        """The guard's admission of the attempt, or None when nothing is guarded."""
         core = self.core
         profile = self.prep.profile
-        if core.guard is None or (profile.budget is None and profile.rate_limit is None):
+        guard = core.guard
+        if guard is None or (profile.budget is None and profile.rate_limit is None):
             return None
         if self.input_tokens < 0:
             self.input_tokens = estimate_tokens(self.input) + self.binder.tool_tokens
@@ -248,13 +247,16 @@ class CallFlow(AttemptOutcomes):
             # BudgetUnverifiable: one code path decides, and it fails closed.
             reserve = None if worst is None else min(worst, core.max_reservation_usd)
         at.reserve = reserve or ZERO
-        return {
-            "tokens": self.input_tokens + self.prep.max_output,
-            "reserve_usd": reserve,
-            "rate_limit": profile.rate_limit,
-            "budget": profile.budget,
-            "wait_s": self.route.scope.rate_limit_wait_s,
-        }
+        assert self.prep.guard_key is not None
+        return Admit(
+            guard,
+            self.prep.guard_key,
+            self.input_tokens + self.prep.max_output,
+            reserve,
+            profile.rate_limit,
+            profile.budget,
+            self.route.scope.rate_limit_wait_s,
+        )
 
     def _refused(self, exc: ControlError) -> BaseException:
         """The guard refused an attempt: the call ends with that outcome."""
@@ -289,15 +291,10 @@ class CallFlow(AttemptOutcomes):
         at.started_s = core.clock.time()
         at.started_ns = int(at.started_s * 1e9)
         at.start_ns = time.time_ns()
-        attrs = dict(self.prep.attempt_attrs[at.depth])
-        attrs[semconv.ATTEMPT] = at.attempt
-        if at.model != at.ref.model:
-            attrs[semconv.GEN_AI_REQUEST_MODEL] = at.model
-        if at.waited_s:
-            attrs[semconv.RATE_LIMIT_WAIT_MS] = at.waited_s * 1000.0
+        # `at.attrs` holds what this attempt adds to its span; the span is built from the
+        # profile's attributes and it in the export thread (see `AttemptRecord.span_item`).
         if core.telemetry.record_content:
-            attrs[semconv.GEN_AI_INPUT_MESSAGES] = content_json(self.input)
-        at.attrs = attrs
+            at.attrs[semconv.GEN_AI_INPUT_MESSAGES] = content_json(self.input)
         call = self.call_ctx
         at.span_ctx = span_ctx = SpanContext(call.trace_id, new_span_id(), False, call.trace_flags)
         at.otel_ctx = trace.set_span_in_context(NonRecordingSpan(span_ctx))
@@ -314,13 +311,8 @@ class CallFlow(AttemptOutcomes):
         )
 
     def _finish(self, error: BaseException | None) -> None:
-        export_call(
-            self.core,
-            self.prep,
-            self.call_ctx,
-            self.caller,
-            self.call_start_ns,
-            self.outcome,
-            error,
-            None if error is None else str(error),
+        self.core.telemetry.export_deferred_span(
+            CallRecord(
+                self.prep, self.call_ctx, self.caller, self.call_start_ns, self.outcome, error
+            )
         )

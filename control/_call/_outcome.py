@@ -104,7 +104,6 @@ class AttemptOutcomes:
         meta = getattr(message, "response_metadata", None) or {}
         response_model = meta.get("model_name") or meta.get("model") or at.model
         attrs = at.attrs
-        attrs[semconv.GEN_AI_RESPONSE_MODEL] = response_model
         response_id = meta.get("id") or getattr(message, "id", None)
         if response_id:
             attrs[semconv.GEN_AI_RESPONSE_ID] = response_id

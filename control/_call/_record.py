@@ -56,7 +56,6 @@ class AttemptRecord:
         self.response_model = response_model
         self.status = status
         self.core, self.prep, self.call_ctx = where
-        # Read here, not by the row's builder: the span's builder adds to `at.attrs`.
         self.error_type = at.attrs.get(semconv.ERROR_TYPE)
         self.end_ns = 0
         self.latency_ms = 0.0
@@ -76,7 +75,15 @@ class AttemptRecord:
     def span_item(self) -> SpanItem:
         """The span, built in the span export thread."""
         at = self.at
-        attrs = at.attrs
+        attrs = dict(self.prep.attempt_attrs[at.depth])
+        attrs[semconv.ATTEMPT] = at.attempt
+        if at.model != at.ref.model:
+            attrs[semconv.GEN_AI_REQUEST_MODEL] = at.model
+        if at.waited_s:
+            attrs[semconv.RATE_LIMIT_WAIT_MS] = at.waited_s * 1000.0
+        if self.response_model is not None:
+            attrs[semconv.GEN_AI_RESPONSE_MODEL] = self.response_model
+        attrs.update(at.attrs)
         usage = at.usage
         if usage is not None:
             attrs[semconv.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
@@ -135,33 +142,57 @@ class AttemptRecord:
         return (semconv.EVENT_USAGE, row, at.started_ns, time.time_ns(), at.span_ctx)
 
 
-def export_call(
-    core: CallCore,
-    prep: Prepared,
-    call_ctx: SpanContext,
-    caller: SpanContext | None,
-    start_ns: int,
-    outcome: str,
-    error: BaseException | None,
-    error_text: str | None,
-) -> None:
-    """Export the call's INTERNAL span, parent of its attempts, with the final outcome."""
-    attrs = dict(prep.parent_attrs)
-    attrs[semconv.OUTCOME] = outcome
-    status = UNSET
-    if error is not None:
-        attrs[semconv.ERROR_TYPE] = type(error).__name__
-        status = Status(StatusCode.ERROR, (error_text or "")[:200])
-    core.telemetry.export_span(
-        prep.call_name,
-        SpanKind.INTERNAL,
-        call_ctx,
-        caller,
-        attrs,
-        start_ns,
-        time.time_ns(),
-        status,
+class CallRecord:
+    """The call's INTERNAL span, parent of its attempts, with the final outcome; built in the
+    span export thread."""
+
+    __slots__ = (
+        "caller",
+        "context",
+        "end_ns",
+        "error_text",
+        "error_type",
+        "outcome",
+        "prep",
+        "start_ns",
     )
+
+    def __init__(
+        self,
+        prep: Prepared,
+        context: SpanContext,
+        caller: SpanContext | None,
+        start_ns: int,
+        outcome: str,
+        error: BaseException | None,
+    ) -> None:
+        self.prep = prep
+        self.context = context
+        self.caller = caller
+        self.start_ns = start_ns
+        self.end_ns = time.time_ns()
+        self.outcome = outcome
+        # The error's text now: it must not keep the error (and what it holds) alive.
+        self.error_type = None if error is None else type(error).__name__
+        self.error_text = None if error is None else str(error)[:200]
+
+    def span_item(self) -> SpanItem:
+        attrs = dict(self.prep.parent_attrs)
+        attrs[semconv.OUTCOME] = self.outcome
+        status = UNSET
+        if self.error_type is not None:
+            attrs[semconv.ERROR_TYPE] = self.error_type
+            status = Status(StatusCode.ERROR, self.error_text)
+        return (
+            self.prep.call_name,
+            SpanKind.INTERNAL,
+            self.context,
+            self.caller,
+            attrs,
+            self.start_ns,
+            self.end_ns,
+            status,
+        )
 
 
 def content_json(value: Any) -> str:

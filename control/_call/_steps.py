@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from comptroller.control._call._attempt import Attempt, StreamAccumulator
     from comptroller.control._clock import Clock
     from comptroller.control._guard import Guard, GuardKey
+    from comptroller.control._profile_types import BudgetSpec, RateLimitSpec
 
 _END = object()
 
@@ -47,18 +48,45 @@ class Step:
 class Admit(Step):
     """Reserve the attempt's worst case and take its rate-limit tokens (one guard step)."""
 
-    __slots__ = ("guard", "key", "kwargs")
+    __slots__ = ("budget", "guard", "key", "rate_limit", "reserve_usd", "tokens", "wait_s")
 
-    def __init__(self, guard: Guard, key: GuardKey, kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        key: GuardKey,
+        tokens: int,
+        reserve_usd: Decimal | None,
+        rate_limit: RateLimitSpec | None,
+        budget: BudgetSpec | None,
+        wait_s: float,
+    ) -> None:
         self.guard = guard
         self.key = key
-        self.kwargs = kwargs
+        self.tokens = tokens
+        self.reserve_usd = reserve_usd
+        self.rate_limit = rate_limit
+        self.budget = budget
+        self.wait_s = wait_s
 
     def run(self) -> Any:
-        return self.guard.admit(self.key, **self.kwargs)
+        return self.guard.admit(
+            self.key,
+            tokens=self.tokens,
+            reserve_usd=self.reserve_usd,
+            rate_limit=self.rate_limit,
+            budget=self.budget,
+            wait_s=self.wait_s,
+        )
 
     async def arun(self) -> Any:
-        return await self.guard.aadmit(self.key, **self.kwargs)
+        return await self.guard.aadmit(
+            self.key,
+            tokens=self.tokens,
+            reserve_usd=self.reserve_usd,
+            rate_limit=self.rate_limit,
+            budget=self.budget,
+            wait_s=self.wait_s,
+        )
 
 
 class Settle(Step):
