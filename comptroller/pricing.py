@@ -701,7 +701,7 @@ class Pricer:
         return resolved
 
     def _schedule(
-        self, provider: str, model: str, at: datetime, tier: str | None = None
+        self, provider: str, model: str, at: datetime | float, tier: str | None = None
     ) -> tuple[str, _Schedule] | None:
         resolved = self._lookup(provider, model)
         if resolved is None:
@@ -711,7 +711,10 @@ class Pricer:
             return source, target
         if tier is None and target.static is not None:
             return source, target.static
-        return source, target.schedule(at, tier)
+        # Only a price that changes with time needs the instant as a datetime (on the hot
+        # path callers pass epoch seconds, and most prices never change).
+        when = at if isinstance(at, datetime) else datetime.fromtimestamp(at, UTC)
+        return source, target.schedule(when, tier)
 
     def knows(self, provider: str, model: str) -> bool:
         """Whether a price is known for (provider, model), from genai-prices or the registry."""
@@ -736,7 +739,7 @@ class Pricer:
                 return model
         return None
 
-    def price(self, provider: str, model: str, usage: Usage, at: datetime) -> Price:
+    def price(self, provider: str, model: str, usage: Usage, at: datetime | float) -> Price:
         """The cost of one attempt.
 
         Args:
@@ -745,7 +748,8 @@ class Pricer:
             usage: Token usage as the provider reported it, inclusive counts, and the service
                 tier it ran in (`usage.service_tier`: that tier's prices when genai-prices
                 has them, as `calc_price(…, price_context={"service_tier": tier})`).
-            at: When the request was made (prices may change with the date or time of day).
+            at: When the request was made (prices may change with the date or time of day): a
+                datetime, or seconds since the epoch.
 
         Returns:
             The exact cost and its source; `Price(None, "unpriced")` when no price is known or
@@ -840,7 +844,7 @@ class Pricer:
         *,
         input_tokens: int,
         max_output_tokens: int,
-        at: datetime,
+        at: datetime | float,
         service_tier: str | None = None,
     ) -> Decimal | None:
         """The most a call could cost: what a budget reserves before it runs.
@@ -854,7 +858,7 @@ class Pricer:
             model: Model id.
             input_tokens: An upper bound of the input tokens.
             max_output_tokens: The request's `max_tokens` (or the model's output limit).
-            at: When the request is made.
+            at: When the request is made (a datetime, or seconds since the epoch).
             service_tier: The service tier the request asks for (`flex`, `priority`, …):
                 its prices when genai-prices has them; None (or a tier without prices of its
                 own, such as `auto` or `default`): the standard price.

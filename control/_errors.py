@@ -12,6 +12,7 @@ Catch at the level you care about::
         ├── UnknownPrice             no price for (provider, model) in genai-prices or config
         ├── CircuitOpen              the circuit of (provider, model) is open
         ├── ProviderError            the provider answered with an error or not at all
+        │   ├── ProviderUnavailable  no model of the chain could be reached at all
         │   └── TruncatedStream      a stream ended without its final chunk or usage
         ├── ModelRefused             the model refused (counts for the purpose upgrade)
         └── ExhaustedFallbacks       every model of the chain failed (an ExceptionGroup of
@@ -247,6 +248,37 @@ class ProviderError(ControlError):
                     "retryable": self.retryable,
                 },
             ),
+        )
+
+
+class ProviderUnavailable(ProviderError):
+    """No model of the chain could be reached: every attempt failed to connect (refused,
+    unknown host, connect timeout), so nothing was billed.
+
+    Raised instead of `ExhaustedFallbacks` for that case, so that the caller reads one line
+    naming the model, the address and what to check. Catch it as a `ProviderError` (or a
+    `ControlError`).
+
+    Attributes:
+        attempts: Each attempt's `ProviderError`, in order.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        message: str,
+        *,
+        attempts: Sequence[Exception] = (),
+    ) -> None:
+        super().__init__(provider, model, message)
+        self.args = (message,)  # the message is complete: no "provider:model failed" prefix
+        self.attempts = tuple(attempts)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (type(self), (self.provider, self.model, self.detail), {"attempts": self.attempts}),
         )
 
 

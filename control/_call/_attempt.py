@@ -10,12 +10,12 @@ from langchain_core.messages.ai import add_ai_message_chunks
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext
 from opentelemetry.util.types import AttributeValue
 
+from comptroller.control._call._context import CallInfo
 from comptroller.control._errors import TruncatedStream
 from comptroller.control._profile_types import ModelRef
 from comptroller.control._usage import usage_of
 
 if TYPE_CHECKING:
-    from comptroller.control._call._context import CallInfo
     from comptroller.control._classify import Classified
     from comptroller.pricing import Price, Usage
 
@@ -31,7 +31,7 @@ class Attempt:
         "cls",
         "depth",
         "estimated",
-        "info",
+        "info_prefix",
         "model",
         "otel_ctx",
         "price",
@@ -46,8 +46,16 @@ class Attempt:
         "waited_s",
     )
 
-    def __init__(self, ref: ModelRef, depth: int, attempt: int, model: str) -> None:
+    def __init__(
+        self,
+        ref: ModelRef,
+        depth: int,
+        attempt: int,
+        model: str,
+        info_prefix: tuple[str, str | None, str | None, str | None],
+    ) -> None:
         self.ref = ref
+        self.info_prefix = info_prefix
         self.depth = depth
         self.attempt = attempt
         self.model = model
@@ -57,7 +65,6 @@ class Attempt:
         self.waited_s = 0.0
         self.span_ctx: SpanContext = INVALID_SPAN_CONTEXT
         self.otel_ctx: Any = None
-        self.info: CallInfo | None = None
         self.attrs: dict[str, AttributeValue] = {}
         """What the attempt's outcome adds to its span (the profile's attributes are added
         when the span is built, in the export thread)."""
@@ -68,6 +75,13 @@ class Attempt:
         self.price: Price | None = None
         self.estimated = False
         self.cls: Classified | None = None
+
+    def call_info(self) -> CallInfo:
+        """What `current_call()` tells code running inside this attempt."""
+        purpose, tenant, org, context = self.info_prefix
+        return CallInfo(
+            purpose, tenant, org, context, self.ref.provider, self.model, self.attempt, self.depth
+        )
 
 
 class StreamAccumulator:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class CallInfo(NamedTuple):
@@ -19,11 +19,20 @@ class CallInfo(NamedTuple):
     fallback_depth: int
 
 
-CURRENT: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
+class Running(Protocol):
+    """An attempt in progress (the call's `Attempt`)."""
+
+    def call_info(self) -> CallInfo: ...
+
+
+# The attempt itself is current, not its `CallInfo`: most calls never ask, so the info is
+# made only when `current_call()` is called.
+CURRENT: contextvars.ContextVar[Running | None] = contextvars.ContextVar(
     "comptroller_current_call", default=None
 )
 
 
 def current_call() -> CallInfo | None:
     """The guarded attempt running in this context, if any (for fakes and instrumentation)."""
-    return CURRENT.get()
+    running = CURRENT.get()
+    return None if running is None else running.call_info()

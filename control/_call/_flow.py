@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,6 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCod
 from comptroller import semconv
 from comptroller.control._call._attempt import ZERO, Attempt, StreamAccumulator
 from comptroller.control._call._binders import Binder
-from comptroller.control._call._context import CallInfo
 from comptroller.control._call._outcome import AttemptOutcomes, validation_outcome
 from comptroller.control._call._record import CallRecord, content_json
 from comptroller.control._call._steps import Admit, Invoke, Sleep, Step, Stream
@@ -46,10 +44,12 @@ from comptroller.control._errors import (
     CircuitOpen,
     ControlError,
     ExhaustedFallbacks,
+    ProviderUnavailable,
     RateLimited,
 )
 from comptroller.control._telemetry import SAMPLED, new_span_id, new_trace_id
 from comptroller.control._tokens import estimate_tokens
+from comptroller.control._unreachable import provider_unavailable
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
@@ -209,14 +209,17 @@ class CallFlow(AttemptOutcomes):
                 continue
             self.tries_on_model += 1
             model = self.model_override or ref.model
-            return Attempt(ref, self.chain_index, self.tries_on_model, model)
+            return Attempt(ref, self.chain_index, self.tries_on_model, model, self.prep.info_prefix)
         if self.errors and all(isinstance(e, CircuitOpen) for e in self.errors):
             self.outcome = "circuit_open"
             raise _Stop(self.errors[0] if len(self.errors) == 1 else self._exhausted())
         self.outcome = "exhausted_fallbacks"
         raise _Stop(self._exhausted())
 
-    def _exhausted(self) -> ExhaustedFallbacks:
+    def _exhausted(self) -> ExhaustedFallbacks | ProviderUnavailable:
+        unreachable = provider_unavailable(self.errors, self.prep.profile.base_url)
+        if unreachable is not None:
+            return unreachable  # one line, not a group of identical connection errors
         models = ", ".join(str(ref) for ref in self.prep.chain)
         return ExhaustedFallbacks(
             f"every model of the chain failed for purpose {self.route.scope.purpose!r} "
@@ -240,7 +243,7 @@ class CallFlow(AttemptOutcomes):
                 at.model,
                 input_tokens=self.input_tokens,
                 max_output_tokens=self.prep.max_output,
-                at=datetime.fromtimestamp(core.clock.time(), UTC),
+                at=core.clock.time(),
                 service_tier=self.service_tier,
             )
             # None (no price known) goes to the guard, which refuses a budgeted call with
@@ -298,17 +301,6 @@ class CallFlow(AttemptOutcomes):
         call = self.call_ctx
         at.span_ctx = span_ctx = SpanContext(call.trace_id, new_span_id(), False, call.trace_flags)
         at.otel_ctx = trace.set_span_in_context(NonRecordingSpan(span_ctx))
-        scope = self.route.scope
-        at.info = CallInfo(
-            self.prep.served_purpose,
-            scope.domain,
-            scope.org,
-            scope.context,
-            at.ref.provider,
-            at.model,
-            at.attempt,
-            at.depth,
-        )
 
     def _finish(self, error: BaseException | None) -> None:
         self.core.telemetry.export_deferred_span(

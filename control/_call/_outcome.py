@@ -3,7 +3,6 @@ and the error the caller gets. `CallFlow` inherits these decisions."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from comptroller.control._classify import Classified, classify
 from comptroller.control._errors import ModelRefused, ProviderError
 from comptroller.control._pricing import Price
 from comptroller.control._profile_types import ModelRef
+from comptroller.control._unreachable import connect_failed
 from comptroller.control._usage import usage_of
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class AttemptOutcomes:
             at.price = None
             return
         pricer = self.core.pricer
-        when = datetime.fromtimestamp(at.started_s, UTC)
+        when = at.started_s
         at.price = price = pricer.price(at.ref.provider, response_model, usage, when)
         if price.cost_usd is None and response_model != at.model:
             at.price = pricer.price(at.ref.provider, at.model, usage, when)
@@ -218,7 +218,13 @@ class AttemptOutcomes:
             self.outcome = "error"
             return "raise"
         self.errors.append(self._provider_error(at.ref, exc, cls))
-        if cls.kind == "transport" and self.tries_on_model <= core.retry.max_retries:
+        if (
+            cls.kind == "transport"
+            and self.tries_on_model <= core.retry.max_retries
+            # Nothing listens there (refused, unknown host, connect timeout): waiting and
+            # knocking again only makes the caller wait; the next model may be elsewhere.
+            and not connect_failed(exc)
+        ):
             ra = cls.retry_after_s
             if (ra is None or ra <= core.retry.max_retry_after_s) and core.retry_budget.try_retry(
                 self.route.scope.domain

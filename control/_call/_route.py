@@ -71,6 +71,7 @@ class Prepared:
         "call_name",
         "chain",
         "guard_key",
+        "info_prefix",
         "max_output",
         "parent_attrs",
         "profile",
@@ -91,6 +92,8 @@ class Prepared:
     ) -> None:
         self.profile = profile
         self.served_purpose = served_purpose
+        # `CallInfo`'s fields common to every attempt of a call on this route.
+        self.info_prefix = (served_purpose, scope.domain, scope.org, scope.context)
         # The resolver's profile this was compiled from: its identity tells a change.
         self.source = source
         chain = [profile.model]

@@ -131,7 +131,7 @@ class Sleep(Step):
 
 def _enter(at: Attempt) -> tuple[object, object]:
     """Make the attempt the current context (plain calls: a `with` costs a µs more)."""
-    return otel_context.attach(at.otel_ctx), CURRENT.set(at.info)
+    return otel_context.attach(at.otel_ctx), CURRENT.set(at)
 
 
 def _leave(tokens: tuple[object, object]) -> None:
