@@ -172,7 +172,10 @@ class CircuitBreakers:
             self._roll_window(circuit)
             circuit.calls += 1
             circuit.consecutive = 0
-            if circuit.state != "closed":
+            # Only a half-open circuit closes on a success (its probe's, or one admitted before
+            # it opened). An open circuit stays open: an attempt admitted before it opened
+            # says nothing about the provider now.
+            if circuit.state == "half_open":
                 circuit.state = "closed"
                 circuit.probe_in_flight = False
                 emit = (semconv.EVENT_CIRCUIT_CLOSED, self._attrs(circuit, "probe succeeded"))

@@ -202,10 +202,13 @@ class CallFlow(AttemptOutcomes):
         circuits = self.core.circuits
         while self.chain_index < len(chain):
             ref = chain[self.chain_index]
-            if self.tries_on_model == 0 and not circuits.allow(ref.provider, ref.model):
+            # Every attempt asks, retries too: a circuit that opened meanwhile (this call's
+            # own failures may have opened it) stops the retries on its model.
+            if not circuits.allow(ref.provider, ref.model):
                 snap = circuits.snapshot(ref.provider, ref.model)
                 self.errors.append(CircuitOpen(ref.provider, ref.model, snap.retry_in_s or 0.0))
                 self.chain_index += 1
+                self.tries_on_model = 0
                 continue
             self.tries_on_model += 1
             model = self.model_override or ref.model

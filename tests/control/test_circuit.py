@@ -177,3 +177,41 @@ def test_half_open_probe_through_the_plane_closes_the_circuit_on_success() -> No
         semconv.EVENT_CIRCUIT_HALF_OPENED,
         semconv.EVENT_CIRCUIT_CLOSED,
     ]
+
+
+def test_a_success_admitted_before_the_circuit_opened_does_not_close_it() -> None:
+    cb, clock, events = breakers(consecutive_failures=2, cooldown_s=30)
+    assert cb.allow("openai", "m")  # a slow call, admitted while the circuit is closed
+    for _ in range(2):
+        assert cb.allow("openai", "m")
+        cb.record_failure("openai", "m", reason="503")
+    assert cb.snapshot("openai", "m").state == "open"
+
+    cb.record_success("openai", "m")  # the slow call answers after all
+
+    assert cb.snapshot("openai", "m").state == "open"
+    assert not cb.allow("openai", "m")
+    assert events.names() == [semconv.EVENT_CIRCUIT_OPENED]
+
+
+def test_a_retry_does_not_go_to_a_model_whose_circuit_opened_meanwhile() -> None:
+    def reply(messages: object, info: Any) -> object:
+        return Fail.server_error() if info.model == "gpt-4o-mini" else "fallback"
+
+    r = rig(
+        FakeChatModel(responses={"reasoning": reply}),
+        {"reasoning": profile(fallbacks=("openai:gpt-4o",))},
+        circuit=CircuitPolicy(consecutive_failures=2, cooldown_s=60),
+        retry=RetryPolicy(max_retries=5, base_s=0.01),
+    )
+
+    assert r.plane.chat_model("reasoning").invoke("1").content == "fallback"
+
+    # The second failure opened the circuit: no third try on gpt-4o-mini, on to the fallback.
+    rows = r.flush().usage_rows()
+    assert [row[semconv.GEN_AI_REQUEST_MODEL] for row in rows] == [
+        "gpt-4o-mini",
+        "gpt-4o-mini",
+        "gpt-4o",
+    ]
+    assert r.plane.circuit_state("openai", "gpt-4o-mini").state == "open"
