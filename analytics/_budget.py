@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, TypeAlias
 
 import duckdb
@@ -15,10 +16,104 @@ import pyarrow.compute as pc
 from comptroller.analytics._panels import builtin_panels, run_panel
 from comptroller.analytics._reader import DuckDBReader, Reader
 from comptroller.dashboards import Clock
+from comptroller.money import usd_column
 
-BudgetStatus: TypeAlias = Literal["ok", "warning", "exceeded"]
+BudgetStatus: TypeAlias = Literal["ok", "warning", "exceeded", "refused"]
+"""`refused` when the control plane refused calls of the key today, else how its spend
+stands against the cap (`SpendStatus`)."""
+SpendStatus: TypeAlias = Literal["ok", "warning", "exceeded"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+REQUESTED_USD = "comptroller.budget.requested_usd"
+"""Attribute of a `comptroller.budget.rejected` event: the worst-case reservation the refused
+call asked for (the attributes of each event are kept whole in `budget_events.attributes`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refusals:
+    """The calls of one budget key the control plane refused today, and why.
+
+    A call is refused when its worst-case reservation does not fit in what is left of the
+    cap (cap - spent - reserved in flight). The amounts are those of the last refusal, as
+    the control plane saw them.
+    """
+
+    calls: int
+    needed_usd: Decimal | None
+    """The worst-case reservation the last refused call needed; None when the control
+    plane did not record it (`comptroller.budget.requested_usd` on its event)."""
+    left_usd: Decimal | None
+    """What was left of the cap for it: cap - spent - reserved in flight (not below 0)."""
+    cap_usd: Decimal | None
+    spent_usd: Decimal | None
+    """Settled spend the control plane counted at the refusal."""
+    reserved_usd: Decimal | None
+    """Reservations of other calls in flight at the refusal."""
+    last_ts: dt.datetime | None
+
+    @classmethod
+    def from_last(cls, calls: int, last: Mapping[str, Any]) -> Refusals:
+        """The refusals of a key from its count and its last refusal, the `last_refusal`
+        struct of the `budget_state` and `budget_refusals` panels (cap_usd, spent_usd,
+        reserved_usd, attributes, ts)."""
+        cap, spent, reserved = last.get("cap_usd"), last.get("spent_usd"), last.get("reserved_usd")
+        left = None if cap is None else max(cap - (spent or 0) - (reserved or 0), Decimal(0))
+        return cls(
+            calls=calls,
+            needed_usd=_requested(last.get("attributes")),
+            left_usd=left,
+            cap_usd=cap,
+            spent_usd=spent,
+            reserved_usd=reserved,
+            last_ts=last.get("ts"),
+        )
+
+    def why(self) -> str:
+        """The numbers in one sentence, e.g. `3 calls refused: the last needed $0.00030
+        (worst case) but only $0.00017 of the $0.00020 cap was left (spent $0.00003,
+        reserved in flight $0.00000)`."""
+        # One precision for the sentence: its amounts are read against each other.
+        needed, left, cap, spent, reserved = usd_column(
+            [self.needed_usd, self.left_usd, self.cap_usd, self.spent_usd, self.reserved_usd],
+            none="?",
+        )
+        need = (
+            f"needed {needed} (worst case)"
+            if self.needed_usd is not None
+            else "needed more (its worst-case reservation was not recorded)"
+        )
+        return (
+            f"{self._count()} refused: the last {need} but only {left} of the {cap} cap was "
+            f"left (spent {spent}, reserved in flight {reserved})"
+        )
+
+    def brief(self) -> str:
+        """The numbers that matter, short: `3 refused, needed $0.00030 > $0.00017 left`."""
+        needed, left = usd_column([self.needed_usd, self.left_usd], none="?")
+        if self.needed_usd is None:
+            return f"{self._count()} refused, {left} left of the cap"
+        return f"{self._count()} refused, needed {needed} > {left} left"
+
+    def _count(self) -> str:
+        return f"{self.calls} call{'s' if self.calls != 1 else ''}"
+
+
+def _requested(attributes: object) -> Decimal | None:
+    """The worst-case reservation a refused call asked for, from its event's attributes
+    (None when the control plane did not send it, or sent no amount)."""
+    if isinstance(attributes, str):
+        try:
+            attributes = json.loads(attributes)
+        except ValueError:
+            return None
+    if not isinstance(attributes, Mapping):
+        return None
+    value = attributes.get(REQUESTED_USD)
+    try:
+        return None if value is None else Decimal(str(value))
+    except InvalidOperation:
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +131,7 @@ class BudgetState:
     day: dt.date
     """The budget day, in the time zone the rollup is cut in."""
     spent_usd: Decimal
+    """Landed spend of the day (0 for a key whose only calls today were refused)."""
     cap_usd: Decimal
     utilisation: float
     """spent / cap (inf for a zero cap)."""
@@ -44,17 +140,26 @@ class BudgetState:
     projected_usd: float
     """Spend at the end of the day if the burn rate holds."""
     status: BudgetStatus
+    spend_status: SpendStatus
+    """The spend against the cap alone, whether or not calls were refused."""
     calls: int
     errors: int
     estimated_calls: int
     unpriced_calls: int
     unpriced_models: tuple[str, ...]
     last_ts: dt.datetime | None
+    refusals: Refusals | None = None
+    """The calls refused today, and why (None: none refused)."""
 
     @property
     def key(self) -> tuple[str, str, str]:
         """(tenant, context, purpose), the key the control plane's guard uses."""
         return (self.tenant, self.context, self.purpose)
+
+    @property
+    def refused_calls(self) -> int:
+        """Calls of this key the control plane refused today."""
+        return self.refusals.calls if self.refusals is not None else 0
 
 
 def budget_state(
@@ -66,10 +171,10 @@ def budget_state(
     tenant: str | None = None,
     purpose: str | None = None,
 ) -> list[BudgetState]:
-    """Every budget key with a cap, today, most used first.
+    """Every budget key with a cap, today, keys that refused calls first, then most used.
 
-    Reads the daily rollup through the shipped `budget_state` panel, so the TUI, the CI
-    gate and this function agree.
+    Reads the daily rollup and the control plane's refusals through the shipped
+    `budget_state` panel, so the TUI, the CI gate and this function agree.
 
     Args:
         reader: A DuckDB file or a running collector.
@@ -96,7 +201,7 @@ def budget_state(
         if name not in ("day", "last_ts"):
             c[name] = table.column(name).to_pylist()
     day = Clock.at(now, timezone).today
-    stamps = pc.cast(table.column("last_ts"), pa.int64()).to_pylist()
+    stamps = _instants(table.column("last_ts"))
     # Arrow already gives Decimal, int and float: no per-value conversion needed.
     out = [
         BudgetState(
@@ -110,12 +215,14 @@ def budget_state(
             burn_usd_per_hour=burn,
             projected_usd=projected,
             status=status,
+            spend_status=spend_status,
             calls=calls,
             errors=errors,
             estimated_calls=estimated,
             unpriced_calls=unpriced,
             unpriced_models=tuple(models) if models else (),
-            last_ts=None if stamp is None else _EPOCH + dt.timedelta(microseconds=stamp),
+            last_ts=stamp,
+            refusals=Refusals.from_last(refused, last) if refused and last else None,
         )
         for (
             tenant,
@@ -127,12 +234,15 @@ def budget_state(
             burn,
             projected,
             status,
+            spend_status,
             calls,
             errors,
             estimated,
             unpriced,
             models,
             stamp,
+            refused,
+            last,
         ) in zip(
             c["tenant"],
             c["context"],
@@ -143,16 +253,67 @@ def budget_state(
             c["burn_usd_per_hour"],
             c["projected_usd"],
             c["status"],
+            c["spend_status"],
             c["calls"],
             c["errors"],
             c["estimated_calls"],
             c["unpriced_calls"],
             c["unpriced_models"],
             stamps,
+            c["refused_calls"],
+            c["last_refusal"],
             strict=True,
         )
     ]
     return out
+
+
+def _instants(column: pa.ChunkedArray) -> list[dt.datetime | None]:
+    return [
+        None if stamp is None else _EPOCH + dt.timedelta(microseconds=stamp)
+        for stamp in pc.cast(column, pa.int64()).to_pylist()
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyRefusals:
+    """The refusals of one budget key over a range of days (`budget_refusals`)."""
+
+    tenant: str
+    context: str
+    purpose: str
+    refusals: Refusals
+    first_ts: dt.datetime | None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(tenant, context, purpose)."""
+        return (self.tenant, self.context, self.purpose)
+
+
+def budget_refusals(
+    reader: Reader,
+    *,
+    since: dt.date | None = None,
+    until: dt.date | None = None,
+    tenant: str | None = None,
+) -> list[KeyRefusals]:
+    """The calls the control plane refused per budget key over budget days `since` ..
+    `until` (inclusive; None: open), most refused first, through the `budget_refusals`
+    panel."""
+    rows = run_panel(
+        reader, builtin_panels()["budget_refusals"], since=since, until=until, tenant=tenant
+    ).to_pylist()
+    return [
+        KeyRefusals(
+            tenant=row["tenant"],
+            context=row["context"],
+            purpose=row["purpose"],
+            first_ts=row["first_refused_ts"],
+            refusals=Refusals.from_last(int(row["refused_calls"]), row["last_refusal"]),
+        )
+        for row in rows
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,7 +354,8 @@ def record_budget_events(
         (state, kind)
         for state in states
         for kind in ("warning", "exceeded")
-        if state.status == "exceeded" or (kind == "warning" and state.status == "warning")
+        if state.spend_status == "exceeded"
+        or (kind == "warning" and state.spend_status == "warning")
     ]
     if not crossings:
         return []

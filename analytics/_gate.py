@@ -4,7 +4,9 @@ Besides the threshold, the gate fails when a budgeted key has unpriced calls tod
 cost is unknown, so the key's spend is a floor, not a figure; `allow_unpriced` downgrades
 that to a warning), counted by the definition `comptroller reprice` uses
 (analytics/_unpriced.py), and when the control plane refused a key's calls today (its
-`rejected` budget events): such a key's spend stays under its cap, yet its work did not run.
+`rejected` budget events, read by the `budget_state` panel): such a key's spend stays under
+its cap, yet its work did not run. A refusal is its own status (`refused`) and exit code
+(`EXIT_REFUSED`), with the numbers of why.
 """
 
 from __future__ import annotations
@@ -26,8 +28,15 @@ from comptroller.analytics._budget import BudgetState, budget_state
 from comptroller.analytics._output import render_table
 from comptroller.analytics._reader import Reader
 from comptroller.analytics._unpriced import UnpricedCalls, unpriced_calls
+from comptroller.money import usd_column
 
 FailOn: TypeAlias = Literal["warn", "exceeded"]
+
+EXIT_OVER = 1
+"""`budget check`'s exit code for a key over the threshold or with unpriced calls."""
+EXIT_REFUSED = 3
+"""`budget check`'s exit code when the control plane refused a key's calls today (it wins
+over `EXIT_OVER`: work did not run, which a spend figure alone does not show)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,11 +46,10 @@ class GateResult:
     Attributes:
         day: The budget day.
         fail_on: The threshold that fails the gate.
-        budgets: Every capped key, most used first.
-        failing: The keys at or over the threshold.
+        budgets: Every capped key: those that refused calls first, then the most used.
+        failing: The keys at or over the threshold, or refused.
         unpriced_calls: Calls today whose cost is unknown (all keys, capped or not).
         unpriced_models: Their models, `provider:model`.
-        refused: Calls the control plane refused today, per budget key.
         allow_unpriced: Unpriced calls of budgeted keys only warn.
     """
 
@@ -52,8 +60,12 @@ class GateResult:
     failing: tuple[BudgetState, ...]
     unpriced_calls: int
     unpriced_models: tuple[str, ...] = field(default=())
-    refused: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
     allow_unpriced: bool = False
+
+    @property
+    def refused(self) -> dict[tuple[str, str, str], int]:
+        """Calls the control plane refused today, per budget key that refused any."""
+        return {b.key: b.refused_calls for b in self.budgets if b.refused_calls}
 
     @property
     def unpriced_budgets(self) -> tuple[BudgetState, ...]:
@@ -66,9 +78,16 @@ class GateResult:
         key has unpriced calls."""
         return not self.failing and (self.allow_unpriced or not self.unpriced_budgets)
 
+    @property
+    def exit_code(self) -> int:
+        """0 passed, `EXIT_REFUSED` when a key refused calls, else `EXIT_OVER`."""
+        if self.passed:
+            return 0
+        return EXIT_REFUSED if self.refused else EXIT_OVER
+
     def status(self, state: BudgetState) -> str:
-        """`refused` for a key whose calls were refused today, else the state's status."""
-        return "refused" if self.refused.get(state.key) else state.status
+        """`refused` for a key whose calls were refused today, else its spend's status."""
+        return state.status
 
     def summary(self) -> str:
         """One line: how many budgets, how many over which threshold, unpriced calls."""
@@ -93,12 +112,14 @@ class GateResult:
         if self.passed:
             return ""
         reasons: list[str] = []
-        refused = [b for b in self.failing if self.refused.get(b.key)]
-        over = [b for b in self.failing if not self.refused.get(b.key)]
+        refused = [b for b in self.failing if b.refusals is not None]
+        over = [b for b in self.failing if b.refusals is None]
         if refused:
             reasons.append(
                 f"{len(refused)} budget{'s' if len(refused) != 1 else ''} refused calls: "
-                + ", ".join(f"{label(b)} ({self.refused[b.key]})" for b in refused)
+                + ", ".join(f"{label(b)} ({b.refusals.brief()})" for b in refused if b.refusals)
+                + " (the worst-case reservation did not fit under the cap); raise the cap, "
+                "lower max_tokens, or rerun on the next budget day"
             )
         if over:
             worst = over[0]
@@ -109,8 +130,7 @@ class GateResult:
             )
             reasons.append(
                 f"{len(over)} budget{'s' if len(over) != 1 else ''} at or over the "
-                f"{threshold}; worst: {label(worst)} spent ${usd(worst.spent_usd)} of "
-                f"${usd(worst.cap_usd)} ({worst.utilisation:.0%})"
+                f"{threshold}; worst: {label(worst)} {spent_of(worst)}"
             )
         if self.unpriced_budgets and not self.allow_unpriced:
             reasons.append(self.unpriced_message())
@@ -144,8 +164,9 @@ class GateResult:
             "budgets": [
                 {
                     **_jsonable_dict(asdict(b)),
-                    "status": self.status(b),
-                    "refused_calls": self.refused.get(b.key, 0),
+                    "status": b.status,
+                    "refused_calls": b.refused_calls,
+                    "refused_why": b.refusals.why() if b.refusals else None,
                 }
                 for b in self.budgets
             ],
@@ -172,13 +193,9 @@ def check_budgets(
     clock = Clock.at(now, timezone)
     states = budget_state(reader, now=now, timezone=timezone, warn_ratio=warn_ratio)
     unpriced = unpriced_calls(reader, since=clock.day_start, until=clock.day_end)
-    refusals = _refusals(reader, clock.today, timezone)
-    known = {s.key for s in states}
-    states += [_refused_state(r, clock.today, warn_ratio) for r in refusals if r.key not in known]
     states = [_with_unpriced(s, unpriced) for s in states]
-    refused = {r.key: r.calls for r in refusals}
     bad = {"exceeded"} if fail_on == "exceeded" else {"exceeded", "warning"}
-    failing = tuple(s for s in states if s.status in bad or s.key in refused)
+    failing = tuple(s for s in states if s.spend_status in bad or s.refusals is not None)
     models = sorted({u.name for u in unpriced})
     return GateResult(
         day=clock.today,
@@ -188,72 +205,7 @@ def check_budgets(
         failing=failing,
         unpriced_calls=sum(u.calls for u in unpriced),
         unpriced_models=tuple(models),
-        refused=refused,
         allow_unpriced=allow_unpriced,
-    )
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Refusal:
-    key: tuple[str, str, str]
-    calls: int
-    cap_usd: Decimal
-    spent_usd: Decimal
-    last_ts: dt.datetime | None
-
-
-def _refusals(reader: Reader, day: dt.date, timezone: str) -> list[_Refusal]:
-    """The control plane's refusals of `day` per key (its `rejected` budget events)."""
-    rows = reader.query(
-        """
-        SELECT coalesce(tenant, '') AS tenant, coalesce(context, '') AS context,
-               coalesce(purpose, '') AS purpose, count(*) AS calls,
-               arg_max(cap_usd, ts) AS cap_usd, arg_max(spent_usd, ts) AS spent_usd,
-               max(ts) AS last_ts
-        FROM budget_events
-        WHERE kind = 'rejected' AND coalesce(day, timezone($tz, ts)::DATE) = $day::DATE
-        GROUP BY ALL
-        ORDER BY ALL
-        """,
-        {"day": day.isoformat(), "tz": timezone},
-    ).to_pylist()
-    return [
-        _Refusal(
-            key=(r["tenant"], r["context"], r["purpose"]),
-            calls=int(r["calls"]),
-            cap_usd=Decimal(r["cap_usd"] or 0),
-            spent_usd=Decimal(r["spent_usd"] or 0),
-            last_ts=r["last_ts"],
-        )
-        for r in rows
-    ]
-
-
-def _refused_state(refusal: _Refusal, day: dt.date, warn_ratio: float) -> BudgetState:
-    """The state of a key with no usage today, only refusals (as their events saw it)."""
-    cap, spent = refusal.cap_usd, refusal.spent_usd
-    utilisation = float(spent / cap) if cap > 0 else float("inf")
-    status: Literal["ok", "warning", "exceeded"] = (
-        "exceeded" if spent >= cap else "warning" if utilisation >= warn_ratio else "ok"
-    )
-    tenant, context, purpose = refusal.key
-    return BudgetState(
-        tenant=tenant,
-        context=context,
-        purpose=purpose,
-        day=day,
-        spent_usd=spent,
-        cap_usd=cap,
-        utilisation=utilisation,
-        burn_usd_per_hour=0.0,
-        projected_usd=float(spent),
-        status=status,
-        calls=0,
-        errors=0,
-        estimated_calls=0,
-        unpriced_calls=0,
-        unpriced_models=(),
-        last_ts=refusal.last_ts,
     )
 
 
@@ -272,34 +224,41 @@ def label(state: BudgetState) -> str:
     return "/".join(part or "-" for part in state.key)
 
 
-def usd(value: Decimal | float) -> str:
-    """Dollars with cents, more digits only where they matter (`0.0042`)."""
-    amount = Decimal(str(value))
-    if amount != 0 and abs(amount) < Decimal("0.01"):
-        return f"{amount:.4f}"
-    return f"{amount:,.2f}"
+def spent_of(state: BudgetState) -> str:
+    """`spent $X of $Y (N%)`, both amounts at one precision."""
+    spent, cap = usd_column([state.spent_usd, state.cap_usd])
+    return f"spent {spent} of {cap} ({state.utilisation:.0%})"
 
 
 def budgets_table(result: GateResult) -> str:
-    """The budget state as an aligned text table (for the terminal)."""
+    """The budget state as an aligned text table (for the terminal), then one line per key
+    that refused calls saying why."""
+    budgets = result.budgets
+    if not budgets:
+        return f"no budget with a cap has usage on {result.day}\n"
+    # Each money column shares one precision, so no amount in it reads as zero.
+    spent = usd_column(b.spent_usd for b in budgets)
+    cap = usd_column(b.cap_usd for b in budgets)
+    burn = usd_column(b.burn_usd_per_hour for b in budgets)
+    projected = usd_column(b.projected_usd for b in budgets)
     rows = [
         {
             "tenant": b.tenant or "-",
             "context": b.context or "-",
             "purpose": b.purpose or "-",
-            "spent_usd": usd(b.spent_usd),
-            "cap_usd": usd(b.cap_usd),
+            "spent_usd": spent[i],
+            "cap_usd": cap[i],
             "used": f"{b.utilisation:.0%}",
-            "burn_usd_h": usd(b.burn_usd_per_hour),
-            "projected_usd": usd(b.projected_usd),
-            "status": result.status(b).upper() if result.status(b) != "ok" else "ok",
+            "burn_usd_h": burn[i],
+            "projected_usd": projected[i],
+            "status": b.status.upper() if b.status != "ok" else "ok",
+            "refused": str(b.refused_calls) if b.refused_calls else "",
             "unpriced": _unpriced(b)[0],
         }
-        for b in result.budgets
+        for i, b in enumerate(budgets)
     ]
-    if not rows:
-        return f"no budget with a cap has usage on {result.day}\n"
-    return render_table(pa.Table.from_pylist(rows))
+    why = [f"{label(b)}: {b.refusals.why()}\n" for b in budgets if b.refusals is not None]
+    return render_table(pa.Table.from_pylist(rows)) + "".join(why)
 
 
 def github_annotations(result: GateResult) -> list[str]:
@@ -307,19 +266,20 @@ def github_annotations(result: GateResult) -> list[str]:
     in warning, and a warning for unpriced usage."""
     lines: list[str] = []
     for b in result.budgets:
-        status = result.status(b)
+        status = b.status
         if status == "ok":
             continue
         level = "error" if b in result.failing else "warning"
         title = {"refused": "Budget refused calls", "exceeded": "Budget exceeded"}.get(
             status, "Budget warning"
         )
+        spent, cap, projected = usd_column([b.spent_usd, b.cap_usd, b.projected_usd])
         message = (
-            f"{label(b)} spent ${usd(b.spent_usd)} of ${usd(b.cap_usd)} "
-            f"({b.utilisation:.0%}) on {b.day}; projected ${usd(b.projected_usd)} by end of day"
+            f"{label(b)} spent {spent} of {cap} ({b.utilisation:.0%}) on {b.day}; "
+            f"projected {projected} by end of day"
         )
-        if status == "refused":
-            message += f"; {result.refused[b.key]} calls refused"
+        if b.refusals is not None:
+            message += f"; {b.refusals.why()}"
         lines.append(f"::{level} title={_escape_property(title)}::{_escape_data(message)}")
     if result.unpriced_budgets and not result.allow_unpriced:
         lines.append(
@@ -346,18 +306,29 @@ def markdown_summary(result: GateResult) -> str:
             "| tenant | context | purpose | spent | cap | used | projected | status | unpriced |",
             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
         ]
-        for b in result.budgets:
+        budgets = result.budgets
+        spent = usd_column(b.spent_usd for b in budgets)
+        cap = usd_column(b.cap_usd for b in budgets)
+        projected = usd_column(b.projected_usd for b in budgets)
+        for i, b in enumerate(budgets):
             status = {
-                "refused": "⛔ refused",
+                "refused": f"⛔ refused ({b.refused_calls})",
                 "exceeded": "🔴 exceeded",
                 "warning": "🟠 warning",
-            }.get(result.status(b), "🟢 ok")
+            }.get(b.status, "🟢 ok")
             out.append(
-                f"| {_md(b.tenant)} | {_md(b.context)} | {_md(b.purpose)} | ${usd(b.spent_usd)} "
-                f"| ${usd(b.cap_usd)} | {b.utilisation:.0%} | ${usd(b.projected_usd)} "
+                f"| {_md(b.tenant)} | {_md(b.context)} | {_md(b.purpose)} | {spent[i]} "
+                f"| {cap[i]} | {b.utilisation:.0%} | {projected[i]} "
                 f"| {status} | {_md(_unpriced(b)[0])} |"
             )
         out.append("")
+        out += [
+            f"- ⛔ **{_md(label(b))}**: {_md(b.refusals.why())}"
+            for b in budgets
+            if b.refusals is not None
+        ]
+        if any(b.refusals is not None for b in budgets):
+            out.append("")
     if not result.passed:
         out += [f"**{result.failure_message()}**", ""]
     return "\n".join(out) + "\n"
@@ -388,9 +359,11 @@ def junit_xml(result: GateResult) -> str:
         case = ET.SubElement(
             suite, "testcase", {"classname": "comptroller.budget", "name": label(b), "time": "0"}
         )
+        spent, cap, projected = usd_column([b.spent_usd, b.cap_usd, b.projected_usd])
         detail = (
-            f"spent ${usd(b.spent_usd)} of ${usd(b.cap_usd)} ({b.utilisation:.1%}), "
-            f"projected ${usd(b.projected_usd)}, status {result.status(b)}"
+            f"spent {spent} of {cap} ({b.utilisation:.1%}), "
+            f"projected {projected}, status {b.status}"
+            + (f"; {b.refusals.why()}" if b.refusals is not None else "")
             + (
                 f", {b.unpriced_calls} unpriced calls ({', '.join(b.unpriced_models)})"
                 if b.unpriced_calls
@@ -399,7 +372,7 @@ def junit_xml(result: GateResult) -> str:
         )
         unpriced_fails = bool(b.unpriced_calls) and not result.allow_unpriced
         if b in result.failing or unpriced_fails:
-            kind = result.status(b) if b in result.failing else "unpriced"
+            kind = b.status if b in result.failing else "unpriced"
             failure = ET.SubElement(case, "failure", {"type": f"budget.{kind}", "message": detail})
             failure.text = detail
         else:
@@ -451,7 +424,7 @@ def _jsonable(value: object) -> object:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")  # exact, and a zero is "0.0000000000", not "0E-10"
     if isinstance(value, dt.date | dt.datetime):
         return value.isoformat()
     if isinstance(value, Sequence) and not isinstance(value, str):

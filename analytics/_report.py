@@ -7,9 +7,10 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
-from comptroller.analytics._gate import usd
+from comptroller.analytics._budget import KeyRefusals, budget_refusals
 from comptroller.analytics._panels import builtin_panels, run_panel
 from comptroller.analytics._reader import Reader
+from comptroller.money import usd_column
 
 _ZERO = Decimal(0)
 
@@ -43,10 +44,13 @@ class SpendLine:
 
 @dataclass(frozen=True, kw_only=True)
 class SpendDiff:
-    """Every line, and the totals, of a comparison."""
+    """Every line, and the totals, of a comparison, and the current run's refused calls."""
 
     lines: tuple[SpendLine, ...]
     total: SpendLine
+    refused: tuple[KeyRefusals, ...] = ()
+    """Budget keys whose calls the control plane refused in the current run's range: their
+    work did not run, so their spend is missing from the comparison."""
 
     def crossed(self, *, fail_above_pct: float | None, fail_above_usd: Decimal | None) -> list[str]:
         """The thresholds the total change crossed, as sentences (empty: none)."""
@@ -59,10 +63,8 @@ class SpendDiff:
             shown = "new spend" if pct is None else f"+{pct:.1f}%"
             problems.append(f"total spend changed {shown}, above the {fail_above_pct:g}% limit")
         if fail_above_usd is not None and self.total.change_usd > fail_above_usd:
-            problems.append(
-                f"total spend rose ${usd(self.total.change_usd)}, above the "
-                f"${usd(fail_above_usd)} limit"
-            )
+            rise, limit = usd_column([self.total.change_usd, fail_above_usd])
+            problems.append(f"total spend rose {rise}, above the {limit} limit")
         return problems
 
 
@@ -75,7 +77,8 @@ def compare_spend(
     tenant: str | None = None,
 ) -> SpendDiff:
     """Spend per (purpose, provider, model) of `current` against `baseline`, from each
-    database's daily rollup (the `spend_by_purpose_model` panel), largest change first."""
+    database's daily rollup (the `spend_by_purpose_model` panel), largest change first, and
+    the budget keys that refused calls in `current` over the range."""
     panel = builtin_panels()["spend_by_purpose_model"]
     now = run_panel(current, panel, since=since, until=until, tenant=tenant).to_pylist()
     then = run_panel(baseline, panel, since=since, until=until, tenant=tenant).to_pylist()
@@ -110,33 +113,42 @@ def compare_spend(
         current_unpriced=sum(line.current_unpriced for line in lines),
         baseline_unpriced=sum(line.baseline_unpriced for line in lines),
     )
-    return SpendDiff(lines=tuple(lines), total=total)
+    refused = budget_refusals(current, since=since, until=until, tenant=tenant)
+    return SpendDiff(lines=tuple(lines), total=total, refused=tuple(refused))
 
 
 def markdown(diff: SpendDiff, *, problems: list[str] | None = None) -> str:
     """The comparison as a Markdown report (a PR comment, a step summary)."""
     t = diff.total
     icon = "❌" if problems else ("📈" if t.change_usd > 0 else "📉" if t.change_usd < 0 else "➖")
+    everything = [*diff.lines, t]
+    # Each column shares one precision (the totals row included), so no amount reads as zero.
+    baseline = usd_column(line.baseline_usd for line in everything)
+    current = usd_column(line.current_usd for line in everything)
+    change = _signed(usd_column((line.change_usd for line in everything), sign=True))
+    # The total sentence shares one precision too; only the change carries a sign.
+    totals = [t.current_usd, t.baseline_usd, t.change_usd]
+    now, then = usd_column(totals)[:2]
+    delta = usd_column(totals, sign=True)[2]
     out = [
         f"## {icon} LLM spend vs baseline",
         "",
-        f"Total: **${usd(t.current_usd)}** vs ${usd(t.baseline_usd)} "
-        f"({_signed_usd(t.change_usd)}, {_pct(t.change_pct)}); "
+        f"Total: **{now}** vs {then} ({_signed([delta])[0]}, {_pct(t.change_pct)}); "
         f"calls {t.current_calls} vs {t.baseline_calls}.",
         "",
         "| purpose | model | baseline | current | change | change % | calls (base → now) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for line in diff.lines:
+    for i, line in enumerate(diff.lines):
         model = f"{line.provider}:{line.model}" if line.provider else line.model
         out.append(
-            f"| {_md(line.purpose)} | {_md(model)} | ${usd(line.baseline_usd)} | ${usd(line.current_usd)} "
-            f"| {_signed_usd(line.change_usd)} | {_pct(line.change_pct)} "
+            f"| {_md(line.purpose)} | {_md(model)} | {baseline[i]} | {current[i]} "
+            f"| {change[i]} | {_pct(line.change_pct)} "
             f"| {line.baseline_calls} → {line.current_calls} |"
         )
     out.append(
-        f"| **total** | | **${usd(t.baseline_usd)}** | **${usd(t.current_usd)}** "
-        f"| **{_signed_usd(t.change_usd)}** | **{_pct(t.change_pct)}** "
+        f"| **total** | | **{baseline[-1]}** | **{current[-1]}** "
+        f"| **{change[-1]}** | **{_pct(t.change_pct)}** "
         f"| {t.baseline_calls} → {t.current_calls} |"
     )
     if t.current_unpriced or t.baseline_unpriced:
@@ -144,6 +156,15 @@ def markdown(diff: SpendDiff, *, problems: list[str] | None = None) -> str:
             "",
             f"⚠️ Unpriced calls (cost unknown, not in the totals): {t.current_unpriced} now, "
             f"{t.baseline_unpriced} in the baseline.",
+        ]
+    if diff.refused:
+        calls = sum(r.refusals.calls for r in diff.refused)
+        out += [
+            "",
+            f"⛔ Budgets refused {calls} call{'s' if calls != 1 else ''} in this run (their work "
+            "did not run, so their spend is not in the comparison):",
+            "",
+            *(f"- **{_md(_label(r))}**: {_md(r.refusals.why())}" for r in diff.refused),
         ]
     if problems:
         out += ["", *[f"**Failed:** {p}" for p in problems]]
@@ -168,18 +189,45 @@ def to_json(diff: SpendDiff, *, problems: list[str] | None = None) -> str:
             "current_unpriced_calls": item.current_unpriced,
         }
 
+    def refused(item: KeyRefusals) -> dict[str, object]:
+        r = item.refusals
+        return {
+            "tenant": item.tenant,
+            "context": item.context,
+            "purpose": item.purpose,
+            "status": "refused",
+            "refused_calls": r.calls,
+            "needed_usd": _text(r.needed_usd),
+            "left_usd": _text(r.left_usd),
+            "cap_usd": _text(r.cap_usd),
+            "spent_usd": _text(r.spent_usd),
+            "reserved_usd": _text(r.reserved_usd),
+            "first_ts": item.first_ts.isoformat() if item.first_ts else None,
+            "last_ts": r.last_ts.isoformat() if r.last_ts else None,
+            "why": r.why(),
+        }
+
     payload = {
         "total": line(diff.total),
         "lines": [line(item) for item in diff.lines],
+        "refused": [refused(item) for item in diff.refused],
         "failed": bool(problems),
         "problems": problems or [],
     }
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
 
-def _signed_usd(value: Decimal) -> str:
-    sign = "+" if value > 0 else "-" if value < 0 else "±"
-    return f"{sign}${usd(abs(value))}"
+def _signed(texts: list[str]) -> list[str]:
+    """Signed amounts, with `±` marking no change (a bare `$0.00` reads like a price)."""
+    return [t if t[0] in "+-<>" else "±" + t for t in texts]
+
+
+def _label(item: KeyRefusals) -> str:
+    return "/".join(part or "-" for part in item.key)
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _pct(value: float | None) -> str:

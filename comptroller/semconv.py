@@ -93,6 +93,8 @@ PROFILE_DETAIL: Final = "comptroller.profile.detail"
 BUDGET_CAP_USD: Final = "comptroller.budget.cap_usd"
 BUDGET_SPENT_USD: Final = "comptroller.budget.spent_usd"
 BUDGET_RESERVED_USD: Final = "comptroller.budget.reserved_usd"
+BUDGET_REQUESTED_USD: Final = "comptroller.budget.requested_usd"
+"""On a budget rejection: the worst-case reservation the refused call needed."""
 BUDGET_DAY: Final = "comptroller.budget.day"
 
 # Appended by the guarded call (issue 4).

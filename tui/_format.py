@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from comptroller.money import DASH, usd, usd_column
+
 _SPARK = "▁▂▃▄▅▆▇█"
-NONE = "—"
+NONE = DASH
 
 
 def money(value: object) -> str:
-    """USD with cents; sub-cent amounts keep four decimals; NULL (unpriced) is a dash."""
-    if value is None:
-        return NONE
-    amount = float(value) if isinstance(value, Decimal | int | float) else float(str(value))
-    if amount != 0 and abs(amount) < 0.01:
-        return f"${amount:.4f}"
-    return f"${amount:,.2f}"
+    """One amount in USD (`comptroller.money.usd`): never a non-zero amount as zero;
+    NULL (unpriced) is a dash."""
+    return usd(value, none=NONE)
+
+
+def money_column(values: Iterable[object]) -> list[str]:
+    """Amounts shown together (a table column, "X → Y") at one precision
+    (`comptroller.money.usd_column`); NULL (unpriced) is a dash."""
+    return usd_column(values, none=NONE)
 
 
 def count(value: object) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Mapping
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -50,13 +51,14 @@ class OverviewView(View):
                 id="tile-top-tenants",
             )
             yield DataGrid(
-                "Budgets near cap",
+                "Budgets near cap or refusing calls",
                 [
                     Column(key="tenant", label="Tenant"),
                     Column(key="context", label="Context"),
                     Column(key="purpose", label="Purpose"),
-                    Column(key="utilisation", label="Used", kind="pct"),
+                    # Status before Used: on 80 columns the tile cuts its last column.
                     Column(key="status", label="Status"),
+                    Column(key="utilisation", label="Used", kind="pct"),
                 ],
                 id="tile-budgets",
                 empty="none",
@@ -92,9 +94,11 @@ class OverviewView(View):
     def show(self, data: ViewData, ctx: Context) -> None:
         self.data = data
         stats = (self.rows_of("stats")[0] or [{}])[0]
-        self.query_one("#stat-today", Stat).set_value(
-            f"{fmt.money(stats.get('today_usd', 0))} → {fmt.money(stats.get('projected_usd', 0))} eod"
+        # "today → projected" is read as one pair: one precision for both.
+        today, projected = fmt.money_column(
+            [stats.get("today_usd", 0), stats.get("projected_usd", 0)]
         )
+        self.query_one("#stat-today", Stat).set_value(f"{today} → {projected} eod")
         self.query_one("#stat-month", Stat).set_value(fmt.money(stats.get("month_usd", 0)))
         self.query_one("#stat-burn", Stat).set_value(
             f"{fmt.money(stats.get('burn_usd_per_hour', 0))}/h"
@@ -116,6 +120,9 @@ class OverviewView(View):
             ("circuits_open", "#tile-circuits"),
         ):
             rows, truncated = self.rows_of(key)
+            if key == "budgets_near_cap":
+                for row in rows:
+                    _mark_refused(row)
             self.query_one(grid_id, DataGrid).set_rows(rows, truncated=truncated, context=ctx)
         rows, truncated = self.rows_of("profile_changes")
         for row in rows:
@@ -123,6 +130,29 @@ class OverviewView(View):
         self.query_one("#tile-profile-changes", DataGrid).set_rows(
             rows, truncated=truncated, context=ctx
         )
+
+
+def _mark_refused(row: dict[str, object]) -> None:
+    """Show a key that refused calls today in red, like a cap reached."""
+    if row.get("status") == "refused":
+        row["status"] = Text("refused", style="bold red")
+
+
+def refusal_why(row: dict[str, object]) -> str:
+    """Why a budget key refused calls, from its `budget_state` row: the worst-case
+    reservation of the last refused call against what was left of the cap."""
+    calls, last = row.get("refused_calls"), row.get("last_refusal")
+    if not calls or not isinstance(last, Mapping):
+        return ""
+    # Read where the rows came from (analytics is loaded by then): the one reading of a
+    # refusal, shared with `budget check` and the report.
+    from comptroller.analytics._budget import Refusals
+
+    refusals = Refusals.from_last(int(str(calls)), last)
+    needed, left = fmt.money_column([refusals.needed_usd, refusals.left_usd])
+    if refusals.needed_usd is None:
+        return f"worst case > {left} left"
+    return f"needed {needed} > {left} left"
 
 
 def _scope(row: dict[str, object]) -> str:
@@ -275,12 +305,16 @@ class BudgetsView(View):
                 Column(key="tenant", label="Tenant"),
                 Column(key="context", label="Context"),
                 Column(key="purpose", label="Purpose"),
+                # Status first after the key: a refused key must be seen on an 80-column
+                # terminal too, where the columns on the right scroll out of view.
+                Column(key="status", label="Status"),
                 Column(key="bar", label="Use", kind="raw"),
                 Column(key="utilisation", label="Used", kind="pct"),
                 Column(key="spent_usd", label="Spent", kind="money"),
                 Column(key="cap_usd", label="Cap", kind="money"),
                 Column(key="projected_usd", label="Proj. eod", kind="money"),
-                Column(key="status", label="Status"),
+                Column(key="refused_calls", label="Refused", kind="count"),
+                Column(key="why", label="Why refused (last call)"),
             ],
             id="budget-state",
             empty="no budget has a cap today",
@@ -308,10 +342,19 @@ class BudgetsView(View):
         rows, truncated = self.rows_of("budget_state")
         for row in rows:
             used = float(row.get("utilisation") or 0.0)
+            refused = row.get("status") == "refused"
             colour = (
-                "red" if used >= 1.0 else "yellow" if row.get("status") == "warning" else "green"
+                "red"
+                if used >= 1.0 or refused
+                else "yellow"
+                if row.get("status") == "warning"
+                else "green"
             )
             row["bar"] = Text(fmt.bar(used, 10), style=colour)
+            row["why"] = refusal_why(row)
+            if not row.get("refused_calls"):
+                row["refused_calls"] = None  # a dash, not a 0 to read past
+            _mark_refused(row)
         self.query_one("#budget-state", DataGrid).set_rows(rows, truncated=truncated, context=ctx)
         rows, truncated = self.rows_of("budget_events")
         self.query_one("#budget-events", DataGrid).set_rows(rows, truncated=truncated, context=ctx)

@@ -62,13 +62,20 @@ def check(
 ) -> None:
     """Print today's budget state; exit 1 when a budget is over the --fail-on threshold.
 
-    It also fails when the control plane refused a budget's calls today, and when a
-    budgeted key has unpriced calls (counted as `comptroller reprice` counts them: no price,
-    or a reservation standing in for one), naming the keys and how many; --allow-unpriced
-    only warns about those.
+    A key whose calls the control plane refused today (the worst-case reservation of a call
+    did not fit in what was left of its cap) is REFUSED, with how many calls and the numbers
+    of the last refusal, and fails with exit 3. It also fails (exit 1) when a budgeted key
+    has unpriced calls (counted as `comptroller reprice` counts them: no price, or a
+    reservation standing in for one), naming the keys and how many; --allow-unpriced only
+    warns about those.
 
-    Exit codes: 0 within budget, 1 over the threshold, refused or unpriced, 2 bad usage or
-    unreadable data.
+    \b
+    Exit codes:
+      0  within budget
+      1  a budget over the --fail-on threshold, or with unpriced calls
+      2  bad usage or unreadable data
+      3  the control plane refused a budget's calls today (wins over 1)
+
     Under GitHub Actions (GITHUB_ACTIONS=true) it also prints ::warning/::error
     annotations and appends a Markdown summary to $GITHUB_STEP_SUMMARY.
 
@@ -114,4 +121,6 @@ def check(
         for line in annotations:
             click.echo(line)
     if not result.passed:
-        raise FindingError(result.failure_message())
+        error = FindingError(result.failure_message())
+        error.exit_code = result.exit_code  # 3 for refused calls, else 1
+        raise error

@@ -54,8 +54,8 @@ def reprice(
       comptroller reprice --model ollama:llama3   # after adding its fallback price
     """
     from comptroller.analytics import connect
-    from comptroller.analytics._gate import usd
     from comptroller.analytics._reprice import reprice as run
+    from comptroller.money import usd_column
 
     settings = app.settings()
     if db is None:
@@ -99,19 +99,25 @@ def reprice(
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    for line in result.lines:
+    # Every amount printed shares one precision: each "before -> after" pair, and the lines
+    # with their total, are read against each other ($0.0132 -> $0.0141, not $0.01 -> $0.01).
+    amounts = usd_column(
+        [a for line in result.lines for a in (line.old_usd, line.new_usd)]
+        + [result.old_total_usd, result.new_total_usd]
+    )
+    for n, line in enumerate(result.lines):
         unpriced = (
             f"  unpriced {line.old_unpriced} -> {line.new_unpriced}"
             if line.old_unpriced or line.new_unpriced
             else ""
         )
         click.echo(
-            f"{line.provider}:{line.model}  {line.rows} rows  ${usd(line.old_usd)} -> "
-            f"${usd(line.new_usd)}  ({line.source}){unpriced}"
+            f"{line.provider}:{line.model}  {line.rows} rows  {amounts[2 * n]} -> "
+            f"{amounts[2 * n + 1]}  ({line.source}){unpriced}"
         )
     verb = "would change" if dry_run else "changed"
     click.echo(
-        f"total: ${usd(result.old_total_usd)} -> ${usd(result.new_total_usd)}; "
+        f"total: {amounts[-2]} -> {amounts[-1]}; "
         f"unpriced calls {result.old_unpriced} -> {result.new_unpriced}; "
         f"{result.changed} of {result.rows} rows {verb}"
         + ("" if dry_run else f"; {result.rollup_groups} rollup groups recomputed")

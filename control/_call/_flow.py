@@ -277,6 +277,7 @@ class CallFlow(AttemptOutcomes):
                     semconv.BUDGET_CAP_USD: str(exc.cap),
                     semconv.BUDGET_SPENT_USD: str(exc.spent),
                     semconv.BUDGET_RESERVED_USD: str(exc.reserved),
+                    semconv.BUDGET_REQUESTED_USD: str(exc.requested),
                     semconv.BUDGET_DAY: exc.day,
                 },
             )

@@ -158,3 +158,127 @@ def test_events_recorded_inside_the_landing_transaction_see_its_rows(
     assert len(record_budget_events(mem, now=NOW, timezone=ZONE)) == 2
     mem.execute("COMMIT")
     assert len(events(mem)) == 2
+
+
+def refuse(
+    con: duckdb.DuckDBPyConnection,
+    event_id: str,
+    *,
+    at: dt.datetime = NOW,
+    tenant: str = "acme",
+    cap: str = "1",
+    spent: str = "0.7",
+    reserved: str = "0.2",
+    requested: str | None = "0.25",
+) -> None:
+    """A `rejected` budget event as the collector lands the control plane's refusal (the
+    worst-case reservation it asked for, when sent, is in its attributes)."""
+    attributes = {"comptroller.tenant": tenant}
+    if requested is not None:
+        attributes["comptroller.budget.requested_usd"] = requested
+    con.execute(
+        "INSERT INTO budget_events (event_id, ts, day, kind, tenant, context, purpose, cap_usd, "
+        "spent_usd, reserved_usd, attributes) VALUES (?, ?, ?, 'rejected', ?, 'ctx', 'chat', ?, "
+        "?, ?, ?)",
+        [
+            event_id,
+            at,
+            at.astimezone(dt.timezone(dt.timedelta(hours=1))).date(),  # Paris in November
+            tenant,
+            Decimal(cap),
+            Decimal(spent),
+            Decimal(reserved),
+            json.dumps(attributes),
+        ],
+    )
+
+
+def test_a_key_that_refused_calls_today_is_refused_with_the_numbers_of_its_last_refusal(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    land(mem, [usage_row(NOW - dt.timedelta(hours=1), cap="1", cost="0.6")])
+    refuse(mem, "r1", at=NOW - dt.timedelta(minutes=30), spent="0.6", reserved="0.3")
+    refuse(mem, "r2", at=NOW - dt.timedelta(minutes=5), spent="0.7", reserved="0.2")
+    # Yesterday's refusal (23:30 in Paris on the 20th) is not today's.
+    refuse(mem, "old", at=dt.datetime(2026, 11, 20, 22, 30, tzinfo=dt.UTC))
+
+    [state] = budget_state(DuckDBReader(mem), now=NOW, timezone=ZONE)
+
+    assert state.status == "refused"
+    assert state.spend_status == "ok"  # 60% of the cap: its spend alone looks fine
+    assert state.refusals is not None
+    assert state.refused_calls == 2
+    # The last refusal: it needed 0.25 but 1 - 0.7 - 0.2 = 0.1 was left.
+    assert state.refusals.needed_usd == Decimal("0.25")
+    assert state.refusals.left_usd == Decimal("0.1")
+    assert state.refusals.why() == (
+        "2 calls refused: the last needed $0.25 (worst case) but only $0.10 of the $1.00 cap "
+        "was left (spent $0.70, reserved in flight $0.20)"
+    )
+    assert state.refusals.brief() == "2 calls refused, needed $0.25 > $0.10 left"
+
+
+def test_a_refusal_without_its_reservation_says_it_was_not_recorded_and_never_shows_zero(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    # The demo's numbers: a $0.0002 cap, $0.0000342 spent, nothing in flight.
+    refuse(mem, "r1", cap="0.0002", spent="0.0000342", reserved="0", requested=None)
+    [state] = budget_state(DuckDBReader(mem), now=NOW, timezone=ZONE)
+    assert state.status == "refused"
+    assert state.refusals is not None
+    assert state.refusals.needed_usd is None
+    why = state.refusals.why()
+    assert "its worst-case reservation was not recorded" in why
+    assert "only $0.0001658 of the $0.0002000 cap was left (spent $0.0000342" in why
+    assert state.refusals.brief() == "1 call refused, $0.000166 left of the cap"
+
+
+def test_a_key_with_only_refused_calls_today_is_listed_with_its_cap_and_no_spend(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    land(mem, [usage_row(NOW, tenant="other", cap="10", cost="1")])
+    refuse(mem, "r1", tenant="starved", cap="2", spent="1.9")
+
+    states = budget_state(DuckDBReader(mem), now=NOW, timezone=ZONE)
+
+    assert [(s.tenant, s.status) for s in states] == [("starved", "refused"), ("other", "ok")]
+    starved = states[0]
+    assert starved.cap_usd == Decimal("2")
+    assert starved.spent_usd == 0  # nothing landed: the refusal's own view is in `refusals`
+    assert starved.calls == 0
+    assert starved.refusals is not None
+    assert starved.refusals.spent_usd == Decimal("1.9")
+
+
+def test_refused_keys_pass_the_near_cap_filter_of_the_overview(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    from comptroller.analytics._panels import builtin_panels, run_panel
+
+    land(
+        mem,
+        [
+            usage_row(NOW, tenant="calm", cap="10", cost="1"),
+            usage_row(NOW, tenant="refusing", cap="10", cost="1"),
+        ],
+    )
+    refuse(mem, "r1", tenant="refusing", cap="10", spent="1", reserved="8.9", requested="0.5")
+    rows = run_panel(
+        DuckDBReader(mem),
+        builtin_panels()["budget_state"],
+        now=NOW,
+        timezone=ZONE,
+        min_utilisation=0.8,
+    ).to_pylist()
+    assert [(r["tenant"], r["status"], r["refused_calls"]) for r in rows] == [
+        ("refusing", "refused", 1)
+    ]
+
+
+def test_a_refusal_records_no_crossing_of_its_own(mem: duckdb.DuckDBPyConnection) -> None:
+    land(mem, [usage_row(NOW, cap="1", cost="0.5")])
+    refuse(mem, "r1")
+    assert record_budget_events(mem, now=NOW, timezone=ZONE) == []
+    land(mem, [usage_row(NOW, cap="1", cost="0.6")])  # now 1.1 of 1: exceeded, and refused
+    kinds = sorted(e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE))
+    assert kinds == ["exceeded", "warning"]

@@ -11,7 +11,14 @@ import pytest
 from usage_db import NOW, insert_usage, usage_row
 
 from comptroller.analytics import DuckDBReader, apply_usage_batch, connect
-from comptroller.analytics._gate import budgets_table, check_budgets
+from comptroller.analytics._gate import (
+    EXIT_OVER,
+    EXIT_REFUSED,
+    budgets_table,
+    check_budgets,
+    junit_xml,
+    markdown_summary,
+)
 from comptroller.analytics._reprice import reprice
 from comptroller.pricing import Pricer
 
@@ -107,3 +114,59 @@ def test_a_key_whose_calls_were_refused_is_not_ok(mem: duckdb.DuckDBPyConnection
     assert result.summary().startswith("2 budgets on 2026-11-21: 2 refused, 0 exceeded")
     assert "REFUSED" in budgets_table(result)
     assert result.to_json()["budgets"][0]["refused_calls"] in (1, 2)
+    assert result.exit_code == EXIT_REFUSED
+
+
+def test_a_refused_key_says_why_everywhere_the_gate_reports(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    land(mem, [usage_row(NOW, tenant="some-spend", cap="10", cost="8")])
+    _refusal(mem, "some-spend", "8")  # 10 - 8 - 3 reserved: nothing left
+
+    result = check_budgets(DuckDBReader(mem), now=NOW)
+
+    why = (
+        "1 call refused: the last needed more (its worst-case reservation was not recorded) "
+        "but only $0.00 of the $10.00 cap was left (spent $8.00, reserved in flight $3.00)"
+    )
+    assert f"some-spend/ctx/chat: {why}" in budgets_table(result)
+    assert "some-spend/ctx/chat (1 call refused, $0.00 left of the cap)" in (
+        result.failure_message()
+    )
+    assert why in markdown_summary(result)
+    assert 'type="budget.refused"' in junit_xml(result)
+    assert why in junit_xml(result)
+    [budget] = result.to_json()["budgets"]
+    assert isinstance(budget, dict)
+    assert budget["status"] == "refused"
+    assert budget["refused_why"] == why
+    assert budget["refusals"]["left_usd"] == "0"  # 10 - 8 - 3 is below zero: nothing left
+    assert budget["refusals"]["reserved_usd"] == "3.0000000000"
+
+
+def test_refused_wins_the_exit_code_over_a_budget_over_its_cap(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    land(mem, [usage_row(NOW, tenant="over", cap="1", cost="2")])
+    assert check_budgets(DuckDBReader(mem), now=NOW).exit_code == EXIT_OVER
+    _refusal(mem, "only-refused", "9.5")
+    assert check_budgets(DuckDBReader(mem), now=NOW).exit_code == EXIT_REFUSED
+
+
+def test_small_amounts_in_the_table_share_a_precision_and_never_read_as_zero(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    # The demo's case: "spent $0.0000 of $0.0002" hid a key 17% into its cap.
+    land(
+        mem,
+        [
+            usage_row(NOW, tenant="tiny", cap="0.0002", cost="0.0000342"),
+            usage_row(NOW, tenant="big", cap="5", cost="1234.5"),
+        ],
+    )
+    table = budgets_table(check_budgets(DuckDBReader(mem), now=NOW, fail_on="exceeded"))
+    assert "$0.0000342" in table
+    assert "$1,234.5000000" in table  # one precision for the spent column
+    assert "$0.0002" in table
+    assert "$5.0000" in table
+    assert "$0.0000 " not in table

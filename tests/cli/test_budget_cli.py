@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -170,3 +171,107 @@ def test_check_through_a_live_collector(
     assert code == 1
     assert json.loads(out)["budgets"][0]["tenant"] == "t-live"
     assert "at or over the cap" in err
+
+
+@pytest.fixture
+def refused_db(data_dir: Path) -> Path:
+    """A database where the control plane refused calls: a real plane (embedded sink,
+    langchain-openai over HTTP to a local OpenAI-compatible server) with a $0.0002 daily
+    cap whose calls reserve more than is left after the first one."""
+    from comptroller.config import load_settings
+    from comptroller.control import (
+        BudgetExceeded,
+        BudgetSpec,
+        CallDefaults,
+        ControlPlane,
+        ModelRef,
+        ResolvedProfile,
+        StaticProfiles,
+    )
+    from comptroller.control.testing import FakeOpenAIServer, ModelBehaviour
+
+    db = data_dir / "refused.duckdb"
+    settings = load_settings(None, data_dir=data_dir, db=db, telemetry="embedded")
+    with FakeOpenAIServer() as server:
+        server.behave(
+            "gpt-4o-mini", ModelBehaviour(content="ok", prompt_tokens=200, completion_tokens=50)
+        )
+        profiles = StaticProfiles(
+            {
+                "scoring": ResolvedProfile(
+                    purpose="scoring",
+                    model=ModelRef(provider="openai", model="gpt-4o-mini"),
+                    base_url=server.base_url,
+                    budget=BudgetSpec(daily_usd=Decimal("0.0002")),
+                    # A call costs $0.00006 (200 + 50 tokens) but reserves its worst case,
+                    # ~$0.00012 (200 output tokens at $0.60/M): the third does not fit.
+                    defaults=CallDefaults(max_tokens=200),
+                )
+            }
+        )
+        with ControlPlane(settings, resolver=profiles) as plane:
+            model = plane.chat_model("scoring", org="initech", domain="initech-lab", context="ops")
+            refused = 0
+            for _ in range(4):
+                try:
+                    model.invoke("score this")
+                except BudgetExceeded:
+                    refused += 1
+    assert refused == 2, "the setup must make the control plane refuse calls"
+    return db
+
+
+def test_a_key_whose_calls_were_refused_is_refused_with_why_and_exits_3(
+    capsys: pytest.CaptureFixture[str], refused_db: Path, tmp_path: Path
+) -> None:
+    import duckdb
+
+    con = duckdb.connect(str(refused_db), read_only=True)
+    try:
+        (refusals,) = con.execute(
+            "SELECT count(*) FROM budget_events WHERE kind = 'rejected'"
+        ).fetchone() or (0,)
+    finally:
+        con.close()
+    report = tmp_path / "budget.xml"
+    code, out, err = run_cli(
+        capsys, "budget", "check", "--db", str(refused_db), "--junit", str(report)
+    )
+
+    assert code == 3, err
+    row = next(line for line in out.splitlines() if line.startswith("initech-lab"))
+    assert "REFUSED" in row
+    assert row.split("REFUSED", 1)[1].split()[0] == str(refusals)  # the refused column
+    assert row.split()[3:6] == ["$0.00012", "$0.0002", "60%"]  # not "$0.0001 of $0.0002"
+    assert (
+        "initech-lab/ops/scoring: 2 calls refused: the last needed $0.000124 (worst case) "
+        "but only $0.000080 of the $0.000200 cap was left "
+        "(spent $0.000120, reserved in flight $0.000000)"
+    ) in out
+    assert "1 budget on" in out
+    assert "1 refused, 0 exceeded, 0 warning, 0 ok" in out
+    assert len(err.strip().splitlines()) == 1
+    assert (
+        "1 budget refused calls: initech-lab/ops/scoring (2 calls refused, needed $0.000124 > $0.000080 left"
+        in err
+    )
+
+    code, out, _ = run_cli(capsys, "budget", "check", "--db", str(refused_db), "--json")
+    assert code == 3
+    [budget] = json.loads(out)["budgets"]
+    assert budget["status"] == "refused"
+    assert budget["refused_calls"] == refusals
+    assert budget["refusals"]["cap_usd"] == "0.0002000000"
+    assert budget["refusals"]["left_usd"] == "0.0000800000"
+    assert "cap was left" in budget["refused_why"]
+
+    suite = ET.parse(report).getroot()
+    [failure] = [f for f in suite.iter("failure")]
+    assert failure.get("type") == "budget.refused"
+    assert "refused: the last needed" in (failure.get("message") or "")
+
+
+def test_exit_codes_are_documented_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "budget", "check", "--help")
+    assert code == 0
+    assert "3  the control plane refused a budget's calls today" in out

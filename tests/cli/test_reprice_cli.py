@@ -109,7 +109,10 @@ def test_reprice_corrects_costs_from_genai_prices_and_fallbacks_and_reports_tota
     )
     assert got["provider"] == (Decimal("7"), "provider")
     assert "unpriced calls 2 -> 1" in out
-    assert "total: $1.02 ->" in out
+    # Every amount shares the precision the smallest one needs: the new $0.000210 price of
+    # the 1,000-token call is not "$0.00", and the total lines up with it.
+    assert "openai:gpt-4o-mini  1 rows  $1.00000 -> $0.00021  (genai-prices@" in out
+    assert "total: $1.02000 -> $3.25171;" in out
 
 
 def test_reprice_keeps_the_rollup_equal_to_a_full_recompute(
