@@ -2,7 +2,8 @@
 
 `rollup_delta(rows, offsets)` gives, per (local day, tenant, org, context, purpose,
 provider, model), the same sums the SQL of `_rollup._AGGREGATES` gives — the shape of
-`llm_usage_daily` — for the small batches the landing adds (`add_usage_rows`).
+`llm_usage_daily` — for the small batches the landing adds (`add_usage_rows`);
+`hourly_delta` the same for `llm_usage_hourly`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,69 @@ _FALSE = pa.scalar(False)
 _OK = pa.scalar("ok")
 _ZERO = pa.scalar(0, pa.int64())
 _DAY = pa.scalar(_DAY_US, pa.int64())
+_HOUR = pa.scalar(3_600_000_000, pa.int64())
+_HOURLY_KEYS = ["hour", "tenant", "context", "purpose"]
+_HOURLY_SUMS = ("calls", "errors", "unpriced_calls", "input_tokens", "output_tokens", "cost_usd")
+
+
+def _local_epoch(
+    ts: pa.ChunkedArray | pa.Array, offsets: tuple[int, list[tuple[int, int]]]
+) -> pa.Array:
+    """Local wall-clock µs since the epoch of UTC instants `ts` (offsets as in rollup_delta)."""
+    epoch = pc.cast(ts, pa.int64())
+    first, changes = offsets
+    offset: pa.Array | pa.Scalar = pa.scalar(first, pa.int64())
+    for at, after in changes:
+        offset = pc.if_else(pc.greater_equal(epoch, at), after, offset)
+    return pc.add(epoch, offset)
+
+
+def hourly_delta(rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]) -> pa.Table:
+    """Sum `rows` (llm_usage columns, at least `DELTA_INPUTS`) per local hour and budget key.
+
+    Returns:
+        One row per (hour, tenant, context, purpose), with llm_usage_hourly's columns:
+        `hour` is the local wall-clock start of the hour (a timestamp without zone).
+    """
+    local = _local_epoch(pc.cast(rows.column("ts"), _TS), offsets)
+    hour = pc.cast(pc.multiply(pc.divide(local, _HOUR), _HOUR), pa.timestamp("us"))
+    columns = {
+        "hour": hour,
+        **{
+            name: pc.fill_null(rows.column(name), _EMPTY)
+            for name in ("tenant", "context", "purpose")
+        },
+        "errors": pc.cast(
+            pc.fill_null(pc.not_equal(rows.column("outcome"), _OK), _FALSE), pa.int64()
+        ),
+        "unpriced_calls": pc.cast(pc.is_null(rows.column("cost_usd")), pa.int64()),
+        "input_tokens": pc.fill_null(rows.column("input_tokens"), _ZERO),
+        "output_tokens": pc.fill_null(rows.column("output_tokens"), _ZERO),
+        "cost_usd": rows.column("cost_usd"),
+    }
+    grouped = (
+        pa.table(columns)
+        .group_by(_HOURLY_KEYS, use_threads=False)
+        .aggregate(
+            [
+                ([], "count_all"),
+                *((name, "sum") for name in _HOURLY_SUMS if name != "calls"),
+            ]
+        )
+    )
+    cost = grouped.column("cost_usd_sum")
+    return pa.table(
+        {
+            **{key: grouped.column(key) for key in _HOURLY_KEYS},
+            "calls": grouped.column("count_all"),
+            **{
+                name: grouped.column(f"{name}_sum")
+                for name in _HOURLY_SUMS
+                if name not in ("calls", "cost_usd")
+            },
+            "cost_usd": pc.fill_null(cost, pa.scalar(0, cost.type)),
+        }
+    )
 
 
 def rollup_delta(rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]) -> pa.Table:
@@ -69,12 +133,8 @@ def rollup_delta(rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]) -> 
     # instant keep their order (the SQL picks either of them too).
     order = pc.sort_indices(ts)
     rows, ts = rows.take(order), ts.take(order)
-    epoch = pc.cast(ts, pa.int64())
-    first, changes = offsets
-    offset: pa.Array | pa.Scalar = pa.scalar(first, pa.int64())
-    for at, after in changes:
-        offset = pc.if_else(pc.greater_equal(epoch, at), after, offset)
-    day = pc.cast(pc.cast(pc.divide(pc.add(epoch, offset), _DAY), pa.int32()), pa.date32())
+    local = _local_epoch(ts, offsets)
+    day = pc.cast(pc.cast(pc.divide(local, _DAY), pa.int32()), pa.date32())
     cap = rows.column("budget_cap_usd")
     capped = pc.is_valid(cap)
     position = pc.cast(pc.indices_nonzero(pa.repeat(pa.scalar(True), rows.num_rows)), pa.int64())

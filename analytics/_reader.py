@@ -17,12 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
 import pyarrow.ipc
 
+# The protocol lives in a module light to import (the dashboard names it before its first
+# query); it is this package's `Reader`.
+from comptroller._read_api import Reader as Reader
 from comptroller.analytics._errors import QueryError, ReaderUnavailable
 from comptroller.errors import ConfigError, UsageError
 
@@ -31,24 +34,6 @@ if TYPE_CHECKING:
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 """Media type of the collector's query answers (Arrow IPC stream format)."""
-
-
-@runtime_checkable
-class Reader(Protocol):
-    """Runs read-only SQL over the usage database and returns Arrow tables.
-
-    SQL uses DuckDB named parameters (`$tenant`, `$since`); pass `params` without the `$`.
-    Parameters may cross HTTP as JSON, so cast them in SQL where the type matters
-    (`$since::DATE`).
-    """
-
-    def query(self, sql: str, params: Mapping[str, object] | None = None) -> pa.Table:
-        """Run one statement and return its whole result."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection; the reader is unusable afterwards."""
-        ...
 
 
 class DuckDBReader:

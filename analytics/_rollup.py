@@ -1,4 +1,5 @@
-"""The daily rollup `llm_usage_daily`, kept equal to a full recompute from `llm_usage`.
+"""The rollups `llm_usage_daily`, `llm_budget_daily` and `llm_usage_hourly`, kept equal to a
+full recompute from `llm_usage`.
 
 Two ways to keep it current as batches land, both equal to `rebuild_rollup` afterwards:
 
@@ -27,7 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from comptroller.analytics._delta import DELTA_INPUTS, TOKENS, rollup_delta
+from comptroller.analytics._delta import DELTA_INPUTS, TOKENS, hourly_delta, rollup_delta
 from comptroller.analytics._schema import meta_value, set_meta
 from comptroller.errors import UsageError
 
@@ -83,6 +84,23 @@ _BUDGET_AGGREGATES = """
 """
 
 
+_HOUR_US = 3_600_000_000
+_HOURLY_KEYS = "hour, tenant, context, purpose"
+_HOURLY_COLUMNS = (
+    "hour, tenant, context, purpose, calls, errors, unpriced_calls, input_tokens, "
+    "output_tokens, cost_usd"
+)
+_HOURLY_MEASURES = ("calls", "errors", "unpriced_calls", "input_tokens", "output_tokens")
+_HOURLY_AGGREGATES = """
+    count(*) AS calls,
+    count(*) FILTER (WHERE outcome <> 'ok') AS errors,
+    count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
+    sum(input_tokens) AS input_tokens,
+    sum(output_tokens) AS output_tokens,
+    coalesce(sum(cost_usd), 0) AS cost_usd
+"""
+
+
 def zone_offsets(
     timezone: str, lo: dt.datetime, hi: dt.datetime
 ) -> tuple[int, list[tuple[int, int]]]:
@@ -121,6 +139,28 @@ def local_day_sql(timezone: str, lo: dt.datetime, hi: dt.datetime, *, column: st
         )
         offset = f"(CASE {arms} ELSE {first} END)"
     return f"(DATE '1970-01-01' + ((epoch_us({column}) + {offset}) // {_DAY_US})::INTEGER)"
+
+
+def local_hour_sql(timezone: str, lo: dt.datetime, hi: dt.datetime, *, column: str = "ts") -> str:
+    """A SQL expression giving the local wall-clock start of the hour (a TIMESTAMP without
+    zone) of TIMESTAMPTZ `column` in `timezone`; exact in [`lo`, `hi`] as `local_day_sql`."""
+    first, changes = zone_offsets(timezone, lo, hi)
+    offset = str(first)
+    if changes:
+        arms = " ".join(
+            f"WHEN epoch_us({column}) >= {at} THEN {off}" for at, off in reversed(changes)
+        )
+        offset = f"(CASE {arms} ELSE {first} END)"
+    return f"make_timestamp((epoch_us({column}) + {offset}) // {_HOUR_US} * {_HOUR_US})"
+
+
+def _hourly_select(hour: str) -> str:
+    return f"""
+    {hour} AS hour,
+    coalesce(tenant, '') AS tenant,
+    coalesce(context, '') AS context,
+    coalesce(purpose, '') AS purpose
+"""
 
 
 def _group_select(day: str) -> str:
@@ -165,6 +205,14 @@ def rebuild_rollup(con: duckdb.DuckDBPyConnection, *, timezone: str = "UTC") -> 
             f"SELECT {_BUDGET_KEYS}, {_BUDGET_AGGREGATES} FROM llm_usage_daily "
             f"GROUP BY {_BUDGET_KEYS} ORDER BY {_BUDGET_KEYS}",
         )
+        _run(con, "DELETE FROM llm_usage_hourly")
+        if lo is not None:
+            _run(
+                con,
+                f"INSERT INTO llm_usage_hourly ({_HOURLY_COLUMNS}) "
+                f"SELECT {_hourly_select(local_hour_sql(timezone, lo, hi))}, "
+                f"{_HOURLY_AGGREGATES} FROM llm_usage GROUP BY ALL ORDER BY hour",
+            )
         _set_zone(con, timezone)
         count = _one(con, "SELECT count(*) FROM llm_usage_daily")
     return int(count or 0)
@@ -248,6 +296,7 @@ def apply_usage_batch(
                 params,
             )
             _refresh_budget(con, keys, first, last)
+            _refresh_hourly(con, keys, timezone, params)
     return int(touched.num_rows)
 
 
@@ -313,7 +362,8 @@ def add_usage_rows(
     # Summed in Arrow: a DuckDB GROUP BY of a few thousand rows costs milliseconds of
     # fixed overhead, Arrow's a fraction of that. Same sums as _AGGREGATES (the property
     # test holds both against rebuild_rollup).
-    delta = rollup_delta(rows, zone_offsets(timezone, lo, hi))
+    offsets = zone_offsets(timezone, lo, hi)
+    delta = rollup_delta(rows, offsets)
     # An UPDATE costs per column written: leave out the measures this batch adds nothing
     # to (cache and reasoning tokens, errors, … are often zero in a whole batch) and the
     # cap when no row carried one.
@@ -382,6 +432,7 @@ def add_usage_rows(
             """,
             {"first": first, "last": last},
         )
+    _merge_hourly(con, rows, offsets)
     return int(result[0][0]) if result else 0
 
 
@@ -409,6 +460,80 @@ def _refresh_budget(
         """,
         params,
     )
+
+
+def _refresh_hourly(
+    con: duckdb.DuckDBPyConnection, keys: str, timezone: str, params: dict[str, Any]
+) -> None:
+    """Recompute the llm_usage_hourly rows of the (day, tenant, context, purpose) keys in
+    `keys` (rollup-keyed rows) for the local days `params["first"]..["last"]`, which start
+    and end at the instants `params["start"]`, `["end"]`, from llm_usage."""
+    touched = (
+        "SELECT DISTINCT day, tenant, context, purpose FROM "
+        f"{keys} WHERE day BETWEEN $first AND $last"
+    )
+    first: dt.date = params["first"]
+    last: dt.date = params["last"]
+    bounds = {
+        "first": first,
+        "last": last,
+        "lo": dt.datetime.combine(first, dt.time()),
+        "hi": dt.datetime.combine(last + dt.timedelta(days=1), dt.time()),
+    }
+    _run(
+        con,
+        f"""
+        DELETE FROM llm_usage_hourly
+        WHERE hour >= $lo AND hour < $hi
+          AND (hour::DATE, tenant, context, purpose) IN (
+              SELECT (day, tenant, context, purpose) FROM ({touched}))
+        """,
+        bounds,
+    )
+    day = local_day_sql(timezone, params["start"], params["end"])
+    hour = local_hour_sql(timezone, params["start"], params["end"])
+    _run(
+        con,
+        f"""
+        INSERT INTO llm_usage_hourly ({_HOURLY_COLUMNS})
+        WITH rows AS (
+            SELECT {day} AS day, {_hourly_select(hour)},
+                outcome, cost_usd, input_tokens, output_tokens
+            FROM llm_usage
+            WHERE ts >= $start AND ts < $end
+        )
+        SELECT {_HOURLY_KEYS}, {_HOURLY_AGGREGATES}
+        FROM rows SEMI JOIN ({touched}) AS t USING (day, tenant, context, purpose)
+        GROUP BY {_HOURLY_KEYS}
+        """,
+        params,
+    )
+
+
+def _merge_hourly(
+    con: duckdb.DuckDBPyConnection, rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]
+) -> None:
+    """Add the hourly sums of rows just inserted to llm_usage_hourly."""
+    delta = hourly_delta(rows, offsets)
+    hours = delta.column("hour")
+    bounds = {"lo": pc.min(hours).as_py(), "hi": pc.max(hours).as_py()}
+    on = " AND ".join(f"d.{key} = n.{key}" for key in _HOURLY_KEYS.split(", "))
+    changed = _nonzero(delta, (*_HOURLY_MEASURES, "cost_usd"))
+    updates = [f"{m} = d.{m} + n.{m}" for m in (*_HOURLY_MEASURES, "cost_usd") if m in changed]
+    action = f"UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+    with _registered(con, delta) as name:
+        _run(
+            con,
+            f"""
+            MERGE INTO llm_usage_hourly AS d
+            USING {name} AS n
+            ON {on} AND d.hour BETWEEN $lo AND $hi
+            WHEN MATCHED THEN {action}
+            WHEN NOT MATCHED THEN INSERT ({_HOURLY_COLUMNS})
+                VALUES ({", ".join("n." + c for c in _HOURLY_COLUMNS.split(", "))})
+            """,
+            bounds,
+        )
 
 
 def rollup_timezone(con: duckdb.DuckDBPyConnection) -> str | None:

@@ -258,6 +258,44 @@ ALTER TABLE llm_usage ADD COLUMN repriced_from_source VARCHAR;
 ALTER TABLE llm_usage ADD COLUMN price_version VARCHAR;
 """
 
+# The hourly spend of today was summed from llm_usage since local midnight: a read that grows
+# with the day's volume (the dashboard's spend view, every refresh). `llm_usage_hourly` holds
+# it per local hour and budget key (tenant, context, purpose), kept current by the same code
+# as the daily rollup (analytics/_rollup.py); its size depends on the keys, not the volume.
+# `hour` is the local wall-clock hour in the rollup's time zone, as `day` is the local day.
+# Existing rows are rolled up here in that zone (ICU's timezone(): a one-off cost).
+_V6 = """
+CREATE TABLE llm_usage_hourly (
+    hour                TIMESTAMP NOT NULL,    -- start of the local hour (rollup time zone)
+    tenant              VARCHAR NOT NULL,
+    context             VARCHAR NOT NULL,
+    purpose             VARCHAR NOT NULL,
+    calls               BIGINT NOT NULL,
+    errors              BIGINT NOT NULL,
+    unpriced_calls      BIGINT NOT NULL,
+    input_tokens        BIGINT NOT NULL,
+    output_tokens       BIGINT NOT NULL,
+    cost_usd            DECIMAL(38, 10) NOT NULL  -- priced rows only; see unpriced_calls
+);
+INSERT INTO llm_usage_hourly
+WITH zone AS (
+    SELECT coalesce(
+        (SELECT value FROM comptroller_meta WHERE key = 'rollup_timezone'), 'UTC') AS name
+)
+SELECT date_trunc('hour', timezone(zone.name, ts)) AS hour,
+       coalesce(tenant, '') AS tenant, coalesce(context, '') AS context,
+       coalesce(purpose, '') AS purpose,
+       count(*) AS calls,
+       count(*) FILTER (WHERE outcome <> 'ok') AS errors,
+       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
+       sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens,
+       coalesce(sum(cost_usd), 0) AS cost_usd
+FROM llm_usage, zone
+GROUP BY ALL
+ORDER BY hour;
+"""
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(version=1, description="usage, spans, events and the daily rollup", sql=_V1),
     Migration(
@@ -279,6 +317,11 @@ MIGRATIONS: Sequence[Migration] = (
         version=5,
         description="llm_usage repricing provenance (repriced_at, cost and source before)",
         sql=_V5,
+    ),
+    Migration(
+        version=6,
+        description="llm_usage_hourly: spend per local hour and budget key",
+        sql=_V6,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -335,6 +378,10 @@ def migrate(con: duckdb.DuckDBPyConnection, *, path: Path | str = "database") ->
             f"{SCHEMA_VERSION}; upgrade comptroller to read it"
         )
     applied: list[int] = []
+    if current < SCHEMA_VERSION and current > 0:
+        # A migration that rolls up existing rows runs for seconds on a big file: DuckDB
+        # would draw its progress bar into the collector's or the command's output.
+        con.execute("SET enable_progress_bar = false").fetchall()
     for migration in MIGRATIONS:
         if migration.version <= current:
             continue
@@ -376,7 +423,7 @@ def connect(
     target = Path(path)
     if read_only and not target.exists():
         raise ConfigError(
-            f"{target}: no such database (run 'comptroller demo' or a collector first)"
+            f"{target}: no such database (run 'uv run comptroller demo' or a collector first)"
         )
     try:
         if not read_only and not target.parent.exists():

@@ -1,14 +1,22 @@
-"""Dashboard speed: first paint from the command, refresh query time, key latency during a refresh.
+"""Dashboard speed: first paint, refresh, the hourly spend query, key latency during a refresh.
 
-    uv run python bench/bench_tui.py [--db build/bench/usage-10m.duckdb] [--repeat 20]
+    uv run python bench/bench_tui.py [--db /tmp/usage-10m.duckdb] [--repeat 20]
+
+The database is the 10M-row one of `bench/gen_usage_db.py` (generated once, then reused; a
+file of an older schema is migrated first). Every figure is set against a floor measured in
+the same run, alternating, because this machine's load changes from minute to minute.
 
 1. First paint: `comptroller tui --db FILE` in a pseudo-terminal, from spawning the process
    to (a) the first frame (the view bar is drawn) and (b) the first rows on screen (the
-   status bar says "updated"). Budget: 1 s.
-2. Refresh query time: every view's queries, as one refresh runs them (capped, through the
-   panels), on the 10M-row database (`bench/gen_usage_db.py`), median and p95 over
-   `--repeat` runs, for each range. Budget: 100 ms per refresh.
-3. Key latency: while the Spend view refreshes in its worker, a key press switches views;
+   status bar says "updated"), against a bare Textual app showing one label. Budget: 1 s.
+2. Refresh in the app: each view's refresh, from starting it to its rows applied to the
+   widgets (queries in the worker, the message, the handler; unchanged rows and redrawn
+   rows), against a bare Textual app's worker → message → label round trip. Budget: 100 ms.
+3. Refresh query time: every view's queries, as one refresh runs them (capped, through the
+   panels), median and p95 over `--repeat` runs, for each range.
+4. Hourly spend of today: from the hourly rollup (`spend_hourly`) against the same sums over
+   the raw rows since local midnight (what the dashboard ran before the rollup).
+5. Key latency: while the Spend view refreshes in its worker, a key press switches views;
    the time from sending the key to the action running. Budget: one frame (16.7 ms at 60 Hz).
 """
 
@@ -25,13 +33,19 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+from textual import on
+from textual.app import App, ComposeResult
+from textual.message import Message
+from textual.widgets import Label
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen_usage_db
 
+from comptroller.analytics import connect
 from comptroller.dashboards import load_panels
 from comptroller.tui import VIEW_IDS, ComptrollerApp, DuckDBSource, Filters
 from comptroller.tui._app import AppOptions
@@ -49,7 +63,11 @@ _HELLO = (
 
 
 def first_paint(
-    db: Path | None, *, size: tuple[int, int] = (120, 40), timeout: float = 20.0
+    db: Path | None,
+    *,
+    size: tuple[int, int] = (120, 40),
+    timeout: float = 20.0,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[float, float]:
     """Seconds from spawning `comptroller tui` to its first frame, and to its first rows.
 
@@ -58,7 +76,9 @@ def first_paint(
     """
     master, slave = pty.openpty()
     os.set_blocking(master, False)
-    env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(size[0]), LINES=str(size[1]))
+    env = dict(
+        os.environ, **(env or {}), TERM="xterm-256color", COLUMNS=str(size[0]), LINES=str(size[1])
+    )
     began = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "comptroller", "tui", "--db", str(db), "--refresh", "60"]
@@ -100,6 +120,48 @@ def first_paint(
     return frame, rows
 
 
+_RAW_HOURLY = """
+SELECT purpose, date_trunc('hour', timezone($tz, ts)) AS bucket,
+       coalesce(sum(cost_usd), 0)::DOUBLE AS cost_usd
+FROM llm_usage
+WHERE ts >= $day_start::TIMESTAMPTZ
+GROUP BY ALL
+ORDER BY purpose, bucket
+"""
+"""The hourly spend as the dashboard summed it before the hourly rollup: raw rows since
+local midnight."""
+
+
+def hourly_spend(db: Path, *, repeat: int) -> tuple[list[float], list[float], int, int]:
+    """Seconds of today's hourly spend from the rollup and from the raw rows, alternating;
+    and the rows each reads."""
+    source = DuckDBSource.open(db)
+    reader = source()
+    panels = load_panels()
+    frame = time_frame(NOW, "today", "UTC")
+    spec = next(s for s in view_queries("spend") if s.key == "spend_hourly")
+    rollup: list[float] = []
+    raw: list[float] = []
+    try:
+        for _ in range(repeat):
+            began = time.perf_counter()
+            fast = run_query(reader, panels, spec, filters=Filters(), frame=frame, max_rows=500)
+            rollup.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            slow = reader.query(_RAW_HOURLY, {"tz": "UTC", "day_start": frame.day_start})
+            raw.append(time.perf_counter() - began)
+        assert fast.table.num_rows == slow.num_rows, "rollup and raw rows disagree"
+        counts = reader.query(
+            "SELECT (SELECT count(*) FROM llm_usage_hourly WHERE hour >= $d::DATE) AS h, "
+            "(SELECT count(*) FROM llm_usage WHERE ts >= $s::TIMESTAMPTZ) AS r",
+            {"d": frame.day_start.date(), "s": frame.day_start},
+        ).to_pylist()[0]
+    finally:
+        reader.close()
+        source.close()
+    return rollup, raw, int(counts["h"]), int(counts["r"])
+
+
 def refresh_times(db: Path, *, repeat: int) -> dict[tuple[str, str], list[float]]:
     """Wall time of one refresh's queries, per (view, range), `repeat` times."""
     source = DuckDBSource.open(db)
@@ -128,6 +190,81 @@ def refresh_times(db: Path, *, repeat: int) -> dict[tuple[str, str], list[float]
     finally:
         reader.close()
         source.close()
+    return out
+
+
+class _Bare(App[None]):
+    """A bare Textual app whose 'refresh' is a thread worker posting to a label."""
+
+    class Done(Message):
+        pass
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = asyncio.Event()
+
+    def compose(self) -> ComposeResult:
+        yield Label("0", id="n")
+
+    def refresh_once(self) -> None:
+        self.done.clear()
+        self.run_worker(lambda: self.post_message(self.Done()), thread=True)
+
+    @on(Done)
+    def _done(self, message: Done) -> None:
+        label = self.query_one("#n", Label)
+        label.update(str(int(str(label.render())) + 1))
+        self.done.set()
+
+
+async def app_refreshes(db: Path, *, repeat: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Seconds from starting each view's refresh to its rows applied (unchanged rows,
+    then rows redrawn), in the app over `db`; and "bare" for the bare app's round trip."""
+    source = DuckDBSource.open(db)
+    applied = asyncio.Event()
+
+    class Timed(ComptrollerApp):
+        def _apply_refresh(self, view: Any, message: Any) -> None:
+            super()._apply_refresh(view, message)
+            applied.set()
+
+    app = Timed(
+        source,
+        options=AppOptions(refresh_s=3600, timezone="UTC"),
+        clock=lambda: NOW,
+        interval_refresh=False,
+    )
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            for number, view in enumerate(VIEW_IDS, start=1):
+                await pilot.press(str(number))
+                while not app.is_loaded(view) or app.inflight:
+                    await pilot.pause(0.01)
+                same: list[float] = []
+                redrawn: list[float] = []
+                for n in range(2 * repeat):
+                    if n % 2:
+                        app.last_shown_at[view] = 0.0  # too old: the rows are drawn again
+                    applied.clear()
+                    began = time.perf_counter()
+                    app.start_refresh(view)
+                    await applied.wait()
+                    (redrawn if n % 2 else same).append(time.perf_counter() - began)
+                    await pilot.pause()
+                out[view] = (same, redrawn)
+    finally:
+        source.close()
+    bare = _Bare()
+    trips: list[float] = []
+    async with bare.run_test(size=(120, 40)) as pilot:
+        for _ in range(repeat):
+            began = time.perf_counter()
+            bare.refresh_once()
+            await bare.done.wait()
+            trips.append(time.perf_counter() - began)
+            await pilot.pause()
+    out["bare"] = (trips, trips)
     return out
 
 
@@ -198,17 +335,42 @@ def main() -> None:
         "--db", type=Path, default=None, help="default: the cached 10M-row database"
     )
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--paints", type=int, default=5, help="first-paint runs of each app")
     args = parser.parse_args()
     db = args.db or gen_usage_db.cached(gen_usage_db.DEFAULT.with_name("tui-usage-10m.duckdb"))
+    connect(db).close()  # a file of an older schema gets its migrations (the hourly rollup)
     print(f"database: {db} ({db.stat().st_size / 1e6:.0f} MB)")
 
-    floor = statistics.median(first_paint(None)[1] for _ in range(3))
-    paints = [first_paint(db) for _ in range(3)]
+    # Alternating, so that both see the same load.
+    floors, paints = [], []
+    for _ in range(args.paints):
+        floors.append(first_paint(None)[1])
+        paints.append(first_paint(db))
+    floor = statistics.median(floors)
     frame = statistics.median(p[0] for p in paints)
     rows = statistics.median(p[1] for p in paints)
     print(
-        f"first paint (median of 3): first frame {frame * 1000:.0f} ms, first rows "
-        f"{rows * 1000:.0f} ms (budget 1000 ms); a bare Textual app: {floor * 1000:.0f} ms"
+        f"first paint (median of {args.paints}): first frame {frame * 1000:.0f} ms, first rows "
+        f"{rows * 1000:.0f} ms (budget 1000 ms); a bare Textual app: {floor * 1000:.0f} ms "
+        f"(first rows {rows / floor:.1f}x the bare app)"
+    )
+
+    refreshes = asyncio.run(app_refreshes(db, repeat=args.repeat))
+    bare = refreshes.pop("bare")[0]
+    print(
+        "refresh in the app, start → rows applied (today; unchanged rows / rows redrawn); "
+        f"a bare Textual app's worker → message → label: median {statistics.median(bare) * 1000:.1f} ms"
+    )
+    slowest = 0.0
+    for view, (same, redrawn) in refreshes.items():
+        slowest = max(slowest, statistics.median(same), statistics.median(redrawn))
+        print(f"  {view:9} unchanged {_ms(same)}   redrawn {_ms(redrawn)}")
+    print(f"  slowest median {slowest * 1000:.1f} ms (budget 100 ms)")
+
+    rollup, raw, hours, raw_rows = hourly_spend(db, repeat=args.repeat)
+    print(
+        f"hourly spend today: rollup ({hours:,} rows) {_ms(rollup)}; "
+        f"raw rows since midnight ({raw_rows:,} rows) {_ms(raw)}"
     )
 
     print("refresh query time per view (all of its queries, capped at 500 rows):")

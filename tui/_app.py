@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -36,7 +36,6 @@ from textual.widgets import ContentSwitcher, Footer, Input
 
 from comptroller.dashboards import PanelSet, load_panels
 from comptroller.tui._admin import ProfileAdmin, require_operator
-from comptroller.tui._export import FORMATS, ExportFormat, export_grids
 from comptroller.tui._model import (
     RANGES,
     VIEW_IDS,
@@ -64,6 +63,10 @@ from comptroller.tui._view_base import View
 from comptroller.tui._views_money import BudgetsView, OverviewView, SpendView
 from comptroller.tui._views_ops import CallsView, CircuitsView, ProfilesView
 from comptroller.tui._widgets import Context, DataGrid, NavBar, StatusBar
+
+if TYPE_CHECKING:
+    # Export pulls in Arrow's CSV and Parquet writers: imported when used, not at start.
+    from comptroller.tui._export import ExportFormat
 
 _VIEW_CLASSES: tuple[type[View], ...] = (
     OverviewView,
@@ -211,6 +214,9 @@ class ComptrollerApp(App[None]):
         """Ticks skipped because the view's previous refresh still ran."""
         self.errors: dict[str, dict[str, str]] = {}
         self.last_ok: dict[str, str] = {}
+        """Per view, the local time of the last refresh whose every read succeeded."""
+        self.last_failed: dict[str, str] = {}
+        """Per view, the local time of the last refresh with a failed read."""
         self._view_readers: dict[str, Reader] = {}
         self._readers_lock = threading.Lock()
         self._queries_idle = threading.Condition()
@@ -272,10 +278,15 @@ class ComptrollerApp(App[None]):
         self.query_one("#nav", NavBar).show(self.current, self.filters.describe())
         parts = ["⏸ paused" if self.paused else f"● every {self.options.refresh_s:g}s"]
         view_errors = self.errors.get(self.current)
+        # "updated" is the last read that succeeded; a failed read says when it failed.
         if self.current in self.last_ok:
             parts.append(f"updated {self.last_ok[self.current]}")
         if view_errors:
-            parts.append("⚠ STALE")
+            failed = self.last_failed.get(self.current)
+            parts.append(f"⚠ STALE: read failed {failed}" if failed else "⚠ STALE")
+        where = getattr(getattr(self.source, "reader", None), "where", None)
+        if isinstance(where, str) and where.startswith("collector"):
+            parts.append(f"via {where}")
         parts.append(
             f"operator {self.operator.name} ({self.operator.role})"
             if self.operator
@@ -362,6 +373,8 @@ class ComptrollerApp(App[None]):
             errors["source"] = _first_line(exc)
             reader = None
         if reader is not None:
+            from comptroller.analytics import ReaderUnavailable  # in the worker: off the UI
+
             for spec in specs:
                 try:
                     results[spec.key] = run_query(
@@ -372,6 +385,11 @@ class ComptrollerApp(App[None]):
                         frame=frame,
                         max_rows=self.options.max_rows,
                     )
+                except ReaderUnavailable as exc:
+                    # The file or the collector is gone: the other queries would say the
+                    # same. Once, for the whole view.
+                    errors = {"source": _first_line(exc)}
+                    break
                 except Exception as exc:  # a failed query must not kill the dashboard
                     errors[spec.key] = f"{spec.panel}: {_first_line(exc)}"
         self.post_message(
@@ -429,24 +447,27 @@ class ComptrollerApp(App[None]):
         self.loaded_generation[view_id] = message.generation
         if message.errors:
             self.errors[view_id] = message.errors
+            self.last_failed[view_id] = self._local_time(data)
             since = self.last_ok.get(view_id)
             shown = f"last good data from {since}" if since else "no data yet"
             problems = "; ".join(message.errors.values())
+            what = "cannot read" if "source" in message.errors else "query failed"
             view.set_error(
-                f"⚠ query failed: {problems} — {shown}, marked stale; "
+                f"⚠ {what}: {problems} — {shown}, marked stale; "
                 f"retrying every {self.options.refresh_s:g}s (r: retry now)"
             )
         else:
             self.errors.pop(view_id, None)
             if message.data.frame is not None:
-                self.last_ok[view_id] = (
-                    self._fmt_context(data)
-                    .now.astimezone(_zone(self.options.timezone))
-                    .strftime("%H:%M:%S")
-                )
+                self.last_ok[view_id] = self._local_time(data)
             view.set_error(None)
         if view_id == self.current:
             self._update_chrome()
+
+    def _local_time(self, data: ViewData) -> str:
+        """When `data` was read, as hh:mm:ss in the dashboard's time zone."""
+        now = self._fmt_context(data).now
+        return now.astimezone(_zone(self.options.timezone)).strftime("%H:%M:%S")
 
     def is_loaded(self, view_id: str) -> bool:
         """Whether `view_id` shows rows for the current filters and state.
@@ -606,6 +627,8 @@ class ComptrollerApp(App[None]):
     def _export_as(self, fmt: str | None) -> None:
         if fmt is None:
             return
+        from comptroller.tui._export import FORMATS, export_grids
+
         if fmt not in FORMATS:
             self.notify(
                 f"unknown export format {fmt!r} (use csv, parquet or json)", severity="error"
@@ -670,6 +693,8 @@ class ComptrollerApp(App[None]):
             "Show everything",
             lambda: self.set_filters(Filters(range=self.filters.range)),
         )
+        from comptroller.tui._export import FORMATS
+
         for fmt in FORMATS:
             yield SystemCommand(
                 f"Export as {fmt}",
@@ -821,6 +846,8 @@ class ComptrollerApp(App[None]):
 
 def fmt_checked(fmt: str) -> ExportFormat:
     """`fmt` as an export format (checked by the caller)."""
+    from comptroller.tui._export import FORMATS
+
     assert fmt in FORMATS
     return fmt
 

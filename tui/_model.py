@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from zoneinfo import ZoneInfo
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    # Only the results hold Arrow tables: the first frame does not wait for Arrow to import.
+    import pyarrow as pa
 
 RangeName: TypeAlias = Literal["today", "7d", "30d"]
 RANGES: tuple[RangeName, ...] = ("today", "7d", "30d")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from comptroller.dashboards import Panel, PanelSet
 from comptroller.tui._model import Filters, QueryResult, TimeFrame, ViewId
 from comptroller.tui._source import Reader
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _FILTERS = ("tenant", "purpose", "context")
 
@@ -58,7 +60,7 @@ def view_queries(
         specs = [
             QuerySpec(key="spend_by_purpose", panel="tui_spend_by_purpose"),
             QuerySpec(key="spend_daily", panel="tui_spend_daily", cap=5000),
-            QuerySpec(key="spend_hourly", panel="tui_spend_hourly", cap=5000),
+            QuerySpec(key="spend_hourly", panel="spend_hourly", cap=5000),
         ]
         if drill is not None:
             specs += [
@@ -146,7 +148,8 @@ def run_query(
 
 
 def _post_filter(table: pa.Table, panel: Panel, filters: Filters) -> pa.Table:
-    import pyarrow.compute as pc  # only when a filter is set: keeps start-up light
+    import pyarrow as pa  # only when a filter is set: keeps start-up light
+    import pyarrow.compute as pc
 
     declared = {p.name for p in panel.params}
     for name in _FILTERS:

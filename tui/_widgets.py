@@ -197,15 +197,13 @@ class DataGrid(Vertical):
         table = self.table
         cursor = table.cursor_coordinate
         table.clear()
-        ctx = self.context
-        cells = [[_cell(c, row.get(c.key), ctx) for c in self.columns] for row in rows]
+        cells, widths = self._cells(rows)
         table.add_rows(cells)
         # DataTable sizes its columns on its own Idle event, which a busy app may not reach
         # before the next frame: label-width columns (cut values) were seen on screen. The
         # widths are set here, from the rows shown, so columns also shrink when rows go.
         for index, column in enumerate(table.ordered_columns):
-            widest = max((row[index].cell_len for row in cells), default=0)
-            column.content_width = max(column.label.cell_len, widest)
+            column.content_width = max(column.label.cell_len, widths[index])
         table.refresh(layout=True)
         table.check_idle()
         if rows:
@@ -213,6 +211,36 @@ class DataGrid(Vertical):
                 min(cursor.row, len(rows) - 1), min(cursor.column, len(self.columns) - 1)
             )
         self._update_title()
+
+    def _cells(self, rows: Sequence[Row]) -> tuple[list[list[Text]], list[int]]:
+        """The cells of `rows`, each distinct (column, value) formatted once, and the
+        widest cell of each column.
+
+        A redraw of 500 rows makes thousands of cells; most columns repeat a few values
+        (tenant, purpose, outcome, model), and a cell's text depends only on its column and
+        value (and the context, fixed here). The DataTable only reads the cells it is given.
+        """
+        ctx = self.context
+        assert ctx is not None
+        made: dict[tuple[int, type, object], Text] = {}
+        widths = [0] * len(self.columns)
+        out: list[list[Text]] = []
+        for row in rows:
+            line: list[Text] = []
+            for index, column in enumerate(self.columns):
+                value = row.get(column.key)
+                try:
+                    key = (index, type(value), value)  # the type: 1, 1.0 and True are equal
+                    cell = made.get(key)
+                    if cell is None:
+                        cell = made[key] = _cell(column, value, ctx)
+                        widths[index] = max(widths[index], cell.cell_len)
+                except TypeError:  # an unhashable value (a list): formatted every time
+                    cell = _cell(column, value, ctx)
+                    widths[index] = max(widths[index], cell.cell_len)
+                line.append(cell)
+            out.append(line)
+        return out, widths
 
     def _update_title(self) -> None:
         parts = [self.title_text]

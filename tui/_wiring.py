@@ -8,37 +8,66 @@ from typing import TYPE_CHECKING, cast
 
 from comptroller.tui._admin import ProfileRef, RollbackDone
 from comptroller.tui._model import Operator
-from comptroller.tui._source import DuckDBSource, Reader, ReaderFactory
+from comptroller.tui._source import DuckDBSource, Reader
 
 if TYPE_CHECKING:
     from comptroller.config import Settings
     from comptroller.control.profiles import ProfileService, Role
 
 
-class _HttpSource:
-    """One collector client per worker (each worker its own connection)."""
-
-    def __init__(self, url: str, token: str | None) -> None:
-        self.url = url
-        self.token = token
-
-    def __call__(self) -> Reader:
-        from comptroller.analytics._reader import open_reader
-
-        return open_reader(url=self.url, token=self.token)
-
-
 def open_source(
-    *, db: Path | None, url: str | None, token: str | None = None, default_db: Path
-) -> ReaderFactory:
-    """The reader factory for `--db FILE` (read-only DuckDB) or `--url URL` (a collector).
+    *,
+    db: Path | None,
+    url: str | None,
+    token: str | None = None,
+    default_db: Path | None = None,
+    settings: Settings | None = None,
+) -> DuckDBSource:
+    """The dashboard's source: a collector (`url`) or a DuckDB file, read as it is now.
+
+    With `settings`, the reader is the one `comptroller sql` and `budget check` use
+    (`reader_from_settings`): `url` > `db` > `analytics.read_url` > the data directory's
+    file; a file a collector holds is read through that collector (`collector.host:port`),
+    found at each refresh, and a file replaced or rewritten is reopened. Without
+    `settings`, `db` (else `default_db`) is read the same way, with no collector to fall
+    back to. Nothing is opened before the first refresh.
 
     Raises:
-        comptroller.errors.ConfigError: The file is missing, locked by a writer or too new.
+        comptroller.errors.UsageError: Both `db` and `url`.
+        comptroller.errors.ConfigError: The file to read does not exist.
     """
-    if url is not None:
-        return _HttpSource(url, token)
-    return DuckDBSource.open(db or default_db)
+    from comptroller.errors import ConfigError, UsageError
+
+    if db is not None and url is not None:
+        raise UsageError("give --db FILE or --url URL, not both")
+    if settings is None:
+        if url is not None:
+            return DuckDBSource(opener=lambda: _collector(url, token))
+        if db is None and default_db is None:
+            raise UsageError("give db (a DuckDB file), url (a collector) or settings")
+        return DuckDBSource.open(db or default_db)  # type: ignore[arg-type]
+    target = db
+    if target is None and url is None and not settings.analytics.read_url:
+        target = settings.db_file
+    if target is not None and not target.exists():
+        raise ConfigError(
+            f"{target}: no such database (run 'uv run comptroller demo' or a collector first)"
+        )
+    chosen = settings
+
+    def opener() -> Reader:
+        # In the first refresh's worker: analytics (DuckDB, Arrow) imports off the UI thread.
+        from comptroller.analytics._source import reader_from_settings
+
+        return reader_from_settings(chosen, db=db, url=url, token=token, follow=True)
+
+    return DuckDBSource(opener=opener)
+
+
+def _collector(url: str, token: str | None) -> Reader:
+    from comptroller.analytics import open_reader
+
+    return open_reader(url=url, token=token)
 
 
 class ServiceProfileAdmin:

@@ -14,7 +14,8 @@ _ROLES = ("platform", "org_admin", "domain_admin")
 @click.option(
     "--db",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file to read (read-only) [default: the data directory's].",
+    help="DuckDB file to read (read-only; through the collector while one writes it) "
+    "[default: the data directory's].",
 )
 @click.option(
     "--url",
@@ -66,14 +67,9 @@ def tui(
     if (operator is None) != (role is None):
         raise UsageError("--operator NAME and --role ROLE go together (rollback needs both)")
     settings = app.settings()
-    if db is None and url is None:
-        url = settings.analytics.read_url
-    source = open_source(
-        db=db if url is None else None,
-        url=url,
-        token=token or settings.collector.bearer_token(),
-        default_db=settings.db_file,
-    )
+    # The reader of `comptroller sql` and `budget check`: a file a collector holds is read
+    # through that collector, found by itself (collector.host:port) at every refresh.
+    source = open_source(db=db, url=url, token=token, settings=settings)
     who: Operator | None = None
     admin = None
     if operator and role:
@@ -103,6 +99,4 @@ def tui(
     try:
         ComptrollerApp(source, options=options, operator=who, admin=admin).run()
     finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        source.close()

@@ -33,7 +33,11 @@ def snapshot(
 
 
 def snapshots(con: duckdb.DuckDBPyConnection) -> tuple[list[tuple[Any, ...]], ...]:
-    return snapshot(con), snapshot(con, "llm_budget_daily")
+    return (
+        snapshot(con),
+        snapshot(con, "llm_budget_daily"),
+        snapshot(con, "llm_usage_hourly"),
+    )
 
 
 row_strategy = st.fixed_dictionaries(
@@ -121,7 +125,13 @@ def test_incremental_rollup_equals_full_recompute_with_late_and_duplicate_rows(
     # Some batches also delete rows (as the collector drops superseded derived rows). Each
     # batch takes the fast path (add the rows just inserted) or the recompute path.
     con = shared_con
-    for table in ("llm_usage", "llm_usage_daily", "llm_budget_daily", "comptroller_meta"):
+    for table in (
+        "llm_usage",
+        "llm_usage_daily",
+        "llm_budget_daily",
+        "llm_usage_hourly",
+        "comptroller_meta",
+    ):
         con.execute(f"DELETE FROM {table}").fetchall()
     for number, batch in enumerate(batches):
         rows = [to_row(spec, f"id{n}") for spec, n, _ in batch]
@@ -260,4 +270,61 @@ def test_rows_added_by_table_name_with_naive_utc_timestamps_match_a_rebuild() ->
         ("2026-03-28", "gpt-4o-mini"),
         ("2026-03-29", "r"),
     ]
+    con.close()
+
+
+def test_hourly_rollup_cuts_local_hours_across_a_clock_change() -> None:
+    # Paris moves from +1 to +2 at 01:00 UTC on 2026-03-29: 00:30 UTC is 01:30 local,
+    # 01:30 UTC is 03:30 local (02:00-03:00 local does not exist that night).
+    con = connect(":memory:")
+    rows = [
+        usage_row(BOUNDARY - dt.timedelta(minutes=1), cost="1", purpose="chat"),
+        usage_row(BOUNDARY + dt.timedelta(minutes=90), cost="2", purpose="chat"),
+        usage_row(BOUNDARY + dt.timedelta(minutes=150), cost="4", purpose="chat"),
+        usage_row(BOUNDARY + dt.timedelta(minutes=155), cost=None, purpose="chat"),
+    ]
+    add_usage_rows(con, insert_returning(con, rows), timezone=ZONE)
+    got = con.execute(
+        "SELECT hour::VARCHAR, calls, unpriced_calls, cost_usd::DOUBLE FROM llm_usage_hourly "
+        "ORDER BY hour"
+    ).fetchall()
+    assert got == [
+        ("2026-03-28 23:00:00", 1, 0, 1.0),
+        ("2026-03-29 01:00:00", 1, 0, 2.0),
+        ("2026-03-29 03:00:00", 2, 1, 4.0),
+    ]
+    incremental = snapshots(con)
+    rebuild_rollup(con, timezone=ZONE)
+    assert incremental == snapshots(con)
+    con.close()
+
+
+def test_migration_rolls_up_the_hours_of_rows_landed_before_it(tmp_path: Any) -> None:
+    from comptroller.analytics import MIGRATIONS, migrate
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    # A version-5 database with rows and a Paris rollup, as an older comptroller left it.
+    con.execute(
+        "CREATE TABLE comptroller_schema (version INTEGER NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, description VARCHAR)"
+    )
+    for migration in MIGRATIONS[:5]:
+        con.execute(migration.sql)
+        con.execute(
+            "INSERT INTO comptroller_schema (version) VALUES (?)", [migration.version]
+        ).fetchall()
+    rows = [
+        usage_row(BOUNDARY - dt.timedelta(minutes=1), cost="1"),
+        usage_row(BOUNDARY + dt.timedelta(minutes=90), cost="2"),
+    ]
+    insert_usage(con, rows)
+    con.execute(
+        "INSERT INTO comptroller_meta VALUES ('rollup_timezone', 'Europe/Paris')"
+    ).fetchall()
+    assert migrate(con, path=path) == [6]
+    migrated = snapshot(con, "llm_usage_hourly")
+    rebuild_rollup(con, timezone=ZONE)
+    assert migrated == snapshot(con, "llm_usage_hourly")
+    assert [str(row[0]) for row in migrated] == ["2026-03-28 23:00:00", "2026-03-29 01:00:00"]
     con.close()

@@ -1,7 +1,10 @@
-"""The refresh machinery: new data within one refresh, skipped ticks, hidden views, staleness."""
+"""The refresh machinery: new data within one refresh, skipped ticks, hidden views, staleness,
+a database file replaced under the dashboard."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
@@ -9,10 +12,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
-from comptroller.analytics import connect
-from comptroller.analytics._rollup import rebuild_rollup
-from comptroller.tui import DuckDBSource, Reader
+from comptroller.analytics import connect, rebuild_rollup
+from comptroller.analytics._source import LocalReader
+from comptroller.tui import AppOptions, ComptrollerApp, DuckDBSource, Reader
 from comptroller.tui._widgets import DataGrid
 
 from . import _dataset
@@ -181,3 +185,95 @@ async def test_a_query_that_never_answered_says_unavailable_not_empty(usage_db: 
             assert "no data yet" in str(app.view("calls").query_one(".view-error").render())
     finally:
         writer.close()
+
+
+def _with_newcomer(usage_db: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of the dataset with one more call, by a tenant the dataset does not have."""
+    copy = tmp_path / name
+    shutil.copyfile(usage_db, copy)
+    con = connect(copy)
+    try:
+        _dataset.insert_usage(
+            con,
+            [
+                _dataset.usage_row(
+                    888_888,
+                    _dataset.NOW - timedelta(seconds=2),
+                    tenant="newcomer",
+                    context="platform",
+                    purpose="scoring",
+                    cost=Decimal("0.07"),
+                )
+            ],
+        )
+        rebuild_rollup(con, timezone="UTC")
+        con.execute("CHECKPOINT").fetchall()
+    finally:
+        con.close()
+    return copy
+
+
+@pytest.mark.parametrize("how", ["replaced", "rewritten in place"])
+async def test_a_database_file_replaced_under_the_dashboard_is_reopened(
+    usage_db: Path, tmp_path: Path, how: str
+) -> None:
+    source = DuckDBSource.open(usage_db)
+    app = make_app(source)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("6")
+            await settle(pilot)
+            grid = app.query_one("#calls-tail", DataGrid)
+            assert all(row["tenant"] != "newcomer" for row in grid.rows)
+            fresh = _with_newcomer(usage_db, tmp_path, "fresh.duckdb")
+            if how == "replaced":
+                os.replace(fresh, usage_db)  # a new file at the path (db compact does this)
+            else:
+                shutil.copyfile(fresh, usage_db)  # the same file, new bytes
+            await pilot.press("r")
+            await settle(pilot)
+            assert not app.errors, app.errors
+            assert grid.rows[0]["tenant"] == "newcomer"
+            assert isinstance(source.reader, LocalReader)
+            assert source.reader.opened == 2
+    finally:
+        source.close()
+
+
+async def test_updated_time_advances_only_on_a_good_read_and_a_failed_read_is_shown(
+    usage_db: Path, tmp_path: Path
+) -> None:
+    now = [_dataset.NOW]
+    source = DuckDBSource.open(usage_db)
+    app = ComptrollerApp(
+        source,
+        options=AppOptions(timezone="UTC", export_dir=tmp_path),
+        clock=lambda: now[0],
+        interval_refresh=False,
+    )
+    status = lambda: str(app.query_one("#status").render())  # noqa: E731
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert "updated 15:00:00" in status()
+            assert "STALE" not in status()
+            aside = tmp_path / "aside.duckdb"
+            os.replace(usage_db, aside)  # the file is gone
+            now[0] += timedelta(seconds=5)
+            await pilot.press("r")
+            await settle(pilot)
+            assert "updated 15:00:00" in status()  # not 15:00:05: that read failed
+            assert "STALE: read failed 15:00:05" in status()
+            error = str(app.view("overview").query_one(".view-error").render())
+            assert "cannot read" in error
+            assert "no such database" in error
+            assert "last good data from 15:00:00" in error
+            os.replace(aside, usage_db)
+            now[0] += timedelta(seconds=5)
+            await pilot.press("r")
+            await settle(pilot)
+            assert "updated 15:00:10" in status()
+            assert "STALE" not in status()
+            assert not app.view("overview").has_class("-stale")
+    finally:
+        source.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from textual.widgets import Input
+from usage_db import held_by_another_process
 
 from comptroller.cli import main
 from comptroller.config import load_settings
@@ -180,13 +182,40 @@ def collector_url(usage_db: Path) -> Iterator[str]:
 async def test_dashboard_reads_through_a_running_collector(
     collector_url: str, usage_db: Path
 ) -> None:
-    app = make_app(open_source(db=None, url=collector_url, default_db=usage_db))
-    async with app.run_test(size=(120, 40)) as pilot:
-        for key in ("6", "2"):
-            await pilot.press(key)
-            await settle(pilot)
-        assert not app.errors, app.errors
-        calls = app.query_one("#calls-tail", DataGrid).rows
-        assert calls[0]["trace_id"] == "t000001"
-        purposes = {row["purpose"] for row in app.query_one("#spend-purposes", DataGrid).rows}
-        assert purposes == {"reasoning", "scoring", "embedding"}
+    source = open_source(db=None, url=collector_url, default_db=usage_db)
+    app = make_app(source)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            for key in ("6", "2"):
+                await pilot.press(key)
+                await settle(pilot)
+            assert not app.errors, app.errors
+            calls = app.query_one("#calls-tail", DataGrid).rows
+            assert calls[0]["trace_id"] == "t000001"
+            purposes = {row["purpose"] for row in app.query_one("#spend-purposes", DataGrid).rows}
+            assert purposes == {"reasoning", "scoring", "embedding"}
+    finally:
+        source.close()
+
+
+async def test_dashboard_finds_the_collector_that_holds_its_file(
+    collector_url: str, usage_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As `comptroller tui` with no --url: the file is locked by a writing process, and the
+    # collector listens on the configured port.
+    monkeypatch.setenv("COMPTROLLER_COLLECTOR_PORT", collector_url.rsplit(":", 1)[1])
+    held = tmp_path / "held.duckdb"
+    shutil.copyfile(usage_db, held)
+    source = open_source(db=held, url=None, settings=load_settings())
+    app = make_app(source)
+    try:
+        with held_by_another_process(held):
+            async with app.run_test(size=(120, 40)) as pilot:
+                await pilot.press("6")
+                await settle(pilot)
+                assert not app.errors, app.errors
+                assert app.query_one("#calls-tail", DataGrid).rows[0]["trace_id"] == "t000001"
+                status = str(app.query_one("#status").render())
+                assert f"via collector {collector_url}" in status
+    finally:
+        source.close()
