@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Literal, TypeAlias
@@ -54,7 +55,10 @@ def write_result(
 def render(table: pa.Table, fmt: OutputFormat) -> str:
     """`table` as text: an aligned table, CSV (RFC 4180) or a JSON array of objects.
 
-    Decimals stay exact: digits in the table and CSV, strings in JSON.
+    Decimals stay exact: digits in the table and CSV, strings in JSON. A float that is not
+    a number (a division by zero gives `Infinity`, `0/0` gives `NaN`) is written as the text
+    `NaN`, `Infinity` or `-Infinity` in every format, a string in JSON: JSON has no such
+    numbers, and a null would pass it off as a missing value.
     """
     if fmt == "table":
         return render_table(table)
@@ -105,10 +109,22 @@ def _is_numeric(kind: pa.DataType) -> bool:
     )
 
 
+def _non_finite(value: float) -> str | None:
+    """`NaN`, `Infinity` or `-Infinity` for a float that is not finite, else None."""
+    if math.isfinite(value):
+        return None
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
 def _text(value: object) -> str:
     if isinstance(value, Decimal):
         return _decimal(value)
     if isinstance(value, float):
+        special = _non_finite(value)
+        if special is not None:
+            return special
         return repr(value) if value != int(value) or abs(value) >= 1e16 else f"{value:.1f}"
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
@@ -148,10 +164,11 @@ def _json_value(value: object) -> object:
         return value.total_seconds()
     if isinstance(value, bytes):
         return value.hex()
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # a MAP arrives as a list of (key, value) tuples
         return [_json_value(v) for v in value]
     if isinstance(value, dict):
         return {k: _json_value(v) for k, v in value.items()}
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
+    if isinstance(value, float):
+        special = _non_finite(value)
+        return value if special is None else special
     return value

@@ -528,6 +528,17 @@ def _remote_problem(response: httpx.Response) -> str:
     return f"collector refused the query (HTTP {response.status_code}): {problem}"
 
 
+# DuckDB's advice that the read API would refuse (it runs no SET): dropped from messages.
+_UNUSABLE_ADVICE = (
+    ", or SET error_on_division_by_zero=false to return NULL for all divisions by zero",
+)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    for advice in _UNUSABLE_ADVICE:
+        line = line.replace(advice, "")
+    return line

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import hmac
 import ipaddress
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -31,6 +32,8 @@ from comptroller.collector._priority import at_lower_priority
 from comptroller.collector._validate import validate
 from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
+
+_stop_log = logging.getLogger("comptroller.collector.stop")
 
 ROW_GROUP_SIZE = 8192
 """Rows per row group the collector writes by default (`collector.row_group_size`)."""
@@ -361,7 +364,10 @@ class Collector:
             if self._closed:
                 return
             self._closed = True
-        self.pipeline.close()
+        pipeline = self.pipeline
+        queued_requests, queued_rows = pipeline.queued_batches, pipeline.queued_rows
+        pipeline.close()
+        _log_stop(pipeline, queued_requests, queued_rows)
         # Everything landed: the log is emptied (numbering resumes from the database).
         self.log.clear(landed=self.pipeline.landed_seq)
         self.log.close()
@@ -369,6 +375,36 @@ class Collector:
         with contextlib.suppress(Exception):
             self.con.execute("CHECKPOINT").fetchall()
         self.con.close()
+
+
+def _log_stop(pipeline: Pipeline, queued_requests: int, queued_rows: int) -> None:
+    """One INFO line (`comptroller.collector.stop`) saying what the stop flushed; the CLI
+    prints it, a library user's logging decides."""
+    stats = pipeline.stats
+    with stats.lock:
+        requests, rows = stats.requests_ok, sum(stats.rows_landed.values())
+    left = pipeline.queued_rows
+    flushed = (
+        f"flushed {_count(queued_requests, 'queued request')} ({_count(queued_rows, 'row')})"
+        if queued_requests
+        else "nothing was waiting to land"
+    )
+    unlanded = (
+        f"; {_count(left, 'row')} NOT landed (kept in the ingest log: they land at the next start)"
+        if left
+        else ""
+    )
+    _stop_log.info(
+        "stopped: %s; landed since the start: %s, %s%s",
+        flushed,
+        _count(requests, "request"),
+        _count(rows, "row"),
+        unlanded,
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def check_bind(host: str, token: str | None) -> None:

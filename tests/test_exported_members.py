@@ -106,6 +106,7 @@ def test_the_application_surface_is_pinned_and_holds_no_administration() -> None
         ],
         *[
             "ProviderError",
+            "ProviderUnavailable",
             "RateLimited",
             "SpoolFull",
             "TruncatedStream",

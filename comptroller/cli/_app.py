@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": (
         "comptroller.cli._demo",
         "demo",
-        "Run a multi-tenant workload on the embedded default and print the spend.",
+        "Play simulated days of a multi-tenant workload and tell the story (no server, no key).",
     ),
     "sql": (
         "comptroller.cli._sql",
@@ -56,6 +56,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "comptroller.cli._credentials",
         "credentials",
         "Set, list, delete and rotate provider credentials (write-only).",
+    ),
+    "check-imports": (
+        "comptroller.cli._check_imports",
+        "check_imports",
+        "Fail when code imports LiteLLM or a provider SDK directly, bypassing the control plane.",
     ),
     "admin": (
         "comptroller.cli._admin",
@@ -151,14 +156,19 @@ def cli(ctx: click.Context, config_file: Path | None, data_dir: Path | None) -> 
 
 def _fail(message: str, code: int) -> NoReturn:
     # One line on stderr: stdout belongs to the data (`comptroller sql` output stays pipeable).
-    click.echo(f"comptroller: error: {message}", err=True)
+    # Some messages arrive with line breaks (click lists choices one per line): joined.
+    line = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    click.echo(f"comptroller: error: {line}", err=True)
     sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `comptroller` command."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a `ctx.exit(n)`.
+        code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         sys.exit(2)
@@ -181,3 +191,48 @@ def main(argv: Sequence[str] | None = None) -> None:
         # The reader of our stdout went away (`comptroller sql … | head`): not an error.
         sys.stderr.close()
         sys.exit(0)
+    except OSError as exc:
+        # A path the user named (an output in a missing folder, an unreadable file) or the
+        # machine refused something (a port in use): bad input, not a bug, so no traceback.
+        _fail(_os_error_message(exc), 2)
+    except Exception as exc:
+        message = _setting_error_message(exc)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        _fail(message, 2)
+
+
+def _setting_error_message(exc: Exception) -> str | None:
+    """One line for a library's refusal of a URL the user configured, else None.
+
+    A URL the HTTP client cannot parse (`--url`, `analytics.read_url`) and a profile store
+    URL SQLAlchemy cannot load or reach are settings to fix, not bugs. The libraries are
+    looked up in `sys.modules` only: the check must not import them.
+    """
+    for name in ("httpx", "httpx2"):
+        http: Any = sys.modules.get(name)
+        if http is not None and isinstance(exc, http.InvalidURL):
+            return f"invalid URL: {exc} (check --url or analytics.read_url)"
+    sqlalchemy_exc: Any = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is not None and isinstance(
+        exc, sqlalchemy_exc.ArgumentError | sqlalchemy_exc.OperationalError
+    ):
+        cause = getattr(exc, "orig", None) or exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__
+        return (
+            f"profile store: {first} (check control.profile_store_url, "
+            "COMPTROLLER_CONTROL_PROFILE_STORE_URL)"
+        )
+    return None
+
+
+def _os_error_message(exc: OSError) -> str:
+    """One line for an `OSError`: the path and the reason, and which folder is missing."""
+    text = str(exc).strip()
+    reason = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
+    if exc.filename is None:
+        return reason
+    path = Path(exc.filename)
+    if isinstance(exc, FileNotFoundError) and not path.parent.is_dir():
+        return f"{path}: folder {path.parent} does not exist"
+    return f"{path}: {reason}"

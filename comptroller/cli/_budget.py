@@ -93,6 +93,10 @@ def check(
     from comptroller.analytics._source import reader_from_settings
     from comptroller.errors import FindingError
 
+    if junit is not None and not junit.parent.is_dir():
+        # Refused before anything is read or printed: a gate that cannot write its report
+        # has not run.
+        raise click.BadParameter(f"folder {junit.parent} does not exist", param_hint="'--junit'")
     settings = app.settings()
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)

@@ -32,6 +32,9 @@ _DB_OPTION = click.option(
 
 def _path(app: AppContext, path: Path | None) -> Path:
     if path is not None:
+        if not path.parent.is_dir():
+            # Opening would create the folders: a typo in --db must not grow a new database.
+            raise click.BadParameter(f"folder {path.parent} does not exist", param_hint="'--db'")
         return path
     settings = app.settings()
     settings.ensure_data_dir()

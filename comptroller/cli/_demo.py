@@ -155,6 +155,8 @@ def demo(
     in DuckDB, profiles in the default profile store. A budget is hit, a circuit opens and
     closes, a profile is changed and rolled back. No server to start, no API key.
     """
+    if db_file is not None and not db_file.parent.is_dir():
+        raise click.BadParameter(f"folder {db_file.parent} does not exist", param_hint="'--db'")
     from comptroller.demo import run_demo
 
     settings = app.settings()

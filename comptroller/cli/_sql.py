@@ -59,7 +59,8 @@ def sql(
     Without QUERY, statements are read from stdin: an interactive prompt on a terminal
     (end each statement with `;`, quit with Ctrl-D), else the whole input, statement by
     statement. While a collector writes the database, reads go through it (--url, or
-    found on the configured collector port).
+    found on the configured collector port). A float that is not a number (`1/0`, `0/0`)
+    is written as `Infinity`, `-Infinity` or `NaN` in every format (a string in JSON).
 
     \b
     Examples:
@@ -70,6 +71,11 @@ def sql(
     """
     from comptroller.analytics._source import reader_from_settings
 
+    if output is not None and not output.parent.is_dir():
+        # Checked before the query runs: a long query must not be lost to a typo in a path.
+        raise click.BadParameter(
+            f"folder {output.parent} does not exist", param_hint="'--output' / '-o'"
+        )
     settings = app.settings()
     reader = reader_from_settings(settings, db=db, url=url)
     try:

@@ -11,7 +11,7 @@ class AnalyticsSettings(BaseModel):
     Environment: `COMPTROLLER_ANALYTICS_<FIELD>`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     budget_warn_ratio: float = Field(default=0.8, gt=0, le=1)
     """Utilisation at which a budget records a warning event (and `budget check` can fail)."""

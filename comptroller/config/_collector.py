@@ -33,7 +33,7 @@ class CollectorSettings(BaseModel):
     Environment: `COMPTROLLER_COLLECTOR_<FIELD>`, e.g. `COMPTROLLER_COLLECTOR_PORT`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     """Interface to listen on. Anything but loopback requires `token`."""

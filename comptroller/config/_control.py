@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class PurposeSettings(BaseModel):
     """One purpose as configured (`[control.purposes.<name>]` in the file)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     override: Literal["locked", "operator_allowed", "open"] | None = None
     """Who may change its model below the platform. Default: the built-in class of a default
@@ -30,7 +30,7 @@ class PriceSpec(BaseModel):
     price.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     input_mtok: Decimal = Field(ge=0)
     """USD per million input tokens (uncached)."""
@@ -50,7 +50,7 @@ class ControlSettings(BaseModel):
     Environment: `COMPTROLLER_CONTROL_<FIELD>`, e.g. `COMPTROLLER_CONTROL_PROFILE_STORE_URL`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     profile_store_url: str | None = None
     """SQLAlchemy URL of the profile store. Default: a SQLite file in the data directory."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from comptroller.config._analytics import AnalyticsSettings
@@ -50,7 +52,9 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         case_sensitive=False,
-        use_attribute_docstrings=True,
+        # No use_attribute_docstrings (here or in the sections): pydantic would parse every
+        # class's source on each start (~40 ms of every command); only the docs read them,
+        # through settings_field_docs().
     )
 
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
@@ -226,6 +230,55 @@ def _describe(exc: ValidationError, path: Path | None, file_data: dict[str, Any]
     return f"{where}: {key}: {message}{shown}"
 
 
+def _describe_env_json(exc: SettingsError) -> str:
+    """One line for a variable pydantic-settings could not decode: a structured setting
+    (a table, a list) takes JSON in the environment."""
+    import json
+    import re
+
+    found = re.search(r'field "(\w+)"', str(exc))
+    field = found.group(1) if found else ""
+    env = _env_name((field,)) if field else ENV_PREFIX
+    suspects = []
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if not (upper == env or upper.startswith(env + "_")) or not _structured(upper):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            suspects.append(upper)
+    where = "environment variable " + ", ".join(sorted(suspects)) if suspects else "environment"
+    detail = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+    return (
+        f"{where}: not valid JSON{detail}; a table or list setting takes JSON in the "
+        """environment, e.g. '{"key": "value"}' or '["a", "b"]'"""
+    )
+
+
+def _structured(env: str) -> bool:
+    """Whether the setting of variable `env` is a section, a table or a list (JSON)."""
+    for name, field in Settings.model_fields.items():
+        if env == _env_name((name,)):
+            return _is_structured(field.annotation)
+    return any(
+        env == variable and _is_structured(f.annotation) for _, variable, f in settings_field_docs()
+    )
+
+
+def _is_structured(annotation: Any) -> bool:
+    from typing import get_args, get_origin
+
+    from pydantic import BaseModel
+
+    kinds = [annotation, *get_args(annotation)]
+    return any(
+        get_origin(kind) in (dict, list, tuple, set, frozenset)
+        or (isinstance(kind, type) and issubclass(kind, BaseModel | dict | list | tuple))
+        for kind in kinds
+    )
+
+
 def _in_file(data: dict[str, Any], loc: tuple[int | str, ...]) -> bool:
     node: Any = data
     for part in loc:
@@ -257,18 +310,53 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         return Settings(**clean)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, file_data)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_env_json(exc)) from None
     finally:
         _FILE_DATA.pop("data", None)
 
 
 def settings_field_docs() -> list[tuple[str, str, FieldInfo]]:
-    """(key, environment variable, field) for every setting, for docs and `--help`."""
+    """(key, environment variable, field) for every setting, for docs and `--help`; each
+    field's `description` is the docstring written under it."""
     out: list[tuple[str, str, FieldInfo]] = []
+    docs = _attribute_docstrings(Settings)
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, _SECTIONS):
+            section_docs = _attribute_docstrings(annotation)
             for sub, subfield in annotation.model_fields.items():
-                out.append((f"{name}.{sub}", _env_name((name, sub)), subfield))
+                key = f"{name}.{sub}"
+                out.append((key, _env_name((name, sub)), _described(subfield, section_docs, sub)))
         else:
-            out.append((name, _env_name((name,)), field))
+            out.append((name, _env_name((name,)), _described(field, docs, name)))
     return out
+
+
+def _described(field: FieldInfo, docs: dict[str, str], name: str) -> FieldInfo:
+    if field.description is not None or name not in docs:
+        return field
+    described = copy.copy(field)  # the model's own field stays as it is
+    described.description = docs[name]
+    return described
+
+
+def _attribute_docstrings(cls: type) -> dict[str, str]:
+    """The string literal under each annotated attribute in the body of `cls`."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs

@@ -90,3 +90,30 @@ def test_main_in_process_returns_exit_code_of_usage_error(
         main(["config", "show", "--no-such-flag"])
     assert exc.value.code == 2
     assert "--no-such-flag" in capsys.readouterr().err
+
+
+_NOT_FOR_READING = ("langchain_core", "textual", "uvicorn", "starlette", "polars", "grpc")
+
+
+@pytest.mark.parametrize("args", [["sql", "select 1"], ["budget", "check"]])
+def test_reading_commands_load_only_what_they_need(args: list[str], data_dir: Path) -> None:
+    # Start-up is mostly imports: `sql` and `budget check` must not pay for the control
+    # plane, the collector's server or the dashboard (docs/PERFORMANCE.md, session 6).
+    from usage_db import NOW, fill, usage_row
+
+    fill(data_dir / "comptroller.duckdb", [usage_row(NOW, cost="0.25", purpose="chat")])
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('LOADED=' + ','.join(sorted({m.split('.')[0] for m in "
+        "sys.modules} | {m for m in sys.modules if m.startswith('comptroller.')})), "
+        "file=sys.stderr))\n"
+        "from comptroller.cli import main\n"
+        f"main({args!r})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    loaded = set(result.stderr.strip().splitlines()[-1].removeprefix("LOADED=").split(","))
+    assert not loaded & set(_NOT_FOR_READING), result.stderr
+    assert not {m for m in loaded if m.startswith(("comptroller.control", "comptroller.tui"))}
+    assert "comptroller.collector._run" not in loaded

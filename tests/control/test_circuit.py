@@ -180,7 +180,7 @@ def test_half_open_probe_through_the_plane_closes_the_circuit_on_success() -> No
 
 
 def test_a_success_admitted_before_the_circuit_opened_does_not_close_it() -> None:
-    cb, clock, events = breakers(consecutive_failures=2, cooldown_s=30)
+    cb, _clock, events = breakers(consecutive_failures=2, cooldown_s=30)
     assert cb.allow("openai", "m")  # a slow call, admitted while the circuit is closed
     for _ in range(2):
         assert cb.allow("openai", "m")
