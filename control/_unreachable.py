@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Sequence
 
 from comptroller.control._errors import ProviderError, ProviderUnavailable
 
-_CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout"})
-_HTTP_LIBRARIES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2"})
 _MAX_CHAIN = 12
+
+
+def _connect_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP clients' connect failures, of the clients that are loaded (an error of a
+    client nobody imported cannot be raised, so nothing is imported for this)."""
+    kinds: list[type[BaseException]] = [ConnectionRefusedError, socket.gaierror]
+    for name in ("httpx", "httpcore"):
+        module = sys.modules.get(name)
+        if module is not None:
+            kinds += (module.ConnectError, module.ConnectTimeout)
+    return tuple(kinds)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -33,13 +43,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def connect_failed(exc: BaseException) -> bool:
     """True when the attempt never reached the provider: no connection could be opened."""
-    for error in _chain(exc):
-        kind = type(error)
-        if isinstance(error, ConnectionRefusedError | socket.gaierror):
-            return True
-        if kind.__name__ in _CONNECT_ERRORS and kind.__module__.split(".")[0] in _HTTP_LIBRARIES:
-            return True
-    return False
+    kinds = _connect_errors()
+    return any(isinstance(error, kinds) for error in _chain(exc))
 
 
 def _reason(exc: BaseException) -> str:
