@@ -11,6 +11,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from comptroller.analytics._unpriced import UNPRICED_SOURCES
+
 DELTA_INPUTS = (
     "ts",
     "tenant",
@@ -28,9 +30,18 @@ DELTA_INPUTS = (
     "cache_write_tokens",
     "reasoning_tokens",
     "cost_usd",
+    "price_source",
     "budget_cap_usd",
 )
 """The llm_usage columns a batch must carry."""
+
+
+def _unpriced(rows: pa.Table) -> pa.ChunkedArray:
+    """Per row, whether the call is unpriced as `unpriced_sql` counts it: no cost, or a
+    price source that stands for no price."""
+    no_price = pc.is_in(rows.column("price_source"), value_set=pa.array(UNPRICED_SOURCES))
+    return pc.fill_null(pc.or_kleene(pc.is_null(rows.column("cost_usd")), no_price), False)
+
 
 _DAY_US = 86_400_000_000
 _KEYS = ["day", "tenant", "org", "context", "purpose", "provider", "model"]
@@ -85,7 +96,7 @@ def hourly_delta(rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]) -> 
         "errors": pc.cast(
             pc.fill_null(pc.not_equal(rows.column("outcome"), _OK), _FALSE), pa.int64()
         ),
-        "unpriced_calls": pc.cast(pc.is_null(rows.column("cost_usd")), pa.int64()),
+        "unpriced_calls": pc.cast(_unpriced(rows), pa.int64()),
         "input_tokens": pc.fill_null(rows.column("input_tokens"), _ZERO),
         "output_tokens": pc.fill_null(rows.column("output_tokens"), _ZERO),
         "cost_usd": rows.column("cost_usd"),
@@ -157,7 +168,7 @@ def rollup_delta(rows: pa.Table, offsets: tuple[int, list[tuple[int, int]]]) -> 
         ),
         "errors": flag(pc.not_equal(rows.column("outcome"), _OK)),
         "estimated_calls": flag(rows.column("estimated")),
-        "unpriced_calls": flag(pc.is_null(rows.column("cost_usd"))),
+        "unpriced_calls": flag(_unpriced(rows)),
         **{name: pc.fill_null(rows.column(name), _ZERO) for name in TOKENS},
         "cost_usd": rows.column("cost_usd"),
         "cap_ts": pc.if_else(capped, ts, pa.scalar(None, _TS)),

@@ -11,7 +11,6 @@ its cap, yet its work did not run. A refusal is its own status (`refused`) and e
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -27,7 +26,7 @@ import pyarrow as pa
 from comptroller.analytics._budget import BudgetState, budget_state
 from comptroller.analytics._output import render_table
 from comptroller.analytics._reader import Reader
-from comptroller.analytics._unpriced import UnpricedCalls, unpriced_calls
+from comptroller.analytics._unpriced import unpriced_calls
 from comptroller.money import usd_column
 
 FailOn: TypeAlias = Literal["warn", "exceeded"]
@@ -193,7 +192,6 @@ def check_budgets(
     clock = Clock.at(now, timezone)
     states = budget_state(reader, now=now, timezone=timezone, warn_ratio=warn_ratio)
     unpriced = unpriced_calls(reader, since=clock.day_start, until=clock.day_end)
-    states = [_with_unpriced(s, unpriced) for s in states]
     bad = {"exceeded"} if fail_on == "exceeded" else {"exceeded", "warning"}
     failing = tuple(s for s in states if s.spend_status in bad or s.refusals is not None)
     models = sorted({u.name for u in unpriced})
@@ -206,16 +204,6 @@ def check_budgets(
         unpriced_calls=sum(u.calls for u in unpriced),
         unpriced_models=tuple(models),
         allow_unpriced=allow_unpriced,
-    )
-
-
-def _with_unpriced(state: BudgetState, unpriced: Sequence[UnpricedCalls]) -> BudgetState:
-    """`state` with its unpriced calls as the shared definition counts them."""
-    mine = [u for u in unpriced if u.key == state.key]
-    return dataclasses.replace(
-        state,
-        unpriced_calls=sum(u.calls for u in mine),
-        unpriced_models=tuple(sorted({u.model for u in mine})),
     )
 
 

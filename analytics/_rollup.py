@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from comptroller.analytics._delta import DELTA_INPUTS, TOKENS, hourly_delta, rollup_delta
 from comptroller.analytics._schema import meta_value, set_meta
+from comptroller.analytics._unpriced import unpriced_sql
 from comptroller.errors import UsageError
 
 ROLLUP_TIMEZONE_KEY = "rollup_timezone"
@@ -39,11 +40,12 @@ _KEYS = "day, tenant, org, context, purpose, provider, model"
 _DAY_US = 86_400_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-_AGGREGATES = """
+# `unpriced_calls` counts what `reprice` and the budget gate count (analytics/_unpriced.py).
+_AGGREGATES = f"""
     count(*) AS calls,
     count(*) FILTER (WHERE outcome <> 'ok') AS errors,
     count(*) FILTER (WHERE estimated) AS estimated_calls,
-    count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
+    count(*) FILTER (WHERE {unpriced_sql()}) AS unpriced_calls,
     sum(input_tokens) AS input_tokens,
     sum(output_tokens) AS output_tokens,
     sum(cache_read_tokens) AS cache_read_tokens,
@@ -91,10 +93,10 @@ _HOURLY_COLUMNS = (
     "output_tokens, cost_usd"
 )
 _HOURLY_MEASURES = ("calls", "errors", "unpriced_calls", "input_tokens", "output_tokens")
-_HOURLY_AGGREGATES = """
+_HOURLY_AGGREGATES = f"""
     count(*) AS calls,
     count(*) FILTER (WHERE outcome <> 'ok') AS errors,
-    count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
+    count(*) FILTER (WHERE {unpriced_sql()}) AS unpriced_calls,
     sum(input_tokens) AS input_tokens,
     sum(output_tokens) AS output_tokens,
     coalesce(sum(cost_usd), 0) AS cost_usd
@@ -185,37 +187,41 @@ def rebuild_rollup(con: duckdb.DuckDBPyConnection, *, timezone: str = "UTC") -> 
     """
     _check_zone(timezone)
     with _transaction(con):
-        _run(con, "DELETE FROM llm_usage_daily")
-        bounds = con.sql("SELECT min(ts), max(ts) FROM llm_usage").to_arrow_table()
-        lo, hi = bounds.column(0)[0].as_py(), bounds.column(1)[0].as_py()
-        if lo is not None:
-            day = local_day_sql(timezone, lo, hi)
-            _run(
-                con,
-                f"INSERT INTO llm_usage_daily ({_COLUMNS}) "
-                f"SELECT {_group_select(day)}, {_AGGREGATES} FROM llm_usage GROUP BY ALL "
-                # Day-ordered rows give tight min/max per row group: reads of one day skip
-                # the others. Ordering by the day alone sorts on one small key, not seven.
-                "ORDER BY day",
-            )
-        _run(con, "DELETE FROM llm_budget_daily")
+        return rebuild_in_transaction(con, timezone=timezone)
+
+
+def rebuild_in_transaction(con: duckdb.DuckDBPyConnection, *, timezone: str) -> int:
+    """`rebuild_rollup` inside the caller's open transaction (a schema migration's)."""
+    _run(con, "DELETE FROM llm_usage_daily")
+    bounds = con.sql("SELECT min(ts), max(ts) FROM llm_usage").to_arrow_table()
+    lo, hi = bounds.column(0)[0].as_py(), bounds.column(1)[0].as_py()
+    if lo is not None:
+        day = local_day_sql(timezone, lo, hi)
         _run(
             con,
-            f"INSERT INTO llm_budget_daily ({_BUDGET_COLUMNS}) "
-            f"SELECT {_BUDGET_KEYS}, {_BUDGET_AGGREGATES} FROM llm_usage_daily "
-            f"GROUP BY {_BUDGET_KEYS} ORDER BY {_BUDGET_KEYS}",
+            f"INSERT INTO llm_usage_daily ({_COLUMNS}) "
+            f"SELECT {_group_select(day)}, {_AGGREGATES} FROM llm_usage GROUP BY ALL "
+            # Day-ordered rows give tight min/max per row group: reads of one day skip
+            # the others. Ordering by the day alone sorts on one small key, not seven.
+            "ORDER BY day",
         )
-        _run(con, "DELETE FROM llm_usage_hourly")
-        if lo is not None:
-            _run(
-                con,
-                f"INSERT INTO llm_usage_hourly ({_HOURLY_COLUMNS}) "
-                f"SELECT {_hourly_select(local_hour_sql(timezone, lo, hi))}, "
-                f"{_HOURLY_AGGREGATES} FROM llm_usage GROUP BY ALL ORDER BY hour",
-            )
-        _set_zone(con, timezone)
-        count = _one(con, "SELECT count(*) FROM llm_usage_daily")
-    return int(count or 0)
+    _run(con, "DELETE FROM llm_budget_daily")
+    _run(
+        con,
+        f"INSERT INTO llm_budget_daily ({_BUDGET_COLUMNS}) "
+        f"SELECT {_BUDGET_KEYS}, {_BUDGET_AGGREGATES} FROM llm_usage_daily "
+        f"GROUP BY {_BUDGET_KEYS} ORDER BY {_BUDGET_KEYS}",
+    )
+    _run(con, "DELETE FROM llm_usage_hourly")
+    if lo is not None:
+        _run(
+            con,
+            f"INSERT INTO llm_usage_hourly ({_HOURLY_COLUMNS}) "
+            f"SELECT {_hourly_select(local_hour_sql(timezone, lo, hi))}, "
+            f"{_HOURLY_AGGREGATES} FROM llm_usage GROUP BY ALL ORDER BY hour",
+        )
+    _set_zone(con, timezone)
+    return int(_one(con, "SELECT count(*) FROM llm_usage_daily") or 0)
 
 
 def apply_usage_batch(
@@ -498,7 +504,7 @@ def _refresh_hourly(
         INSERT INTO llm_usage_hourly ({_HOURLY_COLUMNS})
         WITH rows AS (
             SELECT {day} AS day, {_hourly_select(hour)},
-                outcome, cost_usd, input_tokens, output_tokens
+                outcome, cost_usd, price_source, input_tokens, output_tokens
             FROM llm_usage
             WHERE ts >= $start AND ts < $end
         )

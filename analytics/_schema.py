@@ -8,7 +8,7 @@ shipped, add the next. A file written by a newer comptroller is refused with bot
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ class Migration:
     """Schema version this migration brings the database to."""
     description: str
     sql: str
+    then: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+    """A data migration run after `sql`, in the same transaction."""
 
 
 # Token columns are inclusive counts (input includes cached, output includes reasoning), as in
@@ -287,7 +289,8 @@ SELECT date_trunc('hour', timezone(zone.name, ts)) AS hour,
        coalesce(purpose, '') AS purpose,
        count(*) AS calls,
        count(*) FILTER (WHERE outcome <> 'ok') AS errors,
-       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
+       count(*) FILTER (WHERE cost_usd IS NULL
+                        OR price_source IN ('unpriced', 'reservation')) AS unpriced_calls,
        sum(input_tokens) AS input_tokens,
        sum(output_tokens) AS output_tokens,
        coalesce(sum(cost_usd), 0) AS cost_usd
@@ -295,6 +298,18 @@ FROM llm_usage, zone
 GROUP BY ALL
 ORDER BY hour;
 """
+
+
+def _recount_unpriced(con: duckdb.DuckDBPyConnection) -> None:
+    # The rollups counted a call unpriced only when its cost was NULL; `reprice` and the
+    # budget gate also count a reservation standing in for a price (analytics/_unpriced.py).
+    # Rebuilt from llm_usage, so every stored count follows the one definition.
+    from comptroller.analytics._rollup import rebuild_in_transaction
+
+    if con.execute("SELECT count(*) FROM llm_usage_daily").fetchone() == (0,):
+        return  # nothing rolled up yet (a new file): nothing to recount
+    rebuild_in_transaction(con, timezone=meta_value(con, "rollup_timezone") or "UTC")
+
 
 MIGRATIONS: Sequence[Migration] = (
     Migration(version=1, description="usage, spans, events and the daily rollup", sql=_V1),
@@ -322,6 +337,12 @@ MIGRATIONS: Sequence[Migration] = (
         version=6,
         description="llm_usage_hourly: spend per local hour and budget key",
         sql=_V6,
+    ),
+    Migration(
+        version=7,
+        description="rollups count unpriced calls as reprice does (reservations included)",
+        sql="SELECT 1",
+        then=_recount_unpriced,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -389,6 +410,8 @@ def migrate(con: duckdb.DuckDBPyConnection, *, path: Path | str = "database") ->
         try:
             con.execute(_META)
             con.execute(migration.sql)
+            if migration.then is not None:
+                migration.then(con)
             con.execute(
                 "INSERT INTO comptroller_schema (version, description) VALUES (?, ?)",
                 [migration.version, migration.description],

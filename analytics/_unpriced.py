@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from comptroller.analytics._reader import Reader
+if TYPE_CHECKING:
+    from comptroller.analytics._reader import Reader
 
 UNPRICED_SOURCES: Final = ("unpriced", "reservation")
 """Price sources that stand for no price."""

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from comptroller import analytics
+from comptroller.analytics._delta import DELTA_INPUTS
 from comptroller.analytics._tables import LANDED, select_expr
 from comptroller.collector._aliases import LEAF_OPERATIONS
 from comptroller.collector._normalise import (
@@ -59,10 +60,7 @@ _DATA_ERRORS: Final = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidIn
 """What a row's values can make the database raise (a cast out of range, a constraint): the
 landing isolates and quarantines such rows. Other errors (I/O, memory) are retried."""
 _ROLLUP_KEYS: Final = "ts, tenant, org, context, purpose, provider, request_model, response_model"
-_DELTA_COLS: Final = (
-    f"{_ROLLUP_KEYS}, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-    "reasoning_tokens, cost_usd, outcome, estimated, budget_cap_usd"
-)
+_DELTA_COLS: Final = ", ".join(DELTA_INPUTS)
 """What `add_usage_rows` reads of an inserted row (not ids or labels: less to hand back)."""
 _KEY_SCHEMA: Final = pa.schema(
     [("ts", pa.timestamp("us", tz="UTC"))]

@@ -322,9 +322,59 @@ def test_migration_rolls_up_the_hours_of_rows_landed_before_it(tmp_path: Any) ->
     con.execute(
         "INSERT INTO comptroller_meta VALUES ('rollup_timezone', 'Europe/Paris')"
     ).fetchall()
-    assert migrate(con, path=path) == [6]
+    assert migrate(con, path=path) == [6, 7]
     migrated = snapshot(con, "llm_usage_hourly")
     rebuild_rollup(con, timezone=ZONE)
     assert migrated == snapshot(con, "llm_usage_hourly")
     assert [str(row[0]) for row in migrated] == ["2026-03-28 23:00:00", "2026-03-29 01:00:00"]
+    con.close()
+
+
+def test_the_rollups_count_a_reservation_as_unpriced_as_reprice_does(tmp_path: Any) -> None:
+    """A row charged the control plane's reservation for want of a price is unpriced in the
+    rollups (daily, budget, hourly) as in `unpriced_calls`, incrementally and after the
+    migration that recounts the rollups an older comptroller wrote."""
+    from comptroller.analytics import MIGRATIONS, DuckDBReader, migrate
+    from comptroller.analytics._unpriced import unpriced_calls
+
+    rows = [
+        usage_row(BOUNDARY, cost="0.5", estimated=True, price_source="reservation"),
+        usage_row(BOUNDARY, cost=None, price_source="unpriced"),
+        usage_row(BOUNDARY, cost="0.25", price_source="genai-prices"),
+    ]
+
+    def counts(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+        return tuple(
+            con.execute(f"SELECT sum(unpriced_calls) FROM {table}").fetchone()[0]  # type: ignore[index]
+            for table in ("llm_usage_daily", "llm_budget_daily", "llm_usage_hourly")
+        )
+
+    con = duckdb.connect(str(tmp_path / "new.duckdb"))
+    migrate(con)
+    add_usage_rows(con, insert_returning(con, rows), timezone=ZONE)
+    assert counts(con) == (2, 2, 2)
+    con.close()
+
+    # A version-6 file whose rollup counted only the NULL cost.
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(
+        "CREATE TABLE comptroller_schema (version INTEGER NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, description VARCHAR)"
+    )
+    for migration in MIGRATIONS[:6]:
+        con.execute(migration.sql)
+        con.execute(
+            "INSERT INTO comptroller_schema (version) VALUES (?)", [migration.version]
+        ).fetchall()
+    insert_usage(con, rows)
+    rebuild_rollup(con, timezone=ZONE)
+    con.execute("UPDATE llm_usage_daily SET unpriced_calls = 1").fetchall()
+    con.execute("UPDATE llm_budget_daily SET unpriced_calls = 1").fetchall()
+    assert counts(con)[:2] == (1, 1)
+
+    assert migrate(con, path=path) == [7]
+    assert counts(con) == (2, 2, 2)
+    reader = DuckDBReader(con)
+    assert sum(u.calls for u in unpriced_calls(reader)) == 2
     con.close()
