@@ -9,7 +9,7 @@ the caller, between chunks too.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -204,7 +204,10 @@ class Stream(_ProviderCall):
 
     def pump(self) -> Iterator[Any]:
         at = self.at
-        source = _inside(at, iter, self.runnable.stream(self.input, self.config, **self.kwargs))
+        # The provider's code runs in the attempt's context (see `_inside`); a generator runs
+        # none until it is pulled, so only another kind of iterable is entered for `iter`.
+        stream = self.runnable.stream(self.input, self.config, **self.kwargs)
+        source = stream if isinstance(stream, Generator) else _inside(at, iter, stream)
         try:
             while (chunk := _inside(at, next, source, _END)) is not _END:
                 self.acc.add(chunk)
@@ -214,7 +217,8 @@ class Stream(_ProviderCall):
 
     async def apump(self) -> AsyncGenerator[Any, None]:
         at = self.at
-        source = _inside(at, aiter, self.runnable.astream(self.input, self.config, **self.kwargs))
+        stream = self.runnable.astream(self.input, self.config, **self.kwargs)
+        source = stream if isinstance(stream, AsyncGenerator) else _inside(at, aiter, stream)
         try:
             while (chunk := await _ainside(at, anext(source, _END))) is not _END:
                 self.acc.add(chunk)
