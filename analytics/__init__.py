@@ -9,6 +9,8 @@ the file, not even read-only. So the collector owns the file and serves reads: i
 read-only when no collector runs (e.g. a database copied out of CI). Inside the writing
 process itself (the embedded sink, the collector), wrap its connection: `DuckDBReader(con)`.
 Every reader returns Arrow tables; `Analytics` turns them into polars DataFrames.
+Commands pick their reader with `reader_from_settings(settings, db=…, url=…)`; the dashboard
+asks for `follow=True` and gets a `LocalReader` that follows a replaced file.
 
 Tables
 ------
@@ -37,67 +39,157 @@ Example:
     ['exceeded', 'ok']
 """
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from comptroller.analytics._budget import (
-    BudgetEvent,
-    BudgetState,
-    BudgetStatus,
-    budget_state,
-    record_budget_events,
-)
-from comptroller.analytics._compact import Compacted, compact
-from comptroller.analytics._errors import AnalyticsError, QueryError, ReaderUnavailable
-from comptroller.analytics._insert import (
-    DEDUP_KEYS,
-    insert_new,
-    insert_new_sql,
-    keys_unique,
-    time_bounds,
-)
-from comptroller.analytics._panels import builtin_panels, run_panel
-from comptroller.analytics._reader import (
-    ARROW_STREAM,
-    DuckDBReader,
-    HttpReader,
-    Limits,
-    QueryTimeout,
-    Reader,
-    check_read_only,
-    open_reader,
-    run_read_only,
-    truncated_at,
-)
-from comptroller.analytics._rollup import (
-    ROLLUP_TIMEZONE_KEY,
-    add_usage_rows,
-    apply_usage_batch,
-    rebuild_rollup,
-    rollup_timezone,
-)
-from comptroller.analytics._schema import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    connect,
-    meta_value,
-    migrate,
-    schema_version,
-    set_meta,
-)
-
 if TYPE_CHECKING:
+    from comptroller.analytics._budget import (
+        BudgetEvent,
+        BudgetState,
+        BudgetStatus,
+        KeyRefusals,
+        Refusals,
+        budget_refusals,
+        budget_state,
+        record_budget_events,
+    )
+    from comptroller.analytics._compact import Compacted, compact
+    from comptroller.analytics._errors import AnalyticsError, QueryError, ReaderUnavailable
     from comptroller.analytics._frames import DIMENSIONS, Analytics, Dimension
+    from comptroller.analytics._gate import (
+        GateResult,
+        budgets_table,
+        check_budgets,
+        junit_xml,
+        report_to_github,
+    )
+    from comptroller.analytics._gate import dumps as gate_json
+    from comptroller.analytics._insert import (
+        DEDUP_KEYS,
+        insert_new,
+        insert_new_sql,
+        keys_unique,
+        time_bounds,
+    )
+    from comptroller.analytics._output import render as render_result
+    from comptroller.analytics._output import write_result
+    from comptroller.analytics._panels import builtin_panels, run_panel
+    from comptroller.analytics._reader import (
+        ARROW_STREAM,
+        DuckDBReader,
+        HttpReader,
+        Limits,
+        QueryTimeout,
+        Reader,
+        check_read_only,
+        open_reader,
+        run_read_only,
+        truncated_at,
+    )
+    from comptroller.analytics._report import SpendDiff, SpendLine, compare_spend
+    from comptroller.analytics._report import markdown as report_markdown
+    from comptroller.analytics._report import to_json as report_json
+    from comptroller.analytics._reprice import RepriceLine, RepriceResult, reprice
+    from comptroller.analytics._rollup import (
+        ROLLUP_TIMEZONE_KEY,
+        add_usage_rows,
+        apply_usage_batch,
+        rebuild_rollup,
+        rollup_timezone,
+    )
+    from comptroller.analytics._schema import (
+        MIGRATIONS,
+        SCHEMA_VERSION,
+        connect,
+        meta_value,
+        migrate,
+        schema_version,
+        set_meta,
+    )
+    from comptroller.analytics._source import LocalReader, reader_from_settings
 
-_LAZY = {"Analytics", "DIMENSIONS", "Dimension"}
+# Names load on first use (PEP 562), each from the module that defines it: `import
+# comptroller.analytics` costs nothing, so a command pays only for what it touches (DuckDB and
+# Arrow for a query, polars for the DataFrame API) and `--help` stays fast.
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "ARROW_STREAM": ("comptroller.analytics._reader", "ARROW_STREAM"),
+    "Analytics": ("comptroller.analytics._frames", "Analytics"),
+    "AnalyticsError": ("comptroller.analytics._errors", "AnalyticsError"),
+    "BudgetEvent": ("comptroller.analytics._budget", "BudgetEvent"),
+    "BudgetState": ("comptroller.analytics._budget", "BudgetState"),
+    "BudgetStatus": ("comptroller.analytics._budget", "BudgetStatus"),
+    "Compacted": ("comptroller.analytics._compact", "Compacted"),
+    "DEDUP_KEYS": ("comptroller.analytics._insert", "DEDUP_KEYS"),
+    "DIMENSIONS": ("comptroller.analytics._frames", "DIMENSIONS"),
+    "Dimension": ("comptroller.analytics._frames", "Dimension"),
+    "DuckDBReader": ("comptroller.analytics._reader", "DuckDBReader"),
+    "GateResult": ("comptroller.analytics._gate", "GateResult"),
+    "HttpReader": ("comptroller.analytics._reader", "HttpReader"),
+    "KeyRefusals": ("comptroller.analytics._budget", "KeyRefusals"),
+    "Limits": ("comptroller.analytics._reader", "Limits"),
+    "LocalReader": ("comptroller.analytics._source", "LocalReader"),
+    "MIGRATIONS": ("comptroller.analytics._schema", "MIGRATIONS"),
+    "QueryError": ("comptroller.analytics._errors", "QueryError"),
+    "QueryTimeout": ("comptroller.analytics._reader", "QueryTimeout"),
+    "ROLLUP_TIMEZONE_KEY": ("comptroller.analytics._rollup", "ROLLUP_TIMEZONE_KEY"),
+    "Reader": ("comptroller.analytics._reader", "Reader"),
+    "ReaderUnavailable": ("comptroller.analytics._errors", "ReaderUnavailable"),
+    "Refusals": ("comptroller.analytics._budget", "Refusals"),
+    "RepriceLine": ("comptroller.analytics._reprice", "RepriceLine"),
+    "RepriceResult": ("comptroller.analytics._reprice", "RepriceResult"),
+    "SCHEMA_VERSION": ("comptroller.analytics._schema", "SCHEMA_VERSION"),
+    "SpendDiff": ("comptroller.analytics._report", "SpendDiff"),
+    "SpendLine": ("comptroller.analytics._report", "SpendLine"),
+    "add_usage_rows": ("comptroller.analytics._rollup", "add_usage_rows"),
+    "apply_usage_batch": ("comptroller.analytics._rollup", "apply_usage_batch"),
+    "budget_refusals": ("comptroller.analytics._budget", "budget_refusals"),
+    "budget_state": ("comptroller.analytics._budget", "budget_state"),
+    "budgets_table": ("comptroller.analytics._gate", "budgets_table"),
+    "builtin_panels": ("comptroller.analytics._panels", "builtin_panels"),
+    "check_budgets": ("comptroller.analytics._gate", "check_budgets"),
+    "check_read_only": ("comptroller.analytics._reader", "check_read_only"),
+    "compact": ("comptroller.analytics._compact", "compact"),
+    "compare_spend": ("comptroller.analytics._report", "compare_spend"),
+    "connect": ("comptroller.analytics._schema", "connect"),
+    "gate_json": ("comptroller.analytics._gate", "dumps"),
+    "insert_new": ("comptroller.analytics._insert", "insert_new"),
+    "insert_new_sql": ("comptroller.analytics._insert", "insert_new_sql"),
+    "junit_xml": ("comptroller.analytics._gate", "junit_xml"),
+    "keys_unique": ("comptroller.analytics._insert", "keys_unique"),
+    "meta_value": ("comptroller.analytics._schema", "meta_value"),
+    "migrate": ("comptroller.analytics._schema", "migrate"),
+    "open_reader": ("comptroller.analytics._reader", "open_reader"),
+    "reader_from_settings": ("comptroller.analytics._source", "reader_from_settings"),
+    "rebuild_rollup": ("comptroller.analytics._rollup", "rebuild_rollup"),
+    "record_budget_events": ("comptroller.analytics._budget", "record_budget_events"),
+    "render_result": ("comptroller.analytics._output", "render"),
+    "report_json": ("comptroller.analytics._report", "to_json"),
+    "report_markdown": ("comptroller.analytics._report", "markdown"),
+    "report_to_github": ("comptroller.analytics._gate", "report_to_github"),
+    "reprice": ("comptroller.analytics._reprice", "reprice"),
+    "rollup_timezone": ("comptroller.analytics._rollup", "rollup_timezone"),
+    "run_panel": ("comptroller.analytics._panels", "run_panel"),
+    "run_read_only": ("comptroller.analytics._reader", "run_read_only"),
+    "schema_version": ("comptroller.analytics._schema", "schema_version"),
+    "set_meta": ("comptroller.analytics._schema", "set_meta"),
+    "time_bounds": ("comptroller.analytics._insert", "time_bounds"),
+    "truncated_at": ("comptroller.analytics._reader", "truncated_at"),
+    "write_result": ("comptroller.analytics._output", "write_result"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    # polars loads only for the DataFrame API: the CLI and the collector never pay for it.
-    if name in _LAZY:
-        from comptroller.analytics import _frames
+    try:
+        module, attribute = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(import_module(module), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(_frames, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 __all__ = [
@@ -115,27 +207,47 @@ __all__ = [
     "Compacted",
     "Dimension",
     "DuckDBReader",
+    "GateResult",
     "HttpReader",
+    "KeyRefusals",
     "Limits",
+    "LocalReader",
     "QueryError",
     "QueryTimeout",
     "Reader",
     "ReaderUnavailable",
+    "Refusals",
+    "RepriceLine",
+    "RepriceResult",
+    "SpendDiff",
+    "SpendLine",
     "add_usage_rows",
     "apply_usage_batch",
+    "budget_refusals",
     "budget_state",
+    "budgets_table",
     "builtin_panels",
+    "check_budgets",
     "check_read_only",
     "compact",
+    "compare_spend",
     "connect",
+    "gate_json",
     "insert_new",
     "insert_new_sql",
+    "junit_xml",
     "keys_unique",
     "meta_value",
     "migrate",
     "open_reader",
+    "reader_from_settings",
     "rebuild_rollup",
     "record_budget_events",
+    "render_result",
+    "report_json",
+    "report_markdown",
+    "report_to_github",
+    "reprice",
     "rollup_timezone",
     "run_panel",
     "run_read_only",
@@ -143,4 +255,5 @@ __all__ = [
     "set_meta",
     "time_bounds",
     "truncated_at",
+    "write_result",
 ]

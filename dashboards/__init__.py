@@ -19,6 +19,12 @@ A panel is one TOML file in `dashboards/panels/` (shipped) or in a folder of you
     x = "purpose"
     y = "cost_usd"
 
+One panel per question, read alike by the TUI, the CLI and CI reports: a reader that needs
+a narrower answer passes a parameter (an optional filter is `($purpose IS NULL OR purpose =
+$purpose)`) rather than keeping a copy of the panel, and panels return amounts as DECIMAL
+(each reader writes them with `comptroller.money`). Name a panel for its question, never for
+its reader (`tests/analytics/test_panels.py` checks both).
+
 Built-in parameters (`$now`, `$today`, `$day_start`, `$day_end`, `$month_start`) need no
 declaration. Parameters may cross HTTP as JSON, so cast them in SQL (`$since::DATE`).
 Run a panel with `comptroller.analytics.run_panel(reader, panel, **params)`.

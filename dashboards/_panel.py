@@ -32,8 +32,12 @@ BUILTIN_PARAMS: dict[str, str] = {
 """Parameters every panel may use without declaring them; filled in at run time."""
 
 _PARAM_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-_STRING_RE = re.compile(r"'(?:[^']|'')*'")
-_COMMENT_RE = re.compile(r"--[^\n]*")
+# Strings, quoted identifiers and comments in one left-to-right scan: whichever starts first
+# wins, so an apostrophe in a comment does not open a string that swallows the `$params`
+# after it, and `--` inside a string is not a comment.
+_NOT_CODE_RE = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?(?:\*/|\Z)", re.DOTALL
+)
 _RELATIVE_RE = re.compile(r"^(now|today|day_start|month_start)\s*(?:([+-])\s*(\d+)\s*([smhdw]))?$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -250,5 +254,5 @@ def coerce(spec: Param, value: object, clock: Clock) -> object:
 
 def sql_parameters(sql: str) -> frozenset[str]:
     """Names of the `$name` parameters in `sql` (string literals and comments ignored)."""
-    stripped = _COMMENT_RE.sub(" ", _STRING_RE.sub("''", sql))
+    stripped = _NOT_CODE_RE.sub(" ", sql)
     return frozenset(_PARAM_RE.findall(stripped))

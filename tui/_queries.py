@@ -1,10 +1,11 @@
 """Which dashboard panels each view runs, and how the global filters reach them.
 
-Every figure on screen comes from a panel of `comptroller.dashboards` (the shared ones, and
-`tui_*.toml` where the dashboard needs its global filters on a query no shared panel
-filters). A filter a panel does not declare is applied to its rows afterwards when the rows
-carry that column (e.g. `context` on `budget_state`, whose rows are one per key, so the
-result stays exact).
+Every figure on screen comes from a panel of `comptroller.dashboards`, the same panels the
+CLI and CI reports read: one panel per question, with optional `tenant`/`purpose`/`context`
+parameters for the dashboard's global filters (no copy of a panel for the dashboard). A
+filter a panel does not declare is applied to its rows afterwards when the rows carry that
+column (e.g. `context` on `budget_state`, whose rows are one per key, so the result stays
+exact). Money comes as the panels give it (DECIMAL); the views write it.
 """
 
 from __future__ import annotations
@@ -46,10 +47,14 @@ def view_queries(
 ) -> list[QuerySpec]:
     """The queries one refresh of `view` runs, given its drill-down state."""
     if view == "overview":
+        # The overview is about today whatever range the spend view shows.
+        today = {"since": "today", "until": "today"}
         return [
-            QuerySpec(key="stats", panel="tui_overview_stats"),
-            QuerySpec(key="top_purposes", panel="tui_top_purposes", cap=10),
-            QuerySpec(key="top_tenants", panel="tui_top_tenants", cap=10),
+            QuerySpec(key="spend_today", panel="spend_today"),
+            QuerySpec(key="spend_month", panel="spend_month"),
+            QuerySpec(key="burn_rate", panel="burn_rate"),
+            QuerySpec(key="top_purposes", panel="top_purposes", params=today, cap=10),
+            QuerySpec(key="top_tenants", panel="top_tenants", params=today, cap=10),
             QuerySpec(
                 key="budgets_near_cap", panel="budget_state", params={"min_utilisation": 0.8}
             ),
@@ -58,20 +63,25 @@ def view_queries(
         ]
     if view == "spend":
         specs = [
-            QuerySpec(key="spend_by_purpose", panel="tui_spend_by_purpose"),
-            QuerySpec(key="spend_daily", panel="tui_spend_daily", cap=5000),
+            QuerySpec(key="spend_by_purpose", panel="top_purposes"),
+            QuerySpec(key="spend_daily", panel="spend_daily", cap=5000),
             QuerySpec(key="spend_hourly", panel="spend_hourly", cap=5000),
         ]
         if drill is not None:
+            # The drill-down is the purpose filter of the shared panels, set to the purpose.
             specs += [
-                QuerySpec(key="spend_tenants", panel="tui_spend_tenants", params={"drill": drill}),
-                QuerySpec(key="spend_models", panel="tui_spend_models", params={"drill": drill}),
+                QuerySpec(
+                    key="spend_tenants",
+                    panel="spend_by_tenant_context",
+                    params={"purpose": drill},
+                ),
+                QuerySpec(key="spend_models", panel="spend_by_model", params={"purpose": drill}),
             ]
         return specs
     if view == "budgets":
         return [
             QuerySpec(key="budget_state", panel="budget_state"),
-            QuerySpec(key="budget_events", panel="tui_budget_events"),
+            QuerySpec(key="budget_events", panel="budget_events"),
         ]
     if view == "circuits":
         return [
@@ -80,14 +90,20 @@ def view_queries(
             QuerySpec(key="circuit_timeline", panel="circuit_timeline", filtered=False),
         ]
     if view == "profiles":
+        # A profile's versions are read whole (no range): a diff or a rollback may need a
+        # version older than the range on screen.
         return [
-            QuerySpec(key="profiles_active", panel="tui_profiles_active"),
-            QuerySpec(key="profile_history", panel="tui_profile_history", params=history or {}),
+            QuerySpec(key="profiles_active", panel="profiles_active"),
+            QuerySpec(
+                key="profile_history",
+                panel="profile_history",
+                params={"since": None, **(history or {})},
+            ),
         ]
-    specs = [QuerySpec(key="calls", panel="tui_calls")]
+    specs = [QuerySpec(key="calls", panel="recent_calls")]
     if trace_id is not None:
         specs.append(
-            QuerySpec(key="trace_spans", panel="tui_trace_spans", params={"trace_id": trace_id})
+            QuerySpec(key="trace_spans", panel="trace_spans", params={"trace_id": trace_id})
         )
     return specs
 

@@ -95,7 +95,7 @@ class DuckDBSource:
             )
 
         def opener() -> Reader:
-            from comptroller.analytics._source import LocalReader
+            from comptroller.analytics import LocalReader
 
             return LocalReader(path, collector_url=collector_url, token=token)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -93,25 +94,25 @@ class OverviewView(View):
 
     def show(self, data: ViewData, ctx: Context) -> None:
         self.data = data
-        stats = (self.rows_of("stats")[0] or [{}])[0]
-        # "today → projected" is read as one pair: one precision for both.
-        today, projected = fmt.money_column(
-            [stats.get("today_usd", 0), stats.get("projected_usd", 0)]
+        today = self._first_row("spend_today")
+        burn = self._first_row("burn_rate")
+        # "today → projected" is read as one pair: one precision for both, from one query.
+        spent, projected = fmt.money_column(
+            [burn.get("spent_usd", 0), burn.get("projected_usd", 0)]
         )
-        self.query_one("#stat-today", Stat).set_value(f"{today} → {projected} eod")
-        self.query_one("#stat-month", Stat).set_value(fmt.money(stats.get("month_usd", 0)))
-        self.query_one("#stat-burn", Stat).set_value(
-            f"{fmt.money(stats.get('burn_usd_per_hour', 0))}/h"
+        self.query_one("#stat-today", Stat).set_value(f"{spent} → {projected} eod")
+        self.query_one("#stat-month", Stat).set_value(
+            fmt.money(self._first_row("spend_month").get("cost_usd", 0))
         )
-        errors = stats.get("errors_today") or 0
-        unpriced = stats.get("unpriced_today") or 0
+        self.query_one("#stat-burn", Stat).set_value(f"{fmt.money(burn.get('usd_per_hour', 0))}/h")
+        errors = today.get("errors") or 0
+        unpriced = today.get("unpriced_calls") or 0
         calls_stat = self.query_one("#stat-calls", Stat)
         calls_stat.border_title = (
             f"Calls today · {unpriced} unpriced" if unpriced else "Calls today"
         )
         calls_stat.set_value(
-            fmt.count(stats.get("calls_today", 0))
-            + (f" · {fmt.count(errors)} err" if errors else "")
+            fmt.count(today.get("calls", 0)) + (f" · {fmt.count(errors)} err" if errors else "")
         )
         for key, grid_id in (
             ("top_purposes", "#tile-top-purposes"),
@@ -131,6 +132,10 @@ class OverviewView(View):
             rows, truncated=truncated, context=ctx
         )
 
+    def _first_row(self, key: str) -> dict[str, object]:
+        rows = self.rows_of(key)[0]
+        return rows[0] if rows else {}
+
 
 def _mark_refused(row: dict[str, object]) -> None:
     """Show a key that refused calls today in red, like a cap reached."""
@@ -146,7 +151,7 @@ def refusal_why(row: dict[str, object]) -> str:
         return ""
     # Read where the rows came from (analytics is loaded by then): the one reading of a
     # refusal, shared with `budget check` and the report.
-    from comptroller.analytics._budget import Refusals
+    from comptroller.analytics import Refusals
 
     refusals = Refusals.from_last(int(str(calls)), last)
     needed, left = fmt.money_column([refusals.needed_usd, refusals.left_usd])
@@ -161,14 +166,17 @@ def _scope(row: dict[str, object]) -> str:
     return kind if not ident else f"{kind}:{ident}"
 
 
-def series(rows: list[dict[str, object]], frame: TimeFrame, key: str) -> dict[str, list[float]]:
-    """Spend per `key` per bucket of `frame`, buckets without rows at 0."""
+def series(
+    rows: list[dict[str, object]], frame: TimeFrame, key: str, *, bucket_key: str = "bucket"
+) -> dict[str, list[float]]:
+    """Spend per `key` per bucket of `frame` (the row's `bucket_key`), buckets without rows
+    at 0."""
     index: dict[object, int] = {}
     for n, start in enumerate(frame.buckets):
         index[start.date() if frame.bucket == "day" else start] = n
     out: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(frame.buckets))
     for row in rows:
-        bucket = row.get("bucket")
+        bucket = row.get(bucket_key)
         if isinstance(bucket, dt.datetime) and frame.bucket == "day":
             bucket = bucket.date()
         if isinstance(bucket, dt.datetime) and bucket.tzinfo is not None:
@@ -273,13 +281,14 @@ class SpendView(View):
         frame = data.frame
         rows, truncated = self.rows_of("spend_by_purpose")
         if frame is not None:
-            trend_rows = self.rows_of("spend_hourly" if frame.bucket == "hour" else "spend_daily")[
-                0
-            ]
-            trends = series(trend_rows, frame, "purpose")
+            hourly = frame.bucket == "hour"
+            trend_rows = self.rows_of("spend_hourly" if hourly else "spend_daily")[0]
+            trends = series(trend_rows, frame, "purpose", bucket_key="bucket" if hourly else "day")
             for row in rows:
                 values = trends.get(str(row.get("purpose")), [0.0] * len(frame.buckets))
                 row["trend"] = Text(fmt.sparkline(values), style="green")
+        for row in rows:
+            row["tokens"] = _tokens(row)
         self.query_one("#spend-purposes", DataGrid).set_rows(rows, truncated=truncated, context=ctx)
         if self.drill is not None:
             for key, grid_id in (
@@ -287,9 +296,15 @@ class SpendView(View):
                 ("spend_models", "#spend-models"),
             ):
                 rows, truncated = self.rows_of(key)
+                for row in rows:
+                    row["tokens"] = _tokens(row)
                 grid = self.query_one(grid_id, DataGrid)
                 grid.title_text = f"{self.drill} · {'tenants and contexts' if key == 'spend_tenants' else 'models'}"
                 grid.set_rows(rows, truncated=truncated, context=ctx)
+
+
+def _tokens(row: dict[str, Any]) -> int:
+    return int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
 
 
 class BudgetsView(View):

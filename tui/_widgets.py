@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,13 +42,15 @@ class Context:
     tz: str
 
 
-def _cell(column: Column, value: object, ctx: Context) -> Text:
+def _cell(column: Column, value: object, ctx: Context, *, money: str | None = None) -> Text:
+    """`value` as shown in `column`; `money` is the amount already written at its column's
+    shared precision (`DataGrid` has the whole column), when there is one."""
     if isinstance(value, Text):
         return value
     if column.kind == "pct":
         shown = fmt.percent(float(value) if isinstance(value, int | float) else None)
     elif column.kind == "money":
-        shown = fmt.money(value)
+        shown = fmt.money(value) if money is None else money
     elif column.kind == "count":
         shown = fmt.count(value)
     elif column.kind == "ms":
@@ -117,6 +120,8 @@ class DataGrid(Vertical):
         self.sort_key: str | None = None
         self.sort_reverse = False
         self.context: Context | None = None
+        self._money: dict[int, dict[tuple[type, object], str]] = {}
+        """Per money column (by index): each distinct amount of `rows` as written."""
 
     def compose(self) -> ComposeResult:
         yield Label(self.title_text, classes="grid-title")
@@ -137,6 +142,7 @@ class DataGrid(Vertical):
         """Show `rows` (already capped by the source; `truncated` if it had more, None if
         its query has not answered: the title then says so instead of "no rows")."""
         self.rows = list(rows)
+        self._money = self._money_texts()
         self.unavailable = truncated is None
         self.truncated = bool(truncated)
         self.context = context
@@ -171,14 +177,43 @@ class DataGrid(Vertical):
         row = self.current_row()
         if row is None or not self.columns or self.context is None:
             return ""
-        column = self.columns[min(self.table.cursor_column, len(self.columns) - 1)]
-        return _cell(column, row.get(column.key), self.context).plain
+        index = min(self.table.cursor_column, len(self.columns) - 1)
+        return self._cell(index, row.get(self.columns[index].key)).plain
 
     def _row_matches(self, row: Row, needle: str) -> bool:
-        assert self.context is not None
         return any(
-            needle in _cell(c, row.get(c.key), self.context).plain.lower() for c in self.columns
+            needle in self._cell(index, row.get(c.key)).plain.lower()
+            for index, c in enumerate(self.columns)
         )
+
+    def _money_texts(self) -> dict[int, dict[tuple[type, object], str]]:
+        """Each money column's distinct amounts written at one precision for the column.
+
+        The smallest amount decides (`fmt.money_column`), so none reads as zero and they line
+        up. It is decided over all the rows given, not the rows shown: a filter or a sort
+        does not change how an amount is written (and the filter matches what is seen).
+        """
+        out: dict[int, dict[tuple[type, object], str]] = {}
+        for index, column in enumerate(self.columns):
+            if column.kind != "money":
+                continue
+            distinct: dict[tuple[type, object], object] = {}
+            for row in self.rows:
+                value = row.get(column.key)
+                if not isinstance(value, Text):
+                    with contextlib.suppress(TypeError):  # unhashable: written on its own
+                        distinct.setdefault((type(value), value), value)
+            out[index] = dict(zip(distinct, fmt.money_column(distinct.values()), strict=True))
+        return out
+
+    def _cell(self, index: int, value: object) -> Text:
+        assert self.context is not None
+        column = self.columns[index]
+        money = None
+        if column.kind == "money":
+            with contextlib.suppress(TypeError):
+                money = self._money.get(index, {}).get((type(value), value))
+        return _cell(column, value, self.context, money=money)
 
     def _rebuild(self) -> None:
         if self.context is None:
@@ -218,10 +253,9 @@ class DataGrid(Vertical):
 
         A redraw of 500 rows makes thousands of cells; most columns repeat a few values
         (tenant, purpose, outcome, model), and a cell's text depends only on its column and
-        value (and the context, fixed here). The DataTable only reads the cells it is given.
+        value (and the context and the money columns' precision, fixed here). The DataTable
+        only reads the cells it is given.
         """
-        ctx = self.context
-        assert ctx is not None
         made: dict[tuple[int, type, object], Text] = {}
         widths = [0] * len(self.columns)
         out: list[list[Text]] = []
@@ -233,10 +267,10 @@ class DataGrid(Vertical):
                     key = (index, type(value), value)  # the type: 1, 1.0 and True are equal
                     cell = made.get(key)
                     if cell is None:
-                        cell = made[key] = _cell(column, value, ctx)
+                        cell = made[key] = self._cell(index, value)
                         widths[index] = max(widths[index], cell.cell_len)
                 except TypeError:  # an unhashable value (a list): formatted every time
-                    cell = _cell(column, value, ctx)
+                    cell = self._cell(index, value)
                     widths[index] = max(widths[index], cell.cell_len)
                 line.append(cell)
             out.append(line)

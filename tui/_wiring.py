@@ -57,7 +57,7 @@ def open_source(
 
     def opener() -> Reader:
         # In the first refresh's worker: analytics (DuckDB, Arrow) imports off the UI thread.
-        from comptroller.analytics._source import reader_from_settings
+        from comptroller.analytics import reader_from_settings
 
         return reader_from_settings(chosen, db=db, url=url, token=token, follow=True)
 

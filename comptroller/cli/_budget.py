@@ -83,14 +83,14 @@ def check(
     Example (CI, after the eval suite ran with the embedded sink):
       comptroller budget check --db .comptroller/comptroller.duckdb --fail-on warn --junit budget.xml
     """
-    from comptroller.analytics._gate import (
+    from comptroller.analytics import (
         budgets_table,
         check_budgets,
-        dumps,
+        gate_json,
         junit_xml,
+        reader_from_settings,
         report_to_github,
     )
-    from comptroller.analytics._source import reader_from_settings
     from comptroller.errors import FindingError
 
     if junit is not None and not junit.parent.is_dir():
@@ -118,7 +118,7 @@ def check(
         junit.write_text(junit_xml(result), encoding="utf-8")
     annotations = report_to_github(result)
     if as_json:
-        click.echo(dumps(result), nl=False)
+        click.echo(gate_json(result), nl=False)
     else:
         click.echo(budgets_table(result), nl=False)
         click.echo(result.summary())

@@ -66,9 +66,13 @@ def report(
     """
     from decimal import InvalidOperation
 
-    from comptroller.analytics import open_reader
-    from comptroller.analytics._report import compare_spend, markdown, to_json
-    from comptroller.analytics._source import reader_from_settings
+    from comptroller.analytics import (
+        compare_spend,
+        open_reader,
+        reader_from_settings,
+        report_json,
+        report_markdown,
+    )
     from comptroller.errors import FindingError, UsageError
 
     limit_usd: Decimal | None = None
@@ -96,7 +100,9 @@ def report(
         current.close()
     problems = diff.crossed(fail_above_pct=fail_above_pct, fail_above_usd=limit_usd)
     click.echo(
-        to_json(diff, problems=problems) if fmt == "json" else markdown(diff, problems=problems),
+        report_json(diff, problems=problems)
+        if fmt == "json"
+        else report_markdown(diff, problems=problems),
         nl=False,
     )
     if problems:

@@ -54,7 +54,7 @@ def reprice(
       comptroller reprice --model ollama:llama3   # after adding its fallback price
     """
     from comptroller.analytics import connect
-    from comptroller.analytics._reprice import reprice as run
+    from comptroller.analytics import reprice as run  # the command is named reprice too
     from comptroller.money import usd_column
 
     settings = app.settings()

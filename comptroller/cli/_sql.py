@@ -69,7 +69,7 @@ def sql(
       comptroller sql -f parquet -o spend.parquet "from llm_usage_daily"
       comptroller sql --url http://127.0.0.1:4318 "from budget_events"
     """
-    from comptroller.analytics._source import reader_from_settings
+    from comptroller.analytics import reader_from_settings
 
     if output is not None and not output.parent.is_dir():
         # Checked before the query runs: a long query must not be lost to a typo in a path.
@@ -91,7 +91,7 @@ def sql(
 
 
 def _run_one(reader: Reader, query: str, fmt: str, output: Path | None) -> None:
-    from comptroller.analytics._output import write_result
+    from comptroller.analytics import write_result
 
     table = reader.query(query)
     binary = None if sys.stdout.isatty() else sys.stdout.buffer
@@ -113,7 +113,7 @@ def _note_truncated(table: pa.Table) -> None:
 
 def _interactive(reader: Reader, fmt: str) -> None:
     from comptroller.analytics import AnalyticsError
-    from comptroller.analytics._output import render
+    from comptroller.analytics import render_result as render
 
     with contextlib.suppress(ImportError):  # line editing and history for input()
         import readline  # noqa: F401

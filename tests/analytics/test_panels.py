@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
 from usage_db import insert_usage, usage_row
 
 from comptroller.analytics import DuckDBReader, QueryError, connect, rebuild_rollup, run_panel
-from comptroller.dashboards import VIEWS, Panel, load_panels, parse_panel
+from comptroller.dashboards import VIEWS, Panel, load_panels, parse_panel, sql_parameters
 from comptroller.errors import UsageError
 
 NOW = dt.datetime(2026, 11, 21, 15, 0, tzinfo=dt.UTC)
@@ -140,3 +141,75 @@ def test_panel_sql_failure_names_the_panel_and_its_file(tmp_path: Path) -> None:
     with pytest.raises(QueryError, match=r"panel 'panel' \(mine.toml\).*no_such_table"):
         run_panel(DuckDBReader(con), panel, now=NOW)
     con.close()
+
+
+# One panel per question: the TUI, the CLI and CI reports read the same panels. A copy made
+# for one reader (with an extra filter or a cast) drifts from the original; these two checks
+# make that visible. A name for a reader (`tui_…`) rather than for a question is the first
+# sign; the same query with only optional filters, casts or the row cap changed is the second.
+_OPTIONAL_FILTER_RE = re.compile(
+    r"\(\s*\$\w+\s+is\s+null\s+or\s+[^()]*(?:\([^()]*\)[^()]*)*\)", re.IGNORECASE
+)
+_CAST_RE = re.compile(r"::\s*\w+(?:\s*\(\s*\d+(?:\s*,\s*\d+)?\s*\))?")
+
+
+def question_of(sql: str) -> str:
+    """`sql` without comments, casts, optional `($x IS NULL OR …)` filters and `LIMIT $limit`."""
+    text = re.sub(r"--[^\n]*", " ", sql)
+    text = _CAST_RE.sub("", text)
+    text = _OPTIONAL_FILTER_RE.sub(" true ", text)
+    text = re.sub(r"\blimit\s+\$limit\b", " ", text, flags=re.IGNORECASE)
+    text = " ".join(text.lower().split())
+    text = re.sub(r"\s+and true\b", "", text)
+    return re.sub(r"\bwhere true and\b", "where", text).replace(" where true ", " ")
+
+
+def test_no_panel_is_named_for_one_reader() -> None:
+    names = [panel.name for panel in load_panels()]
+    assert [n for n in names if n.startswith(("tui_", "cli_", "ci_"))] == []
+
+
+def test_no_two_panels_ask_the_same_question() -> None:
+    seen: dict[str, str] = {}
+    same: list[tuple[str, str]] = []
+    for panel in load_panels():
+        key = question_of(panel.sql)
+        if key in seen:
+            same.append((seen[key], panel.name))
+        seen.setdefault(key, panel.name)
+    assert same == [], "same SQL up to optional filters and casts: give one panel the parameters"
+
+
+def test_question_of_sees_through_filters_casts_and_the_cap() -> None:
+    shared = "SELECT purpose, sum(cost_usd) AS c FROM t WHERE day = $d::DATE GROUP BY 1"
+    fork = (
+        "SELECT purpose, sum(cost_usd)::DOUBLE AS c FROM t\n"
+        "WHERE day = $d::DATE\n  AND ($tenant IS NULL OR coalesce(tenant, '') = $tenant)\n"
+        "GROUP BY 1 LIMIT $limit"
+    )
+    assert question_of(fork) == question_of(shared)
+    assert question_of(shared.replace("purpose", "tenant")) != question_of(shared)
+
+
+@pytest.mark.parametrize(
+    ("sql", "names"),
+    [
+        # An apostrophe in a comment used to open a "string" that hid every $param after it.
+        ("SELECT 1 -- the tenant's spend\nWHERE t = $tenant AND d >= $since", {"tenant", "since"}),
+        ("SELECT '-- not a comment', $a -- $b is\nFROM t WHERE x = $c", {"a", "c"}),
+        ("SELECT 'it''s $no' AS s, \"$col\" FROM t /* $gone 'x */ WHERE y = $yes", {"yes"}),
+    ],
+)
+def test_sql_parameters_skip_strings_and_comments_whichever_comes_first(
+    sql: str, names: set[str]
+) -> None:
+    assert sql_parameters(sql) == names
+
+
+def test_a_panel_with_an_apostrophe_in_a_comment_still_declares_its_parameters() -> None:
+    commented = GOOD.replace(
+        'sql = "SELECT', "sql = '''\n-- the purpose's spend since a day\nSELECT"
+    ).replace('GROUP BY 1"', "GROUP BY 1\n'''")
+    with pytest.raises(UsageError, match=r"\$since"):
+        parse_panel(commented.replace('[params.since]\ntype = "date"\ndefault = "today-6d"\n', ""))
+    assert parse_panel(commented).uses == {"since"}

@@ -57,7 +57,7 @@ async def test_rows_landed_while_running_appear_within_one_refresh(usage_db: Pat
                 await pilot.pause(0.01)
             await pilot.pause()
             assert grid.rows[0]["tenant"] == "initech"
-            assert grid.rows[0]["cost_usd"] == 0.42
+            assert grid.rows[0]["cost_usd"] == Decimal("0.42")
     finally:
         writer.close()
 
