@@ -127,32 +127,30 @@ def zone_offsets(
     return first, changes
 
 
+def _local_offset_sql(timezone: str, lo: dt.datetime, hi: dt.datetime, column: str) -> str:
+    """The zone's UTC offset (µs) at TIMESTAMPTZ `column`, exact in [`lo`, `hi`] (its changes
+    in that range are written into the expression); outside it, the nearest offset."""
+    first, changes = zone_offsets(timezone, lo, hi)
+    if not changes:
+        return str(first)
+    arms = " ".join(f"WHEN epoch_us({column}) >= {at} THEN {off}" for at, off in reversed(changes))
+    return f"(CASE {arms} ELSE {first} END)"
+
+
 def local_day_sql(timezone: str, lo: dt.datetime, hi: dt.datetime, *, column: str = "ts") -> str:
     """A SQL expression giving the local DATE of TIMESTAMPTZ `column` in `timezone`.
 
     Exact for instants in [`lo`, `hi`] (the zone's offset changes in that range are written
     into the expression); outside it, the nearest offset is used.
     """
-    first, changes = zone_offsets(timezone, lo, hi)
-    offset = str(first)
-    if changes:
-        arms = " ".join(
-            f"WHEN epoch_us({column}) >= {at} THEN {off}" for at, off in reversed(changes)
-        )
-        offset = f"(CASE {arms} ELSE {first} END)"
+    offset = _local_offset_sql(timezone, lo, hi, column)
     return f"(DATE '1970-01-01' + ((epoch_us({column}) + {offset}) // {_DAY_US})::INTEGER)"
 
 
 def local_hour_sql(timezone: str, lo: dt.datetime, hi: dt.datetime, *, column: str = "ts") -> str:
     """A SQL expression giving the local wall-clock start of the hour (a TIMESTAMP without
     zone) of TIMESTAMPTZ `column` in `timezone`; exact in [`lo`, `hi`] as `local_day_sql`."""
-    first, changes = zone_offsets(timezone, lo, hi)
-    offset = str(first)
-    if changes:
-        arms = " ".join(
-            f"WHEN epoch_us({column}) >= {at} THEN {off}" for at, off in reversed(changes)
-        )
-        offset = f"(CASE {arms} ELSE {first} END)"
+    offset = _local_offset_sql(timezone, lo, hi, column)
     return f"make_timestamp((epoch_us({column}) + {offset}) // {_HOUR_US} * {_HOUR_US})"
 
 

@@ -152,6 +152,25 @@ SpanItem = tuple[
 RowItem = tuple[str, dict[str, AttributeValue], int, int, SpanContext]
 
 
+def _log_record(row: RowItem) -> LogRecord:
+    """The SDK log record of a queued usage row."""
+    event_name, attributes, timestamp, observed, context = row
+    record = LogRecord(
+        timestamp=timestamp,
+        observed_timestamp=observed,
+        context=_EMPTY_CONTEXT,
+        severity_number=SeverityNumber.INFO,
+        severity_text="INFO",
+        attributes=attributes,
+        event_name=event_name,
+    )
+    # Ids set directly (the context is empty): no span object per row.
+    record.trace_id = context.trace_id
+    record.span_id = context.span_id
+    record.trace_flags = context.trace_flags
+    return record
+
+
 class DeferredSpan(Protocol):
     """A finished span that the span export thread builds (`span_item`)."""
 
@@ -231,23 +250,9 @@ class _DeferredRows(LogRecordExporter):
                 built.append(queued)
                 continue
             row = queued if isinstance(queued, tuple) else cast(Deferred, queued).row_item()
-            event_name, attributes, timestamp, observed, context = row
-            record = LogRecord(
-                timestamp=timestamp,
-                observed_timestamp=observed,
-                context=_EMPTY_CONTEXT,
-                severity_number=SeverityNumber.INFO,
-                severity_text="INFO",
-                attributes=attributes,
-                event_name=event_name,
-            )
-            # Ids set directly (the context is empty): no span object per row.
-            record.trace_id = context.trace_id
-            record.span_id = context.span_id
-            record.trace_flags = context.trace_flags
             built.append(
                 ReadableLogRecord(
-                    log_record=record,
+                    log_record=_log_record(row),
                     resource=self.resource,
                     instrumentation_scope=self.scope,
                     limits=self.limits,
@@ -403,21 +408,9 @@ class Telemetry:
         if queue is not None:
             queue.emit(item)
             return
-        record = LogRecord(  # pragma: no cover - an SDK without the batch queue attribute
-            timestamp=timestamp_ns,
-            observed_timestamp=item[3],
-            context=_EMPTY_CONTEXT,
-            severity_number=SeverityNumber.INFO,
-            severity_text="INFO",
-            attributes=attributes,
-            event_name=event_name,
-        )
-        record.trace_id = context.trace_id
-        record.span_id = context.span_id
-        record.trace_flags = context.trace_flags
-        processor.on_emit(
+        processor.on_emit(  # pragma: no cover - an SDK without the batch queue attribute
             _TrustedLogRecord(
-                log_record=record,
+                log_record=_log_record(item),
                 resource=self.resource,
                 instrumentation_scope=self.scope,
                 limits=self._limits,
