@@ -199,7 +199,13 @@ class Stream(_ProviderCall):
         kwargs: dict[str, Any],
         acc: StreamAccumulator,
     ) -> None:
-        super().__init__(at, runnable, input, config, kwargs)
+        # Assigned here rather than through super().__init__: one call less before the
+        # first chunk.
+        self.at = at
+        self.runnable = runnable
+        self.input = input
+        self.config = config
+        self.kwargs = kwargs
         self.acc = acc
 
     def pump(self) -> Iterator[Any]:
@@ -208,9 +214,18 @@ class Stream(_ProviderCall):
         # none until it is pulled, so only another kind of iterable is entered for `iter`.
         stream = self.runnable.stream(self.input, self.config, **self.kwargs)
         source = stream if isinstance(stream, Generator) else _inside(at, iter, stream)
+        add = self.acc.add
         try:
-            while (chunk := _inside(at, next, source, _END)) is not _END:
-                self.acc.add(chunk)
+            while True:
+                # `_inside(at, next, source, _END)`, written out: this runs for every chunk.
+                tokens = _enter(at)
+                try:
+                    chunk = next(source, _END)
+                finally:
+                    _leave(tokens)
+                if chunk is _END:
+                    return
+                add(chunk)
                 yield chunk
         finally:
             getattr(source, "close", _nothing)()
