@@ -7,9 +7,39 @@ nothing on the developer's machine (a comptroller.toml, a data dir) leaks into a
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Properties draw hypothesis' default 100 examples in the default run; the soak run that
+# .ci/run adds (`pytest -m soak --hypothesis-profile=soak`) draws 20 times as many from the
+# properties marked `soak` (e.g. the native decoder against the reference normaliser).
+# Derandomized: CI's soak draws the same examples every run, so a red run is a change's doing
+# and reproduces; `--hypothesis-profile=soak-explore` draws new ones when you go looking.
+settings.register_profile("soak", max_examples=2000, derandomize=True)
+settings.register_profile("soak-explore", max_examples=2000)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One `-ra` line per skip reason, not one per test or per line of a library.
+
+    pytest folds skips that share a place and a reason; a service that does not answer skips
+    ~100 tests in many files, and langchain-tests skips from many of its lines. Each skip is
+    therefore placed at the folder (or file) holding every test skipped for that reason.
+    Runs before the short summary is printed (pytest's own hook wraps this one).
+    """
+    by_reason: dict[str, list[pytest.TestReport]] = defaultdict(list)
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+            by_reason[report.longrepr[2]].append(report)
+    root = terminalreporter.config.rootpath
+    for reason, reports in by_reason.items():
+        where = os.path.commonpath([report.location[0] for report in reports])
+        for report in reports:
+            # No line number: pytest prints "path: reason" and folds them into one line.
+            report.longrepr = (str(root / where), None, reason)  # type: ignore[assignment]
 
 
 @pytest.fixture(autouse=True)

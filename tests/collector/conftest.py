@@ -25,7 +25,15 @@ class Running:
         return f"{self.url}/v1/{signal}"
 
     def sql(self, query: str, params: dict[str, object] | None = None) -> list[dict[str, Any]]:
-        """Rows of a read-only query, through the collector's own read path."""
+        """Rows of a read-only query, through the collector's own read path, once every
+        acknowledged request has landed.
+
+        A read waits for landing only up to 2 s (the product's bound) and then answers with
+        what has landed; on a loaded machine the writer can be further behind, and a test
+        asserting the rows it just exported would race it.
+        """
+        landed = self.collector.pipeline.wait_landed(60)
+        assert landed, f"acknowledged requests did not land: {self.collector.stats.last_error}"
         return self.collector.query(query, params).to_pylist()  # type: ignore[no-any-return]
 
 

@@ -303,9 +303,12 @@ def requests(draw: st.DrawFn) -> bytes:
     return request.SerializeToString()
 
 
-_SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# How many examples each property draws is the hypothesis profile's (tests/conftest.py): 100 in
+# the default run, 20 times that in the soak run that .ci/run adds (`-m soak`).
+_SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.soak
 @_SETTINGS
 @given(body=requests())
 def test_generated_requests_agree(pair: tuple[Normaliser, NativeDecoder], body: bytes) -> None:
@@ -331,6 +334,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(body)
 
 
+@pytest.mark.soak
 @_SETTINGS
 @given(body=mutated())
 def test_damaged_requests_are_declined_or_agree(
@@ -419,7 +423,8 @@ def small_limit() -> tuple[Normaliser, NativeDecoder]:
     return normaliser, NativeDecoder(normaliser)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.soak
+@_SETTINGS
 @given(body=requests())
 def test_generated_requests_agree_under_a_small_attribute_limit(
     small_limit: tuple[Normaliser, NativeDecoder], body: bytes
@@ -559,6 +564,7 @@ def test_a_log_export_with_an_event_is_left_to_the_reference(
     assert pair[1].logs(encode_logs(records).SerializeToString()) == "an event record"
 
 
+@pytest.mark.soak
 @_SETTINGS
 @given(body=log_requests())
 def test_generated_log_exports_agree(pair: tuple[Normaliser, NativeDecoder], body: bytes) -> None:
@@ -583,6 +589,7 @@ def test_a_malformed_array_in_an_attribute_nobody_lands_is_declined(
     check_logs(pair, body)  # the undamaged request agrees
 
 
+@pytest.mark.soak
 @_SETTINGS
 @given(body=log_requests(), data=st.data())
 def test_damaged_log_exports_are_declined_or_agree(
@@ -614,12 +621,8 @@ def small_counts() -> tuple[Normaliser, NativeDecoder]:
     return normaliser, NativeDecoder(normaliser)
 
 
-_LIMIT_SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-
-
-@_LIMIT_SETTINGS
+@pytest.mark.soak
+@_SETTINGS
 @given(body=requests())
 def test_generated_requests_agree_under_small_count_limits(
     small_counts: tuple[Normaliser, NativeDecoder], body: bytes
@@ -630,7 +633,8 @@ def test_generated_requests_agree_under_small_count_limits(
         assert batch.reasons.keys() == {"too_many_spans"}
 
 
-@_LIMIT_SETTINGS
+@pytest.mark.soak
+@_SETTINGS
 @given(body=log_requests())
 def test_generated_log_exports_agree_under_small_limits(
     small_counts: tuple[Normaliser, NativeDecoder], body: bytes
