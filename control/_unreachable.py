@@ -1,11 +1,11 @@
 """A provider nobody answers for: attempts that never reached it, and the one error the
 caller gets when every model of the chain was unreachable.
 
-A refused connection, an unknown host or a connect timeout is not the provider being busy
-(429/5xx): retrying the same address with backoff only makes the caller wait, so the call
-moves on to the next model at once; when none is left, `ProviderUnavailable` says in one
-line which model and address failed and what to check, instead of an `ExhaustedFallbacks`
-group of identical connection tracebacks.
+A refused connection or an unknown host is not the provider being busy (429/5xx): retrying
+the same address with backoff only makes the caller wait, so the call moves on to the next
+model at once (a connect timeout is retried: it may pass). When every attempt failed to
+connect, `ProviderUnavailable` says in one line which model and address failed and what to
+check, instead of an `ExhaustedFallbacks` group of identical connection tracebacks.
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ def connect_failed(exc: BaseException) -> bool:
     """True when the attempt never reached the provider: no connection could be opened."""
     kinds = _connect_errors()
     return any(isinstance(error, kinds) for error in _chain(exc))
+
+
+def refused(exc: BaseException) -> bool:
+    """True when nothing listens at the address or its host is unknown: knocking again will
+    not help (a connect timeout may be a passing blip, and is retried like other transport
+    failures)."""
+    return any(isinstance(error, ConnectionRefusedError | socket.gaierror) for error in _chain(exc))
 
 
 def _reason(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from comptroller.control._classify import Classified, classify
 from comptroller.control._errors import ModelRefused, ProviderError
 from comptroller.control._pricing import Price
 from comptroller.control._profile_types import ModelRef
-from comptroller.control._unreachable import connect_failed
+from comptroller.control._unreachable import refused
 from comptroller.control._usage import usage_of
 
 if TYPE_CHECKING:
@@ -221,9 +221,9 @@ class AttemptOutcomes:
         if (
             cls.kind == "transport"
             and self.tries_on_model <= core.retry.max_retries
-            # Nothing listens there (refused, unknown host, connect timeout): waiting and
-            # knocking again only makes the caller wait; the next model may be elsewhere.
-            and not connect_failed(exc)
+            # Nothing listens there (refused, unknown host): waiting and knocking again only
+            # makes the caller wait; the next model may be elsewhere.
+            and not refused(exc)
         ):
             ra = cls.retry_after_s
             if (ra is None or ra <= core.retry.max_retry_after_s) and core.retry_budget.try_retry(
