@@ -8,8 +8,10 @@
 | `other`      | 400, 401, 404, programming errors                             | raised at once |
 
 Classification reads the provider-agnostic LangChain `ModelError` subclasses first, then
-status codes and headers of provider SDK errors (OpenAI's and anything with a
-`status_code`/`response`), then httpx timeouts and connection errors by type.
+status codes and headers of provider SDK errors (OpenAI's and Anthropic's — including
+Anthropic's 529 `overloaded_error` — and anything with a `status_code`/`response`), then
+httpx timeouts and connection errors and the SDKs' `APIConnectionError`/`APITimeoutError`
+by type.
 """
 
 from __future__ import annotations
@@ -146,9 +148,12 @@ def _is_timeout_or_connection(exc: BaseException) -> bool:
         module: Any = sys.modules.get(module_name)
         if module is not None and isinstance(exc, module.TimeoutException | module.TransportError):
             return True
-    openai: Any = sys.modules.get("openai")
-    if openai is not None and isinstance(exc, openai.APIConnectionError):
-        return True
+    # The SDKs wrap connection failures and timeouts (`APITimeoutError` is a subclass) in
+    # their own `APIConnectionError`, which carries no status: only checked when loaded.
+    for sdk_name in ("openai", "anthropic"):
+        sdk: Any = sys.modules.get(sdk_name)
+        if sdk is not None and isinstance(exc, sdk.APIConnectionError):
+            return True
     from langchain_core.exceptions import ModelError
 
     return isinstance(exc, ModelError) and bool(getattr(exc, "is_retryable", False))

@@ -5,20 +5,27 @@
 owns retries, otherwise they multiply) and `stream_usage=True` (a stream reports its usage
 in the final chunk, so streamed calls are priced like buffered ones). Register any other
 LangChain chat model with `ProviderRegistry.register(name, factory)`.
+
+`anthropic` is built as `langchain_anthropic.ChatAnthropic` the same way: SDK retries off,
+usage on streams, and always a `max_tokens` (the Messages API requires one; without a
+profile value it is the plane's default max output tokens, the number the call's budget
+reservation was sized for).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
+    from langchain_core.outputs import ChatGenerationChunk
 
 NO_CREDENTIAL = "comptroller-no-credential"
 """API key sent to an OpenAI-compatible endpoint when the profile has no credential
@@ -37,6 +44,9 @@ class ModelSpec:
     temperature: float | None = None
     max_tokens: int | None = None
     timeout_s: float | None = None
+    default_max_tokens: int | None = None
+    """The plane's default max output tokens (what a call reserves for when the profile sets
+    no `max_tokens`): for providers that require a maximum on every request."""
 
 
 ChatModelFactory: TypeAlias = "Callable[[ModelSpec], BaseChatModel]"
@@ -72,6 +82,117 @@ def openai_chat_model(spec: ModelSpec) -> BaseChatModel:
     )
 
 
+def anthropic_chat_model(spec: ModelSpec) -> BaseChatModel:
+    """Build `ChatAnthropic` (Messages API), SDK retries off, usage on streams.
+
+    Raises:
+        UsageError: No credential for the public Anthropic endpoint.
+    """
+    from pydantic import SecretStr
+
+    api_key = spec.api_key or os.environ.get("ANTHROPIC_API_KEY")
+    if api_key is None:
+        if spec.base_url is None:
+            raise UsageError(
+                f"no credential for {spec.provider}:{spec.model}: set ANTHROPIC_API_KEY, or "
+                "give the profile a credential (comptroller credentials set …)"
+            )
+        # A local server or a recorded cassette: any key does, and none is leaked.
+        api_key = NO_CREDENTIAL
+    kwargs: dict[str, Any] = {}
+    if spec.temperature is not None:
+        kwargs["temperature"] = spec.temperature
+    if spec.timeout_s is not None:
+        kwargs["default_request_timeout"] = spec.timeout_s
+    if spec.base_url is not None:
+        kwargs["base_url"] = spec.base_url
+    return _chat_anthropic_class()(
+        model=spec.model,
+        api_key=SecretStr(api_key),
+        max_retries=0,
+        stream_usage=True,
+        max_tokens=spec.max_tokens or spec.default_max_tokens or _ANTHROPIC_MAX_TOKENS,
+        **kwargs,
+    )
+
+
+_ANTHROPIC_MAX_TOKENS = 4096
+"""`max_tokens` when neither the profile nor the plane gives one (the plane's own default)."""
+
+_CACHE_TTL_KEYS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+_SPLIT_KEY = "comptroller_cache_creation"
+
+
+@functools.cache
+def _chat_anthropic_class() -> type[BaseChatModel]:
+    """`ChatAnthropic` whose streams report cache writes split by lifetime, as its buffered
+    answers do.
+
+    The Messages API sends the 5-minute / 1-hour split of the cache writes only in the
+    stream's `message_start`; langchain-anthropic reads usage from the final `message_delta`
+    alone, so a streamed 1-hour write would be priced as a (cheaper) 5-minute one. The split
+    is carried from the first event to the usage chunk, per stream (the model is shared by
+    concurrent calls, so nothing is kept on it). Built on first use: langchain-anthropic is
+    imported only when an anthropic profile is used.
+    """
+    from langchain_anthropic import ChatAnthropic
+
+    class _ChatAnthropic(ChatAnthropic):
+        def _make_message_chunk_from_anthropic_event(
+            self, event: Any, **kwargs: Any
+        ) -> tuple[Any, Any]:
+            chunk, block = super()._make_message_chunk_from_anthropic_event(event, **kwargs)
+            if chunk is not None and getattr(event, "type", None) == "message_start":
+                split = _cache_split(getattr(getattr(event, "message", None), "usage", None))
+                if split:
+                    chunk.response_metadata[_SPLIT_KEY] = split
+            return chunk, block
+
+        def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+            split: dict[str, int] | None = None
+            for chunk in super()._stream(*args, **kwargs):
+                split = _carry_split(chunk, split)
+                yield chunk
+
+        async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+            split: dict[str, int] | None = None
+            async for chunk in super()._astream(*args, **kwargs):
+                split = _carry_split(chunk, split)
+                yield chunk
+
+    _ChatAnthropic.__name__ = _ChatAnthropic.__qualname__ = "ChatAnthropic"
+    return _ChatAnthropic
+
+
+def _cache_split(usage: Any) -> dict[str, int] | None:
+    """The `cache_creation` split of an Anthropic usage, when it has one."""
+    creation: Any = getattr(usage, "cache_creation", None)
+    if creation is None:
+        return None
+    if not isinstance(creation, Mapping):
+        creation = creation.model_dump()
+    split = {key: int(creation.get(key) or 0) for key in _CACHE_TTL_KEYS}
+    return split if any(split.values()) else None
+
+
+def _carry_split(chunk: ChatGenerationChunk, split: dict[str, int] | None) -> dict[str, int] | None:
+    """Take the split from the stream's first chunk; put it in the usage chunk's details (as
+    langchain-anthropic does for a buffered answer: the generic key 0, not counted twice)."""
+    message: Any = chunk.message
+    found = message.response_metadata.pop(_SPLIT_KEY, None)
+    if found is not None:
+        return dict(found)
+    usage = getattr(message, "usage_metadata", None)
+    if split and usage:
+        details = dict(usage.get("input_token_details") or {})
+        if not any(key in details for key in _CACHE_TTL_KEYS) and details.get(
+            "cache_creation"
+        ) == sum(split.values()):
+            details.update(split, cache_creation=0)
+            message.usage_metadata = {**usage, "input_token_details": details}
+    return split
+
+
 class ProviderRegistry:
     """Provider name → chat-model factory. Thread-safe; one per control plane.
 
@@ -82,7 +203,10 @@ class ProviderRegistry:
 
     def __init__(self, factories: Mapping[str, ChatModelFactory] | None = None) -> None:
         self._lock = threading.Lock()
-        self._factories: dict[str, ChatModelFactory] = {"openai": openai_chat_model}
+        self._factories: dict[str, ChatModelFactory] = {
+            "openai": openai_chat_model,
+            "anthropic": anthropic_chat_model,
+        }
         self._factories.update(factories or {})
 
     def register(self, name: str, factory: ChatModelFactory) -> None:

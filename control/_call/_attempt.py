@@ -103,7 +103,8 @@ class StreamAccumulator:
         self.chunks.append(chunk)
         # Most chunks carry neither: two attribute reads, no merging.
         meta = getattr(chunk, "response_metadata", None)
-        if meta and meta.get("finish_reason"):
+        # OpenAI says `finish_reason`, Anthropic `stop_reason`.
+        if meta and (meta.get("finish_reason") or meta.get("stop_reason")):
             self.finished = True
         if getattr(chunk, "usage_metadata", None):
             self.usage_chunk = chunk

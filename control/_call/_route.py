@@ -342,6 +342,7 @@ class CallCore:
                         temperature=defaults.temperature,
                         max_tokens=defaults.max_tokens,
                         timeout_s=defaults.timeout_s,
+                        default_max_tokens=self.default_max_output_tokens,
                     )
                 )
                 self._models[key] = model

@@ -8,6 +8,8 @@
 - `InMemorySink`: a telemetry sink keeping spans, usage rows and events in memory.
 - `FakeOpenAIServer`: a real OpenAI-compatible HTTP server on an ephemeral local port, with
   streaming usage, cached tokens, latency and injected 429/5xx/truncated streams.
+- `FakeAnthropicServer`: the same for Anthropic's Messages API (streamed events with usage,
+  cache reads and 5-minute / 1-hour cache writes, 429 with retry-after, 5xx, 529 overloaded).
 
 Cassette replay (no credential needed): record the exchanges of a test once with vcrpy,
 then replay them in CI. The profile's `base_url` points at the recorded endpoint and no
@@ -24,13 +26,21 @@ Example:
     >>> fake = FakeChatModel(responses={"reasoning": "42"})
 """
 
+from comptroller.control.testing._anthropic_server import (
+    AnthropicBehaviour,
+    AnthropicReply,
+    FakeAnthropicServer,
+)
 from comptroller.control.testing._clock import FakeClock
 from comptroller.control.testing._fake_model import Fail, FakeChatModel, FakeUsage
 from comptroller.control.testing._server import FakeOpenAIServer, ModelBehaviour, ServerReply
 from comptroller.control.testing._sink import InMemorySink
 
 __all__ = [
+    "AnthropicBehaviour",
+    "AnthropicReply",
     "Fail",
+    "FakeAnthropicServer",
     "FakeChatModel",
     "FakeClock",
     "FakeOpenAIServer",

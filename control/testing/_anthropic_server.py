@@ -1,0 +1,343 @@
+"""`FakeAnthropicServer`: a real HTTP server speaking Anthropic's Messages API, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AnthropicReplyKind = Literal["ok", "rate_limited", "server_error", "overloaded", "truncated_stream"]
+
+_ERROR_TYPES: dict[str, str] = {
+    "rate_limited": "rate_limit_error",
+    "server_error": "api_error",
+    "overloaded": "overloaded_error",
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AnthropicReply:
+    """One scripted answer of `FakeAnthropicServer` (see the class methods)."""
+
+    kind: AnthropicReplyKind = "ok"
+    status: int = 200
+    retry_after_s: float | None = None
+    content: str | None = None
+    """Text of the answer (default: the model behaviour's content)."""
+
+    @classmethod
+    def ok(cls, content: str | None = None) -> AnthropicReply:
+        """A normal answer."""
+        return cls(content=content)
+
+    @classmethod
+    def rate_limited(cls, retry_after_s: float | None = 1.0) -> AnthropicReply:
+        """HTTP 429 `rate_limit_error` with `retry-after`."""
+        return cls(kind="rate_limited", status=429, retry_after_s=retry_after_s)
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> AnthropicReply:
+        """HTTP 5xx `api_error`."""
+        return cls(kind="server_error", status=status)
+
+    @classmethod
+    def overloaded(cls) -> AnthropicReply:
+        """HTTP 529 `overloaded_error` (Anthropic's "busy, try later")."""
+        return cls(kind="overloaded", status=529)
+
+    @classmethod
+    def truncated_stream(cls) -> AnthropicReply:
+        """A stream cut after its first text delta, before `message_delta` and its usage (a
+        plain answer when not streaming)."""
+        return cls(kind="truncated_stream")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AnthropicBehaviour:
+    """How the fake server answers for one model. Token counts are reported as Anthropic
+    does: `input_tokens` excludes cache reads and writes."""
+
+    content: str | Callable[[Mapping[str, Any]], str] = "Hello from the fake Anthropic server."
+    """The answer, or a function of the request JSON."""
+    input_tokens: int | None = None
+    """Reported uncached input tokens (default: ~ 1 per 4 characters of the messages)."""
+    output_tokens: int | None = None
+    """Reported output tokens (default: words of the answer)."""
+    cache_read_tokens: int = 0
+    """Reported `cache_read_input_tokens`."""
+    cache_write_5m_tokens: int = 0
+    """Reported `cache_creation.ephemeral_5m_input_tokens` (part of
+    `cache_creation_input_tokens`)."""
+    cache_write_1h_tokens: int = 0
+    """Reported `cache_creation.ephemeral_1h_input_tokens` (part of
+    `cache_creation_input_tokens`)."""
+    latency_s: float = 0.0
+    """Delay before answering (and between streamed deltas, divided by their number)."""
+    response_model: str | None = None
+    """Model reported in the answer (default: the requested one)."""
+
+
+@dataclass
+class _ModelState:
+    behaviour: AnthropicBehaviour
+    script: deque[AnthropicReply] = field(default_factory=deque)
+
+
+class FakeAnthropicServer:
+    """A real Anthropic Messages API server on 127.0.0.1 (an ephemeral port), for tests.
+
+    Serves `POST /v1/messages`, buffered and streamed (server-sent events `message_start`,
+    `content_block_start`/`content_block_delta`/`content_block_stop`, `message_delta` with
+    the cumulative usage, `message_stop`, as the API sends them), reports cache reads and
+    5-minute / 1-hour cache writes, and can be scripted per model: latency, 429 with
+    `retry-after`, 5xx, 529 overloaded, truncated streams. Point `ChatAnthropic` (or a
+    comptroller profile's `base_url`) at `base_url`. Use it as a context manager.
+
+    Example:
+        >>> with FakeAnthropicServer() as server:  # doctest: +SKIP
+        ...     server.behave("claude-sonnet-4-5", AnthropicBehaviour(cache_read_tokens=900))
+        ...     server.script("claude-sonnet-4-5", AnthropicReply.overloaded())
+        ...     ChatAnthropic(base_url=server.base_url, api_key="x", model="claude-sonnet-4-5")
+    """
+
+    def __init__(self, default: AnthropicBehaviour | None = None) -> None:
+        """Build a server (call `start`, or use it as a context manager).
+
+        Args:
+            default: Behaviour of models not configured with `behave`.
+        """
+        self._default = default or AnthropicBehaviour()
+        self._models: dict[str, _ModelState] = {}
+        self._lock = threading.Lock()
+        self.requests: list[dict[str, Any]] = []
+        """Every request body received, in order."""
+        self.headers: list[dict[str, str]] = []
+        """The headers of every request, in order."""
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+        self._socket: socket.socket | None = None
+        self.port = 0
+        self._counter = 0
+
+    # -- scripting -------------------------------------------------------------------------
+
+    def behave(self, model: str, behaviour: AnthropicBehaviour) -> None:
+        """Answer requests for `model` with `behaviour`."""
+        with self._lock:
+            self._state(model).behaviour = behaviour
+
+    def script(self, model: str, *replies: AnthropicReply) -> None:
+        """Answer the next requests for `model` with `replies`, in order, then normally."""
+        with self._lock:
+            self._state(model).script.extend(replies)
+
+    def _state(self, model: str) -> _ModelState:
+        state = self._models.get(model)
+        if state is None:
+            state = self._models[model] = _ModelState(behaviour=self._default)
+        return state
+
+    def _next(self, model: str) -> tuple[AnthropicBehaviour, AnthropicReply, int]:
+        with self._lock:
+            state = self._state(model)
+            reply = state.script.popleft() if state.script else AnthropicReply.ok()
+            self._counter += 1
+            return state.behaviour, reply, self._counter
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:<port>`: the `base_url` for ChatAnthropic (the SDK adds `/v1`)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def request_count(self, model: str | None = None) -> int:
+        """Requests received (for `model` only if given)."""
+        return sum(1 for body in self.requests if model is None or body.get("model") == model)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FakeAnthropicServer:
+        """Start serving in a background thread; returns when the port accepts connections."""
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(256)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self._app(), log_level="error", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="fake-anthropic"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("FakeAnthropicServer did not start within 10 s")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._thread = None
+
+    def __enter__(self) -> FakeAnthropicServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the app ---------------------------------------------------------------------------
+
+    def _app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response, StreamingResponse
+        from starlette.routing import Route
+
+        async def messages(request: Request) -> Response:
+            body = await request.json()
+            with self._lock:
+                self.requests.append(body)
+                self.headers.append(dict(request.headers))
+            behaviour, reply, number = self._next(str(body.get("model", "")))
+            # Connections are not kept: a client's pooled connection must not outlive the
+            # event loop of the test that opened it.
+            conn = {"connection": "close", "request-id": f"req_fake{number}"}
+            if behaviour.latency_s:
+                await asyncio.sleep(behaviour.latency_s)
+            error_type = _ERROR_TYPES.get(reply.kind)
+            if error_type is not None:
+                headers = dict(conn)
+                if reply.retry_after_s is not None:
+                    headers["retry-after"] = f"{reply.retry_after_s:g}"
+                return JSONResponse(
+                    {
+                        "type": "error",
+                        "error": {"type": error_type, "message": f"scripted {reply.kind}"},
+                    },
+                    status_code=reply.status,
+                    headers=headers,
+                )
+            answer = _answer(body, behaviour, reply, number)
+            if not body.get("stream"):
+                return JSONResponse(answer, headers=conn)
+            return StreamingResponse(
+                _events(answer, behaviour, truncated=reply.kind == "truncated_stream"),
+                media_type="text/event-stream",
+                headers=conn,
+            )
+
+        return Starlette(
+            routes=[
+                Route("/v1/messages", messages, methods=["POST"]),
+                Route("/messages", messages, methods=["POST"]),
+            ]
+        )
+
+
+def _answer(
+    body: Mapping[str, Any], behaviour: AnthropicBehaviour, reply: AnthropicReply, number: int
+) -> dict[str, Any]:
+    content = reply.content
+    if content is None:
+        content = behaviour.content(body) if callable(behaviour.content) else behaviour.content
+    prompt_chars = sum(len(json.dumps(m.get("content") or "")) for m in body.get("messages", []))
+    input_tokens = (
+        behaviour.input_tokens if behaviour.input_tokens is not None else prompt_chars // 4 + 8
+    )
+    output_tokens = (
+        behaviour.output_tokens
+        if behaviour.output_tokens is not None
+        else max(1, len(content.split()))
+    )
+    writes = behaviour.cache_write_5m_tokens + behaviour.cache_write_1h_tokens
+    return {
+        "id": f"msg_fake{number}",
+        "type": "message",
+        "role": "assistant",
+        "model": behaviour.response_model or body.get("model"),
+        "content": [{"type": "text", "text": content}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": behaviour.cache_read_tokens,
+            "cache_creation_input_tokens": writes,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": behaviour.cache_write_5m_tokens,
+                "ephemeral_1h_input_tokens": behaviour.cache_write_1h_tokens,
+            },
+            "service_tier": "standard",
+        },
+    }
+
+
+async def _events(
+    answer: Mapping[str, Any], behaviour: AnthropicBehaviour, *, truncated: bool
+) -> AsyncIterator[bytes]:
+    """The answer as the Messages API streams it."""
+
+    def event(name: str, data: Mapping[str, Any]) -> bytes:
+        return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+    usage = answer["usage"]
+    text = answer["content"][0]["text"]
+    pieces = [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
+    pause = behaviour.latency_s / max(1, len(pieces)) if behaviour.latency_s else 0.0
+    # `message_start` holds the input side (and 1 output token so far), as the API does.
+    start = {**answer, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    yield event("message_start", {"type": "message_start", "message": start})
+    yield event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    yield event("ping", {"type": "ping"})
+    for piece in pieces:
+        if pause:
+            await asyncio.sleep(pause)
+        yield event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": piece},
+            },
+        )
+        if truncated:
+            return
+    yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    # The final usage is cumulative; like the API, it carries the cache counts but not the
+    # `cache_creation` split by lifetime (that is only in `message_start`).
+    final = {
+        key: usage[key]
+        for key in (
+            "input_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "output_tokens",
+        )
+    }
+    yield event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": answer["stop_reason"], "stop_sequence": None},
+            "usage": final,
+        },
+    )
+    yield event("message_stop", {"type": "message_stop"})
