@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from comptroller.control.testing._http_server import LocalHttpServer
 
 AnthropicReplyKind = Literal["ok", "rate_limited", "server_error", "overloaded", "truncated_stream"]
 
@@ -89,7 +89,7 @@ class _ModelState:
     script: deque[AnthropicReply] = field(default_factory=deque)
 
 
-class FakeAnthropicServer:
+class FakeAnthropicServer(LocalHttpServer):
     """A real Anthropic Messages API server on 127.0.0.1 (an ephemeral port), for tests.
 
     Serves `POST /v1/messages`, buffered and streamed (server-sent events `message_start`,
@@ -106,6 +106,8 @@ class FakeAnthropicServer:
         ...     ChatAnthropic(base_url=server.base_url, api_key="x", model="claude-sonnet-4-5")
     """
 
+    _thread_name = "fake-anthropic"
+
     def __init__(self, default: AnthropicBehaviour | None = None) -> None:
         """Build a server (call `start`, or use it as a context manager).
 
@@ -119,10 +121,7 @@ class FakeAnthropicServer:
         """Every request body received, in order."""
         self.headers: list[dict[str, str]] = []
         """The headers of every request, in order."""
-        self._thread: threading.Thread | None = None
-        self._server: Any = None
-        self._socket: socket.socket | None = None
-        self.port = 0
+        super().__init__()
         self._counter = 0
 
     # -- scripting -------------------------------------------------------------------------
@@ -160,45 +159,6 @@ class FakeAnthropicServer:
         return sum(1 for body in self.requests if model is None or body.get("model") == model)
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeAnthropicServer:
-        """Start serving in a background thread; returns when the port accepts connections."""
-        import uvicorn
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(256)
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app(), log_level="error", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="fake-anthropic"
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("FakeAnthropicServer did not start within 10 s")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._thread = None
-
-    def __enter__(self) -> FakeAnthropicServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- the app ---------------------------------------------------------------------------
 

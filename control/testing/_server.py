@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections import deque
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from comptroller.control.testing import _replies
+from comptroller.control.testing._http_server import LocalHttpServer
 
 ReplyKind = Literal["ok", "rate_limited", "server_error", "truncated_stream", "quota_exhausted"]
 
@@ -95,7 +95,7 @@ class _ModelState:
     script: deque[ServerReply] = field(default_factory=deque)
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LocalHttpServer):
     """A real OpenAI-compatible HTTP server on 127.0.0.1 (an ephemeral port), for tests.
 
     Serves `POST /v1/chat/completions` (buffered and streamed; with
@@ -114,6 +114,9 @@ class FakeOpenAIServer:
         ...     ChatOpenAI(base_url=server.base_url, api_key="x", model="gpt-4o-mini")
     """
 
+    _thread_name = "fake-openai"
+    _backlog = 2048
+
     def __init__(self, default: ModelBehaviour | None = None, *, keep_alive: bool = False) -> None:
         """Build a server (call `start`, or use it as a context manager).
 
@@ -131,10 +134,7 @@ class FakeOpenAIServer:
         """Every request body received, in order."""
         self.headers: list[dict[str, str]] = []
         """The headers of every request, in order."""
-        self._thread: threading.Thread | None = None
-        self._server: Any = None
-        self._socket: socket.socket | None = None
-        self.port = 0
+        super().__init__()
         self._counter = 0
 
     # -- scripting -------------------------------------------------------------------------
@@ -173,51 +173,8 @@ class FakeOpenAIServer:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> FakeOpenAIServer:
-        """Start serving in a background thread; returns when the port accepts connections."""
-        import uvicorn
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(2048)
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app(),
-            log_level="error",
-            lifespan="off",
-            access_log=False,
-            backlog=2048,
-            timeout_keep_alive=30,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="fake-openai"
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("FakeOpenAIServer did not start within 10 s")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._thread = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _uvicorn_options(self) -> dict[str, Any]:
+        return {"backlog": 2048, "timeout_keep_alive": 30}
 
     # -- the app ---------------------------------------------------------------------------
 

@@ -1,0 +1,81 @@
+"""A real HTTP server on a free local port, run by uvicorn in a background thread: what the
+fake provider servers (`FakeOpenAIServer`, `FakeAnthropicServer`) share."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any, Self
+
+
+class LocalHttpServer:
+    """Serves the ASGI app of `_app()` on 127.0.0.1 (an ephemeral port) until `stop()`.
+
+    Subclasses give the app, a thread name and, if they need them, more uvicorn settings.
+    Usable as a context manager.
+    """
+
+    _thread_name = "fake-server"
+    _backlog = 256
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+        self._socket: socket.socket | None = None
+        self.port = 0
+
+    def _app(self) -> Any:
+        raise NotImplementedError
+
+    def _uvicorn_options(self) -> dict[str, Any]:
+        """More `uvicorn.Config` settings (e.g. backlog, keep-alive)."""
+        return {}
+
+    def start(self) -> Self:
+        """Start serving in a background thread; returns when the port accepts connections."""
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(self._backlog)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app(),
+            log_level="error",
+            lifespan="off",
+            access_log=False,
+            **self._uvicorn_options(),
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            daemon=True,
+            name=self._thread_name,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"{type(self).__name__} did not start within 10 s")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
