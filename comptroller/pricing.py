@@ -74,6 +74,8 @@ PROVIDER_ALIASES: Final[Mapping[str, str | None]] = {
     "gcp.gemini": "google",
     "gcp.gen_ai": "google",
     "gcp.vertex_ai": "google",
+    # The Gemini API's profile name besides `gcp.gemini` (a built-in provider).
+    "google": "google",
     "google_genai": "google",
     "google_vertexai": "google",
     "groq": "groq",

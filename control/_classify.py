@@ -11,7 +11,9 @@ Classification reads the provider-agnostic LangChain `ModelError` subclasses fir
 status codes and headers of provider SDK errors (OpenAI's and Anthropic's — including
 Anthropic's 529 `overloaded_error` — and anything with a `status_code`/`response`), then
 httpx timeouts and connection errors and the SDKs' `APIConnectionError`/`APITimeoutError`
-by type.
+by type. google-genai's `APIError` (`ClientError`/`ServerError`, status in `.code`) is read
+too, also when langchain-google-genai re-raised it as a LangChain `ModelError` that keeps
+it only as its cause (429, 401, 403, 404, 400 lose their status and Retry-After otherwise).
 """
 
 from __future__ import annotations
@@ -159,6 +161,22 @@ def _is_timeout_or_connection(exc: BaseException) -> bool:
     return isinstance(exc, ModelError) and bool(getattr(exc, "is_retryable", False))
 
 
+def _google_api_error(exc: BaseException) -> Any:
+    """google-genai's `APIError` in `exc` or its cause, when google-genai is loaded."""
+    errors: Any = sys.modules.get("google.genai.errors")
+    if errors is None:
+        return None
+    for candidate in (exc, exc.__cause__):
+        if isinstance(candidate, errors.APIError):
+            return candidate
+    return None
+
+
+def _google_status(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
 def classify(exc: BaseException) -> Classified:
     """Classify an exception raised by (or instead of) a provider attempt.
 
@@ -175,6 +193,13 @@ def classify(exc: BaseException) -> Classified:
     if _is_validation(exc):
         return Classified(kind="validation", error_type=type(exc).__name__)
     status = _status_of(exc)
+    google_error = _google_api_error(exc)
+    if google_error is not None:
+        # Its `code` is the HTTP status (its `status` a gRPC name such as
+        # RESOURCE_EXHAUSTED, which Gemini sends for rate limits and quotas alike); the
+        # response carries the Retry-After.
+        exc = google_error
+        status = _status_of(exc) or _google_status(exc)
     if status is not None:
         code = _error_code(exc)
         error_type = str(status)

@@ -10,6 +10,12 @@ LangChain chat model with `ProviderRegistry.register(name, factory)`.
 usage on streams, and always a `max_tokens` (the Messages API requires one; without a
 profile value it is the plane's default max output tokens, the number the call's budget
 reservation was sized for).
+
+`gcp.gemini` (the OpenTelemetry `gen_ai.provider.name` of the Gemini API, so spans and
+usage rows carry the semconv name) and its alias `google` (what genai-prices and
+LangChain call it) are built as `langchain_google_genai.ChatGoogleGenerativeAI`: SDK
+retries off, usage on every answer (Gemini always reports it), the profile's `max_tokens`
+else the plane's default max output tokens.
 """
 
 from __future__ import annotations
@@ -193,6 +199,46 @@ def _carry_split(chunk: ChatGenerationChunk, split: dict[str, int] | None) -> di
     return split
 
 
+def google_chat_model(spec: ModelSpec) -> BaseChatModel:
+    """Build `ChatGoogleGenerativeAI` (Gemini API), SDK retries off.
+
+    Raises:
+        UsageError: No credential for the public Gemini endpoint.
+    """
+    from langchain_google_genai import ChatGoogleGenerativeAI
+    from pydantic import SecretStr
+
+    api_key = spec.api_key or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")
+    if api_key is None:
+        if spec.base_url is None:
+            raise UsageError(
+                f"no credential for {spec.provider}:{spec.model}: set GOOGLE_API_KEY (or "
+                "GEMINI_API_KEY), or give the profile a credential (comptroller credentials "
+                "set …)"
+            )
+        # A local server or a recorded cassette: any key does, and none is leaked.
+        api_key = NO_CREDENTIAL
+    kwargs: dict[str, Any] = {}
+    if spec.temperature is not None:
+        kwargs["temperature"] = spec.temperature
+    if spec.timeout_s is not None:
+        kwargs["timeout"] = spec.timeout_s
+    if spec.base_url is not None:
+        kwargs["base_url"] = spec.base_url
+    max_output_tokens = spec.max_tokens or spec.default_max_tokens
+    if max_output_tokens is not None:
+        kwargs["max_output_tokens"] = max_output_tokens
+    model: BaseChatModel = ChatGoogleGenerativeAI(
+        model=spec.model,
+        api_key=SecretStr(api_key),
+        # Attempts, not retries: 1 is "the first request only", as langchain-google-genai
+        # documents it (it warns that google-genai may read 0 as its default of several).
+        max_retries=1,
+        **kwargs,
+    )
+    return model
+
+
 class ProviderRegistry:
     """Provider name → chat-model factory. Thread-safe; one per control plane.
 
@@ -206,6 +252,8 @@ class ProviderRegistry:
         self._factories: dict[str, ChatModelFactory] = {
             "openai": openai_chat_model,
             "anthropic": anthropic_chat_model,
+            "gcp.gemini": google_chat_model,
+            "google": google_chat_model,
         }
         self._factories.update(factories or {})
 

@@ -10,6 +10,9 @@
   streaming usage, cached tokens, latency and injected 429/5xx/truncated streams.
 - `FakeAnthropicServer`: the same for Anthropic's Messages API (streamed events with usage,
   cache reads and 5-minute / 1-hour cache writes, 429 with retry-after, 5xx, 529 overloaded).
+- `FakeGeminiServer`: the same for the Gemini API (`generateContent` and
+  `streamGenerateContent` with usage metadata: cached-content and thinking tokens; 429 with
+  retry-after, 5xx, 529).
 
 Cassette replay (no credential needed): record the exchanges of a test once with vcrpy,
 then replay them in CI. The profile's `base_url` points at the recorded endpoint and no
@@ -33,6 +36,11 @@ from comptroller.control.testing._anthropic_server import (
 )
 from comptroller.control.testing._clock import FakeClock
 from comptroller.control.testing._fake_model import Fail, FakeChatModel, FakeUsage
+from comptroller.control.testing._gemini_server import (
+    FakeGeminiServer,
+    GeminiBehaviour,
+    GeminiReply,
+)
 from comptroller.control.testing._server import FakeOpenAIServer, ModelBehaviour, ServerReply
 from comptroller.control.testing._sink import InMemorySink
 
@@ -43,8 +51,11 @@ __all__ = [
     "FakeAnthropicServer",
     "FakeChatModel",
     "FakeClock",
+    "FakeGeminiServer",
     "FakeOpenAIServer",
     "FakeUsage",
+    "GeminiBehaviour",
+    "GeminiReply",
     "InMemorySink",
     "ModelBehaviour",
     "ServerReply",

@@ -8,11 +8,9 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from comptroller.control.testing._http_server import LocalHttpServer
-
-AnthropicReplyKind = Literal["ok", "rate_limited", "server_error", "overloaded", "truncated_stream"]
+from comptroller.control.testing._http_server import LocalHttpServer, ScriptedReply
 
 _ERROR_TYPES: dict[str, str] = {
     "rate_limited": "rate_limit_error",
@@ -21,41 +19,11 @@ _ERROR_TYPES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AnthropicReply:
-    """One scripted answer of `FakeAnthropicServer` (see the class methods)."""
+class AnthropicReply(ScriptedReply):
+    """One scripted answer of `FakeAnthropicServer` (the kinds of `ScriptedReply`, answered with the
+    API's own error types and stream events)."""
 
-    kind: AnthropicReplyKind = "ok"
-    status: int = 200
-    retry_after_s: float | None = None
-    content: str | None = None
-    """Text of the answer (default: the model behaviour's content)."""
-
-    @classmethod
-    def ok(cls, content: str | None = None) -> AnthropicReply:
-        """A normal answer."""
-        return cls(content=content)
-
-    @classmethod
-    def rate_limited(cls, retry_after_s: float | None = 1.0) -> AnthropicReply:
-        """HTTP 429 `rate_limit_error` with `retry-after`."""
-        return cls(kind="rate_limited", status=429, retry_after_s=retry_after_s)
-
-    @classmethod
-    def server_error(cls, status: int = 500) -> AnthropicReply:
-        """HTTP 5xx `api_error`."""
-        return cls(kind="server_error", status=status)
-
-    @classmethod
-    def overloaded(cls) -> AnthropicReply:
-        """HTTP 529 `overloaded_error` (Anthropic's "busy, try later")."""
-        return cls(kind="overloaded", status=529)
-
-    @classmethod
-    def truncated_stream(cls) -> AnthropicReply:
-        """A stream cut after its first text delta, before `message_delta` and its usage (a
-        plain answer when not streaming)."""
-        return cls(kind="truncated_stream")
+    __slots__ = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

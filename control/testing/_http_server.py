@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any, Self
+from dataclasses import dataclass
+from typing import Any, Literal, Self
 
 
 class LocalHttpServer:
@@ -79,3 +80,44 @@ class LocalHttpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+ReplyKind = Literal["ok", "rate_limited", "server_error", "overloaded", "truncated_stream"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScriptedReply:
+    """One scripted answer of a fake provider server (see the class methods); each server
+    answers a kind the way its API does (its own error type names, its own stream events)."""
+
+    kind: ReplyKind = "ok"
+    status: int = 200
+    retry_after_s: float | None = None
+    content: str | None = None
+    """Text of the answer (default: the model behaviour's content)."""
+
+    @classmethod
+    def ok(cls, content: str | None = None) -> Self:
+        """A normal answer."""
+        return cls(content=content)
+
+    @classmethod
+    def rate_limited(cls, retry_after_s: float | None = 1.0) -> Self:
+        """HTTP 429 with `retry-after`."""
+        return cls(kind="rate_limited", status=429, retry_after_s=retry_after_s)
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> Self:
+        """HTTP 5xx."""
+        return cls(kind="server_error", status=status)
+
+    @classmethod
+    def overloaded(cls) -> Self:
+        """HTTP 529 ("overloaded, try later")."""
+        return cls(kind="overloaded", status=529)
+
+    @classmethod
+    def truncated_stream(cls) -> Self:
+        """A stream cut after its first text chunk, before its finish and its usage (a plain
+        answer when not streaming)."""
+        return cls(kind="truncated_stream")
