@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from comptroller.control.testing._http_server import LocalHttpServer, ScriptedReply
+from comptroller.control.testing._http_server import ScriptedReply, ScriptedServer
 
 _ERROR_TYPES: dict[str, str] = {
     "rate_limited": "rate_limit_error",
@@ -51,13 +49,7 @@ class AnthropicBehaviour:
     """Model reported in the answer (default: the requested one)."""
 
 
-@dataclass
-class _ModelState:
-    behaviour: AnthropicBehaviour
-    script: deque[AnthropicReply] = field(default_factory=deque)
-
-
-class FakeAnthropicServer(LocalHttpServer):
+class FakeAnthropicServer(ScriptedServer[AnthropicBehaviour, AnthropicReply]):
     """A real Anthropic Messages API server on 127.0.0.1 (an ephemeral port), for tests.
 
     Serves `POST /v1/messages`, buffered and streamed (server-sent events `message_start`,
@@ -74,6 +66,7 @@ class FakeAnthropicServer(LocalHttpServer):
         ...     ChatAnthropic(base_url=server.base_url, api_key="x", model="claude-sonnet-4-5")
     """
 
+    _reply = AnthropicReply
     _thread_name = "fake-anthropic"
 
     def __init__(self, default: AnthropicBehaviour | None = None) -> None:
@@ -82,40 +75,7 @@ class FakeAnthropicServer(LocalHttpServer):
         Args:
             default: Behaviour of models not configured with `behave`.
         """
-        self._default = default or AnthropicBehaviour()
-        self._models: dict[str, _ModelState] = {}
-        self._lock = threading.Lock()
-        self.requests: list[dict[str, Any]] = []
-        """Every request body received, in order."""
-        self.headers: list[dict[str, str]] = []
-        """The headers of every request, in order."""
-        super().__init__()
-        self._counter = 0
-
-    # -- scripting -------------------------------------------------------------------------
-
-    def behave(self, model: str, behaviour: AnthropicBehaviour) -> None:
-        """Answer requests for `model` with `behaviour`."""
-        with self._lock:
-            self._state(model).behaviour = behaviour
-
-    def script(self, model: str, *replies: AnthropicReply) -> None:
-        """Answer the next requests for `model` with `replies`, in order, then normally."""
-        with self._lock:
-            self._state(model).script.extend(replies)
-
-    def _state(self, model: str) -> _ModelState:
-        state = self._models.get(model)
-        if state is None:
-            state = self._models[model] = _ModelState(behaviour=self._default)
-        return state
-
-    def _next(self, model: str) -> tuple[AnthropicBehaviour, AnthropicReply, int]:
-        with self._lock:
-            state = self._state(model)
-            reply = state.script.popleft() if state.script else AnthropicReply.ok()
-            self._counter += 1
-            return state.behaviour, reply, self._counter
+        super().__init__(default or AnthropicBehaviour())
 
     @property
     def base_url(self) -> str:

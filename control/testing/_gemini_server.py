@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from comptroller.control.testing._http_server import LocalHttpServer, ScriptedReply
+from comptroller.control.testing._http_server import ScriptedReply, ScriptedServer
 
 _ERROR_STATUS: dict[int, str] = {
     429: "RESOURCE_EXHAUSTED",
@@ -53,13 +51,7 @@ class GeminiBehaviour:
     """`modelVersion` reported in the answer (default: the requested model)."""
 
 
-@dataclass
-class _ModelState:
-    behaviour: GeminiBehaviour
-    script: deque[GeminiReply] = field(default_factory=deque)
-
-
-class FakeGeminiServer(LocalHttpServer):
+class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
     """A real Gemini API server on 127.0.0.1 (an ephemeral port), for tests.
 
     Serves `POST /v1beta/models/{model}:generateContent` and
@@ -77,6 +69,7 @@ class FakeGeminiServer(LocalHttpServer):
         ...                            model="gemini-2.5-flash")
     """
 
+    _reply = GeminiReply
     _thread_name = "fake-gemini"
 
     def __init__(self, default: GeminiBehaviour | None = None) -> None:
@@ -85,42 +78,9 @@ class FakeGeminiServer(LocalHttpServer):
         Args:
             default: Behaviour of models not configured with `behave`.
         """
-        self._default = default or GeminiBehaviour()
-        self._models: dict[str, _ModelState] = {}
-        self._lock = threading.Lock()
-        self.requests: list[dict[str, Any]] = []
-        """Every request body received, in order."""
+        super().__init__(default or GeminiBehaviour())
         self.request_models: list[str] = []
         """The model of every request (it is in the path, not the body), in order."""
-        self.headers: list[dict[str, str]] = []
-        """The headers of every request, in order."""
-        super().__init__()
-        self._counter = 0
-
-    # -- scripting -------------------------------------------------------------------------
-
-    def behave(self, model: str, behaviour: GeminiBehaviour) -> None:
-        """Answer requests for `model` with `behaviour`."""
-        with self._lock:
-            self._state(model).behaviour = behaviour
-
-    def script(self, model: str, *replies: GeminiReply) -> None:
-        """Answer the next requests for `model` with `replies`, in order, then normally."""
-        with self._lock:
-            self._state(model).script.extend(replies)
-
-    def _state(self, model: str) -> _ModelState:
-        state = self._models.get(model)
-        if state is None:
-            state = self._models[model] = _ModelState(behaviour=self._default)
-        return state
-
-    def _next(self, model: str) -> tuple[GeminiBehaviour, GeminiReply, int]:
-        with self._lock:
-            state = self._state(model)
-            reply = state.script.popleft() if state.script else GeminiReply.ok()
-            self._counter += 1
-            return state.behaviour, reply, self._counter
 
     @property
     def base_url(self) -> str:

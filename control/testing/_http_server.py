@@ -6,8 +6,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Literal, Self
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Self, TypeVar
 
 
 class LocalHttpServer:
@@ -82,6 +83,9 @@ class LocalHttpServer:
         self.stop()
 
 
+B = TypeVar("B")
+R = TypeVar("R", bound="ScriptedReply")
+
 ReplyKind = Literal["ok", "rate_limited", "server_error", "overloaded", "truncated_stream"]
 
 
@@ -121,3 +125,52 @@ class ScriptedReply:
         """A stream cut after its first text chunk, before its finish and its usage (a plain
         answer when not streaming)."""
         return cls(kind="truncated_stream")
+
+
+@dataclass
+class _ModelState(Generic[B, R]):
+    behaviour: B
+    script: deque[R] = field(default_factory=deque)
+
+
+class ScriptedServer(LocalHttpServer, Generic[B, R]):
+    """A fake provider server answering each model by its behaviour, or by the replies
+    scripted for it first (`behave`, `script`). Subclasses name their reply type (`_reply`)
+    and serve the API in `_app`, taking each answer from `_next`."""
+
+    _reply: type[R]
+
+    def __init__(self, default: B) -> None:
+        super().__init__()
+        self._default = default
+        self._models: dict[str, _ModelState[B, R]] = {}
+        self._lock = threading.Lock()
+        self.requests: list[dict[str, Any]] = []
+        """Every request body received, in order."""
+        self.headers: list[dict[str, str]] = []
+        """The headers of every request, in order."""
+        self._counter = 0
+
+    def behave(self, model: str, behaviour: B) -> None:
+        """Answer requests for `model` with `behaviour`."""
+        with self._lock:
+            self._state(model).behaviour = behaviour
+
+    def script(self, model: str, *replies: R) -> None:
+        """Answer the next requests for `model` with `replies`, in order, then normally."""
+        with self._lock:
+            self._state(model).script.extend(replies)
+
+    def _state(self, model: str) -> _ModelState[B, R]:
+        state = self._models.get(model)
+        if state is None:
+            state = self._models[model] = _ModelState(behaviour=self._default)
+        return state
+
+    def _next(self, model: str) -> tuple[B, R, int]:
+        """The behaviour and reply for the next request of `model`, and its number."""
+        with self._lock:
+            state = self._state(model)
+            reply = state.script.popleft() if state.script else self._reply.ok()
+            self._counter += 1
+            return state.behaviour, reply, self._counter
