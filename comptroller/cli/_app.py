@@ -95,6 +95,20 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext)
 
 
+def in_existing_folder(
+    ctx: click.Context, param: click.Parameter, value: Path | None
+) -> Path | None:
+    """Option callback for a file the command writes or creates: its folder must exist.
+
+    Checked while the command line is read, before anything runs: opening would create the
+    folders (a typo in --db must not grow a new database), and a long query or gate must not
+    be lost to a typo in an output path.
+    """
+    if value is not None and not value.parent.is_dir():
+        raise click.BadParameter(f"folder {value.parent} does not exist", ctx=ctx, param=param)
+    return value
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported only when invoked or listed in help."""
 

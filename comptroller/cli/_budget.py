@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from comptroller.cli._app import AppContext, pass_app
+from comptroller.cli._app import AppContext, in_existing_folder, pass_app
 
 
 @click.group(name="budget")
@@ -35,6 +35,7 @@ def budget() -> None:
 @click.option(
     "--junit",
     type=click.Path(path_type=Path, dir_okay=False, writable=True),
+    callback=in_existing_folder,
     help="Also write a JUnit XML report to FILE (one test case per budget).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -93,10 +94,6 @@ def check(
     )
     from comptroller.errors import FindingError
 
-    if junit is not None and not junit.parent.is_dir():
-        # Refused before anything is read or printed: a gate that cannot write its report
-        # has not run.
-        raise click.BadParameter(f"folder {junit.parent} does not exist", param_hint="'--junit'")
     settings = app.settings()
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)

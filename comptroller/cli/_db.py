@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from comptroller.cli._app import AppContext, pass_app
+from comptroller.cli._app import AppContext, in_existing_folder, pass_app
 
 _TABLES = (
     "llm_usage",
@@ -26,15 +26,13 @@ _DB_OPTION = click.option(
     "--db",
     "path",
     type=click.Path(path_type=Path, dir_okay=False),
+    callback=in_existing_folder,
     help="DuckDB file [default: the data directory's].",
 )
 
 
 def _path(app: AppContext, path: Path | None) -> Path:
     if path is not None:
-        if not path.parent.is_dir():
-            # Opening would create the folders: a typo in --db must not grow a new database.
-            raise click.BadParameter(f"folder {path.parent} does not exist", param_hint="'--db'")
         return path
     settings = app.settings()
     settings.ensure_data_dir()

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from comptroller.cli._app import AppContext, pass_app
+from comptroller.cli._app import AppContext, in_existing_folder, pass_app
 from comptroller.money import usd, usd_column
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ def _hints(app: AppContext, report: DemoReport, db_file: Path | None) -> list[st
     "--db",
     "db_file",
     type=click.Path(path_type=Path, dir_okay=False),
+    callback=in_existing_folder,
     help="DuckDB file [default: comptroller.duckdb in the data directory].",
 )
 @click.option(
@@ -155,8 +156,6 @@ def demo(
     in DuckDB, profiles in the default profile store. A budget is hit, a circuit opens and
     closes, a profile is changed and rolled back. No server to start, no API key.
     """
-    if db_file is not None and not db_file.parent.is_dir():
-        raise click.BadParameter(f"folder {db_file.parent} does not exist", param_hint="'--db'")
     from comptroller.demo import run_demo
 
     settings = app.settings()

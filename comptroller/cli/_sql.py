@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from comptroller.cli._app import AppContext, pass_app
+from comptroller.cli._app import AppContext, in_existing_folder, pass_app
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -33,6 +33,7 @@ _MORE = "        ...> "
     "--output",
     "-o",
     type=click.Path(path_type=Path, dir_okay=False, writable=True),
+    callback=in_existing_folder,
     help="Write the result to FILE instead of stdout.",
 )
 @click.option(
@@ -71,11 +72,6 @@ def sql(
     """
     from comptroller.analytics import reader_from_settings
 
-    if output is not None and not output.parent.is_dir():
-        # Checked before the query runs: a long query must not be lost to a typo in a path.
-        raise click.BadParameter(
-            f"folder {output.parent} does not exist", param_hint="'--output' / '-o'"
-        )
     settings = app.settings()
     reader = reader_from_settings(settings, db=db, url=url)
     try:
