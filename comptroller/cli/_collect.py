@@ -7,14 +7,13 @@ from pathlib import Path
 
 import click
 
-from comptroller.cli._app import AppContext, in_existing_folder, pass_app
+from comptroller.cli._app import AppContext, pass_app
 
 
 @click.command(name="collect")
 @click.option(
     "--db",
     type=click.Path(path_type=Path, dir_okay=False),
-    callback=in_existing_folder,
     help="DuckDB file [default: comptroller.duckdb in the data directory].",
 )
 @click.option(
@@ -86,6 +85,10 @@ def collect(
     if db is None:
         settings.ensure_data_dir()
         db = settings.db_file
+    elif not db.parent.is_dir():
+        # Checked here, not by the option's callback: a token given on the command line is
+        # warned about first, whatever else is wrong with the command.
+        raise click.BadParameter(f"folder {db.parent} does not exist", param_hint="'--db'")
     listen_host = host or section.host
     http_port = section.port if port is None else port
     grpc = None if no_grpc else (section.grpc_port if grpc_port is None else grpc_port)
