@@ -23,6 +23,10 @@ class ModelRef:
     """Provider id as the OpenTelemetry conventions name it (`openai`, `anthropic`, …)."""
     model: str
     """The provider's model id."""
+    base_url: str | None = None
+    """This model's endpoint (an OpenAI-compatible server, a regional or proxied endpoint);
+    None for the profile's `base_url` when the provider is the profile's own, else the
+    provider's default. Lets a fallback chain cross to another provider's endpoint."""
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:

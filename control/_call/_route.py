@@ -151,8 +151,9 @@ class Prepared:
             attrs[semconv.GEN_AI_REQUEST_MAX_TOKENS] = defaults.max_tokens
         if defaults.temperature is not None:
             attrs[semconv.GEN_AI_REQUEST_TEMPERATURE] = defaults.temperature
-        if profile.base_url and ref.provider == profile.model.provider:
-            host = profile.base_url.split("://", 1)[-1].split("/", 1)[0]
+        base_url = endpoint(profile, ref)
+        if base_url:
+            host = base_url.split("://", 1)[-1].split("/", 1)[0]
             attrs[semconv.SERVER_ADDRESS] = host.rsplit(":", 1)[0] if ":" in host else host
         return attrs
 
@@ -301,7 +302,7 @@ class CallCore:
     ) -> Runnable[Any, Any]:
         profile = prep.profile
         scope = route.scope
-        base_url = profile.base_url if ref.provider == profile.model.provider else None
+        base_url = endpoint(profile, ref)
         defaults = profile.defaults
         # Credentials are per scope: the key holds the scope so that one tenant's model
         # instance (and its key) never serves another's call.
@@ -355,6 +356,14 @@ class CallCore:
             # Hold the binder so that its id cannot be reused while the entry exists.
             self._binders[id(binder)] = binder
         return runnable
+
+
+def endpoint(profile: ResolvedProfile, ref: ModelRef) -> str | None:
+    """Where `ref` is called: its own `base_url`, else the profile's for the profile's own
+    provider (another provider's default endpoint is not the profile's)."""
+    if ref.base_url is not None:
+        return ref.base_url
+    return profile.base_url if ref.provider == profile.model.provider else None
 
 
 def _environment_secrets() -> list[str]:
