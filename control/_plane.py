@@ -291,6 +291,42 @@ class ControlPlane:
             self._handles[scope] = model
         return model
 
+    def pydantic_ai_model(
+        self,
+        purpose: str,
+        *,
+        domain: str | None = None,
+        org: str | None = None,
+        context: str | None = None,
+        rate_limit_wait_s: float = 0.0,
+    ) -> Any:
+        """A pydantic-ai `Model` for `purpose` at (domain, org), calling from `context`.
+
+        Every request of an `Agent` using it runs the guarded call flow of
+        `chat_model(purpose, …)` (routing, limits, budgets, retries, fallbacks, pricing,
+        spans and usage rows). Needs the `pydantic-ai` extra
+        (`pip install 'comptroller[pydantic-ai]'`).
+
+        Example:
+            >>> from pydantic_ai import Agent  # doctest: +SKIP
+            >>> agent = Agent(plane.pydantic_ai_model("reasoning", domain="acme-eu"))  # doctest: +SKIP
+            >>> agent.run_sync("Summarise the ticket").output  # doctest: +SKIP
+
+        Raises:
+            ConfigError: pydantic-ai is not installed.
+        """
+        from comptroller.control._pydantic_ai import guarded_pydantic_ai_model
+
+        return guarded_pydantic_ai_model(
+            self.chat_model(
+                purpose,
+                domain=domain,
+                org=org,
+                context=context,
+                rate_limit_wait_s=rate_limit_wait_s,
+            )
+        )
+
     def register_provider(self, name: str, factory: ChatModelFactory) -> None:
         """Build the models of provider `name` with `factory` (any LangChain chat model)."""
         self.providers.register(name, factory)
