@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from comptroller.control._chat_model import GuardedChatModel
     from comptroller.control._circuit import CircuitPolicy, CircuitSnapshot, CircuitState
     from comptroller.control._clock import Clock, SystemClock
+    from comptroller.control._embedders import Embedder, EmbeddingResult, EmbeddingsFactory
+    from comptroller.control._embeddings import GuardedEmbeddings
     from comptroller.control._errors import (
         BudgetError,
         BudgetExceeded,
@@ -91,12 +93,16 @@ __all__ = [
     "CredentialResolver",
     "CredentialSource",
     "DegradationPolicy",
+    "Embedder",
+    "EmbeddingResult",
+    "EmbeddingsFactory",
     "EventEmitter",
     "ExhaustedFallbacks",
     "Guard",
     "GuardKey",
     "GuardUnavailable",
     "GuardedChatModel",
+    "GuardedEmbeddings",
     "LedgerState",
     "MasterKeyError",
     "MemoryGuard",
@@ -193,12 +199,16 @@ _EXPORTS: dict[str, str] = {
     "CredentialResolver": "comptroller.control._call",
     "CredentialSource": "comptroller.control._profile_types",
     "DegradationPolicy": "comptroller.control._profile_types",
+    "Embedder": "comptroller.control._embedders",
+    "EmbeddingResult": "comptroller.control._embedders",
+    "EmbeddingsFactory": "comptroller.control._embedders",
     "EventEmitter": "comptroller.control._telemetry",
     "ExhaustedFallbacks": "comptroller.control._errors",
     "Guard": "comptroller.control._guard",
     "GuardKey": "comptroller.control._guard",
     "GuardUnavailable": "comptroller.control._errors",
     "GuardedChatModel": "comptroller.control._chat_model",
+    "GuardedEmbeddings": "comptroller.control._embeddings",
     "LedgerState": "comptroller.control._guard",
     "MasterKeyError": "comptroller.control._profile_errors",
     "MemoryGuard": "comptroller.control._guard",

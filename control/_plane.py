@@ -18,14 +18,17 @@ from comptroller.control._call import CallCore, CallScope, RetryPolicy
 from comptroller.control._chat_model import GuardedChatModel
 from comptroller.control._circuit import CircuitBreakers, CircuitPolicy, CircuitSnapshot
 from comptroller.control._clock import SYSTEM_CLOCK, Clock
+from comptroller.control._embeddings import DEFAULT_BATCH_SIZE, GuardedEmbeddings
 from comptroller.control._profile_types import ModelRef, ProfileResolver, ResolvedProfile
 from comptroller.control._providers import ChatModelFactory, ProviderRegistry
 from comptroller.control._telemetry import EventEmitter, NullSink, Telemetry, TelemetrySink
 from comptroller.errors import ConfigError, UsageError
+from comptroller.semconv import OPERATION_EMBEDDINGS
 
 if TYPE_CHECKING:
     from comptroller.config import Settings
     from comptroller.control._call import CredentialResolver
+    from comptroller.control._embedders import EmbeddingsFactory
     from comptroller.control._guard import Guard
     from comptroller.pricing import Pricer
 
@@ -290,6 +293,56 @@ class ControlPlane:
                 self._handles.clear()
             self._handles[scope] = model
         return model
+
+    def embeddings(
+        self,
+        purpose: str = "embedding",
+        *,
+        domain: str | None = None,
+        org: str | None = None,
+        context: str | None = None,
+        rate_limit_wait_s: float = 0.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> GuardedEmbeddings:
+        """LangChain `Embeddings` for `purpose` at (domain, org), calling from `context`.
+
+        Each request (a batch of up to `batch_size` texts) is guarded like a chat call:
+        rate limits on requests and tokens, a budget reservation sized from the input,
+        retries and fallback along the profile's chain of embedding models, priced from the
+        provider-reported usage, with a GenAI span (`gen_ai.operation.name = embeddings`)
+        and a usage row per attempt.
+
+        Example:
+            >>> emb = plane.embeddings("embedding", org="acme", domain="acme-eu")  # doctest: +SKIP
+            >>> emb.embed_query("refund policy")[:3]  # doctest: +SKIP
+
+        Raises:
+            UsageError: `purpose` is declared and is not an embedding purpose, or a bad
+                wait or batch size.
+        """
+        if rate_limit_wait_s < 0:
+            raise UsageError(f"rate_limit_wait_s must be ≥ 0, got {rate_limit_wait_s}")
+        purposes = getattr(self.resolver, "purposes", None)
+        if purposes is not None and purpose in purposes and not purposes[purpose].embedding:
+            raise UsageError(
+                f"purpose {purpose!r} is not an embedding purpose; use plane.chat_model for "
+                "it, or declare it with embedding = true under "
+                f"[control.purposes.{purpose}] in comptroller.toml"
+            )
+        scope = CallScope(
+            purpose=purpose,
+            domain=domain,
+            org=org,
+            context=context,
+            rate_limit_wait_s=rate_limit_wait_s,
+            operation=OPERATION_EMBEDDINGS,
+        )
+        return GuardedEmbeddings(self._core.route(scope), batch_size=batch_size)
+
+    def register_embeddings(self, name: str, factory: EmbeddingsFactory) -> None:
+        """Build the embedding models of provider `name` with `factory` (an `Embedder`, or
+        any LangChain `Embeddings`, whose usage is then estimated from the input)."""
+        self.providers.register_embeddings(name, factory)
 
     def pydantic_ai_model(
         self,

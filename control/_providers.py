@@ -30,8 +30,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel
     from langchain_core.outputs import ChatGenerationChunk
+
+    from comptroller.control._embedders import Embedder, EmbeddingsFactory
 
 NO_CREDENTIAL = "comptroller-no-credential"
 """API key sent to an OpenAI-compatible endpoint when the profile has no credential
@@ -58,15 +61,13 @@ class ModelSpec:
 ChatModelFactory: TypeAlias = "Callable[[ModelSpec], BaseChatModel]"
 
 
-def openai_chat_model(spec: ModelSpec) -> BaseChatModel:
-    """Build `ChatOpenAI` for OpenAI or an OpenAI-compatible endpoint, SDK retries off.
+def openai_api_key(spec: ModelSpec) -> str | None:
+    """The key an OpenAI(-compatible) client of `spec` is built with (None: the SDK reads
+    `OPENAI_API_KEY`); a local endpoint without a credential gets a placeholder.
 
     Raises:
         UsageError: No credential for the public OpenAI endpoint.
     """
-    from langchain_openai import ChatOpenAI
-    from pydantic import SecretStr
-
     api_key = spec.api_key
     if api_key is None:
         if spec.base_url is None and not os.environ.get("OPENAI_API_KEY"):
@@ -76,6 +77,19 @@ def openai_chat_model(spec: ModelSpec) -> BaseChatModel:
             )
         if spec.base_url is not None:
             api_key = os.environ.get("OPENAI_API_KEY") or NO_CREDENTIAL
+    return api_key
+
+
+def openai_chat_model(spec: ModelSpec) -> BaseChatModel:
+    """Build `ChatOpenAI` for OpenAI or an OpenAI-compatible endpoint, SDK retries off.
+
+    Raises:
+        UsageError: No credential for the public OpenAI endpoint.
+    """
+    from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
+
+    api_key = openai_api_key(spec)
     return ChatOpenAI(
         model=spec.model,
         base_url=spec.base_url,
@@ -256,6 +270,7 @@ class ProviderRegistry:
             "google": google_chat_model,
         }
         self._factories.update(factories or {})
+        self._embeddings: dict[str, EmbeddingsFactory] = {"openai": _openai_embedder}
 
     def register(self, name: str, factory: ChatModelFactory) -> None:
         """Use `factory` to build the models of provider `name` (replacing any before)."""
@@ -288,3 +303,37 @@ class ProviderRegistry:
     def build(self, spec: ModelSpec) -> BaseChatModel:
         """Build the chat model of `spec` with its provider's factory."""
         return self.factory(spec.provider, base_url=spec.base_url)(spec)
+
+    def register_embeddings(self, name: str, factory: EmbeddingsFactory) -> None:
+        """Use `factory` to build the embedding models of provider `name`: an `Embedder`
+        (usage as the provider reports it) or any LangChain `Embeddings` (usage estimated
+        from the input, flagged so)."""
+        with self._lock:
+            self._embeddings[name] = factory
+
+    def build_embeddings(self, spec: ModelSpec) -> Embedder:
+        """Build the embedding model of `spec`; an unregistered provider with a `base_url`
+        is treated as OpenAI-compatible.
+
+        Raises:
+            UsageError: No embeddings factory for the provider and no `base_url`.
+        """
+        from comptroller.control._embedders import as_embedder
+
+        found = self._embeddings.get(spec.provider)
+        if found is None and spec.base_url is not None:
+            found = _openai_embedder
+        if found is None:
+            raise UsageError(
+                f"no embeddings factory for provider {spec.provider!r} (known: "
+                f"{', '.join(sorted(self._embeddings))}); register one with "
+                "ControlPlane.register_embeddings(name, factory), or give the profile an "
+                "OpenAI-compatible base_url"
+            )
+        return as_embedder(found(spec), spec.model)
+
+
+def _openai_embedder(spec: ModelSpec) -> Embedder | Embeddings:
+    from comptroller.control._embedders import openai_embedder
+
+    return openai_embedder(spec)

@@ -6,7 +6,14 @@ tools and structured output, `_attempt` an attempt and a stream's chunks, `_reco
 and usage rows, `_context` the attempt visible to code running inside it.
 """
 
-from comptroller.control._call._binders import IDENTITY, Binder, StructuredBinder, ToolsBinder
+from comptroller.control._call._binders import (
+    EMBED,
+    IDENTITY,
+    Binder,
+    EmbedBinder,
+    StructuredBinder,
+    ToolsBinder,
+)
 from comptroller.control._call._context import CallInfo, current_call
 from comptroller.control._call._drivers import ainvoke, astream, invoke, stream
 from comptroller.control._call._flow import CallFlow
@@ -14,6 +21,7 @@ from comptroller.control._call._policy import DegradationTracker, RetryBudget, R
 from comptroller.control._call._route import CallCore, CallScope, CredentialResolver, Route
 
 __all__ = [
+    "EMBED",
     "IDENTITY",
     "Binder",
     "CallCore",
@@ -22,6 +30,7 @@ __all__ = [
     "CallScope",
     "CredentialResolver",
     "DegradationTracker",
+    "EmbedBinder",
     "RetryBudget",
     "RetryPolicy",
     "Route",

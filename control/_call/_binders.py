@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.exceptions import OutputParserException
 
 from comptroller.control._errors import ModelRefused
-from comptroller.control._tokens import estimate_tool_tokens
+from comptroller.control._tokens import estimate_tokens, estimate_tool_tokens
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -31,6 +31,11 @@ class Binder:
 
     def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
         return model
+
+    def input_tokens(self, input: Any) -> int:
+        """An upper bound of the input tokens a request of `input` is counted (reserved and
+        taken from the token bucket before the provider says)."""
+        return estimate_tokens(input) + self.tool_tokens
 
     def split(self, result: Any) -> tuple[AIMessage | None, BaseException | None, Any]:
         """(the raw AI message for usage, a validation error or None, the caller's result)."""
@@ -83,4 +88,21 @@ class StructuredBinder(Binder):
         return raw, error, result
 
 
+class EmbedBinder(Binder):
+    """An embeddings route: the model is an `Embedder` (invoked as it is), its input a list
+    of texts, its result an `EmbeddingResult` whose vectors the caller gets."""
+
+    def apply(self, model: Any) -> Any:
+        return model
+
+    def input_tokens(self, input: Any) -> int:
+        from comptroller.control._embedders import upper_bound_tokens
+
+        return upper_bound_tokens(input)
+
+    def split(self, result: Any) -> tuple[Any, BaseException | None, Any]:
+        return result, None, result.vectors
+
+
 IDENTITY = Binder()
+EMBED = EmbedBinder()

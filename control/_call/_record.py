@@ -101,7 +101,7 @@ class AttemptRecord:
             attrs[semconv.COST_USD] = float(self.cost)
         name = self.prep.attempt_names[at.depth]
         if at.model != at.ref.model:
-            name = semconv.OPERATION_CHAT + " " + at.model
+            name = self.prep.operation + " " + at.model
         return (
             name,
             SpanKind.CLIENT,

@@ -59,6 +59,8 @@ class CallScope:
     context: str | None = None
     rate_limit_wait_s: float = 0.0
     """How long a call may wait for a rate-limit bucket before `RateLimited`."""
+    operation: str = semconv.OPERATION_CHAT
+    """The GenAI operation of the route's calls: `chat`, or `embeddings`."""
 
 
 class Prepared:
@@ -73,6 +75,7 @@ class Prepared:
         "guard_key",
         "info_prefix",
         "max_output",
+        "operation",
         "parent_attrs",
         "profile",
         "row_attrs",
@@ -104,7 +107,13 @@ class Prepared:
                 chain.append(ref)
         self.chain: tuple[ModelRef, ...] = tuple(chain)
         self.guard_key = core.guard_key(scope) if core.guard is not None else None
-        self.max_output = profile.defaults.max_tokens or core.default_max_output_tokens
+        self.operation = scope.operation
+        # An embedding request produces no output tokens: nothing to reserve for them.
+        self.max_output = (
+            0
+            if scope.operation == semconv.OPERATION_EMBEDDINGS
+            else profile.defaults.max_tokens or core.default_max_output_tokens
+        )
         self.budget_cap = str(profile.budget.daily_usd) if profile.budget is not None else None
         attrs: dict[str, AttributeValue] = {semconv.PURPOSE: scope.purpose}
         for name, value in (
@@ -122,7 +131,7 @@ class Prepared:
         self.call_name = "comptroller.call " + scope.purpose
         self.runnables: dict[tuple[int, int], Runnable[Any, Any]] = {}
         # Per model of the chain, the attempt span's constant attributes, built once.
-        self.attempt_names = tuple(semconv.OPERATION_CHAT + " " + ref.model for ref in self.chain)
+        self.attempt_names = tuple(self.operation + " " + ref.model for ref in self.chain)
         self.attempt_attrs = tuple(
             self._attempt_attrs(profile, ref, depth) for depth, ref in enumerate(self.chain)
         )
@@ -139,7 +148,7 @@ class Prepared:
         self, profile: ResolvedProfile, ref: ModelRef, depth: int
     ) -> dict[str, AttributeValue]:
         attrs: dict[str, AttributeValue] = {
-            semconv.GEN_AI_OPERATION_NAME: semconv.OPERATION_CHAT,
+            semconv.GEN_AI_OPERATION_NAME: self.operation,
             semconv.GEN_AI_PROVIDER_NAME: ref.provider,
             semconv.GEN_AI_REQUEST_MODEL: ref.model,
             semconv.FALLBACK_DEPTH: depth,
@@ -307,6 +316,7 @@ class CallCore:
         # Credentials are per scope: the key holds the scope so that one tenant's model
         # instance (and its key) never serves another's call.
         key = (
+            scope.operation,
             ref.provider,
             ref.model,
             base_url,
@@ -334,7 +344,12 @@ class CallCore:
                         profile, domain=scope.domain, org=scope.org, provider=ref.provider
                     )
                 self.redactor.add(api_key)
-                model = self.providers.build(
+                build: Any = (
+                    self.providers.build_embeddings
+                    if scope.operation == semconv.OPERATION_EMBEDDINGS
+                    else self.providers.build
+                )
+                model = build(
                     ModelSpec(
                         provider=ref.provider,
                         model=ref.model,

@@ -6,7 +6,11 @@ Pure functions of the request body: which tool calls to make (`tools`, `tool_cho
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -89,3 +93,47 @@ def cut_at_stop(content: str, stop: str | Sequence[str] | None) -> str:
     sequences = [stop] if isinstance(stop, str) else list(stop or ())
     found = [content.find(s) for s in sequences if s and s in content]
     return content[: min(found)] if found else content
+
+
+def embeddings(body: Mapping[str, Any], behaviour: Any) -> dict[str, Any]:
+    """The answer of `/v1/embeddings`: one deterministic unit vector per input text (the same
+    text always gets the same vector), float or base64-packed float32 as `encoding_format`
+    asks, and the usage as OpenAI reports it (`prompt_tokens`, ~1 per 4 characters, or the
+    behaviour's `prompt_tokens`)."""
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) else list(raw or ())
+    width = int(body.get("dimensions") or behaviour.embedding_dimensions)
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, text in enumerate(texts):
+        vector = _unit_vector(str(text), width)
+        encoded: Any = (
+            base64.b64encode(struct.pack(f"<{width}f", *vector)).decode() if as_base64 else vector
+        )
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = (
+        behaviour.prompt_tokens
+        if behaviour.prompt_tokens is not None
+        else sum(len(str(text)) // 4 + 1 for text in texts)
+    )
+    answer: dict[str, Any] = {
+        "object": "list",
+        "data": data,
+        "model": behaviour.response_model or body.get("model"),
+    }
+    if behaviour.report_embedding_usage:
+        answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return answer
+
+
+def _unit_vector(text: str, width: int) -> list[float]:
+    digest = b""
+    counter = 0
+    while len(digest) < 2 * width:
+        digest += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    values = [
+        int.from_bytes(digest[2 * i : 2 * i + 2], "big") / 65535.0 - 0.5 for i in range(width)
+    ]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]

@@ -87,6 +87,10 @@ class ModelBehaviour:
     even when none is scripted (see `_replies.tool_calls`)."""
     response_model: str | None = None
     """Model reported in the answer (default: the requested one)."""
+    embedding_dimensions: int = 8
+    """Length of the vectors `/v1/embeddings` answers with (a request's `dimensions` wins)."""
+    report_embedding_usage: bool = True
+    """Whether `/v1/embeddings` reports `usage` (some OpenAI-compatible servers do not)."""
 
 
 @dataclass
@@ -98,7 +102,8 @@ class _ModelState:
 class FakeOpenAIServer(LocalHttpServer):
     """A real OpenAI-compatible HTTP server on 127.0.0.1 (an ephemeral port), for tests.
 
-    Serves `POST /v1/chat/completions` (buffered and streamed; with
+    Serves `POST /v1/embeddings` (deterministic unit vectors per text, float or base64 as
+    asked, usage as `prompt_tokens`) and `POST /v1/chat/completions` (buffered and streamed; with
     `stream_options.include_usage` the usage comes in a final chunk, as OpenAI does), reports
     cached and reasoning tokens, and can be scripted per model: latency, 429 with
     Retry-After, 5xx, quota exhaustion, truncated streams. Answers the request as the API
@@ -184,7 +189,10 @@ class FakeOpenAIServer(LocalHttpServer):
         from starlette.responses import JSONResponse, Response, StreamingResponse
         from starlette.routing import Route
 
-        async def completions(request: Request) -> Response:
+        async def received(
+            request: Request,
+        ) -> tuple[dict[str, Any], ModelBehaviour, ServerReply, dict[str, str], Response | None]:
+            """The request noted and its scripted reply: an error response, or None."""
             body = await request.json()
             with self._lock:
                 self.requests.append(body)
@@ -194,22 +202,29 @@ class FakeOpenAIServer(LocalHttpServer):
             conn = {} if self._keep_alive else {"connection": "close"}
             if behaviour.latency_s:
                 await asyncio.sleep(behaviour.latency_s)
-            if reply.kind in ("rate_limited", "server_error", "quota_exhausted"):
-                headers = dict(conn)
-                if reply.retry_after_s is not None:
-                    headers["retry-after"] = f"{reply.retry_after_s:g}"
-                code = "insufficient_quota" if reply.kind == "quota_exhausted" else None
-                return JSONResponse(
-                    {
-                        "error": {
-                            "message": f"scripted {reply.kind}",
-                            "type": reply.kind,
-                            "code": code,
-                        }
-                    },
-                    status_code=reply.status,
-                    headers=headers,
-                )
+            if reply.kind not in ("rate_limited", "server_error", "quota_exhausted"):
+                return body, behaviour, reply, conn, None
+            headers = dict(conn)
+            if reply.retry_after_s is not None:
+                headers["retry-after"] = f"{reply.retry_after_s:g}"
+            code = "insufficient_quota" if reply.kind == "quota_exhausted" else None
+            error = JSONResponse(
+                {"error": {"message": f"scripted {reply.kind}", "type": reply.kind, "code": code}},
+                status_code=reply.status,
+                headers=headers,
+            )
+            return body, behaviour, reply, conn, error
+
+        async def embeddings(request: Request) -> Response:
+            body, behaviour, _, conn, error = await received(request)
+            if error is not None:
+                return error
+            return JSONResponse(_replies.embeddings(body, behaviour), headers=conn)
+
+        async def completions(request: Request) -> Response:
+            body, behaviour, reply, conn, error = await received(request)
+            if error is not None:
+                return error
             answer = self._answer(body, behaviour, reply)
             if not body.get("stream"):
                 return JSONResponse(answer, headers=conn)
@@ -231,6 +246,8 @@ class FakeOpenAIServer(LocalHttpServer):
             routes=[
                 Route("/v1/chat/completions", completions, methods=["POST"]),
                 Route("/chat/completions", completions, methods=["POST"]),
+                Route("/v1/embeddings", embeddings, methods=["POST"]),
+                Route("/embeddings", embeddings, methods=["POST"]),
                 Route("/v1/models", models, methods=["GET"]),
             ]
         )
