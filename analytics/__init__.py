@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     )
     from comptroller.analytics._compact import Compacted, compact
     from comptroller.analytics._errors import AnalyticsError, QueryError, ReaderUnavailable
+    from comptroller.analytics._focus import FOCUS_VERSION, focus_table, write_focus
     from comptroller.analytics._frames import DIMENSIONS, Analytics, Dimension
     from comptroller.analytics._gate import (
         GateResult,
@@ -86,7 +87,13 @@ if TYPE_CHECKING:
         run_read_only,
         truncated_at,
     )
-    from comptroller.analytics._report import SpendDiff, SpendLine, compare_spend
+    from comptroller.analytics._report import (
+        SpendDiff,
+        SpendLine,
+        compare_spend,
+        savings_json,
+        savings_markdown,
+    )
     from comptroller.analytics._report import markdown as report_markdown
     from comptroller.analytics._report import to_json as report_json
     from comptroller.analytics._reprice import RepriceLine, RepriceResult, reprice
@@ -97,6 +104,7 @@ if TYPE_CHECKING:
         rebuild_rollup,
         rollup_timezone,
     )
+    from comptroller.analytics._savings import CacheSaving, cache_savings, savings_prices
     from comptroller.analytics._schema import (
         MIGRATIONS,
         SCHEMA_VERSION,
@@ -107,6 +115,14 @@ if TYPE_CHECKING:
         set_meta,
     )
     from comptroller.analytics._source import LocalReader, reader_from_settings
+    from comptroller.analytics._whatif import (
+        WhatIf,
+        WhatIfLine,
+        WhatIfResult,
+        what_if,
+        what_if_json,
+        what_if_markdown,
+    )
 
 # Names load on first use (PEP 562), each from the module that defines it: `import
 # comptroller.analytics` costs nothing, so a command pays only for what it touches (DuckDB and
@@ -123,6 +139,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DIMENSIONS": ("comptroller.analytics._frames", "DIMENSIONS"),
     "Dimension": ("comptroller.analytics._frames", "Dimension"),
     "DuckDBReader": ("comptroller.analytics._reader", "DuckDBReader"),
+    "FOCUS_VERSION": ("comptroller.analytics._focus", "FOCUS_VERSION"),
     "GateResult": ("comptroller.analytics._gate", "GateResult"),
     "HttpReader": ("comptroller.analytics._reader", "HttpReader"),
     "KeyRefusals": ("comptroller.analytics._budget", "KeyRefusals"),
@@ -140,17 +157,23 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SCHEMA_VERSION": ("comptroller.analytics._schema", "SCHEMA_VERSION"),
     "SpendDiff": ("comptroller.analytics._report", "SpendDiff"),
     "SpendLine": ("comptroller.analytics._report", "SpendLine"),
+    "WhatIf": ("comptroller.analytics._whatif", "WhatIf"),
+    "WhatIfLine": ("comptroller.analytics._whatif", "WhatIfLine"),
+    "WhatIfResult": ("comptroller.analytics._whatif", "WhatIfResult"),
+    "CacheSaving": ("comptroller.analytics._savings", "CacheSaving"),
     "add_usage_rows": ("comptroller.analytics._rollup", "add_usage_rows"),
     "apply_usage_batch": ("comptroller.analytics._rollup", "apply_usage_batch"),
     "budget_refusals": ("comptroller.analytics._budget", "budget_refusals"),
     "budget_state": ("comptroller.analytics._budget", "budget_state"),
     "budgets_table": ("comptroller.analytics._gate", "budgets_table"),
     "builtin_panels": ("comptroller.analytics._panels", "builtin_panels"),
+    "cache_savings": ("comptroller.analytics._savings", "cache_savings"),
     "check_budgets": ("comptroller.analytics._gate", "check_budgets"),
     "check_read_only": ("comptroller.analytics._reader", "check_read_only"),
     "compact": ("comptroller.analytics._compact", "compact"),
     "compare_spend": ("comptroller.analytics._report", "compare_spend"),
     "connect": ("comptroller.analytics._schema", "connect"),
+    "focus_table": ("comptroller.analytics._focus", "focus_table"),
     "gate_json": ("comptroller.analytics._gate", "dumps"),
     "insert_new": ("comptroller.analytics._insert", "insert_new"),
     "insert_new_sql": ("comptroller.analytics._insert", "insert_new_sql"),
@@ -170,10 +193,17 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "rollup_timezone": ("comptroller.analytics._rollup", "rollup_timezone"),
     "run_panel": ("comptroller.analytics._panels", "run_panel"),
     "run_read_only": ("comptroller.analytics._reader", "run_read_only"),
+    "savings_json": ("comptroller.analytics._report", "savings_json"),
+    "savings_markdown": ("comptroller.analytics._report", "savings_markdown"),
+    "savings_prices": ("comptroller.analytics._savings", "savings_prices"),
     "schema_version": ("comptroller.analytics._schema", "schema_version"),
     "set_meta": ("comptroller.analytics._schema", "set_meta"),
     "time_bounds": ("comptroller.analytics._insert", "time_bounds"),
     "truncated_at": ("comptroller.analytics._reader", "truncated_at"),
+    "what_if": ("comptroller.analytics._whatif", "what_if"),
+    "what_if_json": ("comptroller.analytics._whatif", "what_if_json"),
+    "what_if_markdown": ("comptroller.analytics._whatif", "what_if_markdown"),
+    "write_focus": ("comptroller.analytics._focus", "write_focus"),
     "write_result": ("comptroller.analytics._output", "write_result"),
 }
 
@@ -196,6 +226,7 @@ __all__ = [
     "ARROW_STREAM",
     "DEDUP_KEYS",
     "DIMENSIONS",
+    "FOCUS_VERSION",
     "MIGRATIONS",
     "ROLLUP_TIMEZONE_KEY",
     "SCHEMA_VERSION",
@@ -204,6 +235,7 @@ __all__ = [
     "BudgetEvent",
     "BudgetState",
     "BudgetStatus",
+    "CacheSaving",
     "Compacted",
     "Dimension",
     "DuckDBReader",
@@ -221,17 +253,22 @@ __all__ = [
     "RepriceResult",
     "SpendDiff",
     "SpendLine",
+    "WhatIf",
+    "WhatIfLine",
+    "WhatIfResult",
     "add_usage_rows",
     "apply_usage_batch",
     "budget_refusals",
     "budget_state",
     "budgets_table",
     "builtin_panels",
+    "cache_savings",
     "check_budgets",
     "check_read_only",
     "compact",
     "compare_spend",
     "connect",
+    "focus_table",
     "gate_json",
     "insert_new",
     "insert_new_sql",
@@ -251,9 +288,16 @@ __all__ = [
     "rollup_timezone",
     "run_panel",
     "run_read_only",
+    "savings_json",
+    "savings_markdown",
+    "savings_prices",
     "schema_version",
     "set_meta",
     "time_bounds",
     "truncated_at",
+    "what_if",
+    "what_if_json",
+    "what_if_markdown",
+    "write_focus",
     "write_result",
 ]

@@ -13,8 +13,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from comptroller import semconv
 from comptroller.analytics._panels import builtin_panels, run_panel
 from comptroller.analytics._reader import DuckDBReader, Reader
+from comptroller.budget_alerts import (
+    Crossing,
+    WarningPolicy,
+    crossings,
+    day_bounds,
+    warning_event_id,
+)
 from comptroller.dashboards import Clock
 from comptroller.money import usd_column
 
@@ -328,6 +336,10 @@ class BudgetEvent:
     purpose: str
     cap_usd: Decimal
     spent_usd: Decimal
+    threshold: float | None = None
+    """For a warning: the share of the cap crossed (None for a projected overrun)."""
+    projected_usd: Decimal | None = None
+    """For a projected-overrun warning: the day's spend at the burn rate so far."""
 
 
 def record_budget_events(
@@ -336,76 +348,108 @@ def record_budget_events(
     now: dt.datetime | None = None,
     timezone: str = "UTC",
     warn_ratio: float = 0.8,
+    policy: WarningPolicy | None = None,
 ) -> list[BudgetEvent]:
-    """Record each budget key's crossing of the warning threshold and of its cap, today.
+    """Record today's budget warnings and cap crossings of each budget key.
 
-    Each crossing is recorded once per day and key: a key already holding a `warning` (or
-    `exceeded`) event for the day — recorded here or by the control plane — gets no second
-    one. A key that jumps past its cap in one batch records both. Call it after
-    `apply_usage_batch`, in the same transaction.
+    Warnings follow `policy` (`comptroller.budget_alerts`; default: 50, 80 and 100 % of the
+    cap and a projected overrun), each once per key, threshold and day under the id the
+    control plane gives the same warning, so a warning it raised first is not repeated. The
+    cap's crossing (`exceeded`) is recorded once per key and day, unless the control plane
+    recorded one. Call it after `apply_usage_batch`, in the same transaction.
+
+    Args:
+        warn_ratio: The utilisation the budget state calls `warning` (the status shown).
 
     Returns:
         The events recorded by this call.
     """
+    policy = policy if policy is not None else WarningPolicy()
     states = budget_state(
         DuckDBReader(con, cursors=False), now=now, timezone=timezone, warn_ratio=warn_ratio
     )
-    crossings = [
-        (state, kind)
-        for state in states
-        for kind in ("warning", "exceeded")
-        if state.spend_status == "exceeded"
-        or (kind == "warning" and state.spend_status == "warning")
-    ]
-    if not crossings:
+    if not states:
         return []
     day = states[0].day
-    seen = {
-        (str(kind), str(tenant), str(context), str(purpose))
-        for kind, tenant, context, purpose in con.execute(
-            "SELECT kind, coalesce(tenant, ''), coalesce(context, ''), coalesce(purpose, '') "
-            "FROM budget_events WHERE day = ? AND kind IN ('warning', 'exceeded')",
+    exceeded_seen = {
+        (str(tenant), str(context), str(purpose))
+        for tenant, context, purpose in con.execute(
+            "SELECT coalesce(tenant, ''), coalesce(context, ''), coalesce(purpose, '') "
+            "FROM budget_events WHERE day = ? AND kind = 'exceeded'",
             [day],
         ).fetchall()
     }
     stamp = now or dt.datetime.now(dt.UTC)
+    start, end = day_bounds(day, timezone)
     recorded: list[BudgetEvent] = []
-    for state, kind in crossings:
-        if (kind, *state.key) in seen:
-            continue
-        event = BudgetEvent(
-            event_id=f"budget:{state.day.isoformat()}:{kind}:{state.tenant}:{state.context}:{state.purpose}",
-            kind=kind,  # type: ignore[arg-type]
-            day=state.day,
-            tenant=state.tenant,
-            context=state.context,
-            purpose=state.purpose,
-            cap_usd=state.cap_usd,
-            spent_usd=state.spent_usd,
-        )
-        attributes = {
-            "utilisation": state.utilisation,
-            "warn_ratio": warn_ratio,
-            "unpriced_calls": state.unpriced_calls,
-            "unpriced_models": list(state.unpriced_models),
-        }
-        con.execute(
-            "INSERT OR IGNORE INTO budget_events (event_id, ts, day, kind, tenant, context, "
-            "purpose, cap_usd, spent_usd, service_name, attributes) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                event.event_id,
-                stamp,
-                event.day,
-                kind,
-                state.tenant,
-                state.context,
-                state.purpose,
-                state.cap_usd,
+    for state in states:
+        found: list[tuple[str, str, Crossing | None]] = [
+            (
+                warning_event_id(
+                    state.tenant, state.context, state.purpose, day.isoformat(), c.label
+                ),
+                "warning",
+                c,
+            )
+            for c in crossings(
                 state.spent_usd,
-                "comptroller.analytics",
-                json.dumps(attributes),
-            ],
-        ).fetchall()
-        recorded.append(event)
+                state.cap_usd,
+                now=stamp.timestamp(),
+                day_start=start,
+                day_end=end,
+                policy=policy,
+            )
+        ]
+        if state.spend_status == "exceeded" and state.key not in exceeded_seen:
+            event_id = (
+                f"budget:{day.isoformat()}:exceeded:{state.tenant}:{state.context}:{state.purpose}"
+            )
+            found.append((event_id, "exceeded", None))
+        for event_id, kind, crossing in found:
+            attributes: dict[str, Any] = {
+                "utilisation": state.utilisation,
+                "warn_ratio": warn_ratio,
+                "unpriced_calls": state.unpriced_calls,
+                "unpriced_models": list(state.unpriced_models),
+            }
+            if crossing is not None:
+                attributes[semconv.BUDGET_WARNING_KIND] = crossing.kind
+                if crossing.threshold is not None:
+                    attributes[semconv.BUDGET_THRESHOLD] = crossing.threshold
+                if crossing.projected_usd is not None:
+                    attributes[semconv.BUDGET_PROJECTED_USD] = str(crossing.projected_usd)
+            inserted = con.execute(
+                "INSERT OR IGNORE INTO budget_events (event_id, ts, day, kind, tenant, context, "
+                "purpose, cap_usd, spent_usd, service_name, attributes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING event_id",
+                [
+                    event_id,
+                    stamp,
+                    day,
+                    kind,
+                    state.tenant,
+                    state.context,
+                    state.purpose,
+                    state.cap_usd,
+                    state.spent_usd,
+                    "comptroller.analytics",
+                    json.dumps(attributes),
+                ],
+            ).fetchall()
+            if not inserted:
+                continue  # raised before, here or by the control plane
+            recorded.append(
+                BudgetEvent(
+                    event_id=event_id,
+                    kind=kind,  # type: ignore[arg-type]
+                    day=day,
+                    tenant=state.tenant,
+                    context=state.context,
+                    purpose=state.purpose,
+                    cap_usd=state.cap_usd,
+                    spent_usd=state.spent_usd,
+                    threshold=crossing.threshold if crossing is not None else None,
+                    projected_usd=crossing.projected_usd if crossing is not None else None,
+                )
+            )
     return recorded

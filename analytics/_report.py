@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from comptroller.analytics._budget import KeyRefusals, budget_refusals
 from comptroller.analytics._panels import builtin_panels, run_panel
 from comptroller.analytics._reader import Reader
+from comptroller.analytics._savings import CacheSaving
 from comptroller.money import usd_column
 
 _ZERO = Decimal(0)
@@ -117,8 +119,14 @@ def compare_spend(
     return SpendDiff(lines=tuple(lines), total=total, refused=tuple(refused))
 
 
-def markdown(diff: SpendDiff, *, problems: list[str] | None = None) -> str:
-    """The comparison as a Markdown report (a PR comment, a step summary)."""
+def markdown(
+    diff: SpendDiff,
+    *,
+    problems: list[str] | None = None,
+    savings: Sequence[CacheSaving] = (),
+) -> str:
+    """The comparison as a Markdown report (a PR comment, a step summary), with the current
+    run's prompt-cache `savings` when there are any."""
     t = diff.total
     icon = "❌" if problems else ("📈" if t.change_usd > 0 else "📉" if t.change_usd < 0 else "➖")
     everything = [*diff.lines, t]
@@ -166,13 +174,78 @@ def markdown(diff: SpendDiff, *, problems: list[str] | None = None) -> str:
             "",
             *(f"- **{_md(_label(r))}**: {_md(r.refusals.why())}" for r in diff.refused),
         ]
+    if savings:
+        out += ["", savings_markdown(savings).rstrip("\n")]
     if problems:
         out += ["", *[f"**Failed:** {p}" for p in problems]]
     return "\n".join(out) + "\n"
 
 
-def to_json(diff: SpendDiff, *, problems: list[str] | None = None) -> str:
-    """The comparison as JSON (decimals as exact strings)."""
+def savings_markdown(savings: Sequence[CacheSaving]) -> str:
+    """Prompt-cache savings per purpose and model as a Markdown section."""
+    head = "## 💾 Prompt-cache savings"
+    if not savings:
+        return f"{head}\n\nNo call read from a prompt cache in the range.\n"
+    known = [s.saved_usd for s in savings if s.saved_usd is not None]
+    total = sum(known, _ZERO) if known else None
+    amounts = usd_column([*(s.saved_usd for s in savings), total])
+    calls = sum(s.calls for s in savings)
+    out = [
+        head,
+        "",
+        f"Prompt caching saved **{amounts[-1]}** over {calls} call{'s' if calls != 1 else ''} "
+        "(the cached tokens priced as plain input, minus their cache-read price).",
+        "",
+        "| purpose | model | calls | cached tokens | of input | saved |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for i, item in enumerate(savings):
+        model = f"{item.provider}:{item.model}" if item.provider else item.model
+        share = item.cache_read_tokens / item.input_tokens * 100 if item.input_tokens else 0.0
+        out.append(
+            f"| {_md(item.purpose)} | {_md(model)} | {item.calls} | {item.cache_read_tokens:,} "
+            f"| {share:.0f}% | {amounts[i]} |"
+        )
+    unknown = sum(s.unpriced_calls for s in savings)
+    if unknown:
+        out += [
+            "",
+            f"⚠️ {unknown} call{'s' if unknown != 1 else ''} with cache reads ha"
+            f"{'ve' if unknown != 1 else 's'} no known price: "
+            "their saving is unknown, not in the total.",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def savings_json(savings: Sequence[CacheSaving]) -> dict[str, object]:
+    """Prompt-cache savings as a JSON-ready object (decimals as exact strings)."""
+    known = [s.saved_usd for s in savings if s.saved_usd is not None]
+    return {
+        "saved_usd": _text(sum(known, _ZERO) if known else None),
+        "unpriced_calls": sum(s.unpriced_calls for s in savings),
+        "lines": [
+            {
+                "purpose": s.purpose,
+                "provider": s.provider,
+                "model": s.model,
+                "calls": s.calls,
+                "cache_read_tokens": s.cache_read_tokens,
+                "input_tokens": s.input_tokens,
+                "saved_usd": _text(s.saved_usd),
+                "unpriced_calls": s.unpriced_calls,
+            }
+            for s in savings
+        ],
+    }
+
+
+def to_json(
+    diff: SpendDiff,
+    *,
+    problems: list[str] | None = None,
+    savings: Sequence[CacheSaving] = (),
+) -> str:
+    """The comparison as JSON (decimals as exact strings), with the prompt-cache savings."""
 
     def line(item: SpendLine) -> dict[str, object]:
         return {
@@ -213,6 +286,7 @@ def to_json(diff: SpendDiff, *, problems: list[str] | None = None) -> str:
         "refused": [refused(item) for item in diff.refused],
         "failed": bool(problems),
         "problems": problems or [],
+        "cache_savings": savings_json(savings),
     }
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 

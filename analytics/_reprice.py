@@ -16,10 +16,12 @@ its reservation for want of a price (`reservation`) gets the price of its token 
 one is known, and keeps its reservation while none is (or when it has no token counts: the
 call ended before any usage was seen).
 
-Each changed row keeps its provenance: `repriced_at`, the cost and price source it had
+Price overrides (`[[control.price_overrides]]`) apply as the pricer applies them: by each
+row's UTC day and, when some override is for one org, its org (the groups then include the
+org). Each changed row keeps its provenance: `repriced_at`, the cost and price source it had
 (`repriced_from_usd`, `repriced_from_source`) and the version of the prices applied
-(`price_version`: genai-prices' package version, or `registry-<digest>` of the fallback
-registry). Unpriced calls are counted as `budget check` counts them (analytics/_unpriced.py).
+(`price_version`: genai-prices' package version, `registry-<digest>` of the fallback
+registry, or `overrides-<digest>` of the overrides for a row an override priced). Unpriced calls are counted as `budget check` counts them (analytics/_unpriced.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import pyarrow as pa
 from comptroller.analytics._rollup import apply_usage_batch, rollup_timezone
 from comptroller.analytics._unpriced import unpriced_sql
 from comptroller.config._control import PriceSpec
+from comptroller.config._prices import PriceOverride
 from comptroller.pricing import UNPRICED_SOURCE, PriceCoefficients, Pricer, Usage
 
 _COEF_SCALE = 18
@@ -69,7 +72,8 @@ class RepriceLine:
     old_unpriced: int
     new_unpriced: int
     source: str
-    """Where the new prices came from: genai-prices@<version>, fallback, unpriced, or mixed."""
+    """Where the new prices came from: genai-prices@<version>, fallback,
+    override:<id>[@<list source>], unpriced, or mixed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +102,7 @@ def reprice(
     since: dt.date | None = None,
     models: Sequence[str] = (),
     fallback_prices: Mapping[str, PriceSpec] | None = None,
+    price_overrides: Sequence[PriceOverride] = (),
     pricer: Pricer | None = None,
     timezone: str | None = None,
     dry_run: bool = False,
@@ -111,7 +116,9 @@ def reprice(
         models: Only these models (`model` or `provider:model`); default all.
         fallback_prices: `provider:model` → price, for models genai-prices does not know
             (ignored when `pricer` is given).
-        pricer: The pricer (default: `Pricer(fallback_prices)`).
+        price_overrides: Negotiated prices applied on top (ignored when `pricer` is given:
+            its own overrides apply).
+        pricer: The pricer (default: `Pricer(fallback_prices, overrides=price_overrides)`).
         timezone: Time zone of the days (default: the rollup's, else UTC).
         dry_run: Compute and report, change nothing.
         now: The time recorded as `repriced_at` (default: now).
@@ -120,10 +127,12 @@ def reprice(
         Old and new totals, overall and per model.
     """
     zone = timezone or rollup_timezone(con) or "UTC"
+    pricer = pricer or Pricer(fallback_prices, overrides=price_overrides)
     stamp = _Stamp(
-        at=now or dt.datetime.now(dt.UTC), registry=registry_version(fallback_prices or {})
+        at=now or dt.datetime.now(dt.UTC),
+        registry=registry_version(fallback_prices or {}),
+        overrides=overrides_version(pricer.overrides),
     )
-    pricer = pricer or Pricer(fallback_prices)
     con.execute("BEGIN TRANSACTION").fetchall()
     try:
         result = _reprice(con, since, models, zone, pricer, dry_run, stamp)
@@ -172,7 +181,8 @@ def _totals(
     return {(p, m): (int(n), Decimal(c), int(u), str(s)) for p, m, n, c, u, s in rows}
 
 
-_Group = tuple[str, str | None, str | None, dt.date]
+_Group = tuple[str, str | None, str | None, str | None, dt.date]
+"""(provider, response model, request model, org or None when no override is per org, day)."""
 
 
 def _reprice(
@@ -186,32 +196,35 @@ def _reprice(
 ) -> RepriceResult:
     where, params = _filters(since, models, zone)
     before = _totals(con, where, params)
-    # UTC dates: genai-prices' price changes take effect at UTC midnight, whatever the zone.
+    # An org changes the price only when some override is for one org: otherwise the groups
+    # leave it out (fewer groups, one coefficient row per model, day and tier).
+    by_org = pricer.org_specific
+    # UTC dates: genai-prices' price changes take effect at UTC midnight, whatever the zone,
+    # and the overrides' windows are UTC days.
     groups = con.execute(
         f"""
         SELECT coalesce(provider, ''), response_model, request_model,
-               timezone('UTC', ts)::DATE AS day
+               {"org" if by_org else "NULL::VARCHAR"}, timezone('UTC', ts)::DATE AS day
         FROM llm_usage WHERE {where} GROUP BY ALL
         """,
         params,
     ).fetchall()
     coefficient_rows: list[dict[str, Any]] = []
     row_by_row: list[_Group] = []
-    for provider, response_model, request_model, day in groups:
+    for provider, response_model, request_model, org, day in groups:
         model = pricer.priced_model(provider, response_model, request_model)
         at = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-        found = pricer.coefficients(provider, model, at) if model else None
+        found = pricer.coefficients(provider, model, at, org=org) if model else None
+        group = (provider, response_model, request_model, org, day)
         if found is not None and (found.time_of_day or not _fits_sql(found)):
-            row_by_row.append((provider, response_model, request_model, day))
+            row_by_row.append(group)
             continue
-        coefficient_rows.extend(
-            _coefficient_rows(provider, response_model, request_model, day, found)
-        )
+        coefficient_rows.extend(_coefficient_rows(group, found))
     changed = 0
     if coefficient_rows:
-        changed += _update_in_sql(con, since, models, zone, coefficient_rows, stamp)
+        changed += _update_in_sql(con, since, models, zone, coefficient_rows, stamp, by_org)
     if row_by_row:
-        changed += _update_row_by_row(con, where, params, pricer, row_by_row, stamp)
+        changed += _update_row_by_row(con, where, params, pricer, row_by_row, stamp, by_org)
     groups_recomputed = 0
     if changed:
         keys = con.sql(
@@ -255,10 +268,12 @@ def _reprice(
 
 @dataclass(frozen=True, kw_only=True)
 class _Stamp:
-    """The provenance a repricing writes: when, and the fallback registry's version."""
+    """The provenance a repricing writes: when, and the fallback registry's and the price
+    overrides' versions."""
 
     at: dt.datetime
     registry: str
+    overrides: str
 
 
 def registry_version(prices: Mapping[str, PriceSpec]) -> str:
@@ -270,12 +285,25 @@ def registry_version(prices: Mapping[str, PriceSpec]) -> str:
     return "registry-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+def overrides_version(overrides: Sequence[PriceOverride]) -> str:
+    """`overrides-<digest>`: the version of a set of price overrides (changes with any)."""
+    canonical = json.dumps(
+        sorted(
+            (override.model_dump(mode="json") for override in overrides),
+            key=lambda o: json.dumps(o, sort_keys=True),
+        ),
+        sort_keys=True,
+    )
+    return "overrides-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 def _provenance(source: str) -> str:
     """SET clauses recording what a row had before, given the SQL of its new price source."""
     return (
         "repriced_at = $repriced_at, repriced_from_usd = u.cost_usd, "
         "repriced_from_source = u.price_source, "
-        f"price_version = CASE WHEN {source} LIKE 'genai-prices@%' "
+        f"price_version = CASE WHEN {source} LIKE 'override:%' THEN $overrides "
+        f"WHEN {source} LIKE 'genai-prices@%' "
         f"THEN split_part({source}, '@', 2) "
         f"WHEN {source} = 'fallback' THEN $registry ELSE NULL END"
     )
@@ -299,17 +327,13 @@ def _fits_sql(found: PriceCoefficients) -> bool:
     return True
 
 
-def _coefficient_rows(
-    provider: str,
-    response_model: str | None,
-    request_model: str | None,
-    day: dt.date,
-    found: PriceCoefficients | None,
-) -> list[dict[str, Any]]:
+def _coefficient_rows(group: _Group, found: PriceCoefficients | None) -> list[dict[str, Any]]:
+    provider, response_model, request_model, org, day = group
     key = {
         "provider": provider,
         "response_model": response_model,
         "request_model": request_model,
+        "org": org,
         "day": day,
     }
     if found is None:
@@ -353,12 +377,14 @@ def _update_in_sql(
     zone: str,
     rows: list[dict[str, Any]],
     stamp: _Stamp,
+    by_org: bool,
 ) -> int:
     schema = pa.schema(
         [
             ("provider", pa.string()),
             ("response_model", pa.string()),
             ("request_model", pa.string()),
+            ("org", pa.string()),
             ("day", pa.date32()),
             ("above", pa.int64()),
             ("upto", pa.int64()),
@@ -378,6 +404,7 @@ def _update_in_sql(
             WHERE coalesce(u.provider, '') = c.provider
               AND u.response_model IS NOT DISTINCT FROM c.response_model
               AND u.request_model IS NOT DISTINCT FROM c.request_model
+              AND {"u.org IS NOT DISTINCT FROM c.org" if by_org else "TRUE"}
               AND timezone('UTC', u.ts)::DATE = c.day
               AND (c.above IS NULL OR u.input_tokens > c.above)
               AND (c.upto IS NULL OR u.input_tokens <= c.upto)
@@ -385,7 +412,12 @@ def _update_in_sql(
               AND NOT {_keeps_reservation(_NEW_SOURCE)}
               AND ({_NEW_COST} IS DISTINCT FROM u.cost_usd OR {_NEW_SOURCE} <> u.price_source)
             """,
-            {**params, "repriced_at": stamp.at, "registry": stamp.registry},
+            {
+                **params,
+                "repriced_at": stamp.at,
+                "registry": stamp.registry,
+                "overrides": stamp.overrides,
+            },
         ).fetchall()
     finally:
         con.unregister(name)
@@ -399,9 +431,11 @@ def _update_row_by_row(
     pricer: Pricer,
     groups: list[_Group],
     stamp: _Stamp,
+    by_org: bool,
 ) -> int:
     priced: list[dict[str, Any]] = []
-    for provider, response_model, request_model, day in groups:
+    org_clause = "AND org IS NOT DISTINCT FROM $org" if by_org else ""
+    for provider, response_model, request_model, org, day in groups:
         model = pricer.priced_model(provider, response_model, request_model)
         rows = con.execute(
             f"""
@@ -410,7 +444,7 @@ def _update_row_by_row(
             WHERE {where} AND coalesce(provider, '') = $p
               AND response_model IS NOT DISTINCT FROM $response_model
               AND request_model IS NOT DISTINCT FROM $request_model
-              AND timezone('UTC', ts)::DATE = $day
+              AND timezone('UTC', ts)::DATE = $day {org_clause}
             """,
             {
                 **params,
@@ -418,12 +452,13 @@ def _update_row_by_row(
                 "response_model": response_model,
                 "request_model": request_model,
                 "day": day,
+                **({"org": org} if by_org else {}),
             },
         ).fetchall()
         for usage_id, epoch_us, *counts in rows:
             at = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=epoch_us)
             usage = Usage(**dict(zip(_TOKENS, counts, strict=True)))
-            price = pricer.price(provider, model or "", usage, at)
+            price = pricer.price(provider, model or "", usage, at, org)
             cost = None if price.cost_usd is None else str(price.cost_usd)
             priced.append({"usage_id": usage_id, "cost": cost, "source": price.source})
     name = f"_comptroller_exact_{uuid.uuid4().hex}"
@@ -447,7 +482,7 @@ def _update_row_by_row(
               AND (CAST(x.cost AS DECIMAL(20, 10)) IS DISTINCT FROM u.cost_usd
                    OR x.source <> u.price_source)
             """,
-            {"repriced_at": stamp.at, "registry": stamp.registry},
+            {"repriced_at": stamp.at, "registry": stamp.registry, "overrides": stamp.overrides},
         ).fetchall()
     finally:
         con.unregister(name)

@@ -300,6 +300,25 @@ ORDER BY hour;
 """
 
 
+# What the alert notifier (collector/_notify.py) did with each alert-worthy event, per
+# webhook: one row per (event, webhook) once an outcome is known. An event of the last day
+# without a row was queued when its process stopped: the next notifier sends it again.
+_V8 = """
+CREATE TABLE alert_deliveries (
+    event_id            VARCHAR NOT NULL,
+    webhook             VARCHAR NOT NULL,      -- the webhook's name (never its URL)
+    kind                VARCHAR NOT NULL,      -- budget.warning | budget.exceeded | ...
+    status              VARCHAR NOT NULL,      -- delivered | failed
+    attempts            INTEGER NOT NULL,
+    http_status         INTEGER,
+    error               VARCHAR,
+    first_attempt_ts    TIMESTAMPTZ NOT NULL,
+    last_attempt_ts     TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (event_id, webhook)
+);
+"""
+
+
 def _recount_unpriced(con: duckdb.DuckDBPyConnection) -> None:
     # The rollups counted a call unpriced only when its cost was NULL; `reprice` and the
     # budget gate also count a reservation standing in for a price (analytics/_unpriced.py).
@@ -343,6 +362,11 @@ MIGRATIONS: Sequence[Migration] = (
         description="rollups count unpriced calls as reprice does (reservations included)",
         sql="SELECT 1",
         then=_recount_unpriced,
+    ),
+    Migration(
+        version=8,
+        description="alert_deliveries: webhook deliveries of budget and circuit alerts",
+        sql=_V8,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -30,10 +30,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from comptroller import analytics
+from comptroller.budget_alerts import WarningPolicy
+from comptroller.collector._alert_log import start_notifier
 from comptroller.collector._land import Lander
 from comptroller.collector._native import NativeDecoder, available
 from comptroller.collector._normalise import Batch, Normaliser
 from comptroller.collector._validate import validate
+from comptroller.config import AlertSettings
 from comptroller.pricing import Pricer
 
 _log = logging.getLogger(__name__)
@@ -56,14 +59,26 @@ class EmbeddedSink:
     """
 
     def __init__(
-        self, db_path: Path | str, *, timezone: str = "UTC", prices: Pricer | None = None
+        self,
+        db_path: Path | str,
+        *,
+        timezone: str = "UTC",
+        prices: Pricer | None = None,
+        alerts: AlertSettings | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.timezone = timezone
         self.con = analytics.connect(self.db_path)
         self.normaliser = Normaliser(prices=prices)
         self.native = NativeDecoder(self.normaliser) if available() else None
-        self.lander = Lander(self.con, timezone=timezone)
+        self.notifier = start_notifier(self.con, alerts) if alerts is not None else None
+        """Tells the configured webhooks of budget and circuit alerts (None: no webhooks)."""
+        self.lander = Lander(
+            self.con,
+            timezone=timezone,
+            warnings=WarningPolicy.from_settings(alerts) if alerts is not None else None,
+            on_alerts=self.notifier.offer if self.notifier is not None else None,
+        )
         self.rejected: dict[str, int] = {}
         """Rows rejected or refused (quarantined in `rejected_records`), by reason."""
         self.failed: dict[str, int] = {}
@@ -172,6 +187,8 @@ class EmbeddedSink:
                     self.db_path,
                     reasons,
                 )
+            if self.notifier is not None:
+                self.notifier.close()
             # The WAL has the data; a checkpoint is a courtesy.
             with contextlib.suppress(Exception):
                 self.con.execute("CHECKPOINT").fetchall()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import itertools
+import logging
 import math
 import threading
 import time
@@ -47,15 +48,20 @@ import pyarrow.compute as pc
 from comptroller import analytics
 from comptroller.analytics._delta import DELTA_INPUTS
 from comptroller.analytics._tables import LANDED, select_expr
+from comptroller.budget_alerts import WarningPolicy
 from comptroller.collector._aliases import LEAF_OPERATIONS
 from comptroller.collector._normalise import (
     COMPTROLLER_FLAG,
     LEAF_FLAG,
     Batch,
 )
+from comptroller.collector._notify import ALERT_COLUMNS, Alert, alerts_of, budget_event_alert
 from comptroller.collector._resources import resource_id, split_resources
 from comptroller.collector._validate import quarantine_rows
 
+_log = logging.getLogger("comptroller.collector")
+_ALERTING: Final = frozenset({"budget_events", "circuit_events"})
+"""Event tables whose newly landed rows may be alerts (`collector/_notify.py`)."""
 _DATA_ERRORS: Final = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException)
 """What a row's values can make the database raise (a cast out of range, a constraint): the
 landing isolates and quarantines such rows. Other errors (I/O, memory) are retried."""
@@ -169,8 +175,15 @@ class Lander:
         rollup: bool = True,
         budget_events_every_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        warnings: WarningPolicy | None = None,
+        on_alerts: Callable[[list[Alert]], None] | None = None,
     ) -> None:
         self.con = con
+        self.warnings = warnings
+        """When budgets warn (None: `record_budget_events`' default policy)."""
+        self.on_alerts = on_alerts
+        """Told, after each commit, of the alert-worthy events it newly landed."""
+        self._alerts: list[Alert] = []
         self.budget_events_every_s = budget_events_every_s
         self._clock = clock
         self._budget_checked_at = -math.inf
@@ -254,6 +267,16 @@ class Lander:
                                 result.derived = rows.num_rows
                             else:
                                 result.inserted[name] = rows.num_rows
+                        elif self.on_alerts is not None and name in _ALERTING:
+                            # RETURNING gives the rows newly landed: a re-delivered event
+                            # alerts nobody twice.
+                            cursor = con.execute(
+                                f"{_insert_sql(name, view, table)} RETURNING {ALERT_COLUMNS[name]}"
+                            )
+                            names = [d[0] for d in cursor.description or ()]
+                            rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+                            result.inserted[name] = len(rows)
+                            self._alerts.extend(alerts_of(name, rows))
                         else:
                             result.inserted[name] = _count(
                                 con.execute(_insert_sql(name, view, table))
@@ -282,12 +305,23 @@ class Lander:
                     self.timings["commit"] += time.perf_counter() - rolled
                 except BaseException:
                     con.execute("ROLLBACK").fetchall()
+                    self._alerts.clear()
                     raise
             finally:
                 for view in registered:
                     con.unregister(view)
             self._commit(new, dropped)
+            self._send_alerts()
         return result
+
+    def _send_alerts(self) -> None:
+        """Hand what the committed transaction newly landed to `on_alerts`."""
+        alerts, self._alerts = self._alerts, []
+        if alerts and self.on_alerts is not None:
+            try:
+                self.on_alerts(alerts)
+            except Exception:  # alerting never undoes or fails a landing
+                _log.exception("comptroller: alerts of a landing were not queued")
 
     def land_safely(
         self,
@@ -564,9 +598,15 @@ class Lander:
             self._record_budget_events()
 
     def _record_budget_events(self) -> None:
-        analytics.record_budget_events(self.con, timezone=self.timezone)
+        events = analytics.record_budget_events(
+            self.con, timezone=self.timezone, policy=self.warnings
+        )
         self._budget_checked_at = self._clock()
         self.budget_events_pending = False
+        if self.on_alerts is not None:
+            self._alerts.extend(
+                alert for event in events if (alert := budget_event_alert(event)) is not None
+            )
 
     def flush_budget_events(self) -> None:
         """Record the budget crossings that skipped checks left pending (own transaction)."""
@@ -580,7 +620,9 @@ class Lander:
                 con.execute("COMMIT").fetchall()
             except BaseException:
                 con.execute("ROLLBACK").fetchall()
+                self._alerts.clear()
                 raise
+            self._send_alerts()
 
 
 def _keys(table: pa.Table) -> pa.Table:

@@ -20,6 +20,7 @@ from comptroller.collector._normalise import Limits
 from comptroller.collector._pipeline import MAX_QUEUE_MB
 from comptroller.collector._server import create_app
 from comptroller.collector._service import ROW_GROUP_SIZE, Collector, check_bind
+from comptroller.config import AlertSettings
 from comptroller.pricing import Pricer
 
 
@@ -85,6 +86,7 @@ def serve(
     limits: Limits | None = None,
     on_ready: Callable[[int, int | None], None] | None = None,
     prices: Pricer | None = None,
+    alerts: AlertSettings | None = None,
     ingest_log_dir: Path | None = None,
     ingest_log_fsync: bool = False,
     linger_s: float = 0.005,
@@ -115,6 +117,7 @@ def serve(
         on_ready: Called with the bound HTTP and gRPC ports once both listen.
         prices: Prices usage derived from third-party GenAI spans (the CLI passes
             `Pricer.from_settings(settings)`: genai-prices plus the configured fallback prices).
+        alerts: Budget warnings and the webhooks told of alerts (`[alerts]`).
         ingest_log_dir: Where accepted requests are logged (default: beside the database).
         ingest_log_fsync: Flush each logged request to the device.
         linger_s: How long the writer gathers requests into one transaction.
@@ -142,6 +145,7 @@ def serve(
         max_queue_mb=max_queue_mb,
         max_request_bytes=max_request_bytes,
         prices=prices,
+        alerts=alerts,
         ingest_log_dir=ingest_log_dir,
         ingest_log_fsync=ingest_log_fsync,
         linger_s=linger_s,

@@ -235,6 +235,8 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
         if not collector.authorised(request.headers.get("authorization")):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         health = {**pipeline.health(), "native_decoder": collector.native_health()}
+        if collector.notifier is not None:
+            health["alerts"] = collector.notifier.health()
         # Acknowledged requests the ingest log could not replay: an error until restarted
         # on a sound log, whatever the pipeline does now.
         health["ingest_log_damage"] = damage = collector.log.damage_report()

@@ -22,6 +22,8 @@ import pyarrow as pa
 from google.protobuf.message import Message
 
 from comptroller import analytics
+from comptroller.budget_alerts import WarningPolicy
+from comptroller.collector._alert_log import start_notifier
 from comptroller.collector._decode import Encoding, decode
 from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander
@@ -30,6 +32,7 @@ from comptroller.collector._normalise import Batch, Limits, Normaliser
 from comptroller.collector._pipeline import MAX_FLUSH_ROWS, MAX_QUEUE_MB, Pipeline, Stats
 from comptroller.collector._priority import at_lower_priority
 from comptroller.collector._validate import validate
+from comptroller.config import AlertSettings
 from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
 
@@ -101,6 +104,7 @@ class Collector:
         max_request_bytes: int = 16 * 1024 * 1024,
         duckdb_memory_mb: int = 128,
         prices: Pricer | None = None,
+        alerts: AlertSettings | None = None,
         ingest_log_dir: Path | str | None = None,
         ingest_log_fsync: bool = False,
         linger_s: float = 0.005,
@@ -158,7 +162,14 @@ class Collector:
         self.stats = Stats()
         # Budget crossings are looked for at most once a second under load (each check
         # reads every budget's state), and at once when the writer idles or a read comes.
-        lander = Lander(self.con, timezone=timezone, budget_events_every_s=1.0)
+        self.notifier = start_notifier(self.con, alerts) if alerts is not None else None
+        lander = Lander(
+            self.con,
+            timezone=timezone,
+            budget_events_every_s=1.0,
+            warnings=WarningPolicy.from_settings(alerts) if alerts is not None else None,
+            on_alerts=self.notifier.offer if self.notifier is not None else None,
+        )
         log_dir = Path(ingest_log_dir) if ingest_log_dir else default_log_dir(self.db_path)
         try:
             self.log = IngestLog(log_dir, fsync=ingest_log_fsync)
@@ -371,6 +382,8 @@ class Collector:
         # Everything landed: the log is emptied (numbering resumes from the database).
         self.log.clear(landed=self.pipeline.landed_seq)
         self.log.close()
+        if self.notifier is not None:
+            self.notifier.close()
         # The data is in the WAL already; a checkpoint is a courtesy.
         with contextlib.suppress(Exception):
             self.con.execute("CHECKPOINT").fetchall()

@@ -9,11 +9,12 @@ it afresh, and the history shows one run's story. A store anybody else set up is
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from comptroller._demo_workload import PURPOSES, TENANTS
+from comptroller._demo_workload import CLAUDE_CHAIN, PURPOSES, TENANTS
 from comptroller.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,13 +24,15 @@ DEMO_ADMIN = "comptroller-demo"
 """The platform admin the demo binds first in its store: how a later run recognises it."""
 ORG_ADMINS = {"acme": "acme-admin", "initech": "initech-admin"}
 """The org admins the demo acts as (granted by its platform admin)."""
-TIGHT_BUDGET = ("initech-lab", "scoring", Decimal("0.0002"))
-"""(domain, purpose, daily USD cap): a tenant that runs out of budget every day."""
+TIGHT_BUDGET = ("initech-lab", "scoring", Decimal("0.001"))
+"""(domain, purpose, daily USD cap): a tenant that runs out of budget every day. A call on
+gemini-2.5-flash reserves about $0.00065 (256 output tokens): the cap lets one call in flight
+at a time, so the lab's afternoon batch is mostly refused."""
 STORY_ORG = "acme"
 """The org whose admin moves `reasoning` off the failing model and rolls the change back."""
 APPROVED = {
-    "agent_turn": ("openai:gpt-4.1-mini", "openai:gpt-4o-mini"),
-    "reasoning": ("openai:gpt-4o", "openai:gpt-4.1"),
+    "agent_turn": CLAUDE_CHAIN[1:],
+    "reasoning": CLAUDE_CHAIN,
 }
 """Models the platform lets an org admin pick, per purpose (demo settings)."""
 
@@ -118,8 +121,14 @@ def _first_admin(path: Path) -> str | None:
     return None
 
 
-def configure(service: ProfileService, base_url: str) -> None:
-    """The platform's defaults, a tight budget, and acme's own reasoning budget (version 1)."""
+def configure(service: ProfileService, base_urls: Mapping[str, str]) -> None:
+    """The platform's defaults, a tight budget, and acme's own reasoning budget (version 1).
+
+    Args:
+        service: The demo's profile store.
+        base_urls: Provider -> the endpoint of its local server (each chain is of one
+            provider, so its profile's `base_url` serves the whole chain).
+    """
     from comptroller.control import BudgetSpec, ModelRef, RateLimitSpec
     from comptroller.control.profiles import Actor, ProfileSpec, Scope
 
@@ -130,17 +139,19 @@ def configure(service: ProfileService, base_url: str) -> None:
     you = service.admins.os_principal(role="platform")
     if you.name != DEMO_ADMIN:
         service.admins.grant(you, by=platform, reason="ran the demo")
-    service.credentials.set(
-        Scope.global_(), "openai", "sk-demo-not-a-real-key", actor=platform, reason="demo"
-    )
-    for purpose, (model, fallbacks, _) in PURPOSES.items():
+    for provider in base_urls:
+        service.credentials.set(
+            Scope.global_(), provider, "demo-not-a-real-key", actor=platform, reason="demo"
+        )
+    for purpose, (chain, _) in PURPOSES.items():
+        model, *fallbacks = (ModelRef.parse(ref) for ref in chain)
         service.set_profile(
             Scope.global_(),
             purpose,
             ProfileSpec(
-                model=ModelRef(provider="openai", model=model),
-                fallbacks=tuple(ModelRef(provider="openai", model=m) for m in fallbacks),
-                base_url=base_url,
+                model=model,
+                fallbacks=tuple(fallbacks),
+                base_url=base_urls[model.provider],
                 max_tokens=256,
                 rate_limit=RateLimitSpec(requests_per_interval=600, interval_s=60.0),
                 budget=BudgetSpec(daily_usd=Decimal("5")),
@@ -167,19 +178,18 @@ def configure(service: ProfileService, base_url: str) -> None:
 
 
 def move_reasoning_off(service: ProfileService, model: str) -> None:
-    """acme's admin answers the open circuit: reasoning moves to gpt-4.1 (version 2)."""
+    """acme's admin answers the open circuit: reasoning moves down its chain, to the next
+    Claude model (version 2)."""
     from comptroller.control import ModelRef
     from comptroller.control.profiles import ProfileSpec, Scope
 
+    stand_in, fallback = (ModelRef.parse(ref) for ref in CLAUDE_CHAIN[1:])
     service.set_profile(
         Scope.of_org(STORY_ORG),
         "reasoning",
-        ProfileSpec(
-            model=ModelRef(provider="openai", model="gpt-4.1"),
-            fallbacks=(ModelRef(provider="openai", model=model),),
-        ),
+        ProfileSpec(model=stand_in, fallbacks=(fallback,)),
         actor=_org_admin(STORY_ORG),
-        reason=f"{model} is failing: serve reasoning from gpt-4.1 until it recovers",
+        reason=f"{model} is failing: serve reasoning from {stand_in.model} until it recovers",
     )
 
 
@@ -200,12 +210,14 @@ def cheaper_agent_turns(service: ProfileService) -> None:
     from comptroller.control import ModelRef
     from comptroller.control.profiles import ProfileSpec, Scope
 
+    cheaper = ModelRef.parse(CLAUDE_CHAIN[-1])
     service.set_profile(
         Scope.of_org(STORY_ORG),
         "agent_turn",
-        ProfileSpec(model=ModelRef(provider="openai", model="gpt-4o-mini")),
+        # The bottom of the chain: nothing cheaper to fall back to.
+        ProfileSpec(model=cheaper, fallbacks=()),
         actor=_org_admin(STORY_ORG),
-        reason="agent turns are cheaper on gpt-4o-mini",
+        reason=f"agent turns are cheaper on {cheaper.model}",
     )
 
 

@@ -5,13 +5,14 @@ The story, in simulated time:
 1. the platform sets its defaults; initech's admin gives its lab a tiny scoring budget, which
    it runs out of every day (calls fail closed: `budget_exceeded`); acme's admin caps its
    reasoning spend (version 1 of acme's reasoning profile);
-2. from yesterday 10:00 the provider of gpt-4o fails (503): retries, then the circuit of
-   gpt-4o opens and reasoning calls fall back to gpt-4.1; its half-open probes fail until
-   the provider recovers, an hour after the circuit opened;
-3. shortly after, acme's admin moves acme's reasoning to gpt-4.1 (version 2);
+2. from yesterday 10:00 Anthropic answers claude-opus-4-7 with 529 (overloaded): retries,
+   then the circuit of claude-opus-4-7 opens and reasoning calls fall back down the Claude
+   chain to claude-sonnet-4-6 (itself busy once: a 429 with a short retry-after); the
+   half-open probes fail until the provider recovers, an hour after the circuit opened;
+3. shortly after, acme's admin moves acme's reasoning to claude-sonnet-4-6 (version 2);
 4. the provider recovers, a half-open probe succeeds and the circuit closes; half an hour
    later acme's admin rolls back to version 1 (as version 3);
-5. late in the window acme's admin moves agent turns to a cheaper model.
+5. late in the window acme's admin moves agent turns to a cheaper model (claude-haiku-4-5).
 
 The outage's end and steps 3 and 4 follow what the circuit does, so that they happen however
 the calls fall; a run too short for the circuit to open still makes every profile change, at
@@ -34,16 +35,20 @@ from comptroller._demo_store import (
     move_reasoning_off,
     roll_back_reasoning,
 )
+from comptroller._demo_workload import CLAUDE_CHAIN
 
 if TYPE_CHECKING:
     from comptroller._demo_clock import DemoClock
     from comptroller._demo_workload import Session, Window
     from comptroller.control import ControlPlane
     from comptroller.control.profiles import ProfileService
-    from comptroller.control.testing import FakeOpenAIServer
+    from comptroller.control.testing import FakeAnthropicServer
 
-DEGRADED_MODEL = "gpt-4o"
-"""The model whose provider has an outage: its circuit opens, then closes."""
+DEGRADED_PROVIDER, DEGRADED_MODEL = CLAUDE_CHAIN[0].split(":", 1)
+"""The model whose provider has an outage (the top of the Claude chain): its circuit opens,
+then closes."""
+BUSY_FALLBACK = CLAUDE_CHAIN[1].split(":", 1)[1]
+"""The model the degraded one falls back to: busy once when the outage starts."""
 RECOVERY = timedelta(hours=1)
 """How long after its circuit opened the provider of the degraded model recovers."""
 REACTION = timedelta(minutes=20)
@@ -68,23 +73,23 @@ class _Step:
 
 
 class Outage:
-    """The provider of `DEGRADED_MODEL` answers 503 from `start` until `RECOVERY` after the
-    circuit opened.
+    """The provider of `DEGRADED_MODEL` answers 529 (overloaded) from `start` until
+    `RECOVERY` after the circuit opened.
 
     The fake server answers from a queue of scripted replies. Before each session the outage
-    queues a 503 for every attempt the session can make on the model (a call retries on the
+    queues a 529 for every attempt the session can make on the model (a call retries on the
     same model, and one success would close the circuit again): every attempt of every call
     while the circuit is closed, those of the one half-open probe while it is open. So the
     provider recovers at most one probe after its time.
     """
 
-    def __init__(self, server: FakeOpenAIServer, *, start: float, attempts: int) -> None:
+    def __init__(self, server: FakeAnthropicServer, *, start: float, attempts: int) -> None:
         self._server = server
         self.start = start
         self._attempts = attempts
         self._started = False
         self._queued = 0
-        """503s still queued, as of `_requests` requests for the model."""
+        """529s still queued, as of `_requests` requests for the model."""
         self._requests = 0
 
     def before(self, moment: float, *, circuit: str, opened: float | None, calls: int) -> None:
@@ -92,12 +97,12 @@ class Outage:
         recovered = opened is not None and moment >= opened + RECOVERY.total_seconds()
         if moment < self.start or recovered or not calls:
             return
-        from comptroller.control.testing import ServerReply
+        from comptroller.control.testing import AnthropicReply
 
         if not self._started:
             self._started = True
-            # The fallback's provider is busy too: one 429 with a short Retry-After.
-            self._server.script("gpt-4o-mini", ServerReply.rate_limited(0.05))
+            # The fallback is busy too: one 429 with a short retry-after.
+            self._server.script(BUSY_FALLBACK, AnthropicReply.rate_limited(0.05))
         requests = self._server.request_count(DEGRADED_MODEL)
         # Queued replies answer the next requests, in order: those since the last look
         # took as many as there were.
@@ -106,7 +111,7 @@ class Outage:
         wanted = self._attempts * (calls if circuit == "closed" else 1)
         if self._queued < wanted:
             more = wanted - self._queued
-            self._server.script(DEGRADED_MODEL, *[ServerReply.server_error(503)] * more)
+            self._server.script(DEGRADED_MODEL, *[AnthropicReply.overloaded()] * more)
             self._queued = wanted
 
 
@@ -119,7 +124,7 @@ class Story:
         span: Window,
         service: ProfileService,
         plane: ControlPlane,
-        server: FakeOpenAIServer,
+        server: FakeAnthropicServer,
         clock: DemoClock,
     ) -> None:
         self._plane = plane
@@ -155,7 +160,7 @@ class Story:
     async def before(self, session: Session) -> None:
         """Bring the world to the moment of `session`, just before its calls."""
         moment = session.at
-        state = self._plane.circuit_state("openai", DEGRADED_MODEL).state
+        state = self._plane.circuit_state(DEGRADED_PROVIDER, DEGRADED_MODEL).state
         if self._opened_seen is None and state != "closed":
             self._opened_seen = moment
             self._steps[0].due = moment + REACTION.total_seconds()

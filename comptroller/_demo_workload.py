@@ -27,14 +27,25 @@ TENANT_WEIGHTS = (5, 3, 4, 2)
 CONTEXTS = ("support", "platform", "worlds")
 """Calling subsystems: budgets and limits are kept per context so none starves another."""
 
-PURPOSES: Mapping[str, tuple[str, tuple[str, ...], int]] = {
-    "reasoning": ("gpt-4o", ("gpt-4.1",), 3),
-    "scoring": ("gpt-4o-mini", ("gpt-4.1-mini",), 5),
-    "agent_turn": ("gpt-4.1-mini", ("gpt-4o-mini",), 4),
-    "distillation": ("gpt-4.1-nano", (), 2),
-    "code_generation": ("o4-mini", ("gpt-4.1",), 2),
+CLAUDE_CHAIN = (
+    "anthropic:claude-opus-4-7",
+    "anthropic:claude-sonnet-4-6",
+    "anthropic:claude-haiku-4-5",
+)
+GEMINI_CHAIN = ("gcp.gemini:gemini-2.5-flash", "gcp.gemini:gemini-3.1-flash-lite")
+OPENAI_CHAIN = ("openai:o4-mini", "openai:gpt-4.1-mini", "openai:gpt-4.1-nano")
+"""One chain of each provider, strongest model first: a call falls back along its chain. The
+Claude and Gemini chains are those of the seeds (`comptroller profiles import --seeds`)."""
+
+PURPOSES: Mapping[str, tuple[tuple[str, ...], int]] = {
+    "reasoning": (CLAUDE_CHAIN, 3),
+    "scoring": (GEMINI_CHAIN, 5),
+    "agent_turn": (CLAUDE_CHAIN[1:], 4),
+    "distillation": (OPENAI_CHAIN[1:], 2),
+    "code_generation": (OPENAI_CHAIN, 2),
 }
-"""purpose -> (model, fallbacks, weight in the workload)."""
+"""purpose -> (its chain: model, then fallbacks, as `provider:model`; weight in the workload).
+A purpose may enter its provider's chain below the top (agent turns start at the middle)."""
 
 PROMPTS = (
     "Summarise the customer's ticket about a failed invoice export in two sentences.",
@@ -112,7 +123,7 @@ def plan(span: Window, *, calls: int, rng: random.Random) -> list[Session]:
     picked = rng.choices(hours, weights=weights, k=len(sizes))
     moments = sorted(start + rng.uniform(0.0, length) for start, length in picked)
     purposes = list(PURPOSES)
-    purpose_weights = [weight for _, _, weight in PURPOSES.values()]
+    purpose_weights = [weight for _, weight in PURPOSES.values()]
     sessions = list(batches)
     for moment, size in zip(moments, sizes, strict=True):
         org, domain = rng.choices(TENANTS, weights=TENANT_WEIGHTS)[0]

@@ -1,15 +1,21 @@
 """`comptroller demo`: the whole product on the embedded default, with no server and no key.
 
-The demo starts a local OpenAI-compatible endpoint in-process (`FakeOpenAIServer`: a real
-HTTP server with latency, cached tokens and injected failures), keeps its profiles and a
-credential in the default profile store, and plays a multi-tenant workload through the control
-plane with `langchain-openai` over HTTP. The calls spread over simulated days (an injected
-clock, no sleeping) that end now: a tenant hits its daily budget, a provider fails (its circuit
-opens, then closes), an org admin moves a purpose off the failing model and rolls the change
+The demo starts one local endpoint per provider in-process (`FakeAnthropicServer`,
+`FakeGeminiServer`, `FakeOpenAIServer`: real HTTP servers speaking each provider's API, with
+latency, cached and thinking tokens and injected failures), keeps its profiles and a
+credential per provider in the default profile store, and plays a multi-tenant workload
+through the control plane with the providers' own LangChain integrations over HTTP. Each
+purpose runs on one provider's chain (`_demo_workload`): reasoning and agent turns on the
+seeds' Claude chain (opus → sonnet → haiku), scoring on their Gemini chain (2.5 flash → 3.1
+flash-lite), code generation and distillation on OpenAI (o4-mini → gpt-4.1-mini →
+gpt-4.1-nano); genai-prices prices every model. The calls spread over simulated days (an
+injected clock, no sleeping) that end now: a tenant hits its daily budget, Anthropic
+overloads on the top Claude model (its circuit opens, reasoning falls back down the chain,
+the circuit closes), an org admin moves a purpose off the failing model and rolls the change
 back (see `_demo_story`). Everything lands in the DuckDB file of the data directory.
 
-The fake endpoint is the only fake: it stands at the model boundary, where a real provider
-would be.
+The fake endpoints are the only fakes: they stand at the model boundary, where the real
+providers would be.
 """
 
 from __future__ import annotations
@@ -38,7 +44,11 @@ from comptroller.config._control import PurposeSettings
 from comptroller.errors import ConfigError
 
 if TYPE_CHECKING:
-    from comptroller.control.testing import FakeOpenAIServer
+    from comptroller.control.testing import (
+        FakeAnthropicServer,
+        FakeGeminiServer,
+        FakeOpenAIServer,
+    )
 
 DEMO_SERVICE = "comptroller-demo"
 """`service.name` of the demo's telemetry: how the demo recognises its own database."""
@@ -113,33 +123,97 @@ def prepare_database(db_file: Path) -> None:
         wal.unlink()
 
 
-def _start_endpoint() -> FakeOpenAIServer:
-    from comptroller.control.testing import FakeOpenAIServer, ModelBehaviour
+@dataclass(frozen=True)
+class _Endpoints:
+    """The local server of each provider the demo's chains use."""
 
-    def answer(request: Mapping[str, Any]) -> str:
-        text = str(request.get("messages", [{}])[-1].get("content", ""))
-        return f"(demo answer to: {text[:48]}…)"
+    anthropic: FakeAnthropicServer
+    gemini: FakeGeminiServer
+    openai: FakeOpenAIServer
 
-    server = FakeOpenAIServer(
-        ModelBehaviour(content=answer, latency_s=0.004, cached_tokens=0), keep_alive=True
+    @property
+    def base_urls(self) -> dict[str, str]:
+        """Provider (as profiles name it) -> its server's `base_url`."""
+        return {
+            "anthropic": self.anthropic.base_url,
+            "gcp.gemini": self.gemini.base_url,
+            "openai": self.openai.base_url,
+        }
+
+    def stop(self) -> None:
+        for server in (self.anthropic, self.gemini, self.openai):
+            server.stop()
+
+
+def _prompt_text(request: Mapping[str, Any]) -> str:
+    """The last user text of a request, whichever provider's API shaped it."""
+    turns = request.get("messages") or request.get("contents") or [{}]
+    last = turns[-1] if isinstance(turns, list) and turns else {}
+    parts: Any = last.get("content", last.get("parts", "")) if isinstance(last, dict) else ""
+    if isinstance(parts, list):
+        parts = " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
+    return str(parts)
+
+
+def _answer(request: Mapping[str, Any]) -> str:
+    return f"(demo answer to: {_prompt_text(request)[:48]}…)"
+
+
+def _models(chain: tuple[str, ...]) -> list[str]:
+    return [ref.split(":", 1)[1] for ref in chain]
+
+
+def _start_endpoints() -> _Endpoints:
+    from comptroller._demo_workload import CLAUDE_CHAIN, GEMINI_CHAIN, OPENAI_CHAIN
+    from comptroller.control.testing import (
+        AnthropicBehaviour,
+        FakeAnthropicServer,
+        FakeGeminiServer,
+        FakeOpenAIServer,
+        GeminiBehaviour,
+        ModelBehaviour,
     )
-    server.start()
-    for model, latency, cached in (
-        ("gpt-4o", 0.012, 16),
-        ("gpt-4.1", 0.010, 0),
-        ("o4-mini", 0.015, 0),
-        ("gpt-4o-mini", 0.004, 8),
+
+    # Down a chain, models answer faster; the top ones read cached prompts and think.
+    anthropic = FakeAnthropicServer(AnthropicBehaviour(content=_answer, latency_s=0.006))
+    for model, latency, cache_read in zip(
+        _models(CLAUDE_CHAIN), (0.015, 0.010, 0.004), (64, 32, 0), strict=True
     ):
-        server.behave(
+        anthropic.behave(
+            model,
+            AnthropicBehaviour(content=_answer, latency_s=latency, cache_read_tokens=cache_read),
+        )
+    gemini = FakeGeminiServer(GeminiBehaviour(content=_answer, latency_s=0.004))
+    for model, latency, thoughts in zip(
+        _models(GEMINI_CHAIN), (0.006, 0.004), (24, 0), strict=True
+    ):
+        gemini.behave(
+            model, GeminiBehaviour(content=_answer, latency_s=latency, thoughts_tokens=thoughts)
+        )
+    openai = FakeOpenAIServer(
+        ModelBehaviour(content=_answer, latency_s=0.004, cached_tokens=0), keep_alive=True
+    )
+    for model, latency, cached, reasoning in zip(
+        _models(OPENAI_CHAIN), (0.015, 0.006, 0.004), (0, 8, 0), (24, 0, 0), strict=True
+    ):
+        openai.behave(
             model,
             ModelBehaviour(
-                content=answer,
+                content=_answer,
                 latency_s=latency,
                 cached_tokens=cached,
-                reasoning_tokens=24 if model == "o4-mini" else 0,
+                reasoning_tokens=reasoning,
             ),
         )
-    return server
+    started: list[Any] = []
+    try:
+        for server in (anthropic, gemini, openai):
+            started.append(server.start())
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+    return _Endpoints(anthropic=anthropic, gemini=gemini, openai=openai)
 
 
 def _demo_settings(settings: Settings, db_file: Path) -> Settings:
@@ -211,7 +285,7 @@ def run_demo(
     previous_service = os.environ.get("OTEL_SERVICE_NAME")
     os.environ["OTEL_SERVICE_NAME"] = DEMO_SERVICE
     started = time.perf_counter()
-    server = _start_endpoint()
+    servers = _start_endpoints()
     service = ProfileService.from_settings(demo_settings)
     service.store.clock = clock.utcnow  # versions and audit entries at their simulated time
     try:
@@ -219,8 +293,10 @@ def run_demo(
             events = ClockedEvents(plane.telemetry, clock)
             service.events = events
             plane.circuits.set_event_emitter(events)
-            configure(service, server.base_url)
-            story = Story(span=span, service=service, plane=plane, server=server, clock=clock)
+            configure(service, servers.base_urls)
+            story = Story(
+                span=span, service=service, plane=plane, server=servers.anthropic, clock=clock
+            )
             asyncio.run(
                 play(
                     plane,
@@ -234,7 +310,7 @@ def run_demo(
             )
     finally:
         service.close()
-        server.stop()
+        servers.stop()
         if previous_service is None:
             os.environ.pop("OTEL_SERVICE_NAME", None)
         else:

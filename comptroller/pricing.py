@@ -18,6 +18,12 @@ Models genai-prices does not know are priced from the configuration's fallback r
 (`[control.prices."provider:model"]`, USD per million tokens). A model known to neither is
 `Price(None, "unpriced")`: never zero.
 
+Negotiated prices (`[[control.price_overrides]]`, comptroller/config/_prices.py) apply on
+top: the most specific override in force on the call's UTC day (org and model, org and
+`provider:*`, model, `provider:*`) either discounts the list price (source
+`override:<id>@<list source>`) or replaces it (source `override:<id>`). A pricer without
+overrides, or a provider none names, prices exactly as before at the cost of one falsy test.
+
 The control plane prices each attempt with it, the collector prices the usage rows it derives
 from third-party spans with it (at the span's start time), and `comptroller reprice` reads its
 per-kind `coefficients` to recompute past rows in SQL: one truth, one place to fix a price.
@@ -30,17 +36,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from importlib.metadata import version
 from typing import Any, Final
 
 from comptroller.config._control import PriceSpec
+from comptroller.config._prices import PriceOverride, validate_overrides
 
 __all__ = [
     "FALLBACK_SOURCE",
+    "FEE_KINDS",
     "GENAI_PRICES_SOURCE",
+    "OVERRIDE_SOURCE_PREFIX",
     "PROVIDER_ALIASES",
     "UNPRICED_SOURCE",
     "Price",
@@ -56,6 +65,9 @@ FALLBACK_SOURCE: Final = "fallback"
 """Price source of a cost computed from the configuration's fallback registry."""
 UNPRICED_SOURCE: Final = "unpriced"
 """Price source of a call whose price is unknown (its cost is None, never 0)."""
+OVERRIDE_SOURCE_PREFIX: Final = "override:"
+"""Prefix of the price source of a cost a price override set: `override:<id>` (prices of its
+own) or `override:<id>@<list source>` (a discount on that list price)."""
 
 PROVIDER_ALIASES: Final[Mapping[str, str | None]] = {
     # OpenTelemetry `gen_ai.provider.name` values (and the spellings instrumentations and
@@ -92,6 +104,10 @@ PROVIDER_ALIASES: Final[Mapping[str, str | None]] = {
 }
 """Default alias map, extended or overridden by `Pricer(aliases=…)`."""
 
+
+FEE_KINDS: Final = ("web_searches", "storage_searches", "code_executions")
+"""Non-token fees a response may report, named as genai-prices' usage keys (its price keys
+are `<kind>_kcount`, USD per thousand)."""
 
 _KINDS: Final = (
     "input_tokens",
@@ -218,7 +234,8 @@ class Price:
 
     Attributes:
         cost_usd: Cost in USD, exact; None when no price is known (never 0 for unknown).
-        source: `genai-prices@<version>`, `fallback` or `unpriced`.
+        source: `genai-prices@<version>`, `fallback`, `override:<id>[@<list source>]` or
+            `unpriced`.
         detail: Why a call is unpriced (unknown model, inconsistent usage), else None.
     """
 
@@ -267,6 +284,12 @@ class TierCoefficients:
     `cache_write`)."""
 
 
+_TIER_PRICES: Final = tuple(
+    field.name for field in fields(TierCoefficients) if field.name not in ("above", "upto")
+)
+"""The prices of a `TierCoefficients` (what a discount scales)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PriceCoefficients:
     """The price of one model in force at one time, per token kind and tier.
@@ -276,7 +299,7 @@ class PriceCoefficients:
     """
 
     source: str
-    """`genai-prices@<version>` or `fallback`."""
+    """`genai-prices@<version>`, `fallback` or `override:<id>[@<list source>]`."""
     tiers: tuple[TierCoefficients, ...]
     """Base tier first, then by ascending input-token threshold."""
     time_of_day: bool
@@ -605,6 +628,47 @@ def _compile_spec(spec: PriceSpec) -> _Schedule:
 _Resolved = tuple[str, "_GenaiModel | _Schedule"] | None
 
 
+_EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+
+
+def _utc_day(at: datetime | float) -> int:
+    """The proleptic ordinal of the UTC day of `at` (a naive datetime is taken as UTC)."""
+    if isinstance(at, datetime):
+        return (at if at.tzinfo is None else at.astimezone(UTC)).date().toordinal()
+    # Epoch seconds on the hot path: integer arithmetic, no datetime.
+    return _EPOCH_DAY + int(at // 86_400)
+
+
+class _Override:
+    """One price override, compiled: its discount factor or its own schedule."""
+
+    __slots__ = ("factor", "first_day", "label", "last_day", "rank", "schedule", "spec")
+
+    def __init__(self, spec: PriceOverride) -> None:
+        self.spec = spec
+        self.label = OVERRIDE_SOURCE_PREFIX + spec.label
+        # Most specific wins: org and model (3), org and provider:* (2), model (1), provider:*.
+        self.rank = (2 if spec.org is not None else 0) + (spec.model_name != "*")
+        self.first_day = spec.effective_from.toordinal()
+        until = spec.effective_until
+        self.last_day = date.max.toordinal() if until is None else until.toordinal()
+        self.factor: Decimal | None = None if spec.discount is None else 1 - spec.discount
+        self.schedule: _Schedule | None = None
+        if spec.input_mtok is not None and spec.output_mtok is not None:
+            self.schedule = _compile_spec(
+                PriceSpec(
+                    input_mtok=spec.input_mtok,
+                    output_mtok=spec.output_mtok,
+                    cache_read_mtok=spec.cache_read_mtok,
+                    cache_write_mtok=spec.cache_write_mtok,
+                    reasoning_mtok=spec.reasoning_mtok,
+                )
+            )
+
+    def source(self, list_source: str) -> str:
+        return self.label if self.schedule is not None else f"{self.label}@{list_source}"
+
+
 class Pricer:
     """Prices attempts from genai-prices, then the fallback registry; unknown is unpriced.
 
@@ -627,6 +691,8 @@ class Pricer:
         prices: Mapping[str, PriceSpec | Mapping[str, Any]] | None = None,
         *,
         aliases: Mapping[str, str | None] | None = None,
+        overrides: Sequence[PriceOverride | Mapping[str, Any]] = (),
+        fee_prices: Mapping[str, Mapping[str, Decimal | str | float]] | None = None,
     ) -> None:
         """Build a pricer.
 
@@ -635,9 +701,14 @@ class Pricer:
                 tokens for models genai-prices does not know.
             aliases: Provider names mapped to genai-prices provider ids (None: genai-prices
                 has no prices for it), on top of `PROVIDER_ALIASES`.
+            overrides: Negotiated prices (`PriceOverride`s or their mappings, as in
+                `[[control.price_overrides]]`), applied on top of both.
+            fee_prices: USD per request of each non-token fee (`FEE_KINDS`), keyed
+                `provider:model` (or `provider:*`), for fees genai-prices has no price for.
 
         Raises:
-            ValueError: A registry key is not `provider:model`, or a price is invalid.
+            ValueError: A registry key is not `provider:model`, or a price or an override is
+                invalid (a pydantic `ValidationError` says which).
         """
         self._aliases: dict[str, str | None] = {**PROVIDER_ALIASES, **(aliases or {})}
         self._fallback: dict[tuple[str, str], _Schedule] = {}
@@ -649,11 +720,88 @@ class Pricer:
             self._fallback[(provider.lower(), model.lower())] = _compile_spec(valid)
         self._cache: dict[tuple[str, str], _Resolved] = {}
         self._snapshot: object = None
+        # genai-prices' model id of each resolved (provider, model): an override naming it
+        # covers every alias and snapshot genai-prices maps to it.
+        self._model_ids: dict[tuple[str, str], str] = {}
+        # genai-prices' model info of each resolved (provider, model), for its fees.
+        self._infos: dict[tuple[str, str], Any] = {}
+        self._fee_prices: dict[tuple[str, str], dict[str, Decimal]] = {}
+        for key, per_call in (fee_prices or {}).items():
+            provider, sep, model = key.partition(":")
+            if not sep or not provider or not model:
+                raise ValueError(f"fee price key must be 'provider:model', got {key!r}")
+            unknown = set(per_call) - set(FEE_KINDS)
+            if unknown:
+                raise ValueError(
+                    f"fee price of {key!r}: unknown fee {', '.join(sorted(unknown))} "
+                    f"(known: {', '.join(FEE_KINDS)})"
+                )
+            self._fee_prices[(provider.lower(), model.lower())] = {
+                kind: Decimal(str(price)) for kind, price in per_call.items()
+            }
+        checked = (
+            validate_overrides([o if isinstance(o, PriceOverride) else dict(o) for o in overrides])
+            if overrides
+            else ()
+        )
+        self.overrides: tuple[PriceOverride, ...] = checked
+        """The price overrides applied, as validated."""
+        # Overrides by provider (its genai-prices id, else its lowercased name); empty when
+        # there are none, which is all the hot path tests.
+        self._by_provider: dict[str, tuple[_Override, ...]] = {}
+        for override in checked:
+            key = self.canonical_provider(override.provider) or override.provider
+            self._by_provider[key] = (*self._by_provider.get(key, ()), _Override(override))
+        self._provider_keys: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> Pricer:
-        """A pricer with the fallback registry of `settings.control.prices`."""
-        return cls(settings.control.prices)
+        """A pricer with the fallback registry and price overrides of `settings.control`."""
+        control = settings.control
+        return cls(control.prices, overrides=getattr(control, "price_overrides", ()))
+
+    @property
+    def org_specific(self) -> bool:
+        """Whether some override applies to one org only (the org then changes the price)."""
+        return any(spec.org is not None for spec in self.overrides)
+
+    def _override(
+        self, provider: str, model: str, org: str | None, at: datetime | float
+    ) -> _Override | None:
+        """The override in force for a call, or None (most specific wins)."""
+        key = self._provider_keys.get(provider)
+        if key is None:
+            key = self.canonical_provider(provider) or provider.lower()
+            self._provider_keys[provider] = key
+        candidates = self._by_provider.get(key)
+        if candidates is None:
+            return None
+        name = model.lower()
+        model_id = self._model_ids.get((provider, model))
+        day = _utc_day(at)
+        best: _Override | None = None
+        for candidate in candidates:
+            spec = candidate.spec
+            if (
+                (spec.org is None or spec.org == org)
+                and spec.model_name in ("*", name, model_id)
+                and candidate.first_day <= day <= candidate.last_day
+                and (best is None or candidate.rank > best.rank)
+            ):
+                best = candidate
+        return best
+
+    def _might_override(self, provider: str) -> bool:
+        key = self.canonical_provider(provider) or provider.lower()
+        return key in self._by_provider
+
+    def _explicit_for(self, provider: str, model: str) -> bool:
+        key = self.canonical_provider(provider) or provider.lower()
+        name = model.lower()
+        return any(
+            o.schedule is not None and o.spec.model_name in ("*", name)
+            for o in self._by_provider.get(key, ())
+        )
 
     def canonical_provider(self, provider: str) -> str | None:
         """The genai-prices provider id of `provider` (an OTel name or an id), or None."""
@@ -686,6 +834,8 @@ class Pricer:
                 pass
             else:
                 own = any(info is candidate for candidate in found.models)
+                self._model_ids[key] = str(info.id).lower()
+                self._infos[key] = info
                 model_info = _GenaiModel(info, own=own)
                 # A price that never changes, whatever the tier, is resolved to its schedule:
                 # no lookup by time or tier.
@@ -719,8 +869,18 @@ class Pricer:
         return source, target.schedule(when, tier)
 
     def knows(self, provider: str, model: str) -> bool:
-        """Whether a price is known for (provider, model), from genai-prices or the registry."""
-        return self._lookup(provider, model) is not None
+        """Whether a price is known for (provider, model).
+
+        Known: from genai-prices, the registry, or an override with prices of its own (on
+        some day, for some org).
+        """
+        if self._lookup(provider, model) is not None:
+            return True
+        return (
+            bool(self._by_provider)
+            and bool(provider and model)
+            and self._explicit_for(provider, model)
+        )
 
     def priced_model(
         self, provider: str | None, response_model: str | None, request_model: str | None
@@ -741,7 +901,14 @@ class Pricer:
                 return model
         return None
 
-    def price(self, provider: str, model: str, usage: Usage, at: datetime | float) -> Price:
+    def price(
+        self,
+        provider: str,
+        model: str,
+        usage: Usage,
+        at: datetime | float,
+        org: str | None = None,
+    ) -> Price:
         """The cost of one attempt.
 
         Args:
@@ -752,18 +919,110 @@ class Pricer:
                 has them, as `calc_price(…, price_context={"service_tier": tier})`).
             at: When the request was made (prices may change with the date or time of day): a
                 datetime, or seconds since the epoch.
+            org: The org the call was made for (an org's price override applies to it).
 
         Returns:
             The exact cost and its source; `Price(None, "unpriced")` when no price is known or
             the usage is inconsistent (cache tokens above input tokens) — never 0.
         """
         found = self._schedule(provider, model, at, usage.service_tier)
+        if self._by_provider and provider and model:
+            override = self._override(provider, model, org, at)
+            if override is not None:
+                return self._overridden(override, found, provider, model, usage)
         if found is None:
             return Price(None, UNPRICED_SOURCE, f"no price known for {provider}:{model}")
         if not usage.consistent:
             return Price(None, UNPRICED_SOURCE, f"inconsistent usage {usage}")
         source, schedule = found
         return Price(schedule.linear(usage.input_tokens).cost(usage), source)
+
+    def _overridden(
+        self,
+        override: _Override,
+        found: tuple[str, _Schedule] | None,
+        provider: str,
+        model: str,
+        usage: Usage,
+    ) -> Price:
+        if not usage.consistent:
+            return Price(None, UNPRICED_SOURCE, f"inconsistent usage {usage}")
+        if override.schedule is not None:
+            cost = override.schedule.linear(usage.input_tokens).cost(usage)
+            return Price(cost, override.source(""))
+        if found is None:
+            return Price(
+                None,
+                UNPRICED_SOURCE,
+                f"no list price known for {provider}:{model} to apply the discount of "
+                f"{override.label}",
+            )
+        source, schedule = found
+        assert override.factor is not None
+        cost = schedule.linear(usage.input_tokens).cost(usage) * override.factor
+        return Price(cost, override.source(source))
+
+    def price_fees(
+        self,
+        provider: str,
+        model: str,
+        fees: Mapping[str, int],
+        at: datetime | float,
+        org: str | None = None,
+    ) -> Price | None:
+        """The cost of the non-token fees of one attempt (web searches, file searches, …).
+
+        Priced apart from the tokens, so that reports can show them separately: from
+        genai-prices' price of the model in force at `at` (its `<kind>_kcount`), else the
+        `fee_prices` given to the pricer. A discount override in force applies to them too;
+        an override with prices of its own covers tokens only (fees stay at list price).
+
+        Args:
+            provider: Provider name.
+            model: The model priced (as for `price`).
+            fees: Count of each fee (`FEE_KINDS`), e.g. `{"web_searches": 2}`.
+            at: When the request was made.
+            org: The org of the call.
+
+        Returns:
+            None when no fee was reported; else the cost and its source, unpriced (cost None,
+            never 0) when some reported fee has no known price.
+        """
+        counts = {kind: count for kind, count in fees.items() if count}
+        if not counts:
+            return None
+        unknown = set(counts) - set(FEE_KINDS)
+        if unknown or min(counts.values()) < 0:
+            return Price(None, UNPRICED_SOURCE, f"unknown or negative fees {counts}")
+        when = at if isinstance(at, datetime) else datetime.fromtimestamp(at, UTC)
+        resolved = self._lookup(provider, model) if provider and model else None
+        info = self._infos.get((provider, model)) if resolved is not None else None
+        listed: Decimal | None = None
+        source = GENAI_PRICES_SOURCE
+        if info is not None:
+            model_price = info.get_prices(when)
+            if all(getattr(model_price, f"{kind}_kcount", None) is not None for kind in counts):
+                from genai_prices.types import Usage as GenaiUsage
+
+                total: Decimal = model_price.calc_price(GenaiUsage(**counts))["total_price"]
+                listed = total
+        if listed is None:
+            own = self._fee_prices.get((provider.lower(), model.lower())) or self._fee_prices.get(
+                (provider.lower(), "*")
+            )
+            if own is None or not set(counts) <= set(own):
+                return Price(
+                    None,
+                    UNPRICED_SOURCE,
+                    f"no price known for the fees {sorted(counts)} of {provider}:{model}",
+                )
+            listed = sum((own[kind] * count for kind, count in counts.items()), Decimal(0))
+            source = FALLBACK_SOURCE
+        if self._by_provider:
+            override = self._override(provider, model, org, at)
+            if override is not None and override.factor is not None:
+                return Price(listed * override.factor, override.source(source))
+        return Price(listed, source)
 
     def price_counts(
         self,
@@ -773,6 +1032,7 @@ class Pricer:
         at_us: Sequence[int],
         *,
         service_tier: str | None = None,
+        org: str | None = None,
     ) -> list[Price]:
         """The costs of many attempts of one model: `price` of each, resolved once.
 
@@ -786,10 +1046,23 @@ class Pricer:
             at_us: When each attempt was made, µs since the epoch (used only when the
                 model's price changes with time).
             service_tier: The service tier every one of these attempts ran in.
+            org: The org every one of these attempts was made for.
 
         Returns:
             One `Price` per attempt, equal to what `price` returns for it.
         """
+        if self._by_provider and self._might_override(provider):
+            # Which override applies depends on each row's day: the one-by-one path.
+            return [
+                self.price(
+                    provider,
+                    model,
+                    Usage(**dict(zip(_KINDS, row, strict=False)), service_tier=service_tier),
+                    at / 1e6,
+                    org,
+                )
+                for row, at in zip(counts, at_us, strict=True)
+            ]
         resolved = self._lookup(provider, model)
         if resolved is None:
             unknown = Price(None, UNPRICED_SOURCE, f"no price known for {provider}:{model}")
@@ -813,7 +1086,13 @@ class Pricer:
         return out
 
     def coefficients(
-        self, provider: str, model: str, at: datetime, *, service_tier: str | None = None
+        self,
+        provider: str,
+        model: str,
+        at: datetime,
+        *,
+        service_tier: str | None = None,
+        org: str | None = None,
     ) -> PriceCoefficients | None:
         """The per-token price of every token kind and tier of a model, in force at `at`.
 
@@ -823,20 +1102,42 @@ class Pricer:
         Args:
             provider: Provider name (OpenTelemetry `gen_ai.provider.name` or genai-prices id).
             model: The model id.
-            at: The instant; see `PriceCoefficients.time_of_day` for how long they hold.
+            at: The instant; see `PriceCoefficients.time_of_day` for how long they hold
+                (a price override is in force for whole UTC days).
             service_tier: The service tier (None: the standard price).
+            org: The org of the calls (an org's price override applies to it).
 
         Returns:
             The coefficients, or None when no price is known for (provider, model).
         """
         resolved = self._lookup(provider, model)
+        override = (
+            self._override(provider, model, org, at)
+            if self._by_provider and provider and model
+            else None
+        )
+        if override is not None and override.schedule is not None:
+            return override.schedule.coefficients(override.source(""), time_of_day=False)
         if resolved is None:
             return None
         source, target = resolved
         if isinstance(target, _Schedule):
-            return target.coefficients(source, time_of_day=False)
-        return target.schedule(at, service_tier).coefficients(
-            source, time_of_day=target.time_of_day
+            found = target.coefficients(source, time_of_day=False)
+        else:
+            found = target.schedule(at, service_tier).coefficients(
+                source, time_of_day=target.time_of_day
+            )
+        if override is None:
+            return found
+        assert override.factor is not None
+        factor = override.factor
+        return PriceCoefficients(
+            source=override.source(source),
+            tiers=tuple(
+                replace(tier, **{name: getattr(tier, name) * factor for name in _TIER_PRICES})
+                for tier in found.tiers
+            ),
+            time_of_day=found.time_of_day,
         )
 
     def worst_case(
@@ -848,6 +1149,7 @@ class Pricer:
         max_output_tokens: int,
         at: datetime | float,
         service_tier: str | None = None,
+        org: str | None = None,
     ) -> Decimal | None:
         """The most a call could cost: what a budget reserves before it runs.
 
@@ -864,11 +1166,21 @@ class Pricer:
             service_tier: The service tier the request asks for (`flex`, `priority`, …):
                 its prices when genai-prices has them; None (or a tier without prices of its
                 own, such as `auto` or `default`): the standard price.
+            org: The org the call is made for (an org's price override applies to it).
 
         Returns:
             The worst-case cost in USD, or None when no price is known.
         """
         found = self._schedule(provider, model, at, service_tier)
+        if self._by_provider and provider and model:
+            override = self._override(provider, model, org, at)
+            if override is not None:
+                if override.schedule is not None:
+                    found = ("", override.schedule)
+                elif found is not None:
+                    assert override.factor is not None
+                    worst = found[1].linear(input_tokens).worst(input_tokens, max_output_tokens)
+                    return worst * override.factor
         if found is None:
             return None
         return found[1].linear(input_tokens).worst(input_tokens, max_output_tokens)

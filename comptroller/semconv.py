@@ -101,6 +101,15 @@ BUDGET_RESERVED_USD: Final = "comptroller.budget.reserved_usd"
 BUDGET_REQUESTED_USD: Final = "comptroller.budget.requested_usd"
 """On a budget rejection: the worst-case reservation the refused call needed."""
 BUDGET_DAY: Final = "comptroller.budget.day"
+BUDGET_THRESHOLD: Final = "comptroller.budget.threshold"
+"""On a budget warning: the share of the cap crossed (0.8), or absent for a projection."""
+BUDGET_WARNING_KIND: Final = "comptroller.budget.warning_kind"
+"""On a budget warning: `threshold` (a share of the cap was crossed) or `projected` (the
+day's burn rate will cross the cap before the day ends)."""
+BUDGET_PROJECTED_USD: Final = "comptroller.budget.projected_usd"
+"""On a projected-overrun warning: the day's spend at the current burn rate."""
+EVENT_ID: Final = "comptroller.event.id"
+"""An event's identity: landing and notifications deduplicate on it."""
 
 # Appended by the guarded call (issue 4).
 GEN_AI_INPUT_MESSAGES: Final = _g.GEN_AI_INPUT_MESSAGES

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         UnknownPrice,
     )
     from comptroller.control._guard import Guard, GuardKey, LedgerState, MemoryGuard, RedisGuard
+    from comptroller.control._oauth import CredentialRefreshFailed, OAuthNotAllowed
     from comptroller.control._otlp import OtlpSink, SpoolFull
     from comptroller.control._plane import ControlPlane, StaticProfiles
     from comptroller.control._profile_errors import (
@@ -90,6 +91,7 @@ __all__ = [
     "CredentialDecryptError",
     "CredentialError",
     "CredentialNotFound",
+    "CredentialRefreshFailed",
     "CredentialResolver",
     "CredentialSource",
     "DegradationPolicy",
@@ -112,6 +114,7 @@ __all__ = [
     "ModelRefused",
     "ModelSpec",
     "NullSink",
+    "OAuthNotAllowed",
     "OtlpSink",
     "PermissionDenied",
     "Price",
@@ -196,6 +199,7 @@ _EXPORTS: dict[str, str] = {
     "CredentialDecryptError": "comptroller.control._profile_errors",
     "CredentialError": "comptroller.control._profile_errors",
     "CredentialNotFound": "comptroller.control._profile_errors",
+    "CredentialRefreshFailed": "comptroller.control._oauth",
     "CredentialResolver": "comptroller.control._call",
     "CredentialSource": "comptroller.control._profile_types",
     "DegradationPolicy": "comptroller.control._profile_types",
@@ -218,6 +222,7 @@ _EXPORTS: dict[str, str] = {
     "ModelRefused": "comptroller.control._errors",
     "ModelSpec": "comptroller.control._providers",
     "NullSink": "comptroller.control._telemetry",
+    "OAuthNotAllowed": "comptroller.control._oauth",
     "OtlpSink": "comptroller.control._otlp",
     "PermissionDenied": "comptroller.control._profile_errors",
     "Price": "comptroller.pricing",

@@ -4,6 +4,7 @@ draws its credential from (an explicit ref, else `managed` → global, `byo` →
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from comptroller.control._profile_types import CredentialSource
 from comptroller.control._profiles import Scope
+from comptroller.control._provider_names import provider_names
 from comptroller.control._store_rows import _aware, _scope
 from comptroller.control._store_schema import credentials
 
@@ -37,6 +39,9 @@ class CredentialInfo:
     created_at: datetime
     updated_at: datetime
     updated_by: str
+    revision: str = ""
+    """Changes with every write of the secret (a set, a rotation, an OAuth refresh), even
+    within one clock tick: what cached models are keyed on."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for `credentials list --json`)."""
@@ -64,6 +69,8 @@ def _info(row: Mapping[Any, Any]) -> CredentialInfo:
         created_at=_aware(row["created_at"]),
         updated_at=_aware(row["updated_at"]),
         updated_by=row["updated_by"],
+        # Every seal draws a fresh nonce, so its digest tells two writes apart.
+        revision=hashlib.sha256(bytes(row["nonce"])).hexdigest()[:12],
     )
 
 
@@ -105,7 +112,12 @@ def _lookup(
     domain: str | None,
     org: str | None,
 ) -> Mapping[Any, Any] | None:
-    """The row a call at (domain, org) would use for `provider` (see `CredentialStore.find`)."""
+    """The row a call at (domain, org) would use for `provider` (see `CredentialStore.find`).
+
+    A provider's other names find its credentials too (a key stored for `google` serves a
+    `gcp.gemini` profile): the canonical name first.
+    """
+    names = provider_names(provider)
     if ref is not None:
         named = (
             connection.execute(sa.select(credentials).where(credentials.c.ref == ref))
@@ -115,7 +127,7 @@ def _lookup(
         # A ref only counts inside the call's own chain: never another scope's key.
         if (
             named is not None
-            and named["provider"] == provider
+            and named["provider"] in names
             and (named["scope_kind"], named["scope_id"]) in credential_chain(domain, org)
         ):
             return named
@@ -128,7 +140,8 @@ def _lookup(
         if org:
             chain.append(Scope.of_org(org))
     for scope in chain:
-        row = _row(connection, scope, provider, DEFAULT_NAME)
-        if row is not None:
-            return row
+        for name in names:
+            row = _row(connection, scope, name, DEFAULT_NAME)
+            if row is not None:
+                return row
     return None

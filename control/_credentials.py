@@ -12,6 +12,7 @@ decided in `_credential_lookup`.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,11 +39,20 @@ from comptroller.control._credential_lookup import (
     _row,
 )
 from comptroller.control._governance import Actor, authorize_credential_change, authorize_platform
+from comptroller.control._oauth import (
+    CredentialRefreshFailed,
+    OAuthBundle,
+    OAuthNotAllowed,
+    RefreshLocks,
+    fingerprint,
+    refresh_grant,
+)
 from comptroller.control._principal import AdminRegistry
 from comptroller.control._profile_errors import CredentialNotFound, MasterKeyError, PermissionDenied
 from comptroller.control._profile_store import ProfileStore
 from comptroller.control._profile_types import CredentialSource, ResolvedProfile
 from comptroller.control._profiles import Scope
+from comptroller.control._provider_names import canonical_provider, provider_names
 from comptroller.control._redact import Redactor, looks_like_secret
 from comptroller.control._store_schema import credentials
 
@@ -51,10 +61,24 @@ __all__ = [
     "ENV_MASTER_KEY",
     "CredentialInfo",
     "CredentialKind",
+    "CredentialRefreshFailed",
     "CredentialStore",
     "MasterKeySource",
+    "OAuthBundle",
+    "OAuthNotAllowed",
     "generate_master_key",
 ]
+
+_log = logging.getLogger(__name__)
+_REFRESHER = "comptroller (oauth refresh)"
+_RETRY_FAILED_REFRESH_S = 5.0
+"""How long after a failed refresh the token endpoint is asked again: meanwhile a token that
+still works is used, and one that expired fails the calls with the same error."""
+_MAX_ISSUED = 10_000
+_ALLOW_HINT = (
+    "set control.allow_oauth_credentials = true (COMPTROLLER_CONTROL_ALLOW_OAUTH_CREDENTIALS=1) "
+    "to allow them, or store an API key instead"
+)
 
 
 def _check_provider(provider: str) -> str:
@@ -73,7 +97,8 @@ def _check_provider(provider: str) -> str:
             f"provider id {shown} is malformed: use the OpenTelemetry provider name "
             "(letters, digits, '.', '_', '-'), e.g. 'openai'"
         )
-    return provider
+    # Stored under the provider's one name (`google` → `gcp.gemini`), as profiles name it.
+    return canonical_provider(provider)
 
 
 class CredentialStore:
@@ -85,6 +110,13 @@ class CredentialStore:
         admins: Who is bound to which role (default: the bindings in `store`).
         redactor: Learns every secret `resolve_secret` hands out, so that the call path can
             scrub it from provider errors (default: a fresh one; share the plane's).
+        allow_oauth: Whether `oauth` credentials may be set and used
+            (`control.allow_oauth_credentials`).
+        oauth_refresh_margin_s: An OAuth access token closer than this to its expiry is
+            renewed before it is used.
+        oauth_timeout_s: Time limit of one request to a token endpoint.
+        wall_clock: Seconds since the epoch, compared with token expiries (default: the
+            store's clock).
     """
 
     def __init__(
@@ -94,13 +126,29 @@ class CredentialStore:
         *,
         admins: AdminRegistry | None = None,
         redactor: Redactor | None = None,
+        allow_oauth: bool = False,
+        oauth_refresh_margin_s: float = 60.0,
+        oauth_timeout_s: float = 10.0,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self._store = store
         self._keys = master_key
         self.admins = admins or AdminRegistry(store)
         """Who may write keys (the profile service shares it)."""
         self.redactor = redactor if redactor is not None else Redactor()
+        self.allow_oauth = allow_oauth
+        self.oauth_refresh_margin_s = oauth_refresh_margin_s
+        self.oauth_timeout_s = oauth_timeout_s
+        self.wall_clock: Callable[[], float] = wall_clock or (
+            lambda: self._store.clock().timestamp()
+        )
         self._listeners: list[Callable[[], None]] = []
+        self._locks = RefreshLocks()
+        # (ref, credential revision of the profile) -> fingerprint of the access token handed
+        # out for it: after a 401, tells whether the failed token was renewed meanwhile.
+        self._issued: dict[tuple[str, str | None], str] = {}
+        # ref -> (until when, message, code) of a refresh that just failed.
+        self._failed: dict[str, tuple[float, str, str]] = {}
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every committed write of this store (cache invalidation)."""
@@ -127,23 +175,41 @@ class CredentialStore:
     ) -> CredentialInfo:
         """Store (or overwrite, keeping its `ref`) the secret of `provider` at `scope`.
 
+        An `oauth` secret is the JSON of an `OAuthBundle` (access_token, refresh_token,
+        expires_at, token_url, client_id, optional client_secret and scope).
+
         Raises:
             PermissionDenied: `actor` does not administer `scope`.
             MasterKeyError: No usable master key.
-            ValueError: Empty secret, malformed provider, unknown kind.
+            OAuthNotAllowed: `kind="oauth"` while OAuth credentials are turned off.
+            ValueError: Empty secret, malformed provider, unknown kind, malformed bundle.
         """
-        _check_provider(provider)
+        provider = _check_provider(provider)
         if kind not in CREDENTIAL_KINDS:
             raise ValueError(f"credential kind must be one of {CREDENTIAL_KINDS}, got {kind!r}")
         if not secret.strip():
             raise ValueError(f"the secret for provider {provider!r} at {scope} is empty")
+        if kind == "oauth":
+            if not self.allow_oauth:
+                raise OAuthNotAllowed(
+                    f"OAuth credentials are turned off: not storing the {provider!r} "
+                    f"credential at {scope}; {_ALLOW_HINT}"
+                )
+            secret = OAuthBundle.parse(secret).to_json()
         key = self._keys.load()
         plaintext = secret.encode("utf-8")
 
         def work(connection: Connection) -> CredentialInfo:
             self._authorize(connection, actor, scope)
             now = self._store.clock()
-            row = _row(connection, scope, provider, name)
+            row = next(
+                (
+                    found
+                    for alias in provider_names(provider)
+                    if (found := _row(connection, scope, alias, name)) is not None
+                ),
+                None,
+            )
             ref = row["ref"] if row is not None else f"cred_{secrets.token_hex(12)}"
             nonce, sealed = key.seal(plaintext, _aad(ref, scope.kind, scope.id, provider, kind))
             values = {
@@ -393,13 +459,97 @@ class CredentialStore:
             The secret, or None when the scope has no credential for the provider (for a
             keyless provider that is expected).
 
+        For an `oauth` credential this is its access token, renewed first when it is within
+        `oauth_refresh_margin_s` of its expiry.
+
         Raises:
             CredentialDecryptError: The stored secret does not open under the master key.
             MasterKeyError: No usable master key.
+            OAuthNotAllowed: The credential is `oauth` and OAuth credentials are turned off.
+            CredentialRefreshFailed: An expired OAuth token could not be renewed.
         """
+        row = self._lookup_for(profile, domain=domain, org=org, provider=provider)
+        if row is None:
+            return None
+        if row["kind"] == "oauth":
+            bundle, _, _ = self._fresh_bundle(row)
+            token = bundle.access_token
+            if len(self._issued) >= _MAX_ISSUED:
+                self._issued.clear()
+            self._issued[(row["ref"], profile.credential_revision)] = fingerprint(token)
+            return token
+        secret = self._open(row)
+        self.redactor.add(secret)  # before it leaves: a provider may echo it in an error
+        return secret
+
+    # --- OAuth ---------------------------------------------------------------------------
+    def ensure_fresh(self, info: CredentialInfo) -> tuple[CredentialInfo, float | None]:
+        """Renew an `oauth` credential if it is due; returns its info (new revision when
+        renewed) and when it is next due (epoch seconds; None for an API key, or when OAuth
+        is turned off and the credential will be refused when used).
+
+        A refresh that fails while the token still works is logged and tried again shortly;
+        one that fails after the token expired raises.
+
+        Raises:
+            CredentialRefreshFailed: The token expired and could not be renewed.
+        """
+        if info.kind != "oauth" or not self.allow_oauth:
+            return info, None
+        with self._store.reading() as connection:
+            row = (
+                connection.execute(sa.select(credentials).where(credentials.c.ref == info.ref))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return info, None
+        bundle, retry_at, renewed = self._fresh_bundle(row)
+        fresh = self.get_info(info.ref) if renewed else None
+        deadline = (
+            retry_at if retry_at is not None else (bundle.expires_at - self.oauth_refresh_margin_s)
+        )
+        return fresh or info, deadline
+
+    def refresh_after_unauthorized(
+        self,
+        profile: ResolvedProfile,
+        *,
+        domain: str | None,
+        org: str | None,
+        provider: str | None = None,
+    ) -> bool:
+        """After a provider answered 401: renew the call's `oauth` credential, unless the
+        token that failed was renewed meanwhile (by another thread or process). True when the
+        call should be retried with the credential as it now is; False for an API key.
+
+        Raises:
+            CredentialRefreshFailed: The token endpoint refused or failed.
+        """
+        row = self._lookup_for(profile, domain=domain, org=org, provider=provider)
+        if row is None or row["kind"] != "oauth" or not self.allow_oauth:
+            return False
+        failed = self._issued.get((row["ref"], profile.credential_revision))
+        self._refresh(
+            row["ref"],
+            due=lambda bundle: failed is None or fingerprint(bundle.access_token) == failed,
+        )
+        # Also when another process renewed it: this process's cached resolutions still carry
+        # the old revision, and the retry must build its model with the new token.
+        self._changed()
+        return True
+
+    def _lookup_for(
+        self,
+        profile: ResolvedProfile,
+        *,
+        domain: str | None,
+        org: str | None,
+        provider: str | None,
+    ) -> Mapping[Any, Any] | None:
         wanted = provider or profile.model.provider
         with self._store.reading() as connection:
-            row = _lookup(
+            return _lookup(
                 connection,
                 wanted,
                 source=profile.credential_source,
@@ -407,14 +557,140 @@ class CredentialStore:
                 domain=domain,
                 org=org,
             )
-        if row is None:
-            return None
+
+    def _open(self, row: Mapping[Any, Any]) -> str:
         key = self._keys.load(create=False)
         keyring = self._keys.keyring(key)
         aad = _aad(row["ref"], row["scope_kind"], row["scope_id"], row["provider"], row["kind"])
-        secret = _unseal(keyring, row, aad).decode("utf-8")
-        self.redactor.add(secret)  # before it leaves: a provider may echo it in an error
-        return secret
+        return _unseal(keyring, row, aad).decode("utf-8")
+
+    def _bundle(self, row: Mapping[Any, Any]) -> OAuthBundle:
+        if not self.allow_oauth:
+            raise OAuthNotAllowed(
+                f"credential {row['ref']} (provider {row['provider']!r} at "
+                f"{_info(row).scope}) is an OAuth credential, and OAuth credentials are "
+                f"turned off; {_ALLOW_HINT}"
+            )
+        plaintext = self._open(row)
+        try:
+            bundle = OAuthBundle.parse(plaintext)
+        except ValueError as exc:
+            self.redactor.add(plaintext)
+            raise CredentialRefreshFailed(
+                f"credential {row['ref']} (provider {row['provider']!r} at "
+                f"{_info(row).scope}) is not a usable OAuth bundle ({exc}); store it again "
+                "with `comptroller credentials set --kind oauth`",
+                ref=row["ref"],
+                code="invalid_bundle",
+            ) from None
+        self.redactor.add(*bundle.secrets())  # a provider may echo a token in an error
+        return bundle
+
+    def _fresh_bundle(self, row: Mapping[Any, Any]) -> tuple[OAuthBundle, float | None, bool]:
+        """The bundle of `row`, renewed when due; the time of the next try when a refresh
+        failed but the token still works (else None); whether it was renewed."""
+        bundle = self._bundle(row)
+        margin = self.oauth_refresh_margin_s
+        if bundle.expires_at - self.wall_clock() > margin:
+            return bundle, None, False  # the hot case: nothing to do
+        try:
+            renewed = self._refresh(
+                row["ref"], due=lambda b: b.expires_at - self.wall_clock() <= margin
+            )
+        except CredentialRefreshFailed as exc:
+            now = self.wall_clock()
+            if bundle.expires_at <= now:
+                raise
+            _log.warning("%s; using the current token until it expires", exc)
+            return bundle, min(now + _RETRY_FAILED_REFRESH_S, bundle.expires_at), False
+        return renewed, None, renewed != bundle
+
+    def _refresh(self, ref: str, *, due: Callable[[OAuthBundle], bool]) -> OAuthBundle:
+        """Renew credential `ref` if `due(bundle)` still holds once it is locked.
+
+        Threads of this process wait on a lock per ref; processes on the store's write
+        transaction (a row lock on PostgreSQL, the write lock on SQLite), inside which the
+        row is read again, so only the first of them runs the grant.
+        """
+        granted: list[OAuthBundle] = []  # kept across the store's retries of `work`
+
+        def work(connection: Connection) -> tuple[OAuthBundle, bool]:
+            row = (
+                connection.execute(sa.select(credentials).where(credentials.c.ref == ref))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise CredentialNotFound(
+                    f"credential {ref} was deleted while it was being refreshed; set it again "
+                    "with `comptroller credentials set --kind oauth`"
+                )
+            bundle = self._bundle(row)
+            if not due(bundle):
+                return bundle, False
+            if not granted:
+                now = self.wall_clock()
+                result = refresh_grant(bundle, now=now, timeout_s=self.oauth_timeout_s)
+                if isinstance(result, str):
+                    raise _refresh_failed(row, bundle, result)
+                granted.append(result)
+            renewed = granted[0]
+            self.redactor.add(*renewed.secrets())
+            key = self._keys.load(create=False)
+            aad = _aad(ref, row["scope_kind"], row["scope_id"], row["provider"], row["kind"])
+            nonce, sealed = key.seal(renewed.to_json().encode("utf-8"), aad)
+            connection.execute(
+                credentials.update()
+                .where(credentials.c.ref == ref)
+                .values(
+                    key_id=key.key_id,
+                    nonce=nonce,
+                    ciphertext=sealed,
+                    updated_at=self._store.clock(),
+                    updated_by=_REFRESHER,
+                )
+            )
+            scope = _info(row).scope
+            self._store.add_audit(
+                connection,
+                actor=_REFRESHER,
+                role="system",
+                action="credential_set",
+                scope=scope,
+                purpose=None,
+                version=None,
+                before={"ref": ref, "provider": row["provider"], "name": row["name"]},
+                after={
+                    "ref": ref,
+                    "provider": row["provider"],
+                    "name": row["name"],
+                    "kind": "oauth",
+                    "key_id": key.key_id,
+                    "expires_at": renewed.expires_at,
+                },
+                reason="oauth refresh",
+            )
+            return renewed, True
+
+        with self._locks.of(ref):
+            failed = self._failed.get(ref)
+            if failed is not None and self.wall_clock() < failed[0]:
+                # Failed a moment ago (this thread's turn came after it, or the calls go on):
+                # the token endpoint is not asked again at the rate of the calls.
+                raise CredentialRefreshFailed(failed[1], ref=ref, code=failed[2])
+            try:
+                bundle, changed = self._store.write(work)
+            except CredentialRefreshFailed as exc:
+                self._failed[ref] = (
+                    self.wall_clock() + _RETRY_FAILED_REFRESH_S,
+                    str(exc),
+                    exc.code,
+                )
+                raise
+            self._failed.pop(ref, None)
+        if changed:
+            self._changed()
+        return bundle
 
     # --- internals -----------------------------------------------------------------------
     def _refusable(
@@ -445,3 +721,22 @@ class CredentialStore:
             self._store.recorded_org(connection, scope.id) if scope.kind == "domain" else None
         )
         authorize_credential_change(actor, scope, recorded_org=recorded)
+
+
+def _refresh_failed(row: Mapping[Any, Any], bundle: OAuthBundle, code: str) -> Exception:
+    scope = _info(row).scope
+    where = {
+        "global": "--global",
+        "org": f"--org {scope.id}",
+        "domain": f"--domain {scope.id} --org {scope.org}" if scope.org else f"--domain {scope.id}",
+    }
+    host = bundle.token_url.split("://", 1)[-1].split("/", 1)[0]
+    return CredentialRefreshFailed(
+        f"OAuth credential {row['ref']} (provider {row['provider']!r} at {scope}, name "
+        f"{row['name']!r}) could not be refreshed at its token endpoint {host}: {code}. "
+        "Re-authorise with the provider and store the new bundle with `comptroller "
+        f"credentials set --kind oauth --provider {row['provider']} "
+        f"{where.get(scope.kind, '')} --from-env VAR` (or on stdin)",
+        ref=row["ref"],
+        code=code,
+    )

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
+from comptroller.budget_alerts import WarningPolicy
+from comptroller.control._budget_watch import BudgetWatch
 from comptroller.control._call import CallCore, CallScope, RetryPolicy
 from comptroller.control._chat_model import GuardedChatModel
 from comptroller.control._circuit import CircuitBreakers, CircuitPolicy, CircuitSnapshot
@@ -107,7 +109,10 @@ def _embedded_sink(settings: Settings) -> TelemetrySink:
 
     settings.ensure_data_dir()
     return EmbeddedSink(
-        settings.db_file, timezone=settings.timezone, prices=Pricer.from_settings(settings)
+        settings.db_file,
+        timezone=settings.timezone,
+        prices=Pricer.from_settings(settings),
+        alerts=settings.alerts,
     )
 
 
@@ -232,6 +237,12 @@ class ControlPlane:
             max_reservation_usd=Decimal(str(control.budget_max_reservation_usd)),
             default_max_output_tokens=control.default_max_output_tokens,
             rng=rng,
+            budget_watch=BudgetWatch(
+                WarningPolicy.from_settings(settings.alerts),
+                clock=self.clock,
+                events=self.telemetry,
+                timezone=getattr(guard, "timezone", None) or settings.timezone,
+            ),
         )
         self._handles: dict[CallScope, GuardedChatModel] = {}
         self._closed = False

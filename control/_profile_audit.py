@@ -92,21 +92,33 @@ def _emit_change(
     definition = purposes.get_purpose(version.purpose)
     old = change.before.profile.model if change.before else None
     new = change.after.profile.model if change.after else None
-    if definition.embedding and old is not None and new is not None and old != new:
+    # Compared as `provider:model`: the same model at another endpoint makes the same vectors.
+    if definition.embedding and old is not None and new is not None and str(old) != str(new):
         warning = dict(attributes)
+        warning[semconv.PROFILE_WARNING] = semconv.WARNING_EMBEDDING_MODEL_CHANGED
+        warning[semconv.PROFILE_PREVIOUS_MODEL] = str(old)
+        warning[semconv.PROFILE_MODEL] = str(new)
         warning[semconv.PROFILE_DETAIL] = json.dumps(
-            {
-                "warning": "embedding_model_changed",
-                "before": str(old),
-                "after": str(new),
-                "message": (
-                    f"embedding model of {version.scope} changed from {old} to {new}: "
-                    "existing vectors are incompatible with new ones; re-embed them"
-                ),
-            },
+            embedding_warning(str(version.scope), version.purpose, str(old), str(new)),
             sort_keys=True,
         )
         _emit(events, semconv.EVENT_PROFILE_WARNING, warning)
+
+
+def embedding_warning(scope: str, purpose: str, before: str, after: str) -> dict[str, str]:
+    """The detail of an `embedding_model_changed` warning (also what the CLI prints)."""
+    return {
+        "warning": semconv.WARNING_EMBEDDING_MODEL_CHANGED,
+        "scope": scope,
+        "purpose": purpose,
+        "before": before,
+        "after": after,
+        "message": (
+            f"the embedding model of {scope} (purpose {purpose}) changed from {before} to "
+            f"{after}: vectors made by the old model are incompatible with the new one's; "
+            "re-embed them"
+        ),
+    }
 
 
 def _emit(

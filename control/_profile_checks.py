@@ -34,11 +34,17 @@ def _check_models_known(
         return
     for ref in models:
         if not catalog.knows(ref.provider, ref.model):
+            # `openai:gpt-4o@localhost:8000` is a model id: only `@http(s)://` starts an endpoint.
+            hint = (
+                "; an endpoint is written PROVIDER:MODEL@http://HOST… or @https://HOST…"
+                if "@" in ref.model
+                else ""
+            )
             raise UnknownModel(
                 f"unknown model {ref} for purpose {purpose.key!r}: neither genai-prices nor "
                 "the fallback price registry knows it; add its price to the fallback "
                 "registry (or `control.known_models`), or use a purpose whose override "
-                "class is 'open'"
+                f"class is 'open'{hint}"
             )
 
 

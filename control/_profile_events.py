@@ -15,6 +15,8 @@ from typing import Protocol
 
 from opentelemetry.util.types import AttributeValue
 
+from comptroller.control._provider_names import canonical_provider
+
 
 class ProfileEventEmitter(Protocol):
     """Receives profile events (`comptroller.profile.*` names from `comptroller.semconv`)."""
@@ -33,16 +35,24 @@ class RecordedEvent:
 
 
 class InMemoryProfileEvents:
-    """A `ProfileEventEmitter` that keeps every event in a list (tests, the demo)."""
+    """A `ProfileEventEmitter` that keeps every event in a list (tests, the demo, the CLI).
 
-    def __init__(self) -> None:
+    Args:
+        forward: Also passes each event on to this emitter (the CLI records the warnings it
+            prints and still sends every event down the telemetry pipeline).
+    """
+
+    def __init__(self, forward: ProfileEventEmitter | None = None) -> None:
         self._events: list[RecordedEvent] = []
         self._lock = threading.Lock()
+        self._forward = forward
 
     def emit(self, event_name: str, attributes: Mapping[str, AttributeValue]) -> None:
-        """Record the event."""
+        """Record the event, then forward it (a forwarding error propagates, after recording)."""
         with self._lock:
             self._events.append(RecordedEvent(name=event_name, attributes=dict(attributes)))
+        if self._forward is not None:
+            self._forward.emit(event_name, attributes)
 
     @property
     def events(self) -> list[RecordedEvent]:
@@ -77,8 +87,17 @@ class ConfiguredCatalog:
 
             base = Pricer()
         self._base = base
-        self._extra = frozenset(extra)
+        # Canonical names on both sides: `google:x` configured is known as `gcp.gemini:x`.
+        self._extra = frozenset(_canonical_text(text) for text in extra)
 
     def knows(self, provider: str, model: str) -> bool:
-        """Whether the extras or the base catalog know `provider:model`."""
-        return f"{provider}:{model}" in self._extra or self._base.knows(provider, model)
+        """Whether the extras or the base catalog know `provider:model` (either name of
+        a provider with aliases)."""
+        return f"{canonical_provider(provider)}:{model}" in self._extra or self._base.knows(
+            provider, model
+        )
+
+
+def _canonical_text(text: str) -> str:
+    provider, sep, model = text.partition(":")
+    return f"{canonical_provider(provider)}{sep}{model}"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace as dataclass_replace
 
-from comptroller.control._credentials import CredentialStore
+from comptroller.control._credentials import CredentialRefreshFailed, CredentialStore
 from comptroller.control._principal import AdminRegistry
 from comptroller.control._profile_errors import ProfileNotFound, VersionNotFound
 from comptroller.control._profile_events import (
@@ -62,6 +62,10 @@ class _ProfileReads:
         self.keyless_providers = frozenset(keyless_providers)
         self.events = events
         self._cache = ResolutionCache(ttl_s=cache_ttl_s, poll=store.change_count, clock=clock)
+        self._clock = clock
+        # When (on `clock`) the first cached resolution holding an OAuth credential falls due
+        # for a refresh; None while none does, so that API keys cost no check per call.
+        self._refresh_due: float | None = None
         # A credential write changes `credential_revision` of resolved profiles: drop them now.
         credentials.on_change(self._cache.invalidate)
 
@@ -77,13 +81,23 @@ class _ProfileReads:
             UnknownPurpose: `purpose` is not declared.
             ProfileNotFound: No scope sets a model and there is no server default.
         """
+        due = self._refresh_due
+        if due is not None and self._clock() >= due:
+            # An OAuth token a cached resolution (and the model built for its revision) uses
+            # is about to expire: resolve again, which renews it and changes the revision.
+            self._refresh_due = None
+            self._cache.invalidate()
         key = (purpose, domain, org)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         generation = self._cache.generation
-        resolution = self.explain(purpose, domain=domain, org=org)
+        resolution, deadline = self._explain(purpose, domain=domain, org=org, renew=True)
         self._cache.put(key, resolution.profile, generation)
+        if deadline is not None:
+            at = self._clock() + (deadline - self.credentials.wall_clock())
+            current = self._refresh_due
+            self._refresh_due = at if current is None else min(current, at)
         return resolution.profile
 
     def explain(self, purpose: str, *, domain: str | None, org: str | None) -> Resolution:
@@ -93,6 +107,13 @@ class _ProfileReads:
             UnknownPurpose: `purpose` is not declared.
             ProfileNotFound: No scope sets a model and there is no server default.
         """
+        return self._explain(purpose, domain=domain, org=org, renew=False)[0]
+
+    def _explain(
+        self, purpose: str, *, domain: str | None, org: str | None, renew: bool
+    ) -> tuple[Resolution, float | None]:
+        """The resolution, and when (epoch seconds) an OAuth credential it uses is due for a
+        refresh; with `renew`, credentials already due are renewed first."""
         self.purposes.get_purpose(purpose)
         active = self.store.active_for(purpose, domain=domain, org=org)
         resolution = explain_resolution(
@@ -105,18 +126,19 @@ class _ProfileReads:
                 f"`comptroller profiles set {purpose} --model provider:model` or "
                 f"COMPTROLLER_MODEL_{purpose.upper()}=provider:model"
             )
-        revision = self._credential_revision(resolution.profile, domain=domain, org=org)
-        if revision is None:
-            return resolution
-        return dataclass_replace(
-            resolution,
-            profile=dataclass_replace(resolution.profile, credential_revision=revision),
+        revision, deadline = self._credential_revision(
+            resolution.profile, domain=domain, org=org, renew=renew
         )
+        if revision is None:
+            return resolution, deadline
+        profile = dataclass_replace(resolution.profile, credential_revision=revision)
+        return dataclass_replace(resolution, profile=profile), deadline
 
     def _credential_revision(
-        self, profile: ResolvedProfile, *, domain: str | None, org: str | None
-    ) -> str | None:
+        self, profile: ResolvedProfile, *, domain: str | None, org: str | None, renew: bool
+    ) -> tuple[str | None, float | None]:
         parts: list[str] = []
+        deadline: float | None = None
         providers = dict.fromkeys(
             [profile.model.provider, *(f.provider for f in profile.fallbacks)]
         )
@@ -130,11 +152,24 @@ class _ProfileReads:
                 domain=domain,
                 org=org,
             )
-            stamp = f"{info.ref}@{info.updated_at.isoformat()}" if info is not None else "-"
+            if info is not None and renew and info.kind == "oauth":
+                try:
+                    info, due = self.credentials.ensure_fresh(info)
+                except CredentialRefreshFailed:
+                    # Raised by the call that uses this credential (a fallback's must not
+                    # fail the primary's calls); resolve again when a retry is due.
+                    due = self.credentials.wall_clock() + 5.0
+                if due is not None:
+                    deadline = due if deadline is None else min(deadline, due)
+            stamp = (
+                f"{info.ref}@{info.updated_at.isoformat()}#{info.revision}"
+                if info is not None
+                else "-"
+            )
             parts.append(f"{provider}={stamp}")
         if not parts:
-            return None
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+            return None, deadline
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16], deadline
 
     def invalidate(self) -> None:
         """Drop cached resolutions now (writes of this service do it themselves)."""

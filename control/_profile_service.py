@@ -83,6 +83,7 @@ class ProfileService(_ProfileReads):
         catalog: ModelCatalog | None = None,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] | None = None,
     ) -> ProfileService:
         """The service over `url` (default: `settings.profile_store_url`).
 
@@ -93,6 +94,8 @@ class ProfileService(_ProfileReads):
             catalog: Known model ids (default: genai-prices + fallback registry + extras).
             environ: Environment for `COMPTROLLER_MASTER_KEY` (default: os.environ).
             clock: Monotonic clock of the resolution cache.
+            wall_clock: Seconds since the epoch, compared with OAuth token expiries
+                (default: the store's clock).
         """
         store = ProfileStore(url or settings.profile_store_url)
         server_defaults = {
@@ -117,7 +120,11 @@ class ProfileService(_ProfileReads):
         return cls(
             store,
             credentials=CredentialStore(
-                store, MasterKeySource(settings.master_key_file, environ=environ)
+                store,
+                MasterKeySource(settings.master_key_file, environ=environ),
+                allow_oauth=settings.control.allow_oauth_credentials,
+                oauth_refresh_margin_s=settings.control.oauth_refresh_margin_s,
+                wall_clock=wall_clock,
             ),
             purposes=registry,
             server_defaults=server_defaults,

@@ -8,6 +8,7 @@ default). Specs are stored as JSON, so adding a field needs no schema migration.
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -109,6 +110,14 @@ class ProfileSpec:
     degradation: DegradationPolicy | None = None
     variant: str | None = None
 
+    def __post_init__(self) -> None:
+        # A written profile names each provider once, so that a `gcp.gemini:` model with a
+        # `google:` fallback is one provider to the chain (and to credentials and pricing).
+        if self.model is not None:
+            object.__setattr__(self, "model", self.model.canonical())
+        if self.fallbacks is not None:
+            object.__setattr__(self, "fallbacks", tuple(ref.canonical() for ref in self.fallbacks))
+
     def set_fields(self) -> tuple[str, ...]:
         """Names of the fields this spec sets, in declaration order."""
         return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
@@ -130,7 +139,8 @@ class ProfileSpec:
         return (*out, *(self.fallbacks or ()))
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict of the set fields (decimals as strings, models as text)."""
+        """A JSON-ready dict of the set fields (decimals as strings, models as text:
+        `provider:model`, or `provider:model@URL` for a model at its own endpoint)."""
         out: dict[str, Any] = {}
         for name in self.set_fields():
             out[name] = _encode(getattr(self, name))
@@ -164,7 +174,7 @@ SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ProfileSpec))
 
 def _encode(value: object) -> Any:
     if isinstance(value, ModelRef):
-        return str(value)
+        return value.to_text()
     if isinstance(value, tuple):
         return [_encode(item) for item in value]
     if isinstance(value, RateLimitSpec | DegradationPolicy):
@@ -176,13 +186,16 @@ def _encode(value: object) -> Any:
 
 def _decode(name: str, value: Any) -> Any:
     if name == "model":
-        return ModelRef.parse(value)
+        return ModelRef.parse(_ref_text(name, value))
     if name == "fallbacks":
-        return tuple(ModelRef.parse(item) for item in value)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"fallbacks must be a list of 'provider:model[@URL]', got {value!r}")
+        return tuple(ModelRef.parse(_ref_text(name, item)) for item in value)
     if name == "rate_limit":
         return RateLimitSpec(**value)
     if name == "budget":
-        return BudgetSpec(daily_usd=Decimal(value["daily_usd"]))
+        # str() first: a TOML or JSON number is a float, whose Decimal is not the written one.
+        return BudgetSpec(daily_usd=Decimal(str(value["daily_usd"])))
     if name == "degradation":
         return DegradationPolicy(**value)
     if name == "credential_source":
@@ -190,6 +203,51 @@ def _decode(name: str, value: Any) -> Any:
             raise ValueError(f"credential_source must be 'managed' or 'byo', got {value!r}")
         return cast(CredentialSource, value)
     return value
+
+
+def _ref_text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be text 'provider:model[@URL]', got {value!r}")
+    return value
+
+
+def read_profile_set(text: str, *, json_format: bool = False) -> dict[str, ProfileSpec]:
+    """Parse a profile file: one spec per purpose, in the fields of `ProfileSpec.to_json`.
+
+    TOML (default) holds a table per purpose, `[profiles.reasoning]`; JSON holds the same
+    as `{"profiles": {"reasoning": {...}}}`. Example:
+
+        [profiles.reasoning]
+        model = "anthropic:claude-opus-4-7"
+        fallbacks = ["anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5"]
+
+    Raises:
+        ValueError: Not TOML/JSON, no `profiles` table, or a spec that does not parse
+            (naming the purpose).
+    """
+    try:
+        data = json.loads(text) if json_format else tomllib.loads(text)
+    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        kind = "JSON" if json_format else "TOML"
+        raise ValueError(f"not valid {kind}: {exc}") from None
+    table = data.get("profiles") if isinstance(data, dict) else None
+    if not isinstance(table, dict) or not table:
+        raise ValueError(
+            "expected a non-empty 'profiles' table with one entry per purpose, e.g. "
+            '[profiles.reasoning] model = "anthropic:claude-opus-4-7"'
+        )
+    out: dict[str, ProfileSpec] = {}
+    for purpose, entry in table.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"profiles.{purpose} must be a table of profile fields")
+        try:
+            spec = ProfileSpec.from_json(entry)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"profiles.{purpose}: {exc}") from None
+        if not spec.set_fields():
+            raise ValueError(f"profiles.{purpose} sets no field; fields: {', '.join(SPEC_FIELDS)}")
+        out[purpose] = spec
+    return out
 
 
 def profile_id(scope: Scope, purpose: str) -> str:

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from comptroller.control._provider_names import canonical_provider
 from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
@@ -288,7 +289,7 @@ class ProviderRegistry:
         Raises:
             UsageError: Unknown provider and no `base_url`.
         """
-        found = self._factories.get(provider)
+        found = self._factories.get(provider) or self._factories.get(canonical_provider(provider))
         if found is not None:
             return found
         if base_url is not None:
@@ -320,7 +321,9 @@ class ProviderRegistry:
         """
         from comptroller.control._embedders import as_embedder
 
-        found = self._embeddings.get(spec.provider)
+        found = self._embeddings.get(spec.provider) or self._embeddings.get(
+            canonical_provider(spec.provider)
+        )
         if found is None and spec.base_url is not None:
             found = _openai_embedder
         if found is None:

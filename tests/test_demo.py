@@ -1,8 +1,8 @@
 """`comptroller demo`: the story it tells, the data it leaves, and the hints it prints.
 
 The demo runs as a user runs it (a subprocess of the installed command) against real DuckDB
-files and a real SQLite profile store; the only fake is its in-process OpenAI-compatible
-endpoint.
+files and a real SQLite profile store; the only fakes are its in-process provider endpoints
+(Anthropic, Gemini, OpenAI), spoken to by the providers' own SDKs over HTTP.
 """
 
 from __future__ import annotations
@@ -25,7 +25,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from comptroller._demo_workload import LAB_BATCH, plan, window
+from comptroller._demo_workload import (
+    CLAUDE_CHAIN,
+    GEMINI_CHAIN,
+    LAB_BATCH,
+    OPENAI_CHAIN,
+    plan,
+    window,
+)
+
+OPUS, SONNET = (ref.split(":", 1)[1] for ref in CLAUDE_CHAIN[:2])
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -109,7 +118,8 @@ def test_a_budget_is_hit_and_its_calls_fail_closed(demo_run: DemoRun) -> None:
 
 def test_a_circuit_opens_and_later_closes(demo_run: DemoRun) -> None:
     events = demo_run.query(
-        "select epoch(ts), state, reason from circuit_events where model = 'gpt-4o' order by ts"
+        "select epoch(ts), state, reason from circuit_events "
+        f"where provider = 'anthropic' and model = '{OPUS}' order by ts"
     )
     states = [state for _, state, _ in events]
     assert states[0] == "opened"
@@ -118,14 +128,15 @@ def test_a_circuit_opens_and_later_closes(demo_run: DemoRun) -> None:
     opened_at, closed_at = float(str(events[0][0])), float(str(events[-1][0]))
     # An outage a person can see on a timeline, not a blip inside one call's retries.
     assert closed_at - opened_at >= 15 * 60
-    # Meanwhile reasoning fell back to gpt-4.1 and kept answering.
+    # Meanwhile reasoning fell back down the Claude chain and kept answering.
     fallbacks = demo_run.query(
-        "select count(*) from llm_usage where purpose = 'reasoning' and fallback_depth > 0 "
-        f"and outcome = 'ok' and epoch(ts) between {opened_at} and {closed_at}"
-    )[0][0]
-    assert isinstance(fallbacks, int)
-    assert fallbacks > 0
-    assert re.search(r"circuit +gpt-4o opened .*, closed ", demo_run.stdout)
+        "select distinct request_model from llm_usage where purpose = 'reasoning' "
+        f"and fallback_depth > 0 and outcome = 'ok' and epoch(ts) between {opened_at} and "
+        f"{closed_at}"
+    )
+    assert (SONNET,) in fallbacks
+    # Anthropic's own "overloaded" status opened it.
+    assert re.search(rf"circuit +{OPUS} opened [^\n]*last: 529[^\n]*, closed ", demo_run.stdout)
 
 
 def test_a_profile_change_and_its_rollback_land_in_order(demo_run: DemoRun) -> None:
@@ -138,7 +149,7 @@ def test_a_profile_change_and_its_rollback_land_in_order(demo_run: DemoRun) -> N
         ("activated", 2),
         ("rolled_back", 3),
     ]
-    assert events[1][2] == "openai:gpt-4.1"
+    assert events[1][2] == CLAUDE_CHAIN[1]
     ((opened,),) = demo_run.query(
         "select min(epoch(ts)) from circuit_events where state = 'opened'"
     )
@@ -152,6 +163,25 @@ def test_a_profile_change_and_its_rollback_land_in_order(demo_run: DemoRun) -> N
     )
     assert float(str(opened)) < float(str(switched[0])) < float(str(rolled_back[0]))
     assert float(str(closed)) < float(str(rolled_back[0]))
+
+
+def test_each_provider_serves_its_own_chain_and_every_answer_is_priced(
+    demo_run: DemoRun,
+) -> None:
+    chains = {"anthropic": CLAUDE_CHAIN, "gcp.gemini": GEMINI_CHAIN, "openai": OPENAI_CHAIN}
+    rows = demo_run.query(
+        "select purpose, provider, request_model, price_source, cost_usd, input_tokens "
+        "from llm_usage"
+    )
+    assert {row[1] for row in rows} == set(chains)
+    for purpose in {row[0] for row in rows}:
+        # One provider per purpose: its chain never leaves it.
+        assert len({row[1] for row in rows if row[0] == purpose}) == 1, purpose
+    for _purpose, provider, model, source, cost, tokens in rows:
+        assert f"{provider}:{model}" in chains[str(provider)]
+        if tokens:  # an answer, not an overloaded attempt
+            assert str(source).startswith("genai-prices@"), (provider, model, source)
+            assert Decimal(str(cost)) > 0
 
 
 def test_the_calls_span_days_with_a_daily_shape(demo_run: DemoRun) -> None:
@@ -209,7 +239,7 @@ def test_every_hint_works_when_pasted(demo_run: DemoRun) -> None:
         assert result.returncode == 0, (argv, result.stderr)
         outputs[" ".join(args)] = result.stdout
     history = next(out for cmd, out in outputs.items() if "history reasoning" in cmd)
-    assert "gpt-4.1" in history
+    assert SONNET in history
     assert "(rollback to v1)" in history
     shown = next(out for cmd, out in outputs.items() if "profiles show" in cmd)
     assert "agent_turn" in shown
@@ -338,6 +368,19 @@ def test_demo_hands_its_database_to_the_dashboard() -> None:
 
 
 # --- the workload -----------------------------------------------------------------------------
+
+
+def test_the_demo_runs_the_seeds_chains() -> None:
+    import tomllib
+    from importlib import resources
+
+    from comptroller._demo_workload import PURPOSES
+
+    text = (resources.files("comptroller.control.profiles") / "seeds.toml").read_text("utf-8")
+    seeds = tomllib.loads(text)["profiles"]
+    for purpose, chain in (("reasoning", CLAUDE_CHAIN), ("scoring", GEMINI_CHAIN)):
+        assert (seeds[purpose]["model"], *seeds[purpose]["fallbacks"]) == chain
+        assert PURPOSES[purpose][0] == chain
 
 
 def test_the_workload_follows_a_working_day_and_grows() -> None:

@@ -62,10 +62,14 @@ def test_the_application_surface_is_pinned_and_holds_no_administration() -> None
         *["CircuitState", "Clock", "ControlPlane", "CredentialResolver", "CredentialSource"],
         *[
             "DegradationPolicy",
+            "Embedder",
+            "EmbeddingResult",
+            "EmbeddingsFactory",
             "EventEmitter",
             "Guard",
             "GuardKey",
             "GuardedChatModel",
+            "GuardedEmbeddings",
             "LedgerState",
         ],
         *[
@@ -90,6 +94,7 @@ def test_the_application_surface_is_pinned_and_holds_no_administration() -> None
         # errors
         *["BudgetError", "BudgetExceeded", "BudgetUnverifiable", "CircuitOpen", "ControlError"],
         *["CredentialDecryptError", "CredentialError", "CredentialNotFound", "ExhaustedFallbacks"],
+        *["CredentialRefreshFailed", "OAuthNotAllowed"],
         *[
             "GuardUnavailable",
             "MasterKeyError",

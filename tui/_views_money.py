@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -17,6 +17,9 @@ from comptroller.tui._model import TimeFrame, ViewData
 from comptroller.tui._queries import QuerySpec, view_queries
 from comptroller.tui._view_base import View
 from comptroller.tui._widgets import Column, Context, DataGrid, Stat
+
+if TYPE_CHECKING:
+    from comptroller.pricing import Pricer
 
 _COST = Column(key="cost_usd", label="Cost", kind="money")
 _CALLS = Column(key="calls", label="Calls", kind="count")
@@ -196,6 +199,13 @@ class SpendView(View):
     def __init__(self) -> None:
         super().__init__()
         self.drill: str | None = None
+        self._savings_prices: str | None = None
+        """The `$prices` of the cache_savings panel: the per-token savings of the models
+        seen reading from a prompt cache (None until the first refresh found some)."""
+        self._priced: dict[tuple[str, str | None, str | None], tuple[dt.date, dt.date]] = {}
+        """UTC days whose prices `_savings_prices` holds, per (provider, response model,
+        request model)."""
+        self._pricer: Pricer | None = None
 
     def compose_body(self) -> ComposeResult:
         yield Label("", classes="crumb", id="spend-crumb")
@@ -233,8 +243,21 @@ class SpendView(View):
             ],
             id="spend-models",
         )
+        # Shown only while some call in the range read from a prompt cache.
+        yield DataGrid(
+            "Prompt-cache savings (cached tokens priced as input, minus their cache-read price)",
+            [
+                Column(key="purpose", label="Purpose"),
+                Column(key="model", label="Model"),
+                _CALLS,
+                Column(key="cache_read_tokens", label="Cached tokens", kind="count"),
+                Column(key="saved_usd", label="Saved", kind="money"),
+            ],
+            id="spend-cache-savings",
+        )
 
     def on_mount(self) -> None:
+        self.query_one("#spend-cache-savings").display = False
         self._layout()
 
     def _layout(self) -> None:
@@ -250,7 +273,15 @@ class SpendView(View):
         )
 
     def queries(self) -> list[QuerySpec]:
-        return view_queries("spend", drill=self.drill)
+        # The savings need prices the ledger does not hold: the panel gets those of the
+        # models it found with cache reads last time (`_learn_prices`).
+        savings: dict[str, object] = {"prices": self._savings_prices}
+        if self.drill is not None:
+            savings["purpose"] = self.drill
+        return [
+            *view_queries("spend", drill=self.drill),
+            QuerySpec(key="cache_savings", panel="cache_savings", params=savings),
+        ]
 
     def drill_into(self, purpose: str) -> None:
         """Show the tenants and models of `purpose`."""
@@ -301,6 +332,53 @@ class SpendView(View):
                 grid = self.query_one(grid_id, DataGrid)
                 grid.title_text = f"{self.drill} · {'tenants and contexts' if key == 'spend_tenants' else 'models'}"
                 grid.set_rows(rows, truncated=truncated, context=ctx)
+        rows, truncated = self.rows_of("cache_savings")
+        savings = self.query_one("#spend-cache-savings", DataGrid)
+        savings.display = bool(rows)
+        if rows:
+            savings.set_rows(rows, truncated=truncated, context=ctx)
+            if self._learn_prices(rows):
+                self.post_message(View.StateChanged(self))  # refresh now, with the prices
+
+    def _learn_prices(self, rows: list[dict[str, Any]]) -> bool:
+        """Price the models of `rows` not priced yet (or on UTC days not covered yet);
+        True when the prices changed."""
+        wanted = dict(self._priced)
+        for row in rows:
+            first, last = row.get("first_ts"), row.get("last_ts")
+            if not isinstance(first, dt.datetime) or not isinstance(last, dt.datetime):
+                continue
+            key = (
+                str(row.get("provider") or ""),
+                row.get("response_model"),
+                row.get("request_model"),
+            )
+            start, end = first.astimezone(dt.UTC).date(), last.astimezone(dt.UTC).date()
+            known = wanted.get(key)
+            wanted[key] = (
+                (start, end) if known is None else (min(start, known[0]), max(end, known[1]))
+            )
+        if wanted == self._priced:
+            return False
+        from comptroller.analytics import savings_prices
+        from comptroller.pricing import Pricer
+
+        if self._pricer is None:
+            # genai-prices only: the dashboard has no fallback registry (`report` has).
+            self._pricer = Pricer()
+        keys = [
+            {
+                "provider": provider,
+                "response_model": response_model,
+                "request_model": request_model,
+                "first_ts": dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC),
+                "last_ts": dt.datetime.combine(end, dt.time(), tzinfo=dt.UTC),
+            }
+            for (provider, response_model, request_model), (start, end) in wanted.items()
+        ]
+        self._savings_prices = savings_prices(self._pricer, keys)
+        self._priced = wanted
+        return True
 
 
 def _tokens(row: dict[str, Any]) -> int:

@@ -286,6 +286,9 @@ class ProfilesView(View):
         other_version = int(other)
         details: dict[int, str | None] = {}
         for candidate in self.query_one("#profiles-history", DataGrid).rows:
+            # A warning row carries the version it warns about but not that version's diff.
+            if candidate.get("warning") is not None:
+                continue
             if candidate.get("version") is not None and self._same_profile(candidate, row):
                 details.setdefault(int(candidate["version"]), candidate.get("detail"))
         low, high = sorted((version, other_version))
@@ -334,9 +337,30 @@ class ProfilesView(View):
         for row in rows:
             row["scope"] = _scope(row)
             row["mark"] = self._version_mark(row)
+            if row.get("action") == "warning":
+                _show_warning(row)
         self.query_one("#profiles-history", DataGrid).set_rows(
             rows, truncated=truncated, context=ctx
         )
+
+
+_WARNINGS = {"embedding_model_changed": "embedding model changed"}
+"""What a profile warning (the `warning` of its detail) is called in the history."""
+
+
+def _show_warning(row: dict[str, object]) -> None:
+    """Make a warning row readable at a glance: what it warns of, the models before and
+    after the change, and what to do about it, in the warning style."""
+    kind = row.get("warning")
+    name = _WARNINGS.get(str(kind), str(kind).replace("_", " ")) if kind else "warning"
+    row["action"] = Text(f"⚠ {name}", style="bold yellow")
+    before, after = row.get("warning_before"), row.get("warning_after")
+    if before and after:
+        row["model"] = Text(f"{before} → {after}", style="yellow")
+    message = row.get("warning_message")
+    if message:
+        # The admin's reason is on the activation row next to it; here, what to do now.
+        row["reason"] = Text(str(message), style="yellow")
 
 
 def _scope(row: dict[str, object]) -> str:

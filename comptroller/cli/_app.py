@@ -39,7 +39,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": (
         "comptroller.cli._report",
         "report",
-        "Spend per purpose and model, against a baseline.",
+        "Spend against a baseline, what-if re-pricing, prompt-cache savings.",
+    ),
+    "export": (
+        "comptroller.cli._export",
+        "export",
+        "Write the spend as FOCUS (FinOps cost and usage) rows to Parquet or CSV.",
     ),
     "reprice": (
         "comptroller.cli._reprice",

@@ -120,6 +120,7 @@ def collect(
                 max_resource_fanout_bytes=section.max_resource_fanout_mb << 20,
             ),
             prices=Pricer.from_settings(settings),
+            alerts=settings.alerts,
             ingest_log_dir=section.ingest_log_dir,
             ingest_log_fsync=section.ingest_log_fsync,
             linger_s=section.linger_ms / 1000,

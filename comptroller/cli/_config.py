@@ -71,6 +71,9 @@ def configuration_markdown() -> str:
             env = "COMPTROLLER_MODEL_<PURPOSE>"
         lines.append(f"| `{key}` | `{env}` | `{default}` | {doc} |")
     lines.append("")
+    from comptroller.config._prices import PRICE_OVERRIDES_MARKDOWN
+
+    lines.append(PRICE_OVERRIDES_MARKDOWN)
     return "\n".join(lines)
 
 

@@ -22,8 +22,17 @@ if TYPE_CHECKING:
     from comptroller.control.profiles import CredentialKind
 
 
-def _read_secret(from_env: str | None, what: str) -> str:
-    # Secrets never come from argv (shell history, `ps`): an environment variable or stdin.
+def _read_secret(from_env: str | None, what: str, from_file: str | None = None) -> str:
+    # Secrets never come from argv (shell history, `ps`): an environment variable, a file or
+    # stdin.
+    if from_env and from_file:
+        raise UsageError("give the secret by --from-env or --from-file, not both")
+    if from_file:
+        try:
+            with open(from_file, encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read --from-file {from_file}: {exc.strerror}") from None
     if from_env:
         value = os.environ.get(from_env)
         if not value:
@@ -53,9 +62,18 @@ def credentials() -> None:
     type=click.Choice(["api_key", "oauth"]),
     default="api_key",
     show_default=True,
-    help="A static API key, or an opaque refreshable OAuth bundle (JSON).",
+    help=(
+        "A static API key, or an OAuth bundle: JSON with access_token, refresh_token, "
+        "expires_at (epoch seconds), token_url, client_id, optional client_secret and scope; "
+        "renewed at its token_url before it expires (needs control.allow_oauth_credentials)."
+    ),
 )
 @click.option("--from-env", metavar="VAR", help="Read the secret from this environment variable.")
+@click.option(
+    "--from-file",
+    metavar="FILE",
+    help="Read the secret from this file (e.g. an OAuth bundle; keep it private, delete it).",
+)
 @click.option("--reason", default="", help="Why (written to the audit log).")
 @click.argument("stray", nargs=-1, required=False, metavar="")
 @actor_options
@@ -71,6 +89,7 @@ def set_(
     name: str,
     kind: str,
     from_env: str | None,
+    from_file: str | None,
     reason: str,
     actor: str | None,
     role: str | None,
@@ -79,7 +98,8 @@ def set_(
     token_env: str | None,
     as_json: bool,
 ) -> None:
-    """Store (or overwrite) the secret of PROVIDER at a scope, read from stdin or --from-env."""
+    """Store (or overwrite) the secret of PROVIDER at a scope, read from stdin, --from-env or
+    --from-file."""
     if stray:
         # Click would echo the stray argument in its error: it may well be the secret.
         raise UsageError(
@@ -87,7 +107,7 @@ def set_(
             "is read from stdin or --from-env VAR, never from the command line"
         )
     scope = make_scope(is_global, org, domain, required=True)
-    secret = _read_secret(from_env, f"secret for {provider} at {scope}")
+    secret = _read_secret(from_env, f"secret for {provider} at {scope}", from_file)
     with open_service(app) as service:
         who = prove_actor(
             service,

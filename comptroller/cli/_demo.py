@@ -151,10 +151,11 @@ def demo(
 ) -> None:
     """Play simulated days of a multi-tenant workload on the embedded default and tell the story.
 
-    A local OpenAI-compatible endpoint starts in-process; calls go through the control plane
-    with langchain-openai over HTTP at simulated moments ending now; spans and usage rows land
-    in DuckDB, profiles in the default profile store. A budget is hit, a circuit opens and
-    closes, a profile is changed and rolled back. No server to start, no API key.
+    A local Anthropic, Gemini and OpenAI endpoint start in-process, one chain of models per
+    provider; calls go through the control plane with the providers' LangChain models over
+    HTTP at simulated moments ending now; spans and usage rows land in DuckDB, profiles in the
+    default profile store. A budget is hit, a circuit opens and closes, a profile is changed
+    and rolled back. No server to start, no API key.
     """
     from comptroller.demo import run_demo
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -141,15 +142,17 @@ def prove_actor(
 
 @contextmanager
 def open_service(app: AppContext, *, events: bool = False) -> Iterator[ProfileService]:
-    """The profile service of the settings; with `events`, wired to the telemetry pipeline
+    """The profile service of the settings; with `events`, its events are recorded (for the
+    warnings a change prints, see `change_warnings`) and sent down the telemetry pipeline
     (embedded DuckDB sink or OTLP, as configured) so that changes reach `profile_events`."""
-    from comptroller.control.profiles import ProfileService
+    from comptroller.control.profiles import InMemoryProfileEvents, ProfileService
 
     settings = app.settings()
     if settings.control.profile_store_url is None:
         settings.ensure_data_dir()
     plane = _event_plane(settings) if events else None
-    service = ProfileService.from_settings(settings, events=plane.events if plane else None)
+    recorder = InMemoryProfileEvents(forward=plane.events if plane else None) if events else None
+    service = ProfileService.from_settings(settings, events=recorder)
     try:
         yield service
     finally:
@@ -184,6 +187,28 @@ def _warn_events(exc: Exception) -> None:
     )
 
 
+def change_warnings(service: ProfileService) -> list[dict[str, Any]]:
+    """The embedding-model warnings of the changes made through `service` (opened with
+    `events=True`), as their event details, oldest first."""
+    from comptroller import semconv
+    from comptroller.control.profiles import InMemoryProfileEvents
+
+    recorder = service.events
+    if not isinstance(recorder, InMemoryProfileEvents):
+        return []
+    found: list[dict[str, Any]] = []
+    for event in recorder.named(semconv.EVENT_PROFILE_WARNING):
+        if event.attributes.get(semconv.PROFILE_WARNING) == semconv.WARNING_EMBEDDING_MODEL_CHANGED:
+            found.append(json.loads(str(event.attributes[semconv.PROFILE_DETAIL])))
+    return found
+
+
+def _echo_warnings(warnings: list[dict[str, Any]]) -> None:
+    # On stderr also with --json: a script piping the JSON still shows the operator.
+    for warning in warnings:
+        click.echo(f"comptroller: warning: {warning['message']}", err=True)
+
+
 def version_json(version: ProfileVersion) -> dict[str, Any]:
     return {
         "profile_id": version.profile_id,
@@ -204,8 +229,9 @@ def version_json(version: ProfileVersion) -> dict[str, Any]:
 def profile_json(profile: ResolvedProfile) -> dict[str, Any]:
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
-            if set(value) == {"provider", "model"}:
-                return f"{value['provider']}:{value['model']}"
+            if set(value) == {"provider", "model", "base_url"}:
+                text = f"{value['provider']}:{value['model']}"
+                return f"{text}@{value['base_url']}" if value["base_url"] else text
             return {k: clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [clean(v) for v in value]
@@ -236,9 +262,17 @@ def profiles() -> None:
 @profiles.command(name="set")
 @click.argument("purpose")
 @scope_options
-@click.option("--model", metavar="PROVIDER:MODEL", help="The model serving the purpose.")
 @click.option(
-    "--fallback", "fallbacks", multiple=True, metavar="PROVIDER:MODEL", help="Fallback (repeat)."
+    "--model",
+    metavar="PROVIDER:MODEL[@URL]",
+    help="The model serving the purpose; @URL calls it at its own http(s) endpoint.",
+)
+@click.option(
+    "--fallback",
+    "fallbacks",
+    multiple=True,
+    metavar="PROVIDER:MODEL[@URL]",
+    help="A fallback, tried in order (repeat); @URL calls it at its own http(s) endpoint.",
 )
 @click.option(
     "--cross-provider/--same-provider",
@@ -256,7 +290,11 @@ def profiles() -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
 @click.option("--credential-source", type=click.Choice(["managed", "byo"]))
 @click.option("--credential-ref", metavar="REF", help="A stored credential's ref.")
-@click.option("--base-url", metavar="URL", help="Endpoint of an OpenAI-compatible server.")
+@click.option(
+    "--base-url",
+    metavar="URL",
+    help="Endpoint of the model's provider (an OpenAI-compatible server, a proxy).",
+)
 @click.option("--degrade-after", type=click.IntRange(min=1), help="Failures that upgrade.")
 @click.option("--degrade-window", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
 @click.option("--degrade-to", metavar="PURPOSE", help="The purpose upgraded to.")
@@ -301,8 +339,22 @@ def set_(
     token_env: str | None,
     as_json: bool,
 ) -> None:
-    """Activate a new version of PURPOSE's profile at a scope (fields not given are kept)."""
+    """Activate a new version of PURPOSE's profile at a scope (fields not given are kept).
+
+    Providers are named as OpenTelemetry names them (`openai`, `anthropic`, `gcp.gemini`);
+    `google:` is written as `gcp.gemini:`. A fallback of another provider needs
+    --cross-provider; one at its own endpoint is written PROVIDER:MODEL@URL, e.g.
+
+    \b
+      comptroller profiles set reasoning --global \\
+        --model openai:gpt-4.1 --cross-provider \\
+        --fallback anthropic:claude-sonnet-4-6@https://llm-proxy.example.com
+
+    Changing the model of an embedding purpose prints a warning: vectors made by the old
+    model are incompatible with the new one's.
+    """
     from comptroller.control import BudgetSpec, DegradationPolicy, ModelRef, RateLimitSpec
+    from comptroller.control._profile_types import check_endpoint
     from comptroller.control.profiles import ProfileSpec
 
     scope = make_scope(is_global, org, domain, required=True)
@@ -312,6 +364,8 @@ def set_(
             fields["model"] = ModelRef.parse(model)
         if fallbacks:
             fields["fallbacks"] = tuple(ModelRef.parse(f) for f in fallbacks)
+        if base_url is not None:
+            check_endpoint(base_url, of=f"the profile of {purpose}")
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if cross_provider is not None:
@@ -369,8 +423,10 @@ def set_(
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        warnings = change_warnings(service)
+    _echo_warnings(warnings)
     if as_json:
-        _echo_json(version_json(version))
+        _echo_json({**version_json(version), "warnings": warnings})
         return
     click.echo(
         f"activated {version.profile_id} version {version.version}: {_spec_text(version.spec)}"
@@ -531,13 +587,147 @@ def rollback(
             token_env=token_env,
         )
         version = service.rollback(scope, purpose, to_version=to_version, actor=who, reason=reason)
+        warnings = change_warnings(service)
+    _echo_warnings(warnings)
     if as_json:
-        _echo_json(version_json(version))
+        _echo_json({**version_json(version), "warnings": warnings})
         return
     click.echo(
         f"rolled back {version.profile_id} to version {version.rollback_of} "
         f"(now version {version.version}): {_spec_text(version.spec)}"
     )
+
+
+SEEDS_FILE = "seeds.toml"
+"""The seeds' default chains, shipped in `comptroller.control.profiles` (`import --seeds`)."""
+
+
+@profiles.command(name="import")
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--seeds",
+    is_flag=True,
+    help="The shipped default chains: Claude Opus → Sonnet → Haiku for reasoning and agents, "
+    "Gemini 2.5 Flash → 3.1 Flash-Lite for scoring and detection, OpenAI embeddings.",
+)
+@scope_options
+@click.option(
+    "--replace", is_flag=True, help="Each profile is its entry alone, not the active one updated."
+)
+@click.option("--reason", default="", help="Why (written to the audit log) [default: import …].")
+@actor_options
+@json_option
+@pass_app
+def import_(
+    app: AppContext,
+    file: Path | None,
+    seeds: bool,
+    is_global: bool,
+    org: str | None,
+    domain: str | None,
+    replace: bool,
+    reason: str,
+    actor: str | None,
+    role: str | None,
+    actor_org: str | None,
+    actor_domain: str | None,
+    token_env: str | None,
+    as_json: bool,
+) -> None:
+    """Activate the profiles of FILE (or --seeds) at a scope, each purpose audited like `set`.
+
+    FILE is TOML, a `[profiles.PURPOSE]` table per purpose, or JSON (a name ending in .json)
+    holding `{"profiles": {"PURPOSE": {…}}}`; the fields are those of `profiles show --json`
+    (`model`, `fallbacks`, `allow_cross_provider`, `budget`, …). Every purpose is checked
+    before anything is written; a purpose whose profile would not change is left alone, so
+    an import can be run again.
+
+    \b
+      comptroller profiles import --seeds --global
+    """
+    from importlib import resources
+
+    from comptroller.control._profile_checks import _check_models_known
+    from comptroller.control._profiles import read_profile_set
+    from comptroller.control.profiles import ProfileSpec
+
+    if (file is None) == (not seeds):
+        raise click.UsageError("give a FILE or --seeds (one of them)")
+    scope = make_scope(is_global, org, domain, required=True)
+    if file is not None:
+        source, text = str(file), file.read_text(encoding="utf-8")
+    else:
+        source = "seeds"
+        text = resources.files("comptroller.control.profiles").joinpath(SEEDS_FILE).read_text()
+    try:
+        specs = read_profile_set(text, json_format=file is not None and file.suffix == ".json")
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    reason = reason or f"import {source}"
+    activated: list[ProfileVersion] = []
+    unchanged: list[str] = []
+    with open_service(app, events=True) as service:
+        for purpose, spec in specs.items():
+            # All of the file is checked before the first write.
+            _check_models_known(
+                service.catalog, service.purposes.get_purpose(purpose), spec.models()
+            )
+        who = prove_actor(
+            service,
+            claimed=actor,
+            role=role,
+            actor_org=actor_org,
+            actor_domain=actor_domain,
+            token_env=token_env,
+        )
+        for purpose, spec in specs.items():
+            current = next(iter(service.active(scope, purpose)), None)
+            base = ProfileSpec() if replace or current is None else current.spec
+            if current is not None and base.updated(spec) == current.spec:
+                unchanged.append(purpose)
+                continue
+            try:
+                activated.append(
+                    service.set_profile(
+                        scope, purpose, spec, actor=who, reason=reason, replace=replace
+                    )
+                )
+            except Exception:
+                done = [v.purpose for v in activated] + unchanged
+                left = [p for p in specs if p not in done]
+                _echo_warnings(change_warnings(service))  # of the purposes activated so far
+                click.echo(
+                    f"comptroller: import stopped at {purpose}: active at {scope}: "
+                    f"{', '.join(done) or 'none'}; not imported: {', '.join(left)}. Fix the "
+                    "cause below and run the import again (what is already active is left "
+                    "as it is).",
+                    err=True,
+                )
+                raise
+        warnings = change_warnings(service)
+    _echo_warnings(warnings)
+    if as_json:
+        _echo_json(
+            {
+                "scope": str(scope),
+                "activated": [version_json(v) for v in activated],
+                "unchanged": unchanged,
+                "warnings": warnings,
+            }
+        )
+        return
+    by_purpose = {version.purpose: version for version in activated}
+    for purpose in specs:
+        version = by_purpose.get(purpose)
+        if version is None:
+            click.echo(f"unchanged {scope}/{purpose}")
+        else:
+            click.echo(
+                f"activated {version.profile_id} version {version.version}: "
+                f"{_spec_text(version.spec)}"
+            )
 
 
 @profiles.command(name="audit")

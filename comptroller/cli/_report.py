@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from comptroller.cli._app import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from comptroller.analytics import CacheSaving
 
 
 @click.command(name="report")
@@ -19,8 +26,14 @@ from comptroller.cli._app import AppContext, pass_app
 @click.option(
     "--baseline",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    required=True,
     help="DuckDB file to compare against (e.g. the eval suite's run on main).",
+)
+@click.option(
+    "--what-if",
+    "what_if_text",
+    metavar="QUESTION",
+    help='Re-price past calls at another model: "purpose=scoring model=openai:gpt-4.1-nano" '
+    "(filters: purpose, tenant, context, org, from=provider:model).",
 )
 @click.option(
     "--format",
@@ -29,6 +42,7 @@ from comptroller.cli._app import AppContext, pass_app
     default="markdown",
     show_default=True,
 )
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option(
     "--fail-above-pct",
     type=click.FloatRange(min=0),
@@ -47,26 +61,36 @@ def report(
     app: AppContext,
     db: Path | None,
     url: str | None,
-    baseline: Path,
+    baseline: Path | None,
+    what_if_text: str | None,
     fmt: str,
+    as_json: bool,
     fail_above_pct: float | None,
     fail_above_usd: str | None,
     since: dt.datetime | None,
     until: dt.datetime | None,
     tenant: str | None,
 ) -> None:
-    """Spend per purpose and model against a baseline database: the cost diff of a change.
+    """Spend per purpose and model against a baseline, what past calls would have cost on
+    another model, and what prompt caching saved.
 
-    Prints absolute and percentage change per purpose and model, and the total; exits 1
-    when the total rose above --fail-above-pct or --fail-above-usd.
+    With --baseline: absolute and percentage change per purpose and model, and the total;
+    exits 1 when the total rose above --fail-above-pct or --fail-above-usd. With --what-if:
+    the selected calls' actual cost against their cost at the target model (same token
+    counts, each call priced at its own time). Either way, and alone, the prompt-cache
+    savings per purpose and model: the cached tokens priced as plain input, minus their
+    cache-read price.
 
     \b
-    Example (CI on a pull request):
+    Examples:
       comptroller report --db pr.duckdb --baseline main.duckdb --fail-above-pct 10 >> "$GITHUB_STEP_SUMMARY"
+      comptroller report --what-if "purpose=scoring model=openai:gpt-4.1-nano" --since 2026-11-01
+      comptroller report --since 2026-11-01   # prompt-cache savings only
     """
     from decimal import InvalidOperation
 
     from comptroller.analytics import (
+        cache_savings,
         compare_spend,
         open_reader,
         reader_from_settings,
@@ -74,7 +98,12 @@ def report(
         report_markdown,
     )
     from comptroller.errors import FindingError, UsageError
+    from comptroller.pricing import Pricer
 
+    if as_json:
+        fmt = "json"
+    if baseline is not None and what_if_text is not None:
+        raise UsageError("--baseline and --what-if are two reports: give one of them")
     limit_usd: Decimal | None = None
     if fail_above_usd is not None:
         try:
@@ -85,25 +114,84 @@ def report(
             ) from None
         if limit_usd < 0:
             raise UsageError(f"--fail-above-usd must not be negative, got {fail_above_usd}")
+    if baseline is None and (fail_above_pct is not None or limit_usd is not None):
+        raise UsageError("--fail-above-pct and --fail-above-usd compare against --baseline")
+    first = since.date() if since else None
+    last = until.date() if until else None
+    if what_if_text is not None:
+        _what_if(app, db, url, what_if_text, first, last, tenant, as_json=fmt == "json")
+        return
     settings = app.settings()
+    pricer = Pricer.from_settings(settings)
     current = reader_from_settings(settings, db=db, url=url)
     try:
+        savings = cache_savings(
+            current, pricer, since=first, until=last, tenant=tenant, timezone=settings.timezone
+        )
+        if baseline is None:
+            _savings_only(savings, as_json=fmt == "json")
+            return
         with open_reader(db=baseline) as base:
-            diff = compare_spend(
-                current,
-                base,
-                since=since.date() if since else None,
-                until=until.date() if until else None,
-                tenant=tenant,
-            )
+            diff = compare_spend(current, base, since=first, until=last, tenant=tenant)
     finally:
         current.close()
     problems = diff.crossed(fail_above_pct=fail_above_pct, fail_above_usd=limit_usd)
     click.echo(
-        report_json(diff, problems=problems)
+        report_json(diff, problems=problems, savings=savings)
         if fmt == "json"
-        else report_markdown(diff, problems=problems),
+        else report_markdown(diff, problems=problems, savings=savings),
         nl=False,
     )
     if problems:
         raise FindingError("; ".join(problems))
+
+
+def _savings_only(savings: Sequence[CacheSaving], *, as_json: bool) -> None:
+    from comptroller.analytics import savings_json, savings_markdown
+
+    if as_json:
+        click.echo(json.dumps({"cache_savings": savings_json(savings)}, indent=2))
+    else:
+        click.echo(savings_markdown(savings), nl=False)
+
+
+def _what_if(
+    app: AppContext,
+    db: Path | None,
+    url: str | None,
+    text: str,
+    since: dt.date | None,
+    until: dt.date | None,
+    tenant: str | None,
+    *,
+    as_json: bool,
+) -> None:
+    from comptroller.analytics import (
+        WhatIf,
+        reader_from_settings,
+        what_if,
+        what_if_json,
+        what_if_markdown,
+    )
+    from comptroller.errors import UsageError
+    from comptroller.pricing import Pricer
+
+    question = WhatIf.parse(text)
+    if tenant is not None:
+        if question.tenant not in (None, tenant):
+            raise UsageError(f"--tenant {tenant} and --what-if tenant={question.tenant} differ")
+        question = dataclasses.replace(question, tenant=tenant)
+    settings = app.settings()
+    reader = reader_from_settings(settings, db=db, url=url)
+    try:
+        result = what_if(
+            reader,
+            question,
+            Pricer.from_settings(settings),
+            since=since,
+            until=until,
+            timezone=settings.timezone,
+        )
+    finally:
+        reader.close()
+    click.echo(what_if_json(result) if as_json else what_if_markdown(result), nl=False)

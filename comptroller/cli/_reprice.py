@@ -40,7 +40,9 @@ def reprice(
     """Recompute the cost of past usage rows after prices change, and the daily rollup.
 
     Prices come from the installed genai-prices, then the fallback registry
-    (`[control.prices."provider:model"]`); models known to neither stay unpriced. Rows
+    (`[control.prices."provider:model"]`); models known to neither stay unpriced. Price
+    overrides (`[[control.price_overrides]]`: negotiated discounts or prices) apply on top,
+    by each row's UTC day and org (price source `override:<id>…`). Rows
     priced by the provider keep their cost; the control plane's estimated rows are repriced
     from their token counts (one charged its reservation keeps it until a price is known).
     Each changed row records when, its cost and price source before, and the price version
@@ -52,6 +54,7 @@ def reprice(
     Examples:
       uv lock --upgrade-package genai-prices && comptroller reprice --since 2026-11-01
       comptroller reprice --model ollama:llama3   # after adding its fallback price
+      comptroller reprice --since 2026-07-01      # after adding a price override
     """
     from comptroller.analytics import connect
     from comptroller.analytics import reprice as run  # the command is named reprice too
@@ -68,6 +71,7 @@ def reprice(
             since=since.date() if since else None,
             models=models,
             fallback_prices=settings.control.prices,
+            price_overrides=settings.control.price_overrides,
             dry_run=dry_run,
         )
     finally:

@@ -7,6 +7,7 @@ Example:
     4318
 """
 
+from comptroller.config._alerts import AlertSettings, WebhookSettings
 from comptroller.config._analytics import AnalyticsSettings
 from comptroller.config._collector import CollectorSettings
 from comptroller.config._control import ControlSettings
@@ -24,11 +25,13 @@ from comptroller.config._tui import TuiSettings
 __all__ = [
     "CONFIG_FILENAME",
     "ENV_CONFIG",
+    "AlertSettings",
     "AnalyticsSettings",
     "CollectorSettings",
     "ControlSettings",
     "Settings",
     "TuiSettings",
+    "WebhookSettings",
     "default_data_dir",
     "find_config_file",
     "load_settings",

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from comptroller.config._prices import PriceOverrides
+
 
 class PurposeSettings(BaseModel):
     """One purpose as configured (`[control.purposes.<name>]` in the file)."""
@@ -86,6 +88,13 @@ class ControlSettings(BaseModel):
     full, calls fail with a clear error rather than lose billing rows."""
     master_key_file: str | None = None
     """File holding the credentials master key. Default: `master.key` in the data directory."""
+    allow_oauth_credentials: bool = False
+    """Whether `oauth` credentials (refreshable bundles whose refresh token comptroller sends to
+    their token endpoint) may be stored and used; enforced when one is set and when a call
+    resolves one. Off unless turned on (e.g. `COMPTROLLER_CONTROL_ALLOW_OAUTH_CREDENTIALS=1` in
+    local development)."""
+    oauth_refresh_margin_s: float = Field(default=60.0, ge=0)
+    """An OAuth access token closer than this to its expiry is renewed before a call uses it."""
     state_prefix: str = "comptroller"
     """Prefix of every key the Redis state backend writes (several deployments may share a
     server)."""
@@ -100,6 +109,10 @@ class ControlSettings(BaseModel):
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
     """Fallback prices for models genai-prices does not know, keyed `provider:model`, in USD
     per million tokens: `[control.prices."ollama:llama3"] input_mtok = 0.1`."""
+    price_overrides: PriceOverrides = ()
+    """Negotiated prices: a discount on the list price or prices of its own for a
+    `provider:model` (or `provider:*`), optionally per org, from a UTC day on
+    (`[[control.price_overrides]]`; see "Price overrides" below)."""
     purposes: dict[str, PurposeSettings] = Field(default_factory=dict)
     """Purposes declared by this deployment, or changes to the default ones (override class,
     platform-approved models): `[control.purposes.extraction] override = "operator_allowed"`,

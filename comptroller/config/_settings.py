@@ -17,6 +17,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from comptroller.config._alerts import AlertSettings
 from comptroller.config._analytics import AnalyticsSettings
 from comptroller.config._collector import CollectorSettings
 from comptroller.config._control import ControlSettings
@@ -28,7 +29,7 @@ ENV_CONFIG = "COMPTROLLER_CONFIG"
 """Path of the configuration file; overrides the search for `comptroller.toml`."""
 CONFIG_FILENAME = "comptroller.toml"
 PROJECT_DATA_DIRNAME = ".comptroller"
-_SECTIONS = (ControlSettings, CollectorSettings, AnalyticsSettings, TuiSettings)
+_SECTIONS = (ControlSettings, CollectorSettings, AnalyticsSettings, TuiSettings, AlertSettings)
 
 
 class Settings(BaseSettings):
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     collector: CollectorSettings = Field(default_factory=CollectorSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     tui: TuiSettings = Field(default_factory=TuiSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @field_validator("timezone")
     @classmethod

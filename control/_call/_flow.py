@@ -47,8 +47,8 @@ from comptroller.control._errors import (
     ProviderUnavailable,
     RateLimited,
 )
+from comptroller.control._profile_errors import CredentialError
 from comptroller.control._telemetry import SAMPLED, new_span_id, new_trace_id
-from comptroller.control._tokens import estimate_tokens
 from comptroller.control._unreachable import provider_unavailable
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ class CallFlow(AttemptOutcomes):
         self.tries_on_model = 0
         self.outcome = "ok"
         self.input_tokens = -1
+        self.renewed = False
         # The call joins the caller's trace (its current span is the parent), else starts one.
         caller = trace.get_current_span().get_span_context()
         if caller.is_valid:
@@ -166,6 +167,8 @@ class CallFlow(AttemptOutcomes):
                     del failure  # only the redacted copy goes on
                     if settle is not None:
                         yield settle
+                    if decision == "renew":
+                        decision = "again" if self._renew_credential(at) else "raise"
                     if decision == "retry":
                         yield Sleep(core.clock, self._backoff_s())
                     if decision == "raise":
@@ -193,6 +196,26 @@ class CallFlow(AttemptOutcomes):
         # Raised outside any handler, so that nothing it replaced (an unredacted provider
         # error) hangs on as its implicit __context__.
         raise error
+
+    def _renew_credential(self, at: Attempt) -> bool:
+        """After a 401: whether the call's credential was renewed (OAuth), so that the same
+        model is tried once more, on a route prepared again (its new revision builds a model
+        with the new token). A renewal that fails ends the call with that error."""
+        self.renewed = True
+        self.outcome = "error"  # unless the retry succeeds
+        scope = self.route.scope
+        refresh = getattr(self.core.credentials, "refresh_after_unauthorized")  # noqa: B009
+        try:
+            renewed = refresh(
+                self.prep.profile, domain=scope.domain, org=scope.org, provider=at.ref.provider
+            )
+        except CredentialError as exc:
+            raise _Stop(exc) from None
+        if not renewed:
+            return False
+        self.outcome = "ok"
+        self.prep = self.route.prepared()
+        return True
 
     # -- choosing and admitting an attempt -------------------------------------------------------
 
@@ -238,7 +261,7 @@ class CallFlow(AttemptOutcomes):
         if guard is None or (profile.budget is None and profile.rate_limit is None):
             return None
         if self.input_tokens < 0:
-            self.input_tokens = estimate_tokens(self.input) + self.binder.tool_tokens
+            self.input_tokens = self.binder.input_tokens(self.input)
         reserve: Decimal | None = ZERO
         if profile.budget is not None:
             worst = core.pricer.worst_case(
@@ -248,6 +271,7 @@ class CallFlow(AttemptOutcomes):
                 max_output_tokens=self.prep.max_output,
                 at=core.clock.time(),
                 service_tier=self.service_tier,
+                org=self.route.scope.org,
             )
             # None (no price known) goes to the guard, which refuses a budgeted call with
             # BudgetUnverifiable: one code path decides, and it fails closed.

@@ -52,6 +52,7 @@ class AttemptOutcomes:
         "input_tokens",
         "outcome",
         "prep",
+        "renewed",
         "route",
         "tries_on_model",
     )
@@ -65,6 +66,7 @@ class AttemptOutcomes:
     tries_on_model: int
     outcome: str
     input_tokens: int
+    renewed: bool
 
     def _price(self, at: Attempt, response_model: str) -> None:
         usage = at.usage
@@ -73,9 +75,10 @@ class AttemptOutcomes:
             return
         pricer = self.core.pricer
         when = at.started_s
-        at.price = price = pricer.price(at.ref.provider, response_model, usage, when)
+        org = self.route.scope.org  # a negotiated price may be an org's own
+        at.price = price = pricer.price(at.ref.provider, response_model, usage, when, org)
         if price.cost_usd is None and response_model != at.model:
-            at.price = pricer.price(at.ref.provider, at.model, usage, when)
+            at.price = pricer.price(at.ref.provider, at.model, usage, when, org)
 
     def _cost(self, at: Attempt) -> Decimal | None:
         if at.price is not None and at.price.cost_usd is not None:
@@ -87,12 +90,19 @@ class AttemptOutcomes:
 
     def _settle(self, at: Attempt, cost: Decimal | None, tokens: int | None) -> Settle | None:
         """The step that charges the attempt's ticket: its cost, else its reservation."""
-        if at.ticket is None:
+        core = self.core
+        guard = core.guard
+        if at.ticket is None or guard is None:
             return None
-        assert self.core.guard is not None
         if tokens is None:
             tokens = self.input_tokens + self.prep.max_output
-        return Settle(self.core.guard, at.ticket, cost if cost is not None else at.reserve, tokens)
+        return Settle(
+            guard,
+            at.ticket,
+            cost if cost is not None else at.reserve,
+            tokens,
+            core.budget_watch,
+        )
 
     def _succeeded(
         self, at: Attempt, message: Any, validation: BaseException | None
@@ -111,6 +121,8 @@ class AttemptOutcomes:
         if finish:
             attrs[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = (finish,)
         at.usage = usage = usage_of(message)
+        if getattr(message, "usage_estimated", False):
+            at.estimated = True  # usage the provider did not report (an upper bound)
         self._price(at, response_model)
         cost = self._cost(at)
         status = _OK
@@ -213,6 +225,12 @@ class AttemptOutcomes:
             core.degradation.record(self.route.degrade_key, self.prep.profile, failed=True)
             self.outcome = outcome
             return "raise"
+        if (
+            cls.status == 401
+            and not self.renewed
+            and hasattr(core.credentials, "refresh_after_unauthorized")
+        ):
+            return "renew"  # an OAuth token may have been revoked early: renew, try once more
         if cls.kind == "other" or (acc is not None and acc.delivered):
             # A stream that has handed out chunks cannot be retried without repeating them.
             self.outcome = "error"

@@ -18,6 +18,7 @@ from comptroller.control._call._policy import DegradationTracker, RetryBudget, R
 from comptroller.control._circuit import CircuitBreakers
 from comptroller.control._clock import Clock
 from comptroller.control._profile_types import ModelRef, ResolvedProfile
+from comptroller.control._provider_names import canonical_provider
 from comptroller.control._providers import ModelSpec, ProviderRegistry
 from comptroller.control._redact import Redactor
 from comptroller.control._telemetry import Telemetry
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.runnables import Runnable
 
+    from comptroller.control._budget_watch import BudgetWatch
     from comptroller.control._guard import Guard, GuardKey
     from comptroller.pricing import Pricer
 
@@ -102,7 +104,7 @@ class Prepared:
         chain = [profile.model]
         for ref in profile.fallbacks:
             if ref not in chain and (
-                profile.allow_cross_provider or ref.provider == profile.model.provider
+                profile.allow_cross_provider or _same_provider(ref, profile.model)
             ):
                 chain.append(ref)
         self.chain: tuple[ModelRef, ...] = tuple(chain)
@@ -129,7 +131,7 @@ class Prepared:
             attrs[semconv.PURPOSE_UPGRADED_TO] = served_purpose
         self.parent_attrs = attrs
         self.call_name = "comptroller.call " + scope.purpose
-        self.runnables: dict[tuple[int, int], Runnable[Any, Any]] = {}
+        self.runnables: dict[tuple[int, int], tuple[Binder, Runnable[Any, Any]]] = {}
         # Per model of the chain, the attempt span's constant attributes, built once.
         self.attempt_names = tuple(self.operation + " " + ref.model for ref in self.chain)
         self.attempt_attrs = tuple(
@@ -229,6 +231,7 @@ class CallCore:
         max_reservation_usd: Decimal = Decimal(1),
         default_max_output_tokens: int = 4096,
         rng: random.Random | None = None,
+        budget_watch: BudgetWatch | None = None,
     ) -> None:
         self.resolver = resolver
         self.guard = guard
@@ -244,6 +247,10 @@ class CallCore:
         self.max_reservation_usd = max_reservation_usd
         self.default_max_output_tokens = default_max_output_tokens
         self.rng = rng or random.Random()
+        self.budget_watch = (
+            budget_watch if budget_watch is not None and budget_watch.active else None
+        )
+        """Raises budget warnings after each settlement (None: no warnings configured)."""
         # Every key a call may use is known here, so that a provider echoing it back in an
         # error body cannot carry it into an exception, a span or the ledger. One redactor
         # with the credential store, which adds each secret it hands out.
@@ -299,12 +306,14 @@ class CallCore:
         once per scope, model and binder)."""
         fast_key = (depth, id(binder))
         found = prep.runnables.get(fast_key)
-        if found is None:
+        # The binder is kept with its runnable: a binder's id may be reused once it is gone,
+        # and a new binder under an old id must not get the old tools.
+        if found is None or found[0] is not binder:
             if len(prep.runnables) >= _MAX_BOUND:
                 prep.runnables.clear()
-            found = self._runnable(route, prep, prep.chain[depth], binder)
+            found = (binder, self._runnable(route, prep, prep.chain[depth], binder))
             prep.runnables[fast_key] = found
-        return found
+        return found[1]
 
     def _runnable(
         self, route: Route, prep: Prepared, ref: ModelRef, binder: Binder
@@ -378,7 +387,14 @@ def endpoint(profile: ResolvedProfile, ref: ModelRef) -> str | None:
     provider (another provider's default endpoint is not the profile's)."""
     if ref.base_url is not None:
         return ref.base_url
-    return profile.base_url if ref.provider == profile.model.provider else None
+    return profile.base_url if _same_provider(ref, profile.model) else None
+
+
+def _same_provider(a: ModelRef, b: ModelRef) -> bool:
+    # `google:` and `gcp.gemini:` are one provider, however a profile built in code names it.
+    return a.provider == b.provider or canonical_provider(a.provider) == canonical_provider(
+        b.provider
+    )
 
 
 def _environment_secrets() -> list[str]:

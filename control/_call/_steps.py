@@ -20,6 +20,7 @@ from comptroller.control._call._context import CURRENT
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable, RunnableConfig
 
+    from comptroller.control._budget_watch import BudgetWatch
     from comptroller.control._call._attempt import Attempt, StreamAccumulator
     from comptroller.control._clock import Clock
     from comptroller.control._guard import Guard, GuardKey
@@ -90,27 +91,40 @@ class Admit(Step):
 
 
 class Settle(Step):
-    """Charge a ticket what the attempt cost (or release it when `cost_usd` is None)."""
+    """Charge a ticket what the attempt cost (or release it when `cost_usd` is None), then
+    let the budget watch see the spend it leaves (warnings before the cap)."""
 
-    __slots__ = ("cost_usd", "guard", "ticket", "tokens")
+    __slots__ = ("cost_usd", "guard", "ticket", "tokens", "watch")
 
-    def __init__(self, guard: Guard, ticket: Any, cost_usd: Decimal | None, tokens: int) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        ticket: Any,
+        cost_usd: Decimal | None,
+        tokens: int,
+        watch: BudgetWatch | None = None,
+    ) -> None:
         self.guard = guard
         self.ticket = ticket
         self.cost_usd = cost_usd
         self.tokens = tokens
+        self.watch = watch
 
     def run(self) -> None:
         if self.cost_usd is None:
             self.guard.release(self.ticket)
-        else:
-            self.guard.settle(self.ticket, cost_usd=self.cost_usd, tokens=self.tokens)
+            return
+        self.guard.settle(self.ticket, cost_usd=self.cost_usd, tokens=self.tokens)
+        if self.watch is not None and self.ticket.cap_usd is not None:
+            self.watch.observe(self.ticket)
 
     async def arun(self) -> None:
         if self.cost_usd is None:
             await self.guard.arelease(self.ticket)
-        else:
-            await self.guard.asettle(self.ticket, cost_usd=self.cost_usd, tokens=self.tokens)
+            return
+        await self.guard.asettle(self.ticket, cost_usd=self.cost_usd, tokens=self.tokens)
+        if self.watch is not None and self.ticket.cap_usd is not None:
+            self.watch.observe(self.ticket)
 
 
 class Sleep(Step):

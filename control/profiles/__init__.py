@@ -20,6 +20,7 @@ from comptroller.control._credential_crypto import (
 from comptroller.control._credential_lookup import CredentialInfo, CredentialKind
 from comptroller.control._credentials import CredentialStore
 from comptroller.control._governance import Actor, Role
+from comptroller.control._oauth import CredentialRefreshFailed, OAuthBundle, OAuthNotAllowed
 from comptroller.control._os_identity import os_identity
 from comptroller.control._principal import AdminRegistry
 from comptroller.control._profile_errors import (
@@ -69,6 +70,7 @@ __all__ = [
     "CredentialInfo",
     "CredentialKind",
     "CredentialNotFound",
+    "CredentialRefreshFailed",
     "CredentialStore",
     "FieldChange",
     "InMemoryProfileEvents",
@@ -77,6 +79,8 @@ __all__ = [
     "MissingCredential",
     "ModelCatalog",
     "ModelNotApproved",
+    "OAuthBundle",
+    "OAuthNotAllowed",
     "OverrideClass",
     "PermissionDenied",
     "ProfileConflict",

@@ -14,14 +14,11 @@
   `streamGenerateContent` with usage metadata: cached-content and thinking tokens; 429 with
   retry-after, 5xx, 529).
 
-Cassette replay (no credential needed): record the exchanges of a test once with vcrpy,
-then replay them in CI. The profile's `base_url` points at the recorded endpoint and no
-credential is resolved (an OpenAI-compatible endpoint without a credential gets a
-placeholder key, and the cassette filters the Authorization header)::
+- `cassette(path, mode=…)`: record a test's provider traffic once (vcrpy, keys and account
+  headers filtered), replay it in CI with no provider and no credential; a request the
+  cassette does not hold fails with `CassetteMiss` (docs/TESTING.md)::
 
-    import vcr
-    cassette = vcr.VCR(filter_headers=["authorization"], record_mode="none")
-    with cassette.use_cassette("tests/cassettes/summarise.yaml"):
+    with cassette("tests/cassettes/summarise.yaml"):
         model.invoke("Summarise the ticket")
 
 Example:
@@ -34,6 +31,7 @@ from comptroller.control.testing._anthropic_server import (
     AnthropicReply,
     FakeAnthropicServer,
 )
+from comptroller.control.testing._cassettes import Cassette, CassetteMiss, cassette
 from comptroller.control.testing._clock import FakeClock
 from comptroller.control.testing._fake_model import Fail, FakeChatModel, FakeUsage
 from comptroller.control.testing._gemini_server import (
@@ -43,20 +41,25 @@ from comptroller.control.testing._gemini_server import (
 )
 from comptroller.control.testing._server import FakeOpenAIServer, ModelBehaviour, ServerReply
 from comptroller.control.testing._sink import InMemorySink
+from comptroller.control.testing._token_server import FakeTokenServer
 
 __all__ = [
     "AnthropicBehaviour",
     "AnthropicReply",
+    "Cassette",
+    "CassetteMiss",
     "Fail",
     "FakeAnthropicServer",
     "FakeChatModel",
     "FakeClock",
     "FakeGeminiServer",
     "FakeOpenAIServer",
+    "FakeTokenServer",
     "FakeUsage",
     "GeminiBehaviour",
     "GeminiReply",
     "InMemorySink",
     "ModelBehaviour",
     "ServerReply",
+    "cassette",
 ]

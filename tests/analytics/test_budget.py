@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
@@ -15,6 +16,7 @@ from comptroller.analytics import (
     connect,
     record_budget_events,
 )
+from comptroller.budget_alerts import WarningPolicy, warning_event_id
 
 ZONE = "Europe/Paris"
 # 10:00 in Paris: 10 hours of the local day gone, 14 to go.
@@ -100,6 +102,10 @@ def test_status_follows_warn_ratio_and_cap(
     assert state.status == status
 
 
+AT_80 = WarningPolicy(thresholds=(0.8,), projected=False)
+"""One warning at 80 % of the cap, no projection: the crossings these tests count."""
+
+
 def events(con: duckdb.DuckDBPyConnection) -> list[tuple[object, ...]]:
     return con.execute(
         "SELECT kind, tenant, day::VARCHAR FROM budget_events ORDER BY kind, tenant"
@@ -108,12 +114,14 @@ def events(con: duckdb.DuckDBPyConnection) -> list[tuple[object, ...]]:
 
 def test_budget_events_recorded_once_per_day_and_key(mem: duckdb.DuckDBPyConnection) -> None:
     land(mem, [usage_row(NOW, cap="1", cost="0.85")])
-    first = record_budget_events(mem, now=NOW, timezone=ZONE)
+    first = record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80)
     assert [e.kind for e in first] == ["warning"]
-    assert record_budget_events(mem, now=NOW, timezone=ZONE) == []
+    assert record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80) == []
     land(mem, [usage_row(NOW, cap="1", cost="0.2")])
-    assert [e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE)] == ["exceeded"]
-    assert record_budget_events(mem, now=NOW, timezone=ZONE) == []
+    assert [e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80)] == [
+        "exceeded"
+    ]
+    assert record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80) == []
     assert events(mem) == [("exceeded", "acme", "2026-11-21"), ("warning", "acme", "2026-11-21")]
     attrs = json.loads(
         mem.execute("SELECT attributes FROM budget_events WHERE kind = 'warning'").fetchall()[0][0]
@@ -123,7 +131,9 @@ def test_budget_events_recorded_once_per_day_and_key(mem: duckdb.DuckDBPyConnect
 
 def test_jump_past_the_cap_records_both_crossings(mem: duckdb.DuckDBPyConnection) -> None:
     land(mem, [usage_row(NOW, cap="1", cost="5")])
-    assert sorted(e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE)) == [
+    assert sorted(
+        e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80)
+    ) == [
         "exceeded",
         "warning",
     ]
@@ -131,10 +141,10 @@ def test_jump_past_the_cap_records_both_crossings(mem: duckdb.DuckDBPyConnection
 
 def test_a_new_day_records_again(mem: duckdb.DuckDBPyConnection) -> None:
     land(mem, [usage_row(NOW, cap="1", cost="1")])
-    record_budget_events(mem, now=NOW, timezone=ZONE)
+    record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80)
     tomorrow = NOW + dt.timedelta(days=1)
     land(mem, [usage_row(tomorrow, cap="1", cost="1")])
-    assert len(record_budget_events(mem, now=tomorrow, timezone=ZONE)) == 2
+    assert len(record_budget_events(mem, now=tomorrow, timezone=ZONE, policy=AT_80)) == 2
     assert len(events(mem)) == 4
 
 
@@ -147,7 +157,9 @@ def test_crossing_already_recorded_by_the_control_plane_is_not_repeated(
         [NOW],
     ).fetchall()
     land(mem, [usage_row(NOW, cap="1", cost="3")])
-    assert [e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE)] == ["warning"]
+    assert [e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80)] == [
+        "warning"
+    ]
 
 
 def test_events_recorded_inside_the_landing_transaction_see_its_rows(
@@ -155,7 +167,7 @@ def test_events_recorded_inside_the_landing_transaction_see_its_rows(
 ) -> None:
     mem.execute("BEGIN TRANSACTION")
     land(mem, [usage_row(NOW, cap="1", cost="3")])
-    assert len(record_budget_events(mem, now=NOW, timezone=ZONE)) == 2
+    assert len(record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80)) == 2
     mem.execute("COMMIT")
     assert len(events(mem)) == 2
 
@@ -278,7 +290,51 @@ def test_refused_keys_pass_the_near_cap_filter_of_the_overview(
 def test_a_refusal_records_no_crossing_of_its_own(mem: duckdb.DuckDBPyConnection) -> None:
     land(mem, [usage_row(NOW, cap="1", cost="0.5")])
     refuse(mem, "r1")
-    assert record_budget_events(mem, now=NOW, timezone=ZONE) == []
+    assert record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80) == []
     land(mem, [usage_row(NOW, cap="1", cost="0.6")])  # now 1.1 of 1: exceeded, and refused
-    kinds = sorted(e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE))
+    kinds = sorted(e.kind for e in record_budget_events(mem, now=NOW, timezone=ZONE, policy=AT_80))
     assert kinds == ["exceeded", "warning"]
+
+
+def test_every_share_of_the_cap_warns_once_under_the_control_planes_id(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    policy = WarningPolicy(thresholds=(0.5, 0.8, 1.0), projected=False)
+    land(mem, [usage_row(NOW, cap="1", cost="0.6")])
+    day = NOW.astimezone(ZoneInfo(ZONE)).date().isoformat()
+    # The control plane raised the 50 % warning first; it landed under the shared id.
+    mem.execute(
+        "INSERT INTO budget_events (event_id, ts, day, kind, tenant, context, purpose) "
+        "VALUES (?, ?, ?, 'warning', 'acme', 'ctx', 'chat')",
+        [warning_event_id("acme", "ctx", "chat", day, "0.5"), NOW, day],
+    ).fetchall()
+    assert record_budget_events(mem, now=NOW, timezone=ZONE, policy=policy) == []
+    land(mem, [usage_row(NOW, cap="1", cost="0.5")])  # 1.1 of 1
+    got = record_budget_events(mem, now=NOW, timezone=ZONE, policy=policy)
+    assert sorted((e.kind, e.threshold) for e in got) == [
+        ("exceeded", None),
+        ("warning", 0.8),
+        ("warning", 1.0),
+    ]
+    assert record_budget_events(mem, now=NOW, timezone=ZONE, policy=policy) == []
+    rows = mem.execute(
+        "SELECT attributes->>'$.\"comptroller.budget.threshold\"' FROM budget_events "
+        "WHERE kind = 'warning' AND service_name = 'comptroller.analytics' ORDER BY 1"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["0.8", "1.0"]
+
+
+def test_a_burn_rate_that_will_cross_the_cap_is_recorded_as_projected(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    policy = WarningPolicy(thresholds=(), projected=True)
+    start = dt.datetime.combine(
+        NOW.astimezone(ZoneInfo(ZONE)).date(), dt.time(), tzinfo=ZoneInfo(ZONE)
+    )
+    six = start + dt.timedelta(hours=6)
+    land(mem, [usage_row(six - dt.timedelta(minutes=5), cap="1", cost="0.3")])
+    (got,) = record_budget_events(mem, now=six, timezone=ZONE, policy=policy)
+    assert got.kind == "warning"
+    assert got.threshold is None
+    assert got.projected_usd == Decimal("1.2")  # $0.3 in a quarter of the day
+    assert record_budget_events(mem, now=six, timezone=ZONE, policy=policy) == []

@@ -32,6 +32,11 @@ PINNED = {
     *["report_to_github", "SpendDiff", "SpendLine", "compare_spend", "report_json"],
     *["report_markdown", "RepriceLine", "RepriceResult", "reprice", "render_result"],
     *["write_result"],
+    # planning spend: prompt-cache savings, what-if re-pricing, the FOCUS export
+    *["CacheSaving", "cache_savings", "savings_prices", "savings_markdown", "savings_json"],
+    *["WhatIf", "WhatIfLine"],
+    *["WhatIfResult", "what_if", "what_if_json", "what_if_markdown"],
+    *["FOCUS_VERSION", "focus_table", "write_focus"],
     # the DataFrame API
     *["Analytics", "DIMENSIONS", "Dimension"],
 }

@@ -15,6 +15,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from comptroller import analytics
 from comptroller import semconv as sc
+from comptroller.budget_alerts import WarningPolicy
 from comptroller.collector import Lander, Normaliser
 from comptroller.collector._normalise import Batch
 
@@ -138,7 +139,12 @@ def test_budget_crossings_are_checked_at_most_every_interval_and_flushed_after(
 ) -> None:
     now = [100.0]
     con = analytics.connect(tmp_path / "c.duckdb")
-    lander = Lander(con, budget_events_every_s=1.0, clock=lambda: now[0])
+    lander = Lander(
+        con,
+        budget_events_every_s=1.0,
+        clock=lambda: now[0],
+        warnings=WarningPolicy(thresholds=(0.8,), projected=False),
+    )
 
     def kinds() -> list[str]:
         return [r[0] for r in con.execute("select kind from budget_events order by ts").fetchall()]

@@ -132,15 +132,27 @@ def test_resolution_follows_source_and_ref(rig: Rig) -> None:
     assert resolve(pinned, domain="acme-eu", org="acme", provider="anthropic") == "sk-ant-acme"
 
 
-def test_oauth_bundle_is_stored_opaque_and_returned_whole(rig: Rig) -> None:
-    bundle = json.dumps({"access_token": "at-1", "refresh_token": "rt-1", "expires_at": 1})
-    info = rig.service.credentials.set(ACME, "x_ai", bundle, actor=PLATFORM, kind="oauth")
-    assert info.kind == "oauth"
-    got = rig.service.credentials.resolve_secret(
-        profile("x_ai:grok-4", credential_source="byo"), domain=None, org="acme"
-    )
-    assert got is not None
-    assert json.loads(got) == json.loads(bundle)
+def test_oauth_credential_resolves_to_its_access_token(store_url: str, data_dir: Path) -> None:
+    # Renewal, locking and the setting: tests/control/test_oauth.py.
+    rig = make_service(store_url, data_dir, allow_oauth_credentials=True)
+    bundle = {
+        "access_token": "at-1",
+        "refresh_token": "rt-1",
+        "expires_at": 4_102_444_800,  # 2100: not due
+        "token_url": "https://idp.example/token",
+        "client_id": "comptroller",
+    }
+    try:
+        info = rig.service.credentials.set(
+            ACME, "x_ai", json.dumps(bundle), actor=PLATFORM, kind="oauth"
+        )
+        assert info.kind == "oauth"
+        got = rig.service.credentials.resolve_secret(
+            profile("x_ai:grok-4", credential_source="byo"), domain=None, org="acme"
+        )
+        assert got == "at-1"
+    finally:
+        rig.service.close()
 
 
 def test_key_file_is_created_with_mode_0600_on_first_use(rig: Rig) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import traceback
 import uuid
@@ -77,7 +78,12 @@ def test_planted_secret_appears_in_no_output(
 
     events = OTelEvents()
     monkeypatch.setenv(ENV_MASTER_KEY, generate_master_key())
-    rig = make_service(store_url, data_dir, environ=dict(__import__("os").environ))
+    rig = make_service(
+        store_url,
+        data_dir,
+        environ=dict(__import__("os").environ),
+        allow_oauth_credentials=True,
+    )
     service: ProfileService = rig.service
     service.events = events
     creds = service.credentials
@@ -89,7 +95,19 @@ def test_planted_secret_appears_in_no_output(
     attempt(lambda: creds.set(ACME, "openai", planted + "-rotated", actor=PLATFORM))
     attempt(
         lambda: creds.set(
-            ACME, "x_ai", '{"refresh_token": "' + planted + '"}', actor=PLATFORM, kind="oauth"
+            ACME,
+            "x_ai",
+            json.dumps(
+                {
+                    "access_token": "at-" + planted,
+                    "refresh_token": planted,
+                    "expires_at": 4_102_444_800,
+                    "token_url": "https://idp.example/token",
+                    "client_id": "comptroller",
+                }
+            ),
+            actor=PLATFORM,
+            kind="oauth",
         )
     )
     attempt(lambda: creds.set(ACME, "openai", planted, actor=intruder))  # PermissionDenied

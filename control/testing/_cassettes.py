@@ -1,0 +1,347 @@
+"""Record a test's provider traffic once, replay it without the provider or a credential.
+
+Built on vcrpy (the optional extra `cassettes`), which patches httpx, requests, aiohttp and
+urllib3 — every HTTP stack the OpenAI, Anthropic and Gemini SDKs use — for the duration of a
+cassette. What this module adds to vcrpy:
+
+- secrets never reach the file: request headers that carry a key or an account
+  (`authorization`, `x-api-key`, `x-goog-api-key`, `api-key`, `openai-organization`,
+  `openai-project`, `cookie`), Gemini's `key` query parameter, and response headers that
+  name an account (`openai-organization`, `openai-project`, `anthropic-organization-id`,
+  `set-cookie`) are removed before anything is written;
+- a request is matched on method, scheme, host, port, path and body, never on headers or
+  query: a streamed call and a buffered one, or two prompts, differ in their JSON bodies
+  (compared as JSON, so key order does not matter), while keys, SDK versions and retry
+  counters — which differ between the recording run and CI — live in headers and query;
+- replay needs no credential: while a cassette replays, `OPENAI_API_KEY`,
+  `ANTHROPIC_API_KEY` and `GOOGLE_API_KEY` are set to a placeholder when unset, so a
+  guarded model for the public endpoints still builds;
+- a request the cassette does not hold fails the test with `CassetteMiss`, naming the
+  request and the file and saying how to re-record, whatever the guarded call made of
+  vcrpy's error first (raised as is, or wrapped by the SDK into a connection failure that
+  the call retried, fell back from, and reported as the provider's);
+- telemetry exports (OTLP/HTTP to a collector) pass through, never recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, cast
+
+from comptroller.control._providers import NO_CREDENTIAL
+from comptroller.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+CassetteMode: TypeAlias = Literal["once", "replay", "record"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+_SECRET_REQUEST_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "api-key",
+    "openai-organization",
+    "openai-project",
+    "cookie",
+)
+_ACCOUNT_RESPONSE_HEADERS = frozenset(
+    {"openai-organization", "openai-project", "anthropic-organization-id", "set-cookie"}
+)
+_SECRET_QUERY_PARAMETERS = ("key",)
+_MATCH_ON = ("method", "scheme", "host", "port", "path", "body")
+_OTLP_PATHS = ("/v1/traces", "/v1/logs", "/v1/metrics")
+
+# Variable → the variables any of which already gives the provider factory a key.
+_PLACEHOLDER_KEYS: dict[str, tuple[str, ...]] = {
+    "OPENAI_API_KEY": ("OPENAI_API_KEY",),
+    "ANTHROPIC_API_KEY": ("ANTHROPIC_API_KEY",),
+    "GOOGLE_API_KEY": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+}
+_ENV_LOCK = threading.Lock()
+
+
+class CassetteMiss(UsageError):
+    """A replayed test made a request its cassette does not hold.
+
+    Attributes:
+        path: The cassette file.
+        requests: Each request not found, as `METHOD URL` (without secret query parameters).
+    """
+
+    def __init__(self, path: Path, requests: list[str], reasons: list[str]) -> None:
+        self.path = path
+        self.requests = requests
+        listed = "\n".join(
+            f"  {request}{f' ({reason})' if reason else ''}"
+            for request, reason in zip(requests, reasons, strict=True)
+        )
+        super().__init__(
+            f"cassette {path} holds no recorded answer for:\n{listed}\n"
+            "The code under test now makes a request that was not recorded (another prompt, "
+            "model, parameter or number of calls). Re-record: delete the file and run the "
+            "test again with its provider credentials set (mode='once'), or run it once "
+            "with cassette(..., mode='record')."
+        )
+
+
+class Cassette:
+    """Records a block's provider traffic to a YAML file, or replays it from there.
+
+    Build one with `cassette(...)`. Use it as a context manager (`with`, also around async
+    code) or as a decorator of a test function, sync or async. Not reentrant as a context
+    manager; a decorated function may be called any number of times, each call with a
+    fresh cassette.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, mode: CassetteMode = "once") -> None:
+        """See `cassette`."""
+        if mode not in ("once", "replay", "record"):
+            raise UsageError(f"cassette mode {mode!r} is not one of 'once', 'replay', 'record'")
+        self.path = Path(path)
+        self.mode: CassetteMode = mode
+        self._vcr_context: AbstractContextManager[Any] | None = None
+        self._vcr_cassette: Any = None
+        self._placed: dict[str, str | None] = {}
+        self._replaying = False
+
+    @property
+    def replaying(self) -> bool:
+        """Whether the open cassette replays (False while it records, or when closed)."""
+        return self._replaying
+
+    @property
+    def play_count(self) -> int:
+        """Recorded answers replayed so far by the open cassette."""
+        return int(self._vcr_cassette.play_count) if self._vcr_cassette is not None else 0
+
+    @property
+    def recorded_count(self) -> int:
+        """Interactions held by the open cassette: loaded from the file plus recorded now."""
+        return len(self._vcr_cassette) if self._vcr_cassette is not None else 0
+
+    def __enter__(self) -> Cassette:
+        if self._vcr_context is not None:
+            raise UsageError(f"cassette {self.path} is already open; it is not reentrant")
+        if self.mode == "replay" and not self.path.is_file():
+            raise UsageError(
+                f"cassette {self.path} does not exist, so there is nothing to replay: record "
+                "it by running the test once with its provider credentials set and "
+                "cassette(..., mode='once') or mode='record'"
+            )
+        context = _vcr_context(self.path, self.mode)
+        self._vcr_cassette = context.__enter__()
+        self._vcr_context = context
+        # `once` replays when vcrpy could read the file (an empty one is recorded over).
+        self._replaying = self.mode == "replay" or (
+            self.mode == "once" and bool(self._vcr_cassette.rewound)
+        )
+        if self._replaying:
+            self._placed = _place_keys()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        context, vcr_cassette = self._vcr_context, self._vcr_cassette
+        self._vcr_context = self._vcr_cassette = None
+        self._replaying = False
+        _remove_keys(self._placed)
+        self._placed = {}
+        if context is None:
+            return
+        context.__exit__(exc_type, exc, tb)
+        misses: list[tuple[str, str]] = list(vcr_cassette.misses)
+        if misses:
+            # Raised even when the code under test swallowed the provider error (a fallback,
+            # a retry that eventually matched): the replay no longer follows the recording.
+            unique = list(dict.fromkeys(misses))
+            raise CassetteMiss(
+                self.path, [request for request, _ in unique], [reason for _, reason in unique]
+            ) from exc
+
+    async def __aenter__(self) -> Cassette:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, function: Callable[_P, _R]) -> Callable[_P, _R]:
+        """Decorate `function` (sync or async): each call runs inside a fresh cassette."""
+        if inspect.iscoroutinefunction(function):
+            coroutine = cast("Callable[_P, Awaitable[Any]]", function)
+
+            @functools.wraps(function)
+            async def run_async(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+                with Cassette(self.path, mode=self.mode):
+                    return await coroutine(*args, **kwargs)
+
+            return cast("Callable[_P, _R]", run_async)
+
+        @functools.wraps(function)
+        def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            with Cassette(self.path, mode=self.mode):
+                return function(*args, **kwargs)
+
+        return run
+
+    def __repr__(self) -> str:
+        return f"Cassette({str(self.path)!r}, mode={self.mode!r})"
+
+
+def cassette(path: str | os.PathLike[str], *, mode: CassetteMode = "once") -> Cassette:
+    """Record the provider traffic of a block (or a test) to `path`, or replay it from there.
+
+    Args:
+        path: The YAML cassette file (its folder is created when recording).
+        mode: `once` (default): replay when the file exists, else record it — the first run
+            needs the provider and its credentials, every later one needs neither.
+            `replay`: replay only; a missing file is an error (for CI). `record`: call the
+            provider and write the file anew, whatever it held.
+
+    Returns:
+        A `Cassette`: a context manager, and a decorator for sync and async functions.
+
+    Raises:
+        ConfigError: vcrpy is not installed (`pip install 'comptroller[cassettes]'`).
+        UsageError: Unknown mode; `replay` of a file that does not exist.
+        CassetteMiss: On leaving the block, when it made a request the cassette does not
+            hold (during a replay).
+
+    Example:
+        >>> from comptroller.control.testing import cassette
+        >>> with cassette("tests/cassettes/summarise.yaml"):  # doctest: +SKIP
+        ...     plane.chat_model("summarise").invoke("Summarise the ticket")
+    """
+    _vcr_module()  # fail at once, not when the block starts
+    return Cassette(path, mode=mode)
+
+
+def _vcr_module() -> Any:
+    try:
+        import vcr
+    except ImportError:
+        raise ConfigError(
+            "cassettes need vcrpy, which is not installed: pip install 'comptroller[cassettes]'"
+        ) from None
+    return vcr
+
+
+def _vcr_context(path: Path, mode: CassetteMode) -> AbstractContextManager[Any]:
+    vcr = _vcr_module()
+    from vcr.cassette import CassetteContextDecorator
+
+    config = vcr.VCR(
+        record_mode={"once": "once", "replay": "none", "record": "all"}[mode],
+        match_on=_MATCH_ON,
+        filter_headers=_SECRET_REQUEST_HEADERS,
+        filter_query_parameters=_SECRET_QUERY_PARAMETERS,
+        before_record_request=_pass_telemetry_through,
+        before_record_response=_scrub_response,
+        # Readable cassettes: a gzip'ed answer is stored as its text.
+        decode_compressed_response=True,
+        # A block that failed wrote nothing: a half-recorded cassette would replay as a
+        # miss next time, far from the real cause.
+        record_on_exception=False,
+        # `record` starts from an empty cassette instead of merging into the old one.
+        drop_unused_requests=mode == "record",
+    ).get_merged_config(path=str(path))
+    return cast(
+        "AbstractContextManager[Any]",
+        CassetteContextDecorator.from_args(_tracking_cassette_class(), **config),
+    )
+
+
+@functools.cache
+def _tracking_cassette_class() -> type[Any]:
+    """vcrpy's `Cassette`, noting the requests it cannot replay.
+
+    vcrpy raises its own error inside the HTTP transport, where a provider SDK may wrap it
+    into a connection error that the guarded call retries and reports as the provider's;
+    the cassette keeps what it missed, for `Cassette.__exit__` to raise `CassetteMiss`.
+    """
+    from vcr.cassette import Cassette as VcrCassette
+    from vcr.matchers import requests_match
+
+    class _TrackingCassette(VcrCassette):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.misses: list[tuple[str, str]] = []
+
+        def can_play_response_for(self, request: Any) -> bool:
+            found = bool(super().can_play_response_for(request))
+            if not found and self.write_protected:
+                filtered = self.filter_request(request)
+                if filtered is not None:
+                    self.misses.append((f"{filtered.method} {filtered.uri}", self._why(filtered)))
+            return found
+
+        def _why(self, request: Any) -> str:
+            if any(requests_match(request, stored, self._match_on) for stored in self.requests):
+                return "recorded fewer times than requested"
+            best = self.find_requests_with_most_matches(request)
+            if not best:
+                return "nothing recorded for this endpoint"
+            differing = sorted({name for name, _ in best[0][2]})
+            return "the closest recorded request differs in: " + ", ".join(differing)
+
+    return _TrackingCassette
+
+
+def _pass_telemetry_through(request: Any) -> Any:
+    """None (not recorded, sent for real) for an OTLP/HTTP export, else the request."""
+    content_type = str(request.headers.get("content-type", ""))
+    if request.path.endswith(_OTLP_PATHS) and content_type.startswith("application/x-protobuf"):
+        return None
+    return request
+
+
+def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
+    headers: dict[str, Any] = response.get("headers") or {}
+    response["headers"] = {
+        name: value
+        for name, value in headers.items()
+        if name.lower() not in _ACCOUNT_RESPONSE_HEADERS
+    }
+    return response
+
+
+def _place_keys() -> dict[str, str | None]:
+    """Set a placeholder key for each provider without one; returns what each variable held
+    before (None: unset)."""
+    placed: dict[str, str | None] = {}
+    with _ENV_LOCK:
+        for name, any_of in _PLACEHOLDER_KEYS.items():
+            if not any(os.environ.get(variable) for variable in any_of):
+                placed[name] = os.environ.get(name)
+                os.environ[name] = NO_CREDENTIAL
+    return placed
+
+
+def _remove_keys(placed: dict[str, str | None]) -> None:
+    with _ENV_LOCK:
+        for name, before in placed.items():
+            # Left alone if the code under test set its own value meanwhile.
+            if os.environ.get(name) != NO_CREDENTIAL:
+                continue
+            if before is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = before

@@ -1,0 +1,489 @@
+"""Cassettes: a test's provider traffic recorded once through the guarded model, replayed with
+no provider and no credential, landing the same usage rows in DuckDB.
+
+Real parts throughout: langchain-openai / langchain-anthropic over real HTTP to the local fake
+servers while recording, vcrpy's patched transports while replaying, the embedded sink and
+its DuckDB file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+
+from comptroller.config import load_settings
+from comptroller.control import (
+    ControlPlane,
+    ModelRef,
+    ResolvedProfile,
+    RetryPolicy,
+    StaticProfiles,
+)
+from comptroller.control.testing import (
+    AnthropicBehaviour,
+    CassetteMiss,
+    FakeAnthropicServer,
+    FakeGeminiServer,
+    FakeOpenAIServer,
+    GeminiBehaviour,
+    ModelBehaviour,
+    cassette,
+)
+from comptroller.errors import ConfigError, UsageError
+
+OPENAI_SECRET = "sk-test-CASSETTE-0penai-s3cret-7f3a9c"
+OPENAI_ORG = "org-CASSETTE-acct-41b2"
+OPENAI_PROJECT = "proj_CASSETTE-acct-9d0e"
+ANTHROPIC_SECRET = "sk-ant-test-CASSETTE-s3cret-c81d"
+GOOGLE_SECRET = "AIzaTest-CASSETTE-s3cret-55e0"
+PROMPT = "Summarise the ticket"
+PROVIDER_KEYS = (
+    "OPENAI_API_KEY",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    "ANTHROPIC_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+)
+
+USAGE_COLUMNS = (
+    "provider, operation, request_model, response_model, input_tokens, output_tokens, "
+    "cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd, price_source, "
+    "estimated, outcome, error_type, attempt, fallback_depth, tenant, org, context, purpose"
+)
+
+
+def echo(request: Mapping[str, Any]) -> str:
+    """The answer names how it was asked for, so a replay serving the wrong recording shows."""
+    last = request["messages"][-1]["content"]
+    if isinstance(last, list):  # Anthropic's content blocks
+        last = " ".join(block["text"] for block in last)
+    return f"{'streamed' if request.get('stream') else 'buffered'} answer to {last}"
+
+
+def no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROVIDER_KEYS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def run_calls(
+    base_url: str | None, provider: str, model: str, db_file: Path, *, reverse: bool = False
+) -> list[str]:
+    """A buffered invoke and a stream through a fresh plane whose usage rows land in
+    `db_file`; returns the answers (in call order; `reverse`: stream first)."""
+    settings = load_settings(None, db=db_file, telemetry="embedded")
+    profile = ResolvedProfile(
+        purpose="summarise", model=ModelRef(provider=provider, model=model), base_url=base_url
+    )
+    with ControlPlane(
+        settings,
+        resolver=StaticProfiles({"summarise": profile}),
+        retry_policy=RetryPolicy(max_retries=0),
+    ) as plane:
+        chat = plane.chat_model("summarise", org="acme", domain="acme-eu", context="support")
+        calls: list[Callable[[], str]] = [
+            lambda: str(chat.invoke(PROMPT).content),
+            lambda: "".join(str(chunk.content) for chunk in chat.stream(PROMPT)),
+        ]
+        return [call() for call in (reversed(calls) if reverse else calls)]
+
+
+def usage_rows(db_file: Path) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(db_file), read_only=True)
+    try:
+        return sorted(con.execute(f"select {USAGE_COLUMNS} from llm_usage").fetchall(), key=str)
+    finally:
+        con.close()
+
+
+def test_an_openai_recording_replays_without_server_or_key_to_identical_usage_rows(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cassettes" / "openai.yaml"
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_SECRET)
+    monkeypatch.setenv("OPENAI_ORG_ID", OPENAI_ORG)
+    monkeypatch.setenv("OPENAI_PROJECT_ID", OPENAI_PROJECT)
+    with FakeOpenAIServer() as server:
+        server.behave(
+            "gpt-5",
+            ModelBehaviour(
+                content=echo,
+                prompt_tokens=1_500,
+                completion_tokens=340,
+                cached_tokens=1_024,
+                reasoning_tokens=300,
+            ),
+        )
+        with cassette(path) as recording:
+            assert not recording.replaying
+            recorded = run_calls(server.base_url, "openai", "gpt-5", data_dir / "recorded.duckdb")
+        base_url = server.base_url
+        sent = server.headers
+    assert recorded == [f"buffered answer to {PROMPT}", f"streamed answer to {PROMPT}"]
+    # The secrets were on the wire, and are not in the file.
+    assert [h["authorization"] for h in sent] == [f"Bearer {OPENAI_SECRET}"] * 2
+    assert [h["openai-organization"] for h in sent] == [OPENAI_ORG] * 2
+    text = path.read_text()
+    for secret in (OPENAI_SECRET, OPENAI_ORG, OPENAI_PROJECT):
+        assert secret not in text
+    assert "authorization" not in text.lower()
+
+    no_provider_keys(monkeypatch)  # and the server is gone
+    with cassette(path, mode="replay") as replay:
+        assert replay.replaying
+        replayed = run_calls(
+            base_url, "openai", "gpt-5", data_dir / "replayed.duckdb", reverse=True
+        )
+        assert replay.play_count == 2
+
+    assert replayed == list(reversed(recorded))  # matched on the body, not on the order
+    rows = usage_rows(data_dir / "recorded.duckdb")
+    assert len(rows) == 2
+    assert {row[4:9] for row in rows} == {(1_500, 340, 1_024, 0, 300)}
+    assert all(row[9] > 0 and row[12] == "ok" for row in rows)
+    assert usage_rows(data_dir / "replayed.duckdb") == rows
+
+
+def test_an_anthropic_recording_replays_with_its_key_filtered(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "anthropic.yaml"
+    model = "claude-sonnet-4-5"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_SECRET)
+    with FakeAnthropicServer() as server:
+        server.behave(
+            model,
+            AnthropicBehaviour(
+                content=echo,
+                input_tokens=120,
+                output_tokens=30,
+                cache_read_tokens=2_000,
+                cache_write_5m_tokens=700,
+                cache_write_1h_tokens=400,
+            ),
+        )
+        with cassette(path):
+            recorded = run_calls(server.base_url, "anthropic", model, data_dir / "rec.duckdb")
+        base_url = server.base_url
+        sent = server.headers
+    # The SDK sends the key as `x-api-key` or, in recent versions, as a bearer token.
+    assert all(
+        ANTHROPIC_SECRET in (h.get("x-api-key"), h.get("authorization"))
+        or h.get("authorization") == f"Bearer {ANTHROPIC_SECRET}"
+        for h in sent
+    )
+    assert len(sent) == 2
+    text = path.read_text()
+    assert ANTHROPIC_SECRET not in text
+    assert "x-api-key" not in text.lower()
+    assert "authorization" not in text.lower()
+
+    no_provider_keys(monkeypatch)
+    with cassette(path, mode="replay"):
+        replayed = run_calls(base_url, "anthropic", model, data_dir / "rep.duckdb")
+
+    assert replayed == recorded
+    rows = usage_rows(data_dir / "rec.duckdb")
+    # Anthropic's input excludes the cache; the row's input tokens include it.
+    assert {row[4:9] for row in rows} == {(3_220, 30, 2_000, 1_100, 0)}
+    assert all(row[9] > 0 and row[12] == "ok" for row in rows)
+    assert usage_rows(data_dir / "rep.duckdb") == rows
+
+
+def test_a_gemini_recording_replays_with_its_key_filtered(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gemini_echo(request: Mapping[str, Any]) -> str:
+        text = " ".join(part["text"] for part in request["contents"][-1]["parts"])
+        return f"answer to {text}"
+
+    path = tmp_path / "gemini.yaml"
+    model = "gemini-2.5-flash"
+    no_provider_keys(monkeypatch)
+    monkeypatch.setenv("GOOGLE_API_KEY", GOOGLE_SECRET)
+    with FakeGeminiServer() as server:
+        server.behave(
+            model,
+            GeminiBehaviour(
+                content=gemini_echo,
+                prompt_tokens=900,
+                candidates_tokens=40,
+                cached_tokens=512,
+                thoughts_tokens=200,
+            ),
+        )
+        with cassette(path):
+            recorded = run_calls(server.base_url, "gcp.gemini", model, data_dir / "rec.duckdb")
+        base_url = server.base_url
+        sent = server.headers
+    assert [h.get("x-goog-api-key") for h in sent] == [GOOGLE_SECRET] * 2
+    assert GOOGLE_SECRET not in path.read_text()
+
+    no_provider_keys(monkeypatch)
+    with cassette(path, mode="replay") as replay:
+        replayed = run_calls(base_url, "gcp.gemini", model, data_dir / "rep.duckdb")
+        assert replay.play_count == 2
+
+    assert replayed == recorded == [f"answer to {PROMPT}"] * 2
+    rows = usage_rows(data_dir / "rec.duckdb")
+    assert {row[4:9] for row in rows} == {(900, 240, 512, 0, 200)}
+    assert all(row[9] > 0 and row[12] == "ok" for row in rows)
+    assert usage_rows(data_dir / "rep.duckdb") == rows
+
+
+def test_replay_builds_a_public_endpoint_model_with_no_key_and_restores_the_environment(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "public.yaml"
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_SECRET)
+    with FakeOpenAIServer() as server:
+        server.behave("gpt-4o-mini", ModelBehaviour(content=echo))
+        with cassette(path):
+            recorded = run_calls(server.base_url, "openai", "gpt-4o-mini", data_dir / "a.duckdb")
+        # As if recorded against OpenAI itself: the profile then has no base_url.
+        path.write_text(path.read_text().replace(server.base_url, "https://api.openai.com/v1"))
+    no_provider_keys(monkeypatch)
+    monkeypatch.setenv("GEMINI_API_KEY", "a-gemini-key-of-the-developer")
+
+    with pytest.raises(UsageError, match="set OPENAI_API_KEY"):  # what replay has to get past
+        run_calls(None, "openai", "gpt-4o-mini", data_dir / "b.duckdb")
+    with cassette(path):
+        assert os.environ["OPENAI_API_KEY"] == os.environ["ANTHROPIC_API_KEY"]
+        assert "GOOGLE_API_KEY" not in os.environ  # Gemini already has a key
+        replayed = run_calls(None, "openai", "gpt-4o-mini", data_dir / "c.duckdb")
+
+    assert replayed == recorded
+    assert "OPENAI_API_KEY" not in os.environ
+    assert "ANTHROPIC_API_KEY" not in os.environ
+    assert os.environ["GEMINI_API_KEY"] == "a-gemini-key-of-the-developer"
+    assert usage_rows(data_dir / "c.duckdb") == usage_rows(data_dir / "a.duckdb")
+
+
+MISSABLE = {
+    "openai": (FakeOpenAIServer, "gpt-4o-mini", "/chat/completions"),
+    "anthropic": (FakeAnthropicServer, "claude-sonnet-4-5", "/v1/messages"),
+}
+
+
+@pytest.mark.parametrize("provider", list(MISSABLE))
+def test_a_request_missing_from_the_cassette_fails_naming_it_and_the_file(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    server_class, model, endpoint = MISSABLE[provider]
+    path = tmp_path / "missing.yaml"
+    no_provider_keys(monkeypatch)
+    server: Any
+    with server_class() as server:
+        with cassette(path):
+            run_calls(server.base_url, provider, model, data_dir / "a.duckdb")
+        base_url = server.base_url
+
+    settings = load_settings(None, telemetry="none")
+    profile = ResolvedProfile(
+        purpose="summarise", model=ModelRef(provider=provider, model=model), base_url=base_url
+    )
+    # The miss is raised as the cassette closes, chained to what the call raised inside
+    # (vcrpy's error as is for OpenAI; Anthropic's SDK wraps it into a connection error).
+    with (
+        pytest.raises(CassetteMiss) as caught,
+        cassette(path),
+        ControlPlane(
+            settings,
+            resolver=StaticProfiles({"summarise": profile}),
+            retry_policy=RetryPolicy(max_retries=0),
+        ) as plane,
+    ):
+        plane.chat_model("summarise").invoke("A prompt never recorded")
+
+    message = str(caught.value)
+    assert f"POST {base_url}{endpoint} (" in message
+    assert str(path) in message
+    assert "differs in: body" in message
+    assert "mode='record'" in message
+    assert caught.value.requests == [f"POST {base_url}{endpoint}"]
+    assert caught.value.__cause__ is not None
+
+
+def test_record_mode_replaces_the_cassette_and_replay_mode_needs_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rerecorded.yaml"
+    no_provider_keys(monkeypatch)
+    with pytest.raises(UsageError, match="does not exist"), cassette(path, mode="replay"):
+        pass
+
+    def ask(base_url: str) -> str:
+        return str(
+            httpx.post(
+                f"{base_url}/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": "Bearer x"},
+            ).json()["choices"][0]["message"]["content"]
+        )
+
+    with FakeOpenAIServer() as server:
+        server.behave("m", ModelBehaviour(content="first"))
+        with cassette(path):
+            assert ask(server.base_url) == "first"
+        server.behave("m", ModelBehaviour(content="second"))
+        with cassette(path):  # once: the file exists, so it replays
+            assert ask(server.base_url) == "first"
+        with cassette(path, mode="record") as recording:
+            assert not recording.replaying
+            assert ask(server.base_url) == "second"
+        base_url = server.base_url
+    with cassette(path, mode="replay") as replay:
+        assert replay.recorded_count == 1
+        assert ask(base_url) == "second"
+
+
+class _AccountServer:
+    """A stdlib HTTP server answering like a provider that names the account in its
+    response headers, and counting what reaches it."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                paths.append(self.path)
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = json.dumps({"answer": 42}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.send_header("openai-organization", "org-ACCOUNT-in-response")
+                self.send_header("set-cookie", "session=COOKIE-in-response; Path=/")
+                self.send_header("x-request-id", "req_kept_123")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _AccountServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def account_server() -> Iterator[_AccountServer]:
+    with _AccountServer() as running:
+        yield running
+
+
+def test_keys_cookies_and_account_headers_stay_out_of_the_file(
+    tmp_path: Path, account_server: _AccountServer
+) -> None:
+    path = tmp_path / "scrubbed.yaml"
+    headers = {
+        "x-goog-api-key": "goog-HEADER-secret",
+        "x-api-key": "sk-ant-HEADER-secret",
+        "api-key": "azure-HEADER-secret",
+        "cookie": "session=COOKIE-in-request",
+        "openai-project": "proj_HEADER-secret",
+    }
+    url = f"{account_server.url}/v1beta/models/gemini:generateContent"
+    with cassette(path):
+        recorded = httpx.post(url, params={"key": "QUERY-secret"}, json={"q": 1}, headers=headers)
+    text = path.read_text()
+    for secret in ("HEADER-secret", "COOKIE-in-request", "QUERY-secret"):
+        assert secret not in text
+    assert "org-ACCOUNT-in-response" not in text
+    assert "COOKIE-in-response" not in text
+    assert "req_kept_123" in text
+
+    # Replayed with another key in the query: the query is not matched.
+    with cassette(path, mode="replay"):
+        replayed = httpx.post(url, params={"key": "another"}, json={"q": 1})
+    assert replayed.json() == recorded.json() == {"answer": 42}
+    assert replayed.headers["x-request-id"] == "req_kept_123"
+    assert account_server.paths == ["/v1beta/models/gemini:generateContent?key=QUERY-secret"]
+
+
+def test_telemetry_exports_pass_through_a_replay_unrecorded(
+    tmp_path: Path, account_server: _AccountServer
+) -> None:
+    path = tmp_path / "otlp.yaml"
+    with cassette(path):
+        httpx.post(f"{account_server.url}/v1/chat/completions", json={"q": 1})
+    protobuf = {"content-type": "application/x-protobuf"}
+    with cassette(path, mode="replay"):
+        httpx.post(f"{account_server.url}/v1/chat/completions", json={"q": 1})
+        httpx.post(f"{account_server.url}/v1/logs", content=b"\x0a\x00", headers=protobuf)
+    assert account_server.paths == ["/v1/chat/completions", "/v1/logs"]
+    assert "/v1/logs" not in path.read_text()
+
+
+def test_as_a_decorator_of_sync_and_async_functions_each_call_is_a_fresh_cassette(
+    tmp_path: Path, account_server: _AccountServer
+) -> None:
+    import asyncio
+
+    @cassette(tmp_path / "sync.yaml")
+    def sync_call() -> Any:
+        return httpx.post(f"{account_server.url}/v1/a", json={"q": 1}).json()
+
+    @cassette(tmp_path / "async.yaml")
+    async def async_call() -> Any:
+        async with httpx.AsyncClient() as client:
+            return (await client.post(f"{account_server.url}/v1/b", json={"q": 2})).json()
+
+    assert sync_call() == sync_call() == {"answer": 42}
+    assert asyncio.run(async_call()) == asyncio.run(async_call()) == {"answer": 42}
+    assert account_server.paths == ["/v1/a", "/v1/b"]  # the second calls replayed
+    assert sync_call.__name__ == "sync_call"
+
+
+def test_without_vcrpy_the_error_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "vcr", None)
+    with pytest.raises(ConfigError, match=r"pip install 'comptroller\[cassettes\]'"):
+        cassette(tmp_path / "x.yaml")
+
+
+def test_an_unknown_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="'once', 'replay', 'record'"):
+        cassette(tmp_path / "x.yaml", mode="new_episodes")  # type: ignore[arg-type]
+
+
+def test_a_miss_the_code_under_test_swallowed_still_fails_the_block(
+    tmp_path: Path, account_server: _AccountServer
+) -> None:
+    path = tmp_path / "swallowed.yaml"
+    url = f"{account_server.url}/v1/chat/completions"
+    with cassette(path):
+        httpx.post(url, json={"q": 1})
+
+    def ask_twice() -> None:
+        with cassette(path, mode="replay"):
+            httpx.post(url, json={"q": 1})
+            # A fallback, say, swallows the second one: the replay has left the recording.
+            with contextlib.suppress(Exception):
+                httpx.post(url, json={"q": 1})
+
+    with pytest.raises(CassetteMiss, match="recorded fewer times than requested") as caught:
+        ask_twice()
+    assert caught.value.requests == [f"POST {url}"]
+    assert account_server.paths == ["/v1/chat/completions"]
