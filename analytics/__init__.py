@@ -30,7 +30,14 @@ the batch), or
 `apply_usage_batch(con, batch, timezone=…)` with any rows whose groups changed (recomputed
 from `llm_usage`; use it for rows deleted). Then `record_budget_events(con, timezone=…,
 warn_ratio=…)` records the warning and cap crossings (once per day and key).
-`rebuild_rollup` recomputes the rollup whole.
+`rebuild_rollup` recomputes the rollup whole. `record_anomaly_events(con, timezone=…)`
+records the keys spending far above their own hour-of-day baseline (once per key and hour).
+
+Planning
+--------
+`forecast(reader)` projects each budget key's (or purpose's) spend to the end of the day
+and of the month; `spend_anomalies(reader)` lists the keys spending anomalously this hour.
+Both read shipped panels (`forecast`, `anomalies`); docs/FORECAST.md has the method.
 
 Example:
     >>> from comptroller.analytics import open_reader, budget_state
@@ -43,6 +50,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from comptroller.analytics._anomaly import (
+        Anomaly,
+        AnomalyRule,
+        record_anomaly_events,
+        spend_anomalies,
+    )
     from comptroller.analytics._budget import (
         BudgetEvent,
         BudgetState,
@@ -56,6 +69,7 @@ if TYPE_CHECKING:
     from comptroller.analytics._compact import Compacted, compact
     from comptroller.analytics._errors import AnalyticsError, QueryError, ReaderUnavailable
     from comptroller.analytics._focus import FOCUS_VERSION, focus_table, write_focus
+    from comptroller.analytics._forecast import Forecast, ForecastBy, forecast
     from comptroller.analytics._frames import DIMENSIONS, Analytics, Dimension
     from comptroller.analytics._gate import (
         GateResult,
@@ -130,6 +144,8 @@ if TYPE_CHECKING:
 _EXPORTS: dict[str, tuple[str, str]] = {
     "ARROW_STREAM": ("comptroller.analytics._reader", "ARROW_STREAM"),
     "Analytics": ("comptroller.analytics._frames", "Analytics"),
+    "Anomaly": ("comptroller.analytics._anomaly", "Anomaly"),
+    "AnomalyRule": ("comptroller.analytics._anomaly", "AnomalyRule"),
     "AnalyticsError": ("comptroller.analytics._errors", "AnalyticsError"),
     "BudgetEvent": ("comptroller.analytics._budget", "BudgetEvent"),
     "BudgetState": ("comptroller.analytics._budget", "BudgetState"),
@@ -140,6 +156,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Dimension": ("comptroller.analytics._frames", "Dimension"),
     "DuckDBReader": ("comptroller.analytics._reader", "DuckDBReader"),
     "FOCUS_VERSION": ("comptroller.analytics._focus", "FOCUS_VERSION"),
+    "Forecast": ("comptroller.analytics._forecast", "Forecast"),
+    "ForecastBy": ("comptroller.analytics._forecast", "ForecastBy"),
     "GateResult": ("comptroller.analytics._gate", "GateResult"),
     "HttpReader": ("comptroller.analytics._reader", "HttpReader"),
     "KeyRefusals": ("comptroller.analytics._budget", "KeyRefusals"),
@@ -174,6 +192,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "compare_spend": ("comptroller.analytics._report", "compare_spend"),
     "connect": ("comptroller.analytics._schema", "connect"),
     "focus_table": ("comptroller.analytics._focus", "focus_table"),
+    "forecast": ("comptroller.analytics._forecast", "forecast"),
     "gate_json": ("comptroller.analytics._gate", "dumps"),
     "insert_new": ("comptroller.analytics._insert", "insert_new"),
     "insert_new_sql": ("comptroller.analytics._insert", "insert_new_sql"),
@@ -184,6 +203,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "open_reader": ("comptroller.analytics._reader", "open_reader"),
     "reader_from_settings": ("comptroller.analytics._source", "reader_from_settings"),
     "rebuild_rollup": ("comptroller.analytics._rollup", "rebuild_rollup"),
+    "record_anomaly_events": ("comptroller.analytics._anomaly", "record_anomaly_events"),
     "record_budget_events": ("comptroller.analytics._budget", "record_budget_events"),
     "render_result": ("comptroller.analytics._output", "render"),
     "report_json": ("comptroller.analytics._report", "to_json"),
@@ -196,6 +216,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "savings_json": ("comptroller.analytics._report", "savings_json"),
     "savings_markdown": ("comptroller.analytics._report", "savings_markdown"),
     "savings_prices": ("comptroller.analytics._savings", "savings_prices"),
+    "spend_anomalies": ("comptroller.analytics._anomaly", "spend_anomalies"),
     "schema_version": ("comptroller.analytics._schema", "schema_version"),
     "set_meta": ("comptroller.analytics._schema", "set_meta"),
     "time_bounds": ("comptroller.analytics._insert", "time_bounds"),
@@ -232,6 +253,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "Analytics",
     "AnalyticsError",
+    "Anomaly",
+    "AnomalyRule",
     "BudgetEvent",
     "BudgetState",
     "BudgetStatus",
@@ -239,6 +262,8 @@ __all__ = [
     "Compacted",
     "Dimension",
     "DuckDBReader",
+    "Forecast",
+    "ForecastBy",
     "GateResult",
     "HttpReader",
     "KeyRefusals",
@@ -269,6 +294,7 @@ __all__ = [
     "compare_spend",
     "connect",
     "focus_table",
+    "forecast",
     "gate_json",
     "insert_new",
     "insert_new_sql",
@@ -279,6 +305,7 @@ __all__ = [
     "open_reader",
     "reader_from_settings",
     "rebuild_rollup",
+    "record_anomaly_events",
     "record_budget_events",
     "render_result",
     "report_json",
@@ -293,6 +320,7 @@ __all__ = [
     "savings_prices",
     "schema_version",
     "set_meta",
+    "spend_anomalies",
     "time_bounds",
     "truncated_at",
     "what_if",

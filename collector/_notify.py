@@ -222,6 +222,11 @@ class Notifier:
         """Call `callback` once the notifier has stopped (release what it wrote through)."""
         self._on_close.append(callback)
 
+    def send_now(self, alert: Alert, hook: WebhookSettings) -> Delivery:
+        """Deliver `alert` to `hook` in the calling thread, whatever kinds `hook` takes, and
+        return the outcome without recording or counting it (`comptroller alerts test`)."""
+        return self._deliver(alert, hook)
+
     # -- delivering ------------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -10,6 +10,7 @@ translate for their API — so a fallback to another provider's model keeps both
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,6 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from pydantic_ai._utils import generate_tool_call_id
 from pydantic_ai.messages import (
     BinaryContent,
     CachePoint,
@@ -240,7 +240,7 @@ def response_parts(message: Any) -> list[ModelResponsePart]:
             ToolCallPart(
                 tool_name=call["name"],
                 args=call.get("args") or {},
-                tool_call_id=call.get("id") or generate_tool_call_id(),
+                tool_call_id=call.get("id") or _tool_call_id(),
             )
         )
     for bad in getattr(message, "invalid_tool_calls", None) or ():
@@ -251,7 +251,7 @@ def response_parts(message: Any) -> list[ModelResponsePart]:
                 ToolCallPart(
                     tool_name=bad["name"],
                     args=bad.get("args") or "",
-                    tool_call_id=bad.get("id") or generate_tool_call_id(),
+                    tool_call_id=bad.get("id") or _tool_call_id(),
                 )
             )
     return parts
@@ -307,3 +307,8 @@ def response_id(message: Any) -> str | None:
 def tools_key(tools: Sequence[Mapping[str, Any]], choice: str | None) -> str:
     """A key equal for equal tool sets and choices (to reuse one binding across requests)."""
     return json.dumps([tools, choice], sort_keys=True, default=str)
+
+
+def _tool_call_id() -> str:
+    # A tool call the provider sent without an id still needs one for its result to answer.
+    return f"pyd_ai_{uuid.uuid4().hex}"

@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.messages import AIMessageChunk
 from langchain_core.messages.ai import add_usage
-from pydantic_ai._utils import now_utc
 from pydantic_ai.messages import ModelMessage, ModelResponse, ModelResponseStreamEvent
 from pydantic_ai.models import (
     Model,
@@ -185,7 +184,7 @@ class GuardedStreamedResponse(StreamedResponse):
     _provider_name: str
     _first: Any
     _chunks: AsyncIterator[Any]
-    _timestamp: datetime = field(default_factory=now_utc)
+    _timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     _usage_received: bool | None = field(default=False, init=False)
     _usage_total: Any = field(default=None, init=False)
     _metadata: dict[str, Any] = field(default_factory=dict, init=False)

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from comptroller.errors import UsageError
 
 Display: TypeAlias = Literal["table", "bar", "sparkline", "timeline", "stat"]
-View: TypeAlias = Literal["overview", "spend", "budgets", "circuits", "profiles", "calls"]
+View: TypeAlias = Literal["overview", "spend", "budgets", "circuits", "profiles", "calls", "alerts"]
 ParamType: TypeAlias = Literal["string", "int", "float", "bool", "date", "timestamp"]
 ParamValue: TypeAlias = str | int | float | bool | dt.date | dt.datetime | None
 

@@ -61,7 +61,7 @@ from comptroller.tui._screens import (
 from comptroller.tui._source import Reader, ReaderFactory
 from comptroller.tui._view_base import View
 from comptroller.tui._views_money import BudgetsView, OverviewView, SpendView
-from comptroller.tui._views_ops import CallsView, CircuitsView, ProfilesView
+from comptroller.tui._views_ops import AlertsView, CallsView, CircuitsView, ProfilesView
 from comptroller.tui._widgets import Context, DataGrid, NavBar, StatusBar
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ _VIEW_CLASSES: tuple[type[View], ...] = (
     CircuitsView,
     ProfilesView,
     CallsView,
+    AlertsView,
 )
 _VIEW_BY_ID: dict[str, type[View]] = {cls.VIEW_ID: cls for cls in _VIEW_CLASSES}
 _REDRAW_AFTER_S = 60.0

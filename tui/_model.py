@@ -14,8 +14,18 @@ if TYPE_CHECKING:
 
 RangeName: TypeAlias = Literal["today", "7d", "30d"]
 RANGES: tuple[RangeName, ...] = ("today", "7d", "30d")
-ViewId: TypeAlias = Literal["overview", "spend", "budgets", "circuits", "profiles", "calls"]
-VIEW_IDS: tuple[ViewId, ...] = ("overview", "spend", "budgets", "circuits", "profiles", "calls")
+ViewId: TypeAlias = Literal[
+    "overview", "spend", "budgets", "circuits", "profiles", "calls", "alerts"
+]
+VIEW_IDS: tuple[ViewId, ...] = (
+    "overview",
+    "spend",
+    "budgets",
+    "circuits",
+    "profiles",
+    "calls",
+    "alerts",
+)
 
 Clock: TypeAlias = Callable[[], datetime]
 """Returns the current time, timezone-aware. Injected so that tests and snapshots fix 'now'."""

@@ -89,6 +89,22 @@ def view_queries(
             QuerySpec(key="circuit_state", panel="circuit_state", filtered=False),
             QuerySpec(key="circuit_timeline", panel="circuit_timeline", filtered=False),
         ]
+    if view == "alerts":
+        # Warnings are per budget day: today's, whatever range the deliveries show.
+        return [
+            QuerySpec(
+                key="budget_warnings",
+                panel="budget_events",
+                params={"kind": "warning", "since": "day_start"},
+            ),
+            QuerySpec(key="alert_webhooks", panel="alert_webhooks", filtered=False),
+            QuerySpec(
+                key="alert_failures",
+                panel="alert_deliveries",
+                params={"status": "failed"},
+                filtered=False,
+            ),
+        ]
     if view == "profiles":
         # A profile's versions are read whole (no range): a diff or a rollback may need a
         # version older than the range on screen.

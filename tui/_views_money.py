@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -386,7 +387,8 @@ def _tokens(row: dict[str, Any]) -> int:
 
 
 class BudgetsView(View):
-    """Every budget's use today, projected to the end of the day, and the budget events."""
+    """Every budget's use today, the keys spending far above their baseline this hour, where
+    spend is heading by the end of the day and of the month, and the budget events."""
 
     VIEW_ID = "budgets"
     TITLE = "Budgets"
@@ -413,6 +415,37 @@ class BudgetsView(View):
             empty="no budget has a cap today",
         )
         yield DataGrid(
+            "Spend anomalies this hour (far above the same hour on past days)",
+            [
+                Column(key="tenant", label="Tenant"),
+                Column(key="context", label="Context"),
+                Column(key="purpose", label="Purpose"),
+                Column(key="flag", label="Flag"),
+                Column(key="spent_usd", label="This hour", kind="money"),
+                Column(key="median_usd", label="Usual", kind="money"),
+                Column(key="times", label="× usual"),
+                Column(key="calls", label="Calls", kind="count"),
+            ],
+            id="budget-anomalies",
+            empty="none",
+        )
+        yield DataGrid(
+            "Forecast: day end (hour-of-day profile) and month end",
+            [
+                Column(key="tenant", label="Tenant"),
+                Column(key="context", label="Context"),
+                Column(key="purpose", label="Purpose"),
+                Column(key="spent_usd", label="Today", kind="money"),
+                Column(key="day_end_usd", label="Day end", kind="money"),
+                Column(key="cap_usd", label="Cap", kind="money"),
+                Column(key="over", label="At day end"),
+                Column(key="month_to_date_usd", label="Month", kind="money"),
+                Column(key="month_end_usd", label="Month end", kind="money"),
+            ],
+            id="budget-forecast",
+            empty="no spend to project",
+        )
+        yield DataGrid(
             "Budget events",
             [
                 Column(key="ts", label="When", kind="instant"),
@@ -428,10 +461,30 @@ class BudgetsView(View):
         )
 
     def queries(self) -> list[QuerySpec]:
-        return view_queries("budgets")
+        return [
+            *view_queries("budgets"),
+            QuerySpec(key="anomalies", panel="anomalies"),
+            QuerySpec(key="forecast", panel="forecast"),
+        ]
 
     def show(self, data: ViewData, ctx: Context) -> None:
         self.data = data
+        rows, truncated = self.rows_of("anomalies")
+        for row in rows:
+            row["flag"] = Text("ANOMALY", style="bold magenta")
+            ratio = row.get("ratio")
+            row["times"] = "new" if ratio is None else f"{float(str(ratio)):.1f}×"
+        self.query_one("#budget-anomalies", DataGrid).set_rows(
+            rows, truncated=truncated, context=ctx
+        )
+        rows, truncated = self.rows_of("forecast")
+        for row in rows:
+            cap, day_end = row.get("cap_usd"), row.get("day_end_usd")
+            over = isinstance(cap, Decimal) and isinstance(day_end, Decimal) and day_end > cap
+            row["over"] = Text("over cap", style="bold red") if over else ""
+        self.query_one("#budget-forecast", DataGrid).set_rows(
+            rows, truncated=truncated, context=ctx
+        )
         rows, truncated = self.rows_of("budget_state")
         for row in rows:
             used = float(row.get("utilisation") or 0.0)

@@ -1,9 +1,11 @@
-"""The operations views: Circuits, Profiles (history, diff, rollback) and Calls (live tail)."""
+"""The operations views: Circuits, Profiles (history, diff, rollback), Calls (live tail) and
+Alerts (budget warnings, webhook deliveries)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from decimal import Decimal
 from typing import ClassVar
 
 from rich.text import Text
@@ -12,6 +14,7 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import DataTable, Label
 
+from comptroller.tui import _format as fmt
 from comptroller.tui._admin import ProfileRef
 from comptroller.tui._model import TimeFrame, ViewData
 from comptroller.tui._queries import QuerySpec, view_queries
@@ -433,3 +436,94 @@ class CallsView(View):
             return
         self.app.copy_to_clipboard(str(row["trace_id"]))
         self.notify(f"copied trace id {row['trace_id']}")
+
+
+class AlertsView(View):
+    """Today's budget warnings, and what became of the alerts sent to webhooks."""
+
+    VIEW_ID = "alerts"
+    TITLE = "Alerts"
+
+    def compose_body(self) -> ComposeResult:
+        yield DataGrid(
+            "Budget warnings today",
+            [
+                Column(key="ts", label="When", kind="instant"),
+                Column(key="tenant", label="Tenant"),
+                Column(key="context", label="Context"),
+                Column(key="purpose", label="Purpose"),
+                Column(key="warning", label="Warning", kind="raw"),
+                Column(key="spent_usd", label="Spent then", kind="money"),
+            ],
+            id="alerts-warnings",
+            empty="no budget warned today",
+        )
+        yield DataGrid(
+            "Webhooks",
+            [
+                Column(key="webhook", label="Webhook"),
+                Column(key="delivered", label="Delivered", kind="count"),
+                Column(key="failed", label="Failed", kind="count"),
+                Column(key="last_delivered_ts", label="Last delivery", kind="instant"),
+                Column(key="last_error", label="Last error"),
+            ],
+            id="alerts-webhooks",
+            empty="no alert sent in the range (none configured, or nothing to tell)",
+        )
+        yield DataGrid(
+            "Failed alerts",
+            [
+                Column(key="ts", label="When", kind="instant"),
+                Column(key="alert", label="Alert"),
+                Column(key="subject", label="About"),
+                Column(key="webhook", label="Webhook"),
+                Column(key="attempts", label="Tries", kind="count"),
+                Column(key="error", label="Error"),
+            ],
+            id="alerts-failed",
+            empty="none failed",
+        )
+
+    def queries(self) -> list[QuerySpec]:
+        return view_queries("alerts")
+
+    def show(self, data: ViewData, ctx: Context) -> None:
+        self.data = data
+        rows, truncated = self.rows_of("budget_warnings")
+        for row in rows:
+            row["warning"] = warning_text(row)
+        self.query_one("#alerts-warnings", DataGrid).set_rows(
+            rows, truncated=truncated, context=ctx
+        )
+        rows, truncated = self.rows_of("alert_webhooks")
+        for row in rows:
+            if not row.get("failed"):
+                row["failed"] = None  # a dash, not a 0 to read past
+        self.query_one("#alerts-webhooks", DataGrid).set_rows(
+            rows, truncated=truncated, context=ctx
+        )
+        rows, truncated = self.rows_of("alert_failures")
+        self.query_one("#alerts-failed", DataGrid).set_rows(rows, truncated=truncated, context=ctx)
+
+
+def warning_text(row: dict[str, object]) -> Text:
+    """What a budget warning warns of, readably: `80 % of $1.00` (a share of the cap
+    crossed) or `projected $1.24 by midnight` (the day's burn rate will cross the cap)."""
+    cap = row.get("cap_usd")
+    projected = row.get("projected_usd")
+    threshold = row.get("threshold")
+    if row.get("warning_kind") == "projected" or (projected is not None and threshold is None):
+        shown = (
+            f"projected {fmt.money(projected)} by midnight"
+            if projected is not None
+            else "projected"
+        )
+        return Text(shown, style="yellow")
+    if isinstance(threshold, int | float):
+        style = "bold red" if threshold >= 1 else "yellow"
+        return Text(f"{threshold * 100:g} % of {fmt.money(cap)}", style=style)
+    # A warning from before warnings said what they crossed: the share spent when raised.
+    spent = row.get("spent_usd")
+    if isinstance(cap, int | float | Decimal) and isinstance(spent, int | float | Decimal) and cap:
+        return Text(f"{float(spent) / float(cap) * 100:.0f} % of {fmt.money(cap)}", style="yellow")
+    return Text("warning", style="yellow")

@@ -33,9 +33,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "tui": (
         "comptroller.cli._tui",
         "tui",
-        "Open the terminal dashboard: spend, budgets, circuits, profiles, calls.",
+        "Open the terminal dashboard: spend, budgets, circuits, profiles, calls, alerts.",
     ),
     "budget": ("comptroller.cli._budget", "budget", "Budget state and the CI budget gate."),
+    "alerts": (
+        "comptroller.cli._alerts",
+        "alerts",
+        "Alerts sent to webhooks and what became of them; send a test alert.",
+    ),
     "report": (
         "comptroller.cli._report",
         "report",

@@ -98,7 +98,7 @@ class AttemptRecord:
         attrs[semconv.PRICE_SOURCE] = self._source()
         attrs[semconv.OUTCOME] = self.outcome
         if self.cost is not None:
-            attrs[semconv.COST_USD] = float(self.cost)
+            attrs[semconv.COST_USD] = attrs[semconv.GEN_AI_USAGE_COST] = float(self.cost)
         name = self.prep.attempt_names[at.depth]
         if at.model != at.ref.model:
             name = self.prep.operation + " " + at.model

@@ -132,6 +132,13 @@ def test_every_shipped_panel_runs_on_an_empty_and_on_a_filled_database(tmp_path:
     daily = results["spend_daily"].to_pylist()
     assert len(daily) == 2 * 30  # two purposes × 30 days, zero-filled for sparklines
     assert results["recent_calls"].num_rows == 2  # the row two days ago is outside the hour
+    # Circuits that opened are alerts; with no delivery recorded, no webhook has an outcome.
+    alerts = results["alert_deliveries"].to_pylist()
+    assert [(a["alert"], a["subject"], a["status"]) for a in alerts] == [
+        ("circuit.opened", "openai:gpt-4o-mini", None),
+        ("circuit.opened", "openai:gpt-4o", None),
+    ]
+    assert results["alert_webhooks"].num_rows == 0
     con.close()
 
 

@@ -37,6 +37,9 @@ PINNED = {
     *["WhatIf", "WhatIfLine"],
     *["WhatIfResult", "what_if", "what_if_json", "what_if_markdown"],
     *["FOCUS_VERSION", "focus_table", "write_focus"],
+    # forecasts and anomalies
+    *["Forecast", "ForecastBy", "forecast", "Anomaly", "AnomalyRule", "spend_anomalies"],
+    *["record_anomaly_events"],
     # the DataFrame API
     *["Analytics", "DIMENSIONS", "Dimension"],
 }

@@ -45,6 +45,17 @@ CASES: list[tuple[str, str]] = [
     ("budget check --db {notdb}", "not a valid DuckDB"),
     ("budget check --url {closed}", "unreachable"),
     ("budget check --db {db} --now 2026-13-45", "--now"),
+    ("budget check --db {db} --anomalies --anomaly-min-usd -1", "--anomaly-min-usd"),
+    ("budget forecast --db {db} --by tenant", "'tenant' is not one of"),
+    ("budget forecast --db {db} --days 0", "--days"),
+    ("budget forecast --db {notdb}", "not a valid DuckDB"),
+    ("budget forecast --url {closed}", "unreachable"),
+    # alerts
+    ("alerts list --db {absent}", "no such database"),
+    ("alerts list --db {db} --since someday", "--since 'someday' is not a time"),
+    ("alerts list --db {db} --limit 0", "--limit"),
+    ("alerts list --url {closed}", "unreachable"),
+    ("alerts test", "no webhook is configured"),
     # report
     ("report --db {db} --baseline {absent}", "does not exist"),
     ("report --db {db} --baseline {notdb}", "not a valid DuckDB"),

@@ -132,6 +132,9 @@ def test_documents_and_queries_are_embedded_priced_and_recorded(
     assert len(spans) == 2
     assert spans[0].attributes is not None
     assert spans[0].attributes[semconv.GEN_AI_OPERATION_NAME] == "embeddings"
+    # The cost under comptroller's name and the one GenAI instrumentations converge on.
+    assert spans[0].attributes[semconv.GEN_AI_USAGE_COST] == float(embedding_cost(SMALL, 42))
+    assert spans[0].attributes[semconv.COST_USD] == float(embedding_cost(SMALL, 42))
     assert len(sink.spans("comptroller.call embedding")) == 2
 
 
