@@ -10,6 +10,7 @@ ledger's own warnings, the event's id (from key, day and threshold) deduplicates
 from __future__ import annotations
 
 import threading
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from opentelemetry.util.types import AttributeValue
@@ -19,8 +20,6 @@ from comptroller.budget_alerts import Crossing, WarningPolicy, crossings, day_bo
 from comptroller.budget_alerts import warning_event_id as _event_id
 
 if TYPE_CHECKING:
-    from decimal import Decimal
-
     from comptroller.control._clock import Clock
     from comptroller.control._guard import GuardKey
     from comptroller.control._guard._kernel import Ticket
@@ -34,8 +33,13 @@ class BudgetWatch:
         self, policy: WarningPolicy, *, clock: Clock, events: EventEmitter, timezone: str
     ) -> None:
         self.policy = policy
-        self._lowest = min(policy.thresholds) if policy.thresholds else None
-        self._min_projected = policy.projected_min_share if policy.projected else None
+        shares = [*policy.thresholds]
+        if policy.projected:
+            shares.append(policy.projected_min_share)
+        self._floor_share = min(shares) if shares else None
+        """Below this share of its cap a key's spend calls for no warning at all."""
+        self._floors: dict[Decimal, int] = {}
+        """Per cap: the floor in nano-dollars (the ticket's own unit: no Decimal per call)."""
         self._clock = clock
         self._events = events
         self._timezone = timezone
@@ -51,16 +55,19 @@ class BudgetWatch:
 
     def observe(self, ticket: Ticket) -> None:
         """Raise what the spend after `ticket`'s settlement calls for (cheap when nothing)."""
+        nanos = ticket.spent_nanos
         cap = ticket.cap_usd
+        if nanos is None or cap is None:
+            return
+        floor = self._floors.get(cap)
+        if floor is None:
+            floor = self._floor(cap)
+        if nanos < floor:
+            return  # the common case: far from every warning
         spent = ticket.spent_usd
         day = ticket.day
-        if cap is None or spent is None or day is None or cap <= 0:
+        if spent is None or day is None or cap <= 0:
             return
-        share = float(spent / cap)
-        lowest = self._lowest
-        floor = self._min_projected
-        if (lowest is None or share < lowest) and (floor is None or share < floor):
-            return  # the common case: far from every warning
         bounds = self._bounds
         if bounds[0] != day:
             bounds = self._bounds = (day, *day_bounds(day, self._timezone))
@@ -88,6 +95,15 @@ class BudgetWatch:
                     fresh.append(crossing)
         for crossing in fresh:
             self._emit(key, day, cap, spent, crossing)
+
+    def _floor(self, cap: Decimal) -> int:
+        share = self._floor_share
+        # No share at all: a floor no spend reaches.
+        floor = int(cap * Decimal(str(share)) * 1_000_000_000) if share is not None else 1 << 62
+        if len(self._floors) >= 10_000:
+            self._floors.clear()  # caps are few; a bound all the same
+        self._floors[cap] = floor
+        return floor
 
     def _emit(
         self, key: GuardKey, day: str, cap: Decimal, spent: Decimal, crossing: Crossing

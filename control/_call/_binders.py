@@ -28,6 +28,8 @@ class Binder:
     """Validation errors are returned in the result (`include_raw=True`), not raised."""
     tool_tokens = 0
     """Input tokens the bound tools add to every request (counted in the reservation)."""
+    may_estimate = False
+    """Results may carry usage the provider did not report (`usage_estimated`)."""
 
     def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
         return model
@@ -91,6 +93,8 @@ class StructuredBinder(Binder):
 class EmbedBinder(Binder):
     """An embeddings route: the model is an `Embedder` (invoked as it is), its input a list
     of texts, its result an `EmbeddingResult` whose vectors the caller gets."""
+
+    may_estimate = True
 
     def apply(self, model: Any) -> Any:
         return model

@@ -23,6 +23,7 @@ from comptroller.control._unreachable import refused
 from comptroller.control._usage import usage_of
 
 if TYPE_CHECKING:
+    from comptroller.control._call._binders import Binder
     from comptroller.control._call._route import CallCore, Prepared, Route
 
 _OK = Status(StatusCode.OK)
@@ -58,6 +59,7 @@ class AttemptOutcomes:
     )
 
     core: CallCore
+    binder: Binder
     call_ctx: SpanContext
     route: Route
     prep: Prepared
@@ -121,7 +123,7 @@ class AttemptOutcomes:
         if finish:
             attrs[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = (finish,)
         at.usage = usage = usage_of(message)
-        if getattr(message, "usage_estimated", False):
+        if self.binder.may_estimate and message.usage_estimated:
             at.estimated = True  # usage the provider did not report (an upper bound)
         self._price(at, response_model)
         cost = self._cost(at)
