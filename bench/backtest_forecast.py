@@ -5,7 +5,7 @@ Plays the demo (`comptroller demo`: the control plane over the local provider en
 an injected clock) over `--days` simulated days into a scratch data directory, or reads a
 database it made (`--db`). Then, on every whole day with `--history` days before it, makes
 the forecast as it stood at `--at` o'clock (the ledger as of then: the panel reads only the
-hours before its `now`) and compares the day-end projections with what the day spent, per
+hours begun by its `now`) and compares the day-end projections with what the day spent, per
 budget key, per purpose and in total; and the month-end projections made on each day of a
 month the ledger holds whole (its last day before today) with what that month spent.
 
@@ -90,7 +90,8 @@ def backtest(db: Path, *, at: int, history: int, timezone: str = "UTC") -> list[
     try:
         day = first + dt.timedelta(days=history)
         while day < today:
-            now = dt.datetime.combine(day, dt.time(at), tzinfo=dt.UTC)
+            # A second before the hour: the panel reads the hours begun by its `now`.
+            now = dt.datetime.combine(day, dt.time(at), tzinfo=dt.UTC) - dt.timedelta(seconds=1)
             found = forecast(reader, now=now, timezone=timezone, days=history)
             for level in ("key", "purpose", "total"):
                 projected: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])

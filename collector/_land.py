@@ -55,7 +55,13 @@ from comptroller.collector._normalise import (
     LEAF_FLAG,
     Batch,
 )
-from comptroller.collector._notify import ALERT_COLUMNS, Alert, alerts_of, budget_event_alert
+from comptroller.collector._notify import (
+    ALERT_COLUMNS,
+    Alert,
+    alerts_of,
+    anomaly_alert,
+    budget_event_alert,
+)
 from comptroller.collector._resources import resource_id, split_resources
 from comptroller.collector._validate import quarantine_rows
 
@@ -601,11 +607,15 @@ class Lander:
         events = analytics.record_budget_events(
             self.con, timezone=self.timezone, policy=self.warnings
         )
+        anomalies = analytics.record_anomaly_events(self.con, timezone=self.timezone)
         self._budget_checked_at = self._clock()
         self.budget_events_pending = False
         if self.on_alerts is not None:
             self._alerts.extend(
                 alert for event in events if (alert := budget_event_alert(event)) is not None
+            )
+            self._alerts.extend(
+                alert for anomaly in anomalies if (alert := anomaly_alert(anomaly)) is not None
             )
 
     def flush_budget_events(self) -> None:

@@ -47,6 +47,7 @@ _BUDGET_KINDS: Final = {
     "warning": "budget.warning",
     "rejected": "budget.rejected",
     "exceeded": "budget.exceeded",
+    "anomaly": "budget.anomaly",
 }
 _CIRCUIT_OPENED: Final = "opened"
 _QUEUE_SIZE: Final = 10_000
@@ -352,7 +353,18 @@ def budget_alert(row: Mapping[str, Any]) -> Alert | None:
     money = f"{usd(spent) if spent is not None else '?'} of its {usd(cap) if cap is not None else '?'} daily cap"
     threshold = attrs.get("comptroller.budget.threshold")
     projected = _decimal(attrs.get("comptroller.budget.projected_usd"))
-    if kind == "budget.warning" and projected is not None:
+    if kind == "budget.anomaly":
+        median = _decimal(attrs.get("median_usd"))
+        ratio = attrs.get("ratio")
+        hour = str(attrs.get("hour") or "")[11:16]
+        usual = f"its usual {usd(median)}" if median is not None else "its usual"
+        times = f"{float(ratio):.1f}× " if isinstance(ratio, int | float) else ""
+        spent_text = usd(spent) if spent is not None else "?"
+        text = (
+            f"Spend anomaly: {key} spent {spent_text} in the hour from {hour} on {day}, "
+            f"{times}{usual} for that hour."
+        )
+    elif kind == "budget.warning" and projected is not None:
         text = (
             f"Budget projection: {key} will spend {usd(projected)} by the end of {day} at "
             f"today's burn rate ({money} spent so far)."
@@ -451,6 +463,28 @@ ALERT_COLUMNS: Final = {
     "cooldown_s",
 }
 """What an alert reads of each event table, as plain values (no time zone objects)."""
+
+
+def anomaly_alert(anomaly: Any) -> Alert | None:
+    """The alert of an `analytics.Anomaly` the ledger recorded (as its `budget_events` row)."""
+    return budget_alert(
+        {
+            "event_id": anomaly.event_id,
+            "kind": "anomaly",
+            "ts": datetime.now(UTC),
+            "day": anomaly.hour.date().isoformat(),
+            "tenant": anomaly.tenant,
+            "context": anomaly.context,
+            "purpose": anomaly.purpose,
+            "spent_usd": anomaly.spent_usd,
+            "attributes": {
+                "hour": anomaly.hour.isoformat(),
+                "median_usd": str(anomaly.median_usd),
+                "ratio": anomaly.ratio,
+                "history_days": anomaly.history_days,
+            },
+        }
+    )
 
 
 def alerts_of(table: str, rows: Sequence[Mapping[str, Any]]) -> list[Alert]:

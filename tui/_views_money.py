@@ -460,6 +460,9 @@ class BudgetsView(View):
             id="budget-events",
         )
 
+    def on_mount(self) -> None:
+        self.query_one("#budget-anomalies").display = False
+
     def queries(self) -> list[QuerySpec]:
         return [
             *view_queries("budgets"),
@@ -474,9 +477,10 @@ class BudgetsView(View):
             row["flag"] = Text("ANOMALY", style="bold magenta")
             ratio = row.get("ratio")
             row["times"] = "new" if ratio is None else f"{float(str(ratio)):.1f}×"
-        self.query_one("#budget-anomalies", DataGrid).set_rows(
-            rows, truncated=truncated, context=ctx
-        )
+        anomalies = self.query_one("#budget-anomalies", DataGrid)
+        # Shown only while some key is anomalous: the budgets keep the room otherwise.
+        anomalies.display = bool(rows)
+        anomalies.set_rows(rows, truncated=truncated, context=ctx)
         rows, truncated = self.rows_of("forecast")
         for row in rows:
             cap, day_end = row.get("cap_usd"), row.get("day_end_usd")

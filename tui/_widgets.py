@@ -329,13 +329,22 @@ class NavBar(Static):
         self.views = tuple(views)
 
     def show(self, current: str, filters: str) -> None:
-        """Highlight `current`; `filters` describes the global filters on the right."""
-        line = Text()
-        for n, (view_id, title) in enumerate(self.views, start=1):
-            style = "bold reverse" if view_id == current else ""
-            line.append(f" {n} {title} ", style=style)
-        line.append("  ")
-        line.append(filters, style="italic")
+        """Highlight `current`; `filters` describes the global filters on the right.
+
+        When the whole line does not fit, the other views show their number only: the
+        filters in force stay in sight (they change what every number means).
+        """
+        width = self.size.width
+        for compact in (False, True):
+            line = Text()
+            for n, (view_id, title) in enumerate(self.views, start=1):
+                here = view_id == current
+                label = f" {n} {title} " if here or not compact else f" {n} "
+                line.append(label, style="bold reverse" if here else "")
+            line.append("  ")
+            line.append(filters, style="italic")
+            if not width or line.cell_len <= width:
+                break
         self.update(line)
 
 

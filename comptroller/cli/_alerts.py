@@ -104,7 +104,7 @@ def list_alerts(
     if not grouped:
         click.echo("no alert" + (" failed" if failed else "") + f" since {since}")
     for alert in grouped:
-        click.echo(_alert_line(alert))
+        click.echo(_alert_line(alert, settings.timezone))
         for delivery in alert["deliveries"]:
             click.echo(f"    {delivery['webhook']}: {_outcome(delivery)}")
     if len(rows) >= limit:
@@ -263,9 +263,11 @@ def _detail(row: Mapping[str, Any]) -> str:
     return money
 
 
-def _alert_line(alert: Mapping[str, Any]) -> str:
+def _alert_line(alert: Mapping[str, Any], timezone: str) -> str:
+    from zoneinfo import ZoneInfo
+
     ts = alert["ts"]
-    when = ts.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "?"
+    when = ts.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M:%S %Z") if ts else "?"
     detail = f"  {alert['detail']}" if alert["detail"] else ""
     return f"{when}  {alert['alert']}  {alert['subject']}{detail}"
 

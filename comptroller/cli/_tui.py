@@ -53,7 +53,7 @@ def tui(
     domain: str | None,
     theme: str | None,
 ) -> None:
-    """Open the terminal dashboard: spend, budgets, circuits, profiles, calls.
+    """Open the terminal dashboard: spend, budgets, circuits, profiles, calls, alerts.
 
     Read-only unless started with --operator NAME --role ROLE; rollbacks then ask for a
     confirmation and a reason, and leave an audit entry.

@@ -8,6 +8,7 @@ ALERT_KINDS = (
     "budget.warning",
     "budget.exceeded",
     "budget.rejected",
+    "budget.anomaly",
     "circuit.opened",
 )
 """What a webhook can be told of (`WebhookSettings.events`)."""
@@ -37,7 +38,7 @@ class WebhookSettings(BaseModel):
     events: tuple[str, ...] = ALERT_KINDS
     """The kinds of event sent: `budget.warning` (a share of the cap crossed, or a projected
     overrun), `budget.exceeded` (the cap reached), `budget.rejected` (a call refused),
-    `circuit.opened`."""
+    `budget.anomaly` (a key spending far above its usual for the hour), `circuit.opened`."""
     timeout_s: float = Field(default=5.0, gt=0)
     """Timeout of one delivery attempt."""
 

@@ -11,7 +11,14 @@ import duckdb
 import pytest
 from usage_db import fill, usage_row
 
-from comptroller.analytics import DuckDBReader, builtin_panels, connect, forecast, open_reader
+from comptroller.analytics import (
+    DuckDBReader,
+    budget_state,
+    builtin_panels,
+    connect,
+    forecast,
+    open_reader,
+)
 
 # Saturday 21 November, half past noon: 12.5 hours of the day gone, 9 days of November left.
 NOW = dt.datetime(2026, 11, 21, 12, 30, tzinfo=dt.UTC)
@@ -91,12 +98,16 @@ def test_per_purpose_sums_the_keys_of_each_purpose(db_path: Path) -> None:
 
 
 def test_without_history_the_burn_rate_stands_in(db_path: Path) -> None:
-    fill(db_path, [usage_row(at(21, 3), cost="0.25")])
+    fill(db_path, [usage_row(at(21, 3), cost="0.25", cap="1")])
     reader = open_reader(db=db_path)
     try:
         [only] = forecast(reader, now=NOW)
+        [state] = budget_state(reader, now=NOW)
     finally:
         reader.close()
+    # The budget state says the same of today: its projection is the burn rate.
+    assert (state.spent_usd, state.cap_usd) == (only.spent_usd, only.cap_usd)
+    assert state.projected_usd == pytest.approx(float(only.burn_usd))
     assert only.method == "burn_rate"
     assert only.history_days == 0
     assert only.day_end_usd == only.burn_usd == Decimal("0.48")  # 0.25 x 24 / 12.5

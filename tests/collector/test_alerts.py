@@ -315,3 +315,29 @@ def test_bad_webhook_settings_say_what_to_fix() -> None:
         load_settings(alerts={"webhooks": [{"url": "hooks.slack.com/x"}]})
     with pytest.raises(ConfigError, match="unknown webhook event"):
         load_settings(alerts={"webhooks": [{"url": "https://x", "events": ["budget.warn"]}]})
+
+
+def test_a_spend_anomaly_is_told_with_its_usual_spend(receiver: Receiver, tmp_path: Path) -> None:
+    db = tmp_path / "ledger.duckdb"
+    EmbeddedSink(db).shutdown()
+    con = duckdb.connect(str(db))
+    try:
+        now = datetime.now(UTC)
+        con.execute(
+            "INSERT INTO budget_events (event_id, ts, day, kind, tenant, context, purpose, "
+            "spent_usd, attributes) VALUES ('a1', ?, ?, 'anomaly', 'acme', 'ctx', 'chat', 0.5, "
+            '\'{"hour": "2026-06-01T14:00:00", "median_usd": "0.05", "ratio": 10.0}\')',
+            [now, now.date()],
+        ).fetchall()
+        notifier = start_notifier(
+            con, AlertSettings.model_validate({"webhooks": [{"url": receiver.url()}]})
+        )
+        assert notifier is not None
+        assert notifier.wait_idle(10)
+        notifier.close()
+    finally:
+        con.close()
+    (body,) = receiver.bodies
+    assert body["kind"] == "budget.anomaly"
+    assert "10.0× its usual $0.05" in body["text"]
+    assert "14:00" in body["text"]
