@@ -14,7 +14,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from comptroller._demo_workload import CLAUDE_CHAIN, PURPOSES, TENANTS
+from comptroller._demo_workload import (
+    CLAUDE_CHAIN,
+    EMBEDDING_CHAIN,
+    EMBEDDING_UPGRADE,
+    PURPOSES,
+    TENANTS,
+)
 from comptroller.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,6 +39,7 @@ STORY_ORG = "acme"
 APPROVED = {
     "agent_turn": CLAUDE_CHAIN[1:],
     "reasoning": CLAUDE_CHAIN,
+    "embedding": (*EMBEDDING_CHAIN, EMBEDDING_UPGRADE),
 }
 """Models the platform lets an org admin pick, per purpose (demo settings)."""
 
@@ -218,6 +225,21 @@ def cheaper_agent_turns(service: ProfileService) -> None:
         ProfileSpec(model=cheaper, fallbacks=()),
         actor=_org_admin(STORY_ORG),
         reason=f"agent turns are cheaper on {cheaper.model}",
+    )
+
+
+def larger_embeddings(service: ProfileService) -> None:
+    """acme's admin moves its embeddings to a larger model: the profile store warns that the
+    vectors made before are incompatible (the TUI's profile history shows it)."""
+    from comptroller.control import ModelRef
+    from comptroller.control.profiles import ProfileSpec, Scope
+
+    service.set_profile(
+        Scope.of_org(STORY_ORG),
+        "embedding",
+        ProfileSpec(model=ModelRef.parse(EMBEDDING_UPGRADE)),
+        actor=_org_admin(STORY_ORG),
+        reason="search quality: larger embeddings (documents to be re-embedded)",
     )
 
 

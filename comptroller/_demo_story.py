@@ -32,10 +32,13 @@ from typing import TYPE_CHECKING
 from comptroller._demo_store import (
     STORY_ORG,
     cheaper_agent_turns,
+    larger_embeddings,
     move_reasoning_off,
     roll_back_reasoning,
 )
 from comptroller._demo_workload import CLAUDE_CHAIN
+
+EMBEDDING_PURPOSE = "embedding"
 
 if TYPE_CHECKING:
     from comptroller._demo_clock import DemoClock
@@ -155,6 +158,12 @@ class Story:
                 due=start + 0.8 * (end - start),
                 deadline=end,
             ),
+            _Step(
+                "larger embeddings",
+                lambda: larger_embeddings(service),
+                due=start + 0.9 * (end - start),
+                deadline=end,
+            ),
         ]
 
     async def before(self, session: Session) -> None:
@@ -226,12 +235,17 @@ async def play(
     async def one(session: Session, purpose: str, prompt: str) -> None:
         nonlocal done
         async with slots:
-            model = plane.chat_model(
-                purpose, org=session.org, domain=session.domain, context=session.context
-            )
             # Refusals and failures are part of the story: their outcomes land in DuckDB.
             with contextlib.suppress(Exception):
-                await model.ainvoke(prompt)
+                if purpose == EMBEDDING_PURPOSE:
+                    await plane.embeddings(
+                        purpose, org=session.org, domain=session.domain, context=session.context
+                    ).aembed_documents([prompt])
+                else:
+                    model = plane.chat_model(
+                        purpose, org=session.org, domain=session.domain, context=session.context
+                    )
+                    await model.ainvoke(prompt)
         done += 1
         if progress is not None:
             progress(done, total)

@@ -34,6 +34,9 @@ CLAUDE_CHAIN = (
 )
 GEMINI_CHAIN = ("gcp.gemini:gemini-2.5-flash", "gcp.gemini:gemini-3.1-flash-lite")
 OPENAI_CHAIN = ("openai:o4-mini", "openai:gpt-4.1-mini", "openai:gpt-4.1-nano")
+EMBEDDING_CHAIN = ("openai:text-embedding-3-small",)
+EMBEDDING_UPGRADE = "openai:text-embedding-3-large"
+"""What acme's admin moves its embeddings to late in the demo (a warning: re-embed)."""
 """One chain of each provider, strongest model first: a call falls back along its chain. The
 Claude and Gemini chains are those of the seeds (`comptroller profiles import --seeds`)."""
 
@@ -43,6 +46,7 @@ PURPOSES: Mapping[str, tuple[tuple[str, ...], int]] = {
     "agent_turn": (CLAUDE_CHAIN[1:], 4),
     "distillation": (OPENAI_CHAIN[1:], 2),
     "code_generation": (OPENAI_CHAIN, 2),
+    "embedding": (EMBEDDING_CHAIN, 2),
 }
 """purpose -> (its chain: model, then fallbacks, as `provider:model`; weight in the workload).
 A purpose may enter its provider's chain below the top (agent turns start at the middle)."""

@@ -8,11 +8,11 @@ through the control plane with the providers' own LangChain integrations over HT
 purpose runs on one provider's chain (`_demo_workload`): reasoning and agent turns on the
 seeds' Claude chain (opus → sonnet → haiku), scoring on their Gemini chain (2.5 flash → 3.1
 flash-lite), code generation and distillation on OpenAI (o4-mini → gpt-4.1-mini →
-gpt-4.1-nano); genai-prices prices every model. The calls spread over simulated days (an
+gpt-4.1-nano), embeddings on text-embedding-3-small; genai-prices prices every model. The calls spread over simulated days (an
 injected clock, no sleeping) that end now: a tenant hits its daily budget, Anthropic
 overloads on the top Claude model (its circuit opens, reasoning falls back down the chain,
 the circuit closes), an org admin moves a purpose off the failing model and rolls the change
-back (see `_demo_story`). Everything lands in the DuckDB file of the data directory.
+back, then moves its embeddings to a larger model (a re-embed warning; see `_demo_story`). Everything lands in the DuckDB file of the data directory.
 
 The fake endpoints are the only fakes: they stand at the model boundary, where the real
 providers would be.

@@ -27,6 +27,8 @@ import pytest
 
 from comptroller._demo_workload import (
     CLAUDE_CHAIN,
+    EMBEDDING_CHAIN,
+    EMBEDDING_UPGRADE,
     GEMINI_CHAIN,
     LAB_BATCH,
     OPENAI_CHAIN,
@@ -168,7 +170,11 @@ def test_a_profile_change_and_its_rollback_land_in_order(demo_run: DemoRun) -> N
 def test_each_provider_serves_its_own_chain_and_every_answer_is_priced(
     demo_run: DemoRun,
 ) -> None:
-    chains = {"anthropic": CLAUDE_CHAIN, "gcp.gemini": GEMINI_CHAIN, "openai": OPENAI_CHAIN}
+    chains = {
+        "anthropic": CLAUDE_CHAIN,
+        "gcp.gemini": GEMINI_CHAIN,
+        "openai": (*OPENAI_CHAIN, *EMBEDDING_CHAIN, EMBEDDING_UPGRADE),
+    }
     rows = demo_run.query(
         "select purpose, provider, request_model, price_source, cost_usd, input_tokens "
         "from llm_usage"
@@ -407,3 +413,18 @@ def test_the_workload_follows_a_working_day_and_grows() -> None:
     batches = [s for s in sessions if s.domain == domain and len(s.calls) == size]
     assert [datetime.fromtimestamp(s.at, UTC).hour for s in batches] == [hour] * 3
     assert all(p == purpose for s in batches for p, _ in s.calls)
+
+
+def test_embeddings_run_guarded_and_their_model_change_warns(demo_run: DemoRun) -> None:
+    rows = demo_run.query(
+        "select operation, request_model, count(*), sum(cost_usd) from llm_usage "
+        "where purpose = 'embedding' group by all"
+    )
+    assert rows
+    assert all(op == "embeddings" for op, *_ in rows)
+    assert all(cost is not None and Decimal(str(cost)) > 0 for *_, cost in rows)
+    warnings = demo_run.query(
+        "select scope_id, model, detail->>'$.before' from profile_events "
+        "where action = 'warning' and purpose = 'embedding'"
+    )
+    assert warnings == [("acme", EMBEDDING_UPGRADE, EMBEDDING_CHAIN[0])]
