@@ -138,7 +138,9 @@ FINISH_REASON_KEYS: Final = (
     "llm.response.finish_reason",  # OpenLLMetry
     "llm.finish_reason",  # OpenInference
 )
-COST_KEY: Final = "comptroller.cost.usd"
+COST_KEYS: Final = ("comptroller.cost.usd", "gen_ai.usage.cost")
+"""Attributes of a span's reported cost in USD, in order of preference: comptroller's own,
+then the name GenAI instrumentations are converging on (the first that holds a value)."""
 
 # --- operation values --------------------------------------------------------------------------
 LEAF_OPERATIONS: Final = frozenset({"chat", "text_completion", "generate_content", "embeddings"})

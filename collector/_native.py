@@ -36,7 +36,7 @@ from comptroller.collector._aliases import (
     AGENT_MARKERS,
     ALIASES,
     ATTRIBUTE_DIALECT_MARKERS,
-    COST_KEY,
+    COST_KEYS,
     EXCLUSIVE_INPUT,
     FINISH_REASON_KEYS,
     LEAF_OPERATIONS,
@@ -132,7 +132,7 @@ class NativeDecoder:
                 for key, hits in ALIASES.items()
             ],
             finish_keys=list(FINISH_REASON_KEYS),
-            cost_key=COST_KEY,
+            cost_keys=COST_KEYS,
             agent_markers=sorted(AGENT_MARKERS),
             dialect_markers=list(ATTRIBUTE_DIALECT_MARKERS),
             operation_aliases=list(OPERATION_ALIASES.items()),
@@ -310,6 +310,10 @@ class NativeDecoder:
             for i, price in zip(rows, prices, strict=True):
                 costs[i] = None if price.cost_usd is None else str(price.cost_usd)
                 sources[i] = price.source
+        # No price known here: what the instrumentation itself reported (the reference's rule).
+        for i, value in enumerate(col("cost_usd").to_pylist()):
+            if costs[i] is None and (text := ref.reported_cost(value)) is not None:
+                costs[i], sources[i] = text, ref.REPORTED_SOURCE
         return costs, sources
 
 

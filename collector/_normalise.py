@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from comptroller.analytics._tables import arrow_schema
 from comptroller.collector._aliases import (
     AGENT_MARKERS,
     ALIASES,
-    COST_KEY,
+    COST_KEYS,
     EXCLUSIVE_INPUT,
     FINISH_REASON_KEYS,
     INT_FIELDS,
@@ -264,6 +265,19 @@ def _opt_str(value: Any) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else str(value)
+
+
+REPORTED_SOURCE: Final = "reported"
+"""`price_source` of a derived row no price was known for, costed at what its span reported
+(`gen_ai.usage.cost`, `comptroller.cost.usd`)."""
+
+
+def reported_cost(value: float | None) -> str | None:
+    """A span's reported cost as the decimal text of a derived row's cost, or None when it
+    is absent or could not be a cost (not finite, negative, beyond DECIMAL(20, 10))."""
+    if value is None or not math.isfinite(value) or value < 0 or value >= 1e10:
+        return None
+    return format(Decimal(repr(value)), "f")
 
 
 def _decimal_str(value: Any, name: str) -> str | None:
@@ -629,7 +643,11 @@ class Normaliser:
             if found is not None:
                 finish = [str(x) for x in found] if isinstance(found, list) else [str(found)]
                 break
-        cost = attrs.get(COST_KEY)
+        cost = None
+        for key in COST_KEYS:
+            cost = attrs.get(key)
+            if cost is not None:
+                break
         if cost is not None and type(cost) is not float:
             cost = _opt_float(cost)
         error_type = vals[_ERROR_TYPE]
@@ -706,6 +724,13 @@ class Normaliser:
             if provider and model
             else None
         )
+        derived_cost = None if price is None or price.cost_usd is None else str(price.cost_usd)
+        derived_source = UNPRICED_SOURCE if price is None else price.source
+        if derived_cost is None:
+            # No price known here: what the instrumentation itself reported, if it did.
+            reported = reported_cost(cost)
+            if reported is not None:
+                derived_cost, derived_source = reported, REPORTED_SOURCE
         derive = (
             f"span:{trace_hex}:{span_hex}",
             start // 1000,
@@ -725,8 +750,8 @@ class Normaliser:
             tokens["cache_read_tokens"],
             tokens["cache_write_tokens"],
             reasoning or 0,
-            None if price is None or price.cost_usd is None else str(price.cost_usd),
-            UNPRICED_SOURCE if price is None else price.source,
+            derived_cost,
+            derived_source,
             False,
             outcome or ("error" if status_code == "ERROR" or error_type else "ok"),
             error_type,

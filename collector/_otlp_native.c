@@ -700,6 +700,7 @@ typedef struct {
     int32_t prio[MAX_HITS];
     int special;
     int finish_index;
+    int cost_index;
     int slot; /* the log records' direct attributes (LOG_KEYS), -1 for none */
 } Entry;
 
@@ -808,6 +809,7 @@ static Entry *entry_for(Config *cfg, const char *key, size_t n) {
     e->len = n;
     e->hash = h;
     e->finish_index = -1;
+    e->cost_index = -1;
     e->slot = -1;
     cfg->slots[i] = e;
     return e;
@@ -899,25 +901,26 @@ static int mark_keys(Config *cfg, PyObject *keys, int special) {
         }
         e->special |= special;
         if (special == SPECIAL_FINISH) e->finish_index = (int)i;
+        if (special == SPECIAL_COST) e->cost_index = (int)i;
     }
     Py_DECREF(seq);
     return OK;
 }
 
 static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"aliases", "finish_keys", "cost_key", "agent_markers",
+    static char *kwlist[] = {"aliases", "finish_keys", "cost_keys", "agent_markers",
                              "dialect_markers", "operation_aliases", "leaf_operations",
                              "exclusive_input", "scope_dialect", "canonical_provider",
                              "provider_memo", "dumps_double", "decimal_text", "log_keys",
                              "max_attribute_bytes", "max_span_attributes",
                              "max_record_attribute_bytes", "max_record_attributes", "max_spans",
                              "max_records", "max_resource_fanout_bytes", NULL};
-    PyObject *aliases, *finish_keys, *cost_key, *agent_markers, *markers, *ops, *leaf, *excl;
+    PyObject *aliases, *finish_keys, *cost_keys, *agent_markers, *markers, *ops, *leaf, *excl;
     PyObject *scope_dialect, *canonical_provider, *memo, *dumps_double, *decimal_text, *log_keys;
     long long max_attr, max_span_attrs, max_record_attr, max_record_attrs, max_spans, max_records;
     long long max_fanout;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOUOOOOOOOO!OOOLLLLLLL", kwlist, &aliases,
-                                     &finish_keys, &cost_key, &agent_markers, &markers, &ops,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOO!OOOLLLLLLL", kwlist, &aliases,
+                                     &finish_keys, &cost_keys, &agent_markers, &markers, &ops,
                                      &leaf, &excl, &scope_dialect, &canonical_provider,
                                      &PyDict_Type, &memo, &dumps_double, &decimal_text,
                                      &log_keys, &max_attr, &max_span_attrs, &max_record_attr,
@@ -975,11 +978,9 @@ static PyObject *make_config(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(hseq);
     }
     Py_CLEAR(seq);
-    /* finish-reason keys (in order of preference), the cost key, the agent markers */
+    /* finish-reason keys and cost keys (each in order of preference), the agent markers */
     if (mark_keys(cfg, finish_keys, SPECIAL_FINISH) != OK) goto fail;
-    seq = PyTuple_Pack(1, cost_key);
-    if (seq == NULL || mark_keys(cfg, seq, SPECIAL_COST) != OK) goto fail_seq;
-    Py_CLEAR(seq);
+    if (mark_keys(cfg, cost_keys, SPECIAL_COST) != OK) goto fail;
     if (mark_keys(cfg, agent_markers, SPECIAL_AGENT) != OK) goto fail;
     /* the attributes a usage record is read by directly, in the order of LOG_KEYS */
     seq = PySequence_Fast(log_keys, "log_keys must be a sequence");
@@ -1374,7 +1375,7 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
         vals[i] = NULL;
     }
     const AnyV *finish = NULL, *cost = NULL;
-    int finish_rank = INT32_MAX, agent = 0;
+    int finish_rank = INT32_MAX, cost_rank = INT32_MAX, agent = 0;
     for (int k = 0; k < count; k++) {
         const Entry *e = attrs[k].entry;
         if (e == NULL) continue;
@@ -1386,7 +1387,11 @@ static int do_span(State *st, Rd r, const Resource *res, Slice scope, const char
                 vals[f] = v;
             }
         }
-        if (e->special & SPECIAL_COST) cost = v;
+        /* the first cost key of the list that holds a value, as for the finish reasons */
+        if ((e->special & SPECIAL_COST) && v->type != V_NONE && e->cost_index < cost_rank) {
+            cost_rank = e->cost_index;
+            cost = v;
+        }
         if (e->special & SPECIAL_AGENT) agent = 1;
         /* the first key of the list that holds a value (None: the next key is tried) */
         if ((e->special & SPECIAL_FINISH) && v->type != V_NONE && e->finish_index < finish_rank) {

@@ -28,7 +28,7 @@ from comptroller.collector._aliases import (
     AGENT_MARKERS,
     ALIASES,
     ATTRIBUTE_DIALECT_MARKERS,
-    COST_KEY,
+    COST_KEYS,
     FINISH_REASON_KEYS,
     INT_FIELDS,
     SCOPE_DIALECTS,
@@ -127,7 +127,7 @@ _KEYS = sorted(
     {
         *ALIASES,
         *FINISH_REASON_KEYS,
-        COST_KEY,
+        *COST_KEYS,
         *AGENT_MARKERS,
         *(prefix + "x" for prefix, _ in ATTRIBUTE_DIALECT_MARKERS),
         "service.name",
@@ -224,7 +224,7 @@ class Gen:
             typed = st.lists(_TEXT, max_size=3).map(
                 lambda v: AnyValue(array_value={"values": [AnyValue(string_value=x) for x in v]})
             ) | _TEXT.map(lambda v: AnyValue(string_value=v))
-        elif key == COST_KEY:
+        elif key in COST_KEYS:
             typed = _FLOAT.map(lambda v: AnyValue(double_value=v)) | st.integers(0, 9).map(
                 lambda v: AnyValue(int_value=v)
             )

@@ -134,3 +134,40 @@ def test_unknown_models_are_unpriced_unless_the_fallback_registry_knows_them() -
         Decimal("2.5"),
         FALLBACK_SOURCE,
     )
+
+
+@pytest.mark.parametrize("path", ["reference", "native"])
+def test_a_cost_the_instrumentation_reported_stands_in_only_where_no_price_is_known(
+    path: str,
+) -> None:
+    from comptroller.collector._native import NativeDecoder, available
+
+    if path == "native" and not available():
+        pytest.skip("the native decoder is not built here")
+    unknown = {**_chat("ollama", "llama3", input_tokens=100), "gen_ai.usage.cost": 0.0042}
+    known = {
+        **_chat("openai", "gpt-4o-mini", input_tokens=1_000_000),
+        "gen_ai.usage.cost": 99.0,  # genai-prices knows better: $0.15
+    }
+    odd = {**_chat("ollama", "llama3", input_tokens=100), "gen_ai.usage.cost": float("nan")}
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("opentelemetry.instrumentation.someone")
+    for attributes in (unknown, known, odd):
+        tracer.start_span("chat", kind=SpanKind.CLIENT, attributes=attributes).end()
+    provider.shutdown()
+    request = encode_spans(memory.get_finished_spans())
+    normaliser = Normaliser()
+    if path == "native":
+        batch = NativeDecoder(normaliser).normalise("traces", request.SerializeToString())
+        assert not isinstance(batch, str), batch
+    else:
+        batch = normaliser.traces(request)
+    rows = batch.tables["derive"].to_pylist()
+    got = [(r["request_model"], r["cost_usd"], r["price_source"]) for r in rows]
+    assert got[0] == ("llama3", "0.0042", "reported")
+    assert got[1][0] == "gpt-4o-mini"
+    assert Decimal(got[1][1]) == Decimal("0.15")
+    assert got[1][2].startswith("genai-prices@")
+    assert got[2] == ("llama3", None, UNPRICED_SOURCE)
