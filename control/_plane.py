@@ -285,8 +285,6 @@ class ControlPlane:
         Raises:
             UsageError: A negative wait.
         """
-        if rate_limit_wait_s < 0:
-            raise UsageError(f"rate_limit_wait_s must be ≥ 0, got {rate_limit_wait_s}")
         scope = CallScope(
             purpose=purpose,
             domain=domain,
@@ -331,8 +329,6 @@ class ControlPlane:
             UsageError: `purpose` is declared and is not an embedding purpose, or a bad
                 wait or batch size.
         """
-        if rate_limit_wait_s < 0:
-            raise UsageError(f"rate_limit_wait_s must be ≥ 0, got {rate_limit_wait_s}")
         purposes = getattr(self.resolver, "purposes", None)
         if purposes is not None and purpose in purposes and not purposes[purpose].embedding:
             raise UsageError(

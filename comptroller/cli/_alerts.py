@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from comptroller.cli._app import AppContext, pass_app
+from comptroller.cli._app import AppContext, ledger_options, pass_app
 from comptroller.errors import ConfigError, FindingError, UsageError
 
 if TYPE_CHECKING:
@@ -39,12 +39,7 @@ def alerts() -> None:
 
 
 @alerts.command(name="list")
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file to read (read-only) [default: the data directory's].",
-)
-@click.option("--url", help="Read through a running collector [default: analytics.read_url].")
+@ledger_options
 @click.option("--since", default="today-6d", show_default=False, help=_SINCE_HELP)
 @click.option(
     "--failed", is_flag=True, help="Only alerts some webhook failed to receive (and why)."

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -117,6 +117,22 @@ def in_existing_folder(
     if value is not None and not value.parent.is_dir():
         raise click.BadParameter(f"folder {value.parent} does not exist", ctx=ctx, param=param)
     return value
+
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def ledger_options(func: _Command) -> _Command:
+    """`--db` and `--url`: where a command that reads the ledger finds it (the DuckDB file,
+    opened read-only, or a running collector)."""
+    func = click.option(
+        "--url", help="Read through a running collector [default: analytics.read_url]."
+    )(func)
+    return click.option(
+        "--db",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="DuckDB file to read (read-only) [default: the data directory's].",
+    )(func)
 
 
 class LazyGroup(click.Group):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from comptroller.cli._app import AppContext, in_existing_folder, pass_app
+from comptroller.cli._app import AppContext, in_existing_folder, ledger_options, pass_app
 
 if TYPE_CHECKING:
     from comptroller.analytics import Anomaly, Forecast
@@ -21,12 +21,7 @@ def budget() -> None:
 
 
 @budget.command(name="check")
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file to read (read-only) [default: the data directory's].",
-)
-@click.option("--url", help="Read through a running collector [default: analytics.read_url].")
+@ledger_options
 @click.option(
     "--fail-on",
     type=click.Choice(["warn", "exceeded"]),
@@ -227,12 +222,7 @@ def _anomalies_text(anomalies: list[Anomaly]) -> str:
 
 
 @budget.command(name="forecast")
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file to read (read-only) [default: the data directory's].",
-)
-@click.option("--url", help="Read through a running collector [default: analytics.read_url].")
+@ledger_options
 @click.option(
     "--by",
     type=click.Choice(["key", "purpose"]),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from comptroller.cli._app import AppContext, in_existing_folder, pass_app
+from comptroller.cli._app import AppContext, in_existing_folder, ledger_options, pass_app
 
 
 @click.command(name="export")
@@ -34,12 +34,7 @@ from comptroller.cli._app import AppContext, in_existing_folder, pass_app
     show_default=True,
     help="Charge period: a local day (the rollup's time zone) or a UTC hour.",
 )
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file (read-only) [default: the data directory's].",
-)
-@click.option("--url", help="Read through a running collector instead.")
+@ledger_options
 @pass_app
 def export(
     app: AppContext,

@@ -22,6 +22,7 @@ from comptroller.control._provider_names import canonical_provider
 from comptroller.control._providers import ModelSpec, ProviderRegistry
 from comptroller.control._redact import Redactor
 from comptroller.control._telemetry import Telemetry
+from comptroller.errors import UsageError
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -63,6 +64,11 @@ class CallScope:
     """How long a call may wait for a rate-limit bucket before `RateLimited`."""
     operation: str = semconv.OPERATION_CHAT
     """The GenAI operation of the route's calls: `chat`, or `embeddings`."""
+
+    def __post_init__(self) -> None:
+        # Checked once for every kind of handle (chat, embeddings, pydantic-ai) made on it.
+        if self.rate_limit_wait_s < 0:
+            raise UsageError(f"rate_limit_wait_s must be ≥ 0, got {self.rate_limit_wait_s}")
 
 
 class Prepared:
