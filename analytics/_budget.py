@@ -353,9 +353,10 @@ def record_budget_events(
     """Record today's budget warnings and cap crossings of each budget key.
 
     Warnings follow `policy` (`comptroller.budget_alerts`; default: 50, 80 and 100 % of the
-    cap and a projected overrun), each once per key, threshold and day under the id the
-    control plane gives the same warning, so a warning it raised first is not repeated. The
-    cap's crossing (`exceeded`) is recorded once per key and day, unless the control plane
+    cap and a projected overrun), resolved per key as the control plane resolves it
+    (`WarningPolicy.for_key`: a `[[alerts.budgets]]` rule over the global shares), each
+    once per key, threshold and day under the id the control plane gives the same warning,
+    so a warning it raised first is not repeated. The cap's crossing (`exceeded`) is recorded once per key and day, unless the control plane
     recorded one. Call it after `apply_usage_batch`, in the same transaction.
 
     Args:
@@ -383,10 +384,18 @@ def record_budget_events(
     start, end = day_bounds(day, timezone)
     recorded: list[BudgetEvent] = []
     for state in states:
+        # The key's attribute ("" for an ordinary budget): budget_state rows have none yet.
+        attribute = ""
+        key_policy = policy.for_key(state.tenant, state.context, state.purpose, attribute)
         found: list[tuple[str, str, Crossing | None]] = [
             (
                 warning_event_id(
-                    state.tenant, state.context, state.purpose, day.isoformat(), c.label
+                    state.tenant,
+                    state.context,
+                    state.purpose,
+                    day.isoformat(),
+                    c.label,
+                    attribute=attribute,
                 ),
                 "warning",
                 c,
@@ -397,7 +406,7 @@ def record_budget_events(
                 now=stamp.timestamp(),
                 day_start=start,
                 day_end=end,
-                policy=policy,
+                policy=key_policy,
             )
         ]
         if state.spend_status == "exceeded" and state.key not in exceeded_seen:

@@ -319,6 +319,20 @@ CREATE TABLE alert_deliveries (
 """
 
 
+# Non-token fees (their share of cost_usd, and their counts) and attribution (end user,
+# session, feature, tags) on each usage row; the attribute of a budget event raised by a
+# budget by attribution.
+_V9 = """
+ALTER TABLE llm_usage ADD COLUMN fee_cost_usd DECIMAL(20, 10);
+ALTER TABLE llm_usage ADD COLUMN fees JSON;
+ALTER TABLE llm_usage ADD COLUMN user_id VARCHAR;
+ALTER TABLE llm_usage ADD COLUMN session_id VARCHAR;
+ALTER TABLE llm_usage ADD COLUMN feature VARCHAR;
+ALTER TABLE llm_usage ADD COLUMN tags MAP(VARCHAR, VARCHAR);
+ALTER TABLE budget_events ADD COLUMN attribute VARCHAR;
+"""
+
+
 def _recount_unpriced(con: duckdb.DuckDBPyConnection) -> None:
     # The rollups counted a call unpriced only when its cost was NULL; `reprice` and the
     # budget gate also count a reservation standing in for a price (analytics/_unpriced.py).
@@ -367,6 +381,11 @@ MIGRATIONS: Sequence[Migration] = (
         version=8,
         description="alert_deliveries: webhook deliveries of budget and circuit alerts",
         sql=_V8,
+    ),
+    Migration(
+        version=9,
+        description="llm_usage fees and attribution (user, session, feature, tags)",
+        sql=_V9,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -22,9 +22,10 @@ from typing import Final, Literal
 
 import pyarrow as pa
 
-Check = Literal["money", "tokens", "time"]
+Check = Literal["money", "tokens", "time", "object"]
 """`money`: a non-negative amount that fits DECIMAL(20, 10); `tokens`: a count from 0 to
-`MAX_TOKENS`; `time`: a timestamp from `EARLIEST_TS` to the collector's latest bound."""
+`MAX_TOKENS`; `time`: a timestamp from `EARLIEST_TS` to the collector's latest bound;
+`object`: JSON text of an object with unique keys (lands as JSON or a MAP)."""
 
 MONEY_TYPE: Final = "DECIMAL(20, 10)"
 MONEY_LIMIT: Final = Decimal(10) ** 10
@@ -112,6 +113,10 @@ def select_expr(column: Column) -> str:
     natural = _NATURAL.get(column.sql_type)
     if natural is not None and natural == column.arrow:
         return column.name
+    if column.check == "object":
+        # Checked before landing (`collector/_validate.py`); a value the check let through
+        # that still does not convert lands as NULL rather than failing the whole batch.
+        return f"TRY_CAST(TRY_CAST({column.name} AS JSON) AS {column.sql_type})"
     return f"CAST({column.name} AS {column.sql_type})"
 
 
@@ -184,6 +189,13 @@ LLM_USAGE: Final = Table(
         _col("repriced_from_usd", MONEY_TYPE, _STR, landed=False),
         _col("repriced_from_source", "VARCHAR", _STR, landed=False),
         _col("price_version", "VARCHAR", _STR, landed=False),
+        # Schema v9: non-token fees (part of cost_usd) and attribution.
+        _col("fee_cost_usd", MONEY_TYPE, _STR, "money"),  # the fees' share of cost_usd
+        _col("fees", "JSON", _STR, "object"),  # fee counts reported: {"web_searches": 2}
+        _col("user_id", "VARCHAR", _STR),  # the end user the call was made for
+        _col("session_id", "VARCHAR", _STR),
+        _col("feature", "VARCHAR", _STR),
+        _col("tags", "MAP(VARCHAR, VARCHAR)", _STR, "object"),  # tags['team']
     ),
 )
 
@@ -280,6 +292,7 @@ BUDGET_EVENTS: Final = Table(
         _col("reserved_usd", MONEY_TYPE, _STR, "money"),
         _col("service_name", "VARCHAR", _STR),
         _col("attributes", "JSON", _STR),
+        _col("attribute", "VARCHAR", _STR),  # v9: a budget by attribution's `user=alice`
     ),
 )
 

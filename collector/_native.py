@@ -70,6 +70,8 @@ _ERROR_OUTCOME = pa.scalar("error")
 _OK_OUTCOME = pa.scalar("ok")
 _SPAN = pa.scalar("span")
 _DERIVED = pa.scalar("derived")
+_NOT_DERIVED: Final = ("fee_cost_usd", "fees", "user_id", "session_id", "feature", "tags")
+"""Usage columns a derived row leaves empty (the reference's `_NO_ATTRIBUTION`)."""
 _COLON = pa.scalar(":")
 _FALSE = pa.scalar(False)
 
@@ -274,6 +276,7 @@ class NativeDecoder:
             "latency_ms": col("duration_ms"),
             "budget_cap_usd": pa.nulls(n, pa.string()),
             "source": pc.binary_join_element_wise(_DERIVED, col("dialect"), _COLON),
+            **{name: pa.nulls(n, pa.string()) for name in _NOT_DERIVED},
             "parent_span_id": col("parent_span_id"),
         }
         return pa.Table.from_arrays(
@@ -330,6 +333,12 @@ _LOG_KEYS: Final = {
     "profile_version": sc.PROFILE_VERSION,
     "latency_ms": sc.LATENCY_MS,
     "budget_cap_usd": sc.BUDGET_CAP_USD,
+    "fee_cost_usd": sc.COST_FEES_USD,
+    "fees": sc.FEES,
+    "user_id": sc.USER_ID,
+    "session_id": sc.SESSION_ID,
+    "feature": sc.FEATURE,
+    "tags": sc.TAGS,
     "event_name": "event.name",
 }
 """The attributes a usage record is read by directly (the reference's `_log_row`)."""

@@ -267,6 +267,9 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+_NO_ATTRIBUTION: Final = (None,) * 6
+"""A derived row's fee cost, fees, user, session, feature and tags: not read from spans."""
+
 REPORTED_SOURCE: Final = "reported"
 """`price_source` of a derived row no price was known for, costed at what its span reported
 (`gen_ai.usage.cost`, `comptroller.cost.usd`)."""
@@ -762,6 +765,7 @@ class Normaliser:
             duration,
             None,
             f"derived:{dialect}",
+            *_NO_ATTRIBUTION,
             parent_hex,
         )
         return row, derive
@@ -903,6 +907,12 @@ class Normaliser:
                 _opt_float(get(sc.LATENCY_MS)),
                 _decimal_str(get(sc.BUDGET_CAP_USD), sc.BUDGET_CAP_USD),
                 "comptroller",
+                _decimal_str(get(sc.COST_FEES_USD), sc.COST_FEES_USD),
+                _opt_str(get(sc.FEES)),
+                _opt_str(get(sc.USER_ID)),
+                _opt_str(get(sc.SESSION_ID)),
+                _opt_str(get(sc.FEATURE)),
+                _opt_str(get(sc.TAGS)),
             )
             return "llm_usage", row
         event_id = _opt_str(get("comptroller.event.id")) or _record_id(record)
@@ -959,6 +969,7 @@ class Normaliser:
                 _decimal_str(get(sc.BUDGET_RESERVED_USD), sc.BUDGET_RESERVED_USD),
                 service,
                 _dumps(attrs),
+                _opt_str(get(sc.BUDGET_ATTRIBUTE)),
             )
         return None, ()
 

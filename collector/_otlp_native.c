@@ -679,12 +679,13 @@ static const char *FIELD_NAMES[N_FIELDS] = {
 /* The attributes a usage record is read by directly (LOG_KEYS, in this order). */
 enum {
     L_USAGE_ID = 0, L_COST, L_PRICE_SOURCE, L_ESTIMATED, L_OUTCOME, L_ERROR_TYPE, L_ATTEMPT,
-    L_FALLBACK, L_PROFILE_ID, L_PROFILE_VERSION, L_LATENCY, L_BUDGET_CAP, L_EVENT_NAME, N_SLOTS
+    L_FALLBACK, L_PROFILE_ID, L_PROFILE_VERSION, L_LATENCY, L_BUDGET_CAP, L_FEE_COST, L_FEES,
+    L_USER, L_SESSION, L_FEATURE, L_TAGS, L_EVENT_NAME, N_SLOTS
 };
 static const char *LOG_KEY_NAMES[N_SLOTS] = {
     "usage_id", "cost_usd", "price_source", "estimated", "outcome", "error_type", "attempt",
     "fallback_depth", "profile_id", "profile_version", "latency_ms", "budget_cap_usd",
-    "event_name"};
+    "fee_cost_usd", "fees", "user_id", "session_id", "feature", "tags", "event_name"};
 
 #define MAX_HITS 4
 #define SPECIAL_COST 1
@@ -1740,12 +1741,12 @@ enum {
     U_OPERATION, U_PROVIDER, U_REQUEST_MODEL, U_RESPONSE_MODEL, U_INPUT, U_OUTPUT, U_CACHE_READ,
     U_CACHE_WRITE, U_REASONING, U_COST, U_PRICE_SOURCE, U_ESTIMATED, U_OUTCOME, U_ERROR_TYPE,
     U_ATTEMPT, U_FALLBACK, U_PROFILE_ID, U_PROFILE_VERSION, U_LATENCY, U_BUDGET_CAP, U_SOURCE,
-    N_UCOLS
+    U_FEE_COST, U_FEES, U_USER, U_SESSION, U_FEATURE, U_TAGS, N_UCOLS
 };
 static const int UCOL_KINDS[N_UCOLS] = {
     C_STR, C_I64, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR,
     C_I64, C_I64, C_I64, C_I64, C_I64, C_STR, C_STR, C_BOOL, C_STR, C_STR, C_I32, C_I32, C_STR,
-    C_I32, C_F64, C_STR, C_STR};
+    C_I32, C_F64, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR, C_STR};
 
 typedef struct {
     Config *cfg;
@@ -2015,6 +2016,16 @@ static int do_record(UState *st, Rd r, Slice service, Attr *attrs) {
         return bail(ctx, "latency of another type");
     TRY(col_decimal(st, &cols[U_BUDGET_CAP], slot[L_BUDGET_CAP], &has_cap));
     TRY(col_str(ctx, &cols[U_SOURCE], "comptroller", 11));
+    int has_fee;
+    TRY(col_decimal(st, &cols[U_FEE_COST], slot[L_FEE_COST], &has_fee));
+    /* Attribution and fee counts: text as sent (the validator checks the JSON objects). */
+    static const int TEXTS[][2] = {{L_FEES, U_FEES}, {L_USER, U_USER}, {L_SESSION, U_SESSION},
+                                   {L_FEATURE, U_FEATURE}, {L_TAGS, U_TAGS}};
+    for (size_t k = 0; k < sizeof TEXTS / sizeof TEXTS[0]; k++) {
+        Slice text;
+        TRY(opt_text(ctx, slot[TEXTS[k][0]], &text));
+        TRY(col_slice(ctx, &cols[TEXTS[k][1]], text));
+    }
     if (trace.n == 16 && span.n == 8) {
         PyObject *key = PyBytes_FromStringAndSize(NULL, 24);
         if (key == NULL) return ERR;

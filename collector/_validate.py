@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -82,8 +83,25 @@ class _Rejections:
                 self.rows[i] = (reason, detail(i))
 
 
+def _is_object(text: str) -> bool:
+    """Whether `text` is a JSON object with unique keys (what lands as JSON or a MAP)."""
+    try:
+        return isinstance(json.loads(text, object_pairs_hook=_unique_keys), dict)
+    except ValueError:
+        return False
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("duplicate keys")
+    return found
+
+
 def _ok_mask(column: pa.ChunkedArray | pa.Array, spec: Column, latest: pa.Scalar) -> pa.Array:
     """True where the value is in range (null is in range: NOT NULL is the type's business)."""
+    if spec.check == "object":
+        return pa.array([v is None or _is_object(v) for v in column.to_pylist()], pa.bool_())
     if spec.check == "money":
         values = column
         if pa.types.is_string(column.type):
@@ -115,6 +133,11 @@ def _to_float(text: str) -> float:
 
 def _in_range(column: pa.ChunkedArray, spec: Column, latest: pa.Scalar) -> bool:
     """Whether every value of `column` passes: one or two reductions (the common case)."""
+    if spec.check == "object":
+        # Few rows carry fees or tags: only those are parsed.
+        return column.null_count == len(column) or all(
+            _is_object(v) for v in column.drop_null().to_pylist()
+        )
     values = _money_values(column) if spec.check == "money" and column.type == _STRING else column
     bounds = pc.min_max(values)
     low, high = bounds["min"], bounds["max"]
@@ -142,12 +165,15 @@ def _check_table(name: str, table: pa.Table, latest: pa.Scalar) -> _Rejections:
         if pc.all(ok).as_py():
             continue
         bad = pc.indices_nonzero(pc.invert(ok)).to_pylist()
-        found.add(bad, f"{spec.name}_out_of_range", _describe(spec, column, latest))
+        reason = "not_an_object" if spec.check == "object" else "out_of_range"
+        found.add(bad, f"{spec.name}_{reason}", _describe(spec, column, latest))
     return found
 
 
 def _describe(spec: Column, values: pa.ChunkedArray, latest: pa.Scalar) -> Callable[[int], str]:
-    if spec.check == "money":
+    if spec.check == "object":
+        allowed = "a JSON object with unique keys"
+    elif spec.check == "money":
         allowed = f"from 0 to below {MONEY_LIMIT:.0f}"
     elif spec.check == "tokens":
         allowed = f"from 0 to {MAX_TOKENS}"

@@ -15,6 +15,8 @@ from importlib.metadata import version
 from typing import Final
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _g
+from opentelemetry.semconv._incubating.attributes import session_attributes as _session
+from opentelemetry.semconv._incubating.attributes import user_attributes as _user
 from opentelemetry.semconv.attributes import error_attributes as _err
 from opentelemetry.semconv.attributes import server_attributes as _srv
 
@@ -51,10 +53,24 @@ PROFILE_VERSION: Final = "comptroller.profile.version"
 ATTEMPT: Final = "comptroller.attempt"
 FALLBACK_DEPTH: Final = "comptroller.fallback.depth"
 COST_USD: Final = "comptroller.cost.usd"
+"""Cost of one attempt in USD, fees included. On log records a decimal string (exact); on
+spans a float."""
 GEN_AI_USAGE_COST: Final = "gen_ai.usage.cost"
 """The cost of the request in USD under the name GenAI instrumentations are converging on
 (not yet in the OpenTelemetry conventions); spans carry it beside `COST_USD`."""
-"""Cost of one attempt in USD. On log records a decimal string (exact); on spans a float."""
+COST_FEES_USD: Final = "comptroller.cost.fees_usd"
+"""The part of `COST_USD` that is non-token fees (web searches, file searches, code runs);
+absent when the response reported none."""
+FEES: Final = "comptroller.fees"
+"""The non-token fees a response reported, as a JSON object (`{"web_searches": 2}`)."""
+USER_ID: Final = _user.USER_ID
+"""The end user a call was made for (attribution)."""
+SESSION_ID: Final = _session.SESSION_ID
+"""The session or conversation a call belongs to (attribution)."""
+FEATURE: Final = "comptroller.feature"
+"""The product feature that made the call (attribution)."""
+TAGS: Final = "comptroller.tags"
+"""The call's attribution tags as a JSON object with sorted keys (`{"team":"search"}`)."""
 PRICE_SOURCE: Final = "comptroller.price.source"
 """`genai-prices@<version>`, `fallback`, `provider`, `reservation` or `unpriced`."""
 OUTCOME: Final = "comptroller.outcome"
@@ -104,6 +120,8 @@ BUDGET_RESERVED_USD: Final = "comptroller.budget.reserved_usd"
 BUDGET_REQUESTED_USD: Final = "comptroller.budget.requested_usd"
 """On a budget rejection: the worst-case reservation the refused call needed."""
 BUDGET_DAY: Final = "comptroller.budget.day"
+BUDGET_ATTRIBUTE: Final = "comptroller.budget.attribute"
+"""On a budget event of a budget by attribution: what it counts (`user=alice`)."""
 BUDGET_THRESHOLD: Final = "comptroller.budget.threshold"
 """On a budget warning: the share of the cap crossed (0.8), or absent for a projection."""
 BUDGET_WARNING_KIND: Final = "comptroller.budget.warning_kind"

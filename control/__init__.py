@@ -16,6 +16,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from comptroller.control._attribution import (
+        Attribution,
+        InvalidAttribution,
+        attribution,
+        current_attribution,
+    )
     from comptroller.control._call import CallInfo, CredentialResolver, RetryPolicy, current_call
     from comptroller.control._chat_model import GuardedChatModel
     from comptroller.control._circuit import CircuitPolicy, CircuitSnapshot, CircuitState
@@ -74,6 +80,7 @@ if TYPE_CHECKING:
     from comptroller.pricing import Price, Pricer, Usage
 
 __all__ = [
+    "Attribution",
     "BudgetError",
     "BudgetExceeded",
     "BudgetSpec",
@@ -105,6 +112,7 @@ __all__ = [
     "GuardUnavailable",
     "GuardedChatModel",
     "GuardedEmbeddings",
+    "InvalidAttribution",
     "LedgerState",
     "MasterKeyError",
     "MemoryGuard",
@@ -144,6 +152,8 @@ __all__ = [
     "UnknownPurpose",
     "Usage",
     "VersionNotFound",
+    "attribution",
+    "current_attribution",
     "current_call",
 ]
 
@@ -182,6 +192,10 @@ _MOVED_TO_PROFILES = frozenset(
 
 
 _EXPORTS: dict[str, str] = {
+    "Attribution": "comptroller.control._attribution",
+    "InvalidAttribution": "comptroller.control._attribution",
+    "attribution": "comptroller.control._attribution",
+    "current_attribution": "comptroller.control._attribution",
     "BudgetError": "comptroller.control._errors",
     "BudgetExceeded": "comptroller.control._errors",
     "BudgetSpec": "comptroller.control._profile_types",

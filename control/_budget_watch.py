@@ -5,6 +5,9 @@ After each settled call of a budgeted key the guard's ticket says what the key h
 today. `BudgetWatch.observe` raises a `comptroller.budget.warning` event for each warning
 that spend calls for and this process has not raised yet; across processes and with the
 ledger's own warnings, the event's id (from key, day and threshold) deduplicates.
+
+A key's warnings are those of its policy (`WarningPolicy.for_key`: `[[alerts.budgets]]`
+over `[alerts]`), resolved on its first settlement and kept: nothing is matched per call.
 """
 
 from __future__ import annotations
@@ -26,6 +29,38 @@ if TYPE_CHECKING:
     from comptroller.control._telemetry import EventEmitter
 
 
+_MAX_CACHED = 10_000
+"""Caps and keys are few; a bound on what is cached for them all the same."""
+
+_NEVER: int = 1 << 62
+"""A floor no spend reaches (a policy with nothing to warn of)."""
+
+
+def _floor_share(policy: WarningPolicy) -> float | None:
+    """Below this share of its cap a key's spend calls for no warning at all."""
+    shares = [*policy.thresholds]
+    if policy.projected:
+        shares.append(policy.projected_min_share)
+    return min(shares) if shares else None
+
+
+def _floor_nanos(cap: Decimal, share: float | None) -> int:
+    return int(cap * Decimal(str(share)) * 1_000_000_000) if share is not None else _NEVER
+
+
+class _KeyWatch:
+    """One key's resolved policy, and its floor for the cap last seen (never changed once
+    made: replaced whole when the cap changes, so no reader sees a floor of another cap)."""
+
+    __slots__ = ("cap", "floor", "policy", "share")
+
+    def __init__(self, policy: WarningPolicy, share: float | None, cap: Decimal) -> None:
+        self.policy = policy
+        self.share = share
+        self.cap = cap
+        self.floor = _floor_nanos(cap, share)
+
+
 class BudgetWatch:
     """Raises budget warnings as settled spend calls for them."""
 
@@ -33,13 +68,14 @@ class BudgetWatch:
         self, policy: WarningPolicy, *, clock: Clock, events: EventEmitter, timezone: str
     ) -> None:
         self.policy = policy
-        shares = [*policy.thresholds]
-        if policy.projected:
-            shares.append(policy.projected_min_share)
-        self._floor_share = min(shares) if shares else None
-        """Below this share of its cap a key's spend calls for no warning at all."""
+        self._uniform = not policy.budgets
+        """No per-budget rules: every key has `policy` (floors are cached per cap alone)."""
+        self._floor_share = _floor_share(policy)
         self._floors: dict[Decimal, int] = {}
-        """Per cap: the floor in nano-dollars (the ticket's own unit: no Decimal per call)."""
+        """Per cap (uniform policy): the floor in nano-dollars (the ticket's own unit: no
+        Decimal per call)."""
+        self._keys: dict[GuardKey, _KeyWatch] = {}
+        """Per key (per-budget rules): its policy and floor."""
         self._clock = clock
         self._events = events
         self._timezone = timezone
@@ -59,9 +95,17 @@ class BudgetWatch:
         cap = ticket.cap_usd
         if nanos is None or cap is None:
             return
-        floor = self._floors.get(cap)
-        if floor is None:
-            floor = self._floor(cap)
+        if self._uniform:
+            policy = self.policy
+            floor = self._floors.get(cap)
+            if floor is None:
+                floor = self._floor(cap)
+        else:
+            watch = self._keys.get(ticket.key)
+            if watch is None or (watch.cap is not cap and watch.cap != cap):
+                watch = self._watch(ticket.key, cap, watch)
+            policy = watch.policy
+            floor = watch.floor
         if nanos < floor:
             return  # the common case: far from every warning
         spent = ticket.spent_usd
@@ -77,7 +121,7 @@ class BudgetWatch:
             now=self._clock.time(),
             day_start=bounds[1],
             day_end=bounds[2],
-            policy=self.policy,
+            policy=policy,
         )
         if not found:
             return
@@ -96,20 +140,35 @@ class BudgetWatch:
         for crossing in fresh:
             self._emit(key, day, cap, spent, crossing)
 
+    def policy_for(self, key: GuardKey) -> WarningPolicy:
+        """The warning policy of budget key `key` (its `[[alerts.budgets]]` rule, if any)."""
+        return self.policy.for_key(key.tenant, key.context, key.purpose, key.attribute)
+
     def _floor(self, cap: Decimal) -> int:
-        share = self._floor_share
-        # No share at all: a floor no spend reaches.
-        floor = int(cap * Decimal(str(share)) * 1_000_000_000) if share is not None else 1 << 62
-        if len(self._floors) >= 10_000:
-            self._floors.clear()  # caps are few; a bound all the same
+        floor = _floor_nanos(cap, self._floor_share)
+        if len(self._floors) >= _MAX_CACHED:
+            self._floors.clear()
         self._floors[cap] = floor
         return floor
+
+    def _watch(self, key: GuardKey, cap: Decimal, known: _KeyWatch | None) -> _KeyWatch:
+        if known is not None:  # the cap changed: the policy stands
+            watch = _KeyWatch(known.policy, known.share, cap)
+        else:
+            policy = self.policy_for(key)
+            watch = _KeyWatch(policy, _floor_share(policy), cap)
+            if len(self._keys) >= _MAX_CACHED:
+                self._keys.clear()
+        self._keys[key] = watch
+        return watch
 
     def _emit(
         self, key: GuardKey, day: str, cap: Decimal, spent: Decimal, crossing: Crossing
     ) -> None:
         attributes: dict[str, AttributeValue] = {
-            semconv.EVENT_ID: _event_id(key.tenant, key.context, key.purpose, day, crossing.label),
+            semconv.EVENT_ID: _event_id(
+                key.tenant, key.context, key.purpose, day, crossing.label, attribute=key.attribute
+            ),
             semconv.TENANT: key.tenant,
             semconv.CONTEXT: key.context,
             semconv.PURPOSE: key.purpose,
@@ -118,6 +177,8 @@ class BudgetWatch:
             semconv.BUDGET_SPENT_USD: str(spent),
             semconv.BUDGET_WARNING_KIND: crossing.kind,
         }
+        if key.attribute:
+            attributes[semconv.BUDGET_ATTRIBUTE] = key.attribute
         if crossing.threshold is not None:
             attributes[semconv.BUDGET_THRESHOLD] = crossing.threshold
         if crossing.projected_usd is not None:

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from comptroller.budget_alerts import WarningPolicy
+from comptroller.control._attribution import AttributionBudgetRules
 from comptroller.control._budget_watch import BudgetWatch
 from comptroller.control._call import CallCore, CallScope, RetryPolicy
 from comptroller.control._chat_model import GuardedChatModel
@@ -243,6 +244,7 @@ class ControlPlane:
                 events=self.telemetry,
                 timezone=getattr(guard, "timezone", None) or settings.timezone,
             ),
+            attribution_budgets=AttributionBudgetRules(control.attribution_budgets),
         )
         self._handles: dict[CallScope, GuardedChatModel] = {}
         self._closed = False

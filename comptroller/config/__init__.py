@@ -9,6 +9,7 @@ Example:
 
 from comptroller.config._alerts import AlertSettings, WebhookSettings
 from comptroller.config._analytics import AnalyticsSettings
+from comptroller.config._attribution import AttributionBudget
 from comptroller.config._collector import CollectorSettings
 from comptroller.config._control import ControlSettings
 from comptroller.config._settings import (
@@ -27,6 +28,7 @@ __all__ = [
     "ENV_CONFIG",
     "AlertSettings",
     "AnalyticsSettings",
+    "AttributionBudget",
     "CollectorSettings",
     "ControlSettings",
     "Settings",

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from comptroller.config._attribution import AttributionBudgets
 from comptroller.config._prices import PriceOverrides
 
 
@@ -113,6 +114,10 @@ class ControlSettings(BaseModel):
     """Negotiated prices: a discount on the list price or prices of its own for a
     `provider:model` (or `provider:*`), optionally per org, from a UTC day on
     (`[[control.price_overrides]]`; see "Price overrides" below)."""
+    attribution_budgets: AttributionBudgets = ()
+    """Daily caps per end user, session, feature or tag (`[[control.attribution_budgets]]`;
+    see "Spend by attribution" in the README), enforced like the profile's budget: a worst-case
+    reservation, refused when it does not fit."""
     purposes: dict[str, PurposeSettings] = Field(default_factory=dict)
     """Purposes declared by this deployment, or changes to the default ones (override class,
     platform-approved models): `[control.purposes.extraction] override = "operator_allowed"`,

@@ -16,6 +16,7 @@ from comptroller.control._profile_types import ModelRef
 from comptroller.control._usage import usage_of
 
 if TYPE_CHECKING:
+    from comptroller.control._attribution import Attribution
     from comptroller.control._classify import Classified
     from comptroller.pricing import Price, Usage
 
@@ -27,10 +28,13 @@ class Attempt:
 
     __slots__ = (
         "attempt",
+        "attribution",
         "attrs",
         "cls",
         "depth",
         "estimated",
+        "fee_cost",
+        "fees",
         "info_prefix",
         "model",
         "otel_ctx",
@@ -75,6 +79,11 @@ class Attempt:
         self.price: Price | None = None
         self.estimated = False
         self.cls: Classified | None = None
+        self.attribution: Attribution | None = None
+        self.fees: dict[str, int] | None = None
+        """The non-token fees the answer reported (web searches, …), if any."""
+        self.fee_cost: Decimal | None = None
+        """Their cost (part of `price`); None when none were reported or none is known."""
 
     def call_info(self) -> CallInfo:
         """What `current_call()` tells code running inside this attempt."""

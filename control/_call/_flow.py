@@ -32,6 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode
 
 from comptroller import semconv
+from comptroller.control._attribution import of_call
 from comptroller.control._call._attempt import ZERO, Attempt, StreamAccumulator
 from comptroller.control._call._binders import Binder
 from comptroller.control._call._outcome import AttemptOutcomes, validation_outcome
@@ -73,6 +74,7 @@ class CallFlow(AttemptOutcomes):
     """One logical call: its route, input and the decisions made along the chain."""
 
     __slots__ = (
+        "attribution",
         "binder",
         "call_ctx",
         "call_start_ns",
@@ -103,6 +105,7 @@ class CallFlow(AttemptOutcomes):
         self.kwargs = kwargs or _NO_KWARGS
         self.service_tier: str | None = None
         self.model_override: str | None = None
+        self.attribution = of_call(config)
         if kwargs:
             # A per-call tier (flex, priority) is reserved at that tier's prices; a per-call
             # model is what the provider is asked for, so it is what is recorded and priced.
@@ -258,12 +261,15 @@ class CallFlow(AttemptOutcomes):
         core = self.core
         profile = self.prep.profile
         guard = core.guard
-        if guard is None or (profile.budget is None and profile.rate_limit is None):
+        if guard is None:
+            return None
+        linked = core.attribution_budgets.keys(self.route.scope, self.attribution)
+        if profile.budget is None and profile.rate_limit is None and not linked:
             return None
         if self.input_tokens < 0:
             self.input_tokens = self.binder.input_tokens(self.input)
         reserve: Decimal | None = ZERO
-        if profile.budget is not None:
+        if profile.budget is not None or linked:
             worst = core.pricer.worst_case(
                 at.ref.provider,
                 at.model,
@@ -286,25 +292,26 @@ class CallFlow(AttemptOutcomes):
             profile.rate_limit,
             profile.budget,
             self.route.scope.rate_limit_wait_s,
+            linked,
         )
 
     def _refused(self, exc: ControlError) -> BaseException:
         """The guard refused an attempt: the call ends with that outcome."""
         if isinstance(exc, BudgetExceeded):
             self.outcome = "budget_exceeded"
-            self.core.telemetry.emit(
-                semconv.EVENT_BUDGET_REJECTED,
-                {
-                    semconv.TENANT: exc.key.tenant,
-                    semconv.CONTEXT: exc.key.context,
-                    semconv.PURPOSE: exc.key.purpose,
-                    semconv.BUDGET_CAP_USD: str(exc.cap),
-                    semconv.BUDGET_SPENT_USD: str(exc.spent),
-                    semconv.BUDGET_RESERVED_USD: str(exc.reserved),
-                    semconv.BUDGET_REQUESTED_USD: str(exc.requested),
-                    semconv.BUDGET_DAY: exc.day,
-                },
-            )
+            event: dict[str, Any] = {
+                semconv.TENANT: exc.key.tenant,
+                semconv.CONTEXT: exc.key.context,
+                semconv.PURPOSE: exc.key.purpose,
+                semconv.BUDGET_CAP_USD: str(exc.cap),
+                semconv.BUDGET_SPENT_USD: str(exc.spent),
+                semconv.BUDGET_RESERVED_USD: str(exc.reserved),
+                semconv.BUDGET_REQUESTED_USD: str(exc.requested),
+                semconv.BUDGET_DAY: exc.day,
+            }
+            if exc.key.attribute:
+                event[semconv.BUDGET_ATTRIBUTE] = exc.key.attribute
+            self.core.telemetry.emit(semconv.EVENT_BUDGET_REJECTED, event)
         elif isinstance(exc, BudgetUnverifiable):
             self.outcome = "budget_unverifiable"
         elif isinstance(exc, BudgetError):
@@ -318,6 +325,7 @@ class CallFlow(AttemptOutcomes):
     def _start(self, at: Attempt, ticket: Any) -> None:
         core = self.core
         at.ticket = ticket
+        at.attribution = self.attribution
         at.waited_s = ticket.wait_s if ticket is not None else 0.0
         at.started_s = core.clock.time()
         at.started_ns = int(at.started_s * 1e9)
@@ -333,6 +341,12 @@ class CallFlow(AttemptOutcomes):
     def _finish(self, error: BaseException | None) -> None:
         self.core.telemetry.export_deferred_span(
             CallRecord(
-                self.prep, self.call_ctx, self.caller, self.call_start_ns, self.outcome, error
+                self.prep,
+                self.call_ctx,
+                self.caller,
+                self.call_start_ns,
+                self.outcome,
+                error,
+                self.attribution,
             )
         )

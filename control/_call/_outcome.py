@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanContext, Status, StatusCode
 from pydantic import ValidationError
 
 from comptroller import semconv
+from comptroller._fees import reported_fees
 from comptroller.control._call._attempt import ZERO, Attempt, StreamAccumulator
 from comptroller.control._call._policy import backoff_s
 from comptroller.control._call._record import AttemptRecord, content_json
@@ -80,7 +81,17 @@ class AttemptOutcomes:
         org = self.route.scope.org  # a negotiated price may be an org's own
         at.price = price = pricer.price(at.ref.provider, response_model, usage, when, org)
         if price.cost_usd is None and response_model != at.model:
-            at.price = pricer.price(at.ref.provider, at.model, usage, when, org)
+            at.price = price = pricer.price(at.ref.provider, at.model, usage, when, org)
+        fees = at.fees
+        if fees:
+            # Fees are priced apart (reports show them separately) and added to the cost the
+            # budget is charged. Fees with no known price leave the token cost standing and
+            # are recorded by count (`comptroller.fees`), never as a silent 0.
+            fee = pricer.price_fees(at.ref.provider, response_model, fees, when, org)
+            if fee is not None and fee.cost_usd is not None:
+                at.fee_cost = fee.cost_usd
+                if price.cost_usd is not None:
+                    at.price = Price(price.cost_usd + fee.cost_usd, price.source, price.detail)
 
     def _cost(self, at: Attempt) -> Decimal | None:
         if at.price is not None and at.price.cost_usd is not None:
@@ -123,6 +134,9 @@ class AttemptOutcomes:
         if finish:
             attrs[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = (finish,)
         at.usage = usage = usage_of(message)
+        fees = reported_fees(message)
+        if fees:
+            at.fees = fees
         if self.binder.may_estimate and message.usage_estimated:
             at.estimated = True  # usage the provider did not report (an upper bound)
         self._price(at, response_model)

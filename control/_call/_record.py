@@ -8,11 +8,14 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from comptroller import semconv
+from comptroller.control._attribution import attribution_attributes
 
 if TYPE_CHECKING:
+    from comptroller.control._attribution import Attribution
     from comptroller.control._call._attempt import Attempt
     from comptroller.control._call._route import CallCore, Prepared
     from comptroller.control._telemetry import RowItem, SpanItem
@@ -99,6 +102,12 @@ class AttemptRecord:
         attrs[semconv.OUTCOME] = self.outcome
         if self.cost is not None:
             attrs[semconv.COST_USD] = attrs[semconv.GEN_AI_USAGE_COST] = float(self.cost)
+        if at.fees:
+            attrs[semconv.FEES] = orjson.dumps(at.fees, option=orjson.OPT_SORT_KEYS).decode()
+            if at.fee_cost is not None:
+                attrs[semconv.COST_FEES_USD] = float(at.fee_cost)
+        if at.attribution is not None:
+            attrs.update(attribution_attributes(at.attribution))
         name = self.prep.attempt_names[at.depth]
         if at.model != at.ref.model:
             name = self.prep.operation + " " + at.model
@@ -134,6 +143,12 @@ class AttemptRecord:
         row[semconv.OUTCOME] = self.outcome
         if self.cost is not None:
             row[semconv.COST_USD] = str(self.cost)
+        if at.fees:
+            row[semconv.FEES] = orjson.dumps(at.fees, option=orjson.OPT_SORT_KEYS).decode()
+            if at.fee_cost is not None:
+                row[semconv.COST_FEES_USD] = str(at.fee_cost)
+        if at.attribution is not None:
+            row.update(attribution_attributes(at.attribution))
         row[semconv.USAGE_ID] = f"{random.getrandbits(128):032x}"
         row[semconv.ESTIMATED] = at.estimated
         row[semconv.LATENCY_MS] = self.latency_ms
@@ -147,6 +162,7 @@ class CallRecord:
     span export thread."""
 
     __slots__ = (
+        "attribution",
         "caller",
         "context",
         "end_ns",
@@ -165,7 +181,9 @@ class CallRecord:
         start_ns: int,
         outcome: str,
         error: BaseException | None,
+        attribution: Attribution | None = None,
     ) -> None:
+        self.attribution = attribution
         self.prep = prep
         self.context = context
         self.caller = caller
@@ -179,6 +197,8 @@ class CallRecord:
     def span_item(self) -> SpanItem:
         attrs = dict(self.prep.parent_attrs)
         attrs[semconv.OUTCOME] = self.outcome
+        if self.attribution is not None:
+            attrs.update(attribution_attributes(self.attribution))
         status = UNSET
         if self.error_type is not None:
             attrs[semconv.ERROR_TYPE] = self.error_type

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from opentelemetry.util.types import AttributeValue
 
 from comptroller import semconv
+from comptroller.control._attribution import AttributionBudgetRules
 from comptroller.control._call._binders import Binder
 from comptroller.control._call._policy import DegradationTracker, RetryBudget, RetryPolicy
 from comptroller.control._circuit import CircuitBreakers
@@ -238,6 +239,7 @@ class CallCore:
         default_max_output_tokens: int = 4096,
         rng: random.Random | None = None,
         budget_watch: BudgetWatch | None = None,
+        attribution_budgets: AttributionBudgetRules | None = None,
     ) -> None:
         self.resolver = resolver
         self.guard = guard
@@ -257,6 +259,8 @@ class CallCore:
             budget_watch if budget_watch is not None and budget_watch.active else None
         )
         """Raises budget warnings after each settlement (None: no warnings configured)."""
+        self.attribution_budgets = attribution_budgets or AttributionBudgetRules()
+        """The budgets by attribution a call may count against (end user, tag, …)."""
         # Every key a call may use is known here, so that a provider echoing it back in an
         # error body cannot carry it into an exception, a span or the ledger. One redactor
         # with the credential store, which adds each secret it hands out.

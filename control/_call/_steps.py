@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from comptroller.control._budget_watch import BudgetWatch
     from comptroller.control._call._attempt import Attempt, StreamAccumulator
     from comptroller.control._clock import Clock
-    from comptroller.control._guard import Guard, GuardKey
+    from comptroller.control._guard import Guard, GuardKey, Ticket
     from comptroller.control._profile_types import BudgetSpec, RateLimitSpec
 
 _END = object()
@@ -47,9 +47,23 @@ class Step:
 
 
 class Admit(Step):
-    """Reserve the attempt's worst case and take its rate-limit tokens (one guard step)."""
+    """Reserve the attempt's worst case and take its rate-limit tokens (one guard step), then
+    reserve the same worst case under each budget by attribution the call counts against.
 
-    __slots__ = ("budget", "guard", "key", "rate_limit", "reserve_usd", "tokens", "wait_s")
+    The keys are admitted one after the other, each atomically; a refusal by any releases
+    what the ones before it took, so a refused call holds nothing anywhere.
+    """
+
+    __slots__ = (
+        "budget",
+        "guard",
+        "key",
+        "linked",
+        "rate_limit",
+        "reserve_usd",
+        "tokens",
+        "wait_s",
+    )
 
     def __init__(
         self,
@@ -60,6 +74,7 @@ class Admit(Step):
         rate_limit: RateLimitSpec | None,
         budget: BudgetSpec | None,
         wait_s: float,
+        linked: tuple[tuple[GuardKey, BudgetSpec], ...] = (),
     ) -> None:
         self.guard = guard
         self.key = key
@@ -68,9 +83,11 @@ class Admit(Step):
         self.rate_limit = rate_limit
         self.budget = budget
         self.wait_s = wait_s
+        self.linked = linked
 
     def run(self) -> Any:
-        return self.guard.admit(
+        guard = self.guard
+        ticket = guard.admit(
             self.key,
             tokens=self.tokens,
             reserve_usd=self.reserve_usd,
@@ -78,9 +95,26 @@ class Admit(Step):
             budget=self.budget,
             wait_s=self.wait_s,
         )
+        if self.linked:
+            taken: list[Ticket] = []
+            try:
+                for key, budget in self.linked:
+                    taken.append(
+                        guard.admit(
+                            key, tokens=0, reserve_usd=self.reserve_usd,
+                            rate_limit=None, budget=budget,
+                        )
+                    )  # fmt: skip
+            except BaseException:
+                for held in (*taken, ticket):
+                    guard.release(held)
+                raise
+            ticket.linked = tuple(taken)
+        return ticket
 
     async def arun(self) -> Any:
-        return await self.guard.aadmit(
+        guard = self.guard
+        ticket = await guard.aadmit(
             self.key,
             tokens=self.tokens,
             reserve_usd=self.reserve_usd,
@@ -88,6 +122,22 @@ class Admit(Step):
             budget=self.budget,
             wait_s=self.wait_s,
         )
+        if self.linked:
+            taken: list[Ticket] = []
+            try:
+                for key, budget in self.linked:
+                    taken.append(
+                        await guard.aadmit(
+                            key, tokens=0, reserve_usd=self.reserve_usd,
+                            rate_limit=None, budget=budget,
+                        )
+                    )  # fmt: skip
+            except BaseException:
+                for held in (*taken, ticket):
+                    await guard.arelease(held)
+                raise
+            ticket.linked = tuple(taken)
+        return ticket
 
 
 class Settle(Step):
@@ -111,20 +161,37 @@ class Settle(Step):
         self.watch = watch
 
     def run(self) -> None:
-        if self.cost_usd is None:
-            self.guard.release(self.ticket)
+        guard, ticket, cost = self.guard, self.ticket, self.cost_usd
+        if cost is None:
+            guard.release(ticket)
+            for linked in ticket.linked:
+                guard.release(linked)
             return
-        self.guard.settle(self.ticket, cost_usd=self.cost_usd, tokens=self.tokens)
-        if self.watch is not None and self.ticket.cap_usd is not None:
-            self.watch.observe(self.ticket)
+        guard.settle(ticket, cost_usd=cost, tokens=self.tokens)
+        for linked in ticket.linked:
+            guard.settle(linked, cost_usd=cost, tokens=None)
+        if self.watch is not None:
+            self._observe(self.watch)
 
     async def arun(self) -> None:
-        if self.cost_usd is None:
-            await self.guard.arelease(self.ticket)
+        guard, ticket, cost = self.guard, self.ticket, self.cost_usd
+        if cost is None:
+            await guard.arelease(ticket)
+            for linked in ticket.linked:
+                await guard.arelease(linked)
             return
-        await self.guard.asettle(self.ticket, cost_usd=self.cost_usd, tokens=self.tokens)
-        if self.watch is not None and self.ticket.cap_usd is not None:
-            self.watch.observe(self.ticket)
+        await guard.asettle(ticket, cost_usd=cost, tokens=self.tokens)
+        for linked in ticket.linked:
+            await guard.asettle(linked, cost_usd=cost, tokens=None)
+        if self.watch is not None:
+            self._observe(self.watch)
+
+    def _observe(self, watch: BudgetWatch) -> None:
+        ticket = self.ticket
+        if ticket.cap_usd is not None:
+            watch.observe(ticket)
+        for linked in ticket.linked:
+            watch.observe(linked)
 
 
 class Sleep(Step):

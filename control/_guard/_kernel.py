@@ -47,7 +47,8 @@ def from_nanos(nanos: int) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class GuardKey:
-    """What rate limits and budgets are keyed on: (tenant, context, purpose).
+    """What rate limits and budgets are keyed on: (tenant, context, purpose), and for a budget
+    by attribution (a cap per end user, session, feature or tag) the attribute it counts.
 
     Example:
         >>> GuardKey("acme-eu", "support", "reasoning")
@@ -59,10 +60,14 @@ class GuardKey:
     context: str
     """The calling subsystem inside the application (`platform`, `worlds`, …)."""
     purpose: str
-    """Why the call is made (`reasoning`, `scoring`, …)."""
+    """Why the call is made (`reasoning`, `scoring`, …); `*` for every purpose."""
+    attribute: str = ""
+    """Empty for the (tenant, context, purpose) key; for a budget by attribution, what it
+    counts: `user=alice`, `session=…`, `feature=…` or `tag.team=search`."""
 
     def __str__(self) -> str:
-        return f"(tenant={self.tenant}, context={self.context}, purpose={self.purpose})"
+        tail = f", {self.attribute}" if self.attribute else ""
+        return f"(tenant={self.tenant}, context={self.context}, purpose={self.purpose}{tail})"
 
 
 @dataclass(kw_only=True, slots=True, eq=False)
@@ -93,6 +98,9 @@ class Ticket:
     """`spent_usd` in nano-dollars (kept as an integer: converted only when read)."""
     held: Any = field(default=None, repr=False)
     """The backend's handle on what the ticket took (settle finds it without a lookup)."""
+    linked: tuple[Ticket, ...] = field(default=(), repr=False)
+    """The tickets of the budgets by attribution the same call was admitted under (settled
+    and released with this one by the call flow)."""
 
     @property
     def spent_usd(self) -> Decimal | None:

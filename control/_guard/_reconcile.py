@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from comptroller.config import Settings
 
 ReconcileSource = Callable[[], Iterable[Any] | Mapping[GuardKey, Decimal]]
-"""Today's settled spend: rows with `tenant`, `context`, `purpose`, `day`, `spent_usd`
+"""Today's settled spend: rows with `tenant`, `context`, `purpose`, `day`, `spent_usd` (and
+`attribute` for a budget by attribution)
 (attributes or keys, e.g. `comptroller.analytics.budget_state(reader)` or the JSON of the
 collector's `GET /api/budget-state`), or a mapping GuardKey → spend for today."""
 
@@ -76,6 +77,7 @@ def spend_by_day(
             str(_field(row, "tenant") or ""),
             str(_field(row, "context") or ""),
             str(_field(row, "purpose") or ""),
+            str(_field(row, "attribute") or ""),
         )
         out.setdefault(day_text, {})[key] = Decimal(str(spent))
     return out

@@ -68,6 +68,8 @@ NO_LIMIT = bulks(b"0", b"0", b"0", b"0", b"1")
 def tag_of(prefix: str, key: GuardKey) -> str:
     """The hash-tagged stem of a key's Redis keys (separators in the parts are escaped)."""
     enc = "|".join(quote(part, safe="") for part in (key.tenant, key.context, key.purpose))
+    if key.attribute:
+        enc += "|" + quote(key.attribute, safe="")
     return f"{prefix}:{{{enc}}}"
 
 
@@ -152,12 +154,17 @@ def apply_command(pending: list[Settlement], admit: bytes | None, admit_keys: by
     return b"".join(parts)
 
 
+def by_tag(pending: list[Settlement]) -> list[list[Settlement]]:
+    """`pending` grouped by hash tag (one slot each), in queue order within each tag."""
+    groups: dict[str, list[Settlement]] = {}
+    for settlement in pending:
+        groups.setdefault(settlement.tag, []).append(settlement)
+    return list(groups.values())
+
+
 def flush_commands(pending: list[Settlement]) -> list[bytes]:
     """One apply script per hash tag, in queue order within each tag (one pipeline)."""
-    by_tag: dict[str, list[Settlement]] = {}
-    for settlement in pending:
-        by_tag.setdefault(settlement.tag, []).append(settlement)
-    return [apply_command(group, None, b"") for group in by_tag.values()]
+    return [apply_command(group, None, b"") for group in by_tag(pending)]
 
 
 def seed_commands(

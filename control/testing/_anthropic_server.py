@@ -47,6 +47,9 @@ class AnthropicBehaviour:
     """Delay before answering (and between streamed deltas, divided by their number)."""
     response_model: str | None = None
     """Model reported in the answer (default: the requested one)."""
+    web_search_requests: int = 0
+    """Web searches the answer reports it ran (`usage.server_tool_use.web_search_requests`,
+    billed per search on top of the tokens)."""
 
 
 class FakeAnthropicServer(ScriptedServer[AnthropicBehaviour, AnthropicReply]):
@@ -153,6 +156,11 @@ def _answer(
         else max(1, len(content.split()))
     )
     writes = behaviour.cache_write_5m_tokens + behaviour.cache_write_1h_tokens
+    server_tools = (
+        {"server_tool_use": {"web_search_requests": behaviour.web_search_requests}}
+        if behaviour.web_search_requests
+        else {}
+    )
     return {
         "id": f"msg_fake{number}",
         "type": "message",
@@ -171,6 +179,7 @@ def _answer(
                 "ephemeral_1h_input_tokens": behaviour.cache_write_1h_tokens,
             },
             "service_tier": "standard",
+            **server_tools,
         },
     }
 
@@ -220,6 +229,8 @@ async def _events(
             "output_tokens",
         )
     }
+    if "server_tool_use" in usage:
+        final["server_tool_use"] = usage["server_tool_use"]
     yield event(
         "message_delta",
         {

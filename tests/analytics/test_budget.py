@@ -16,7 +16,8 @@ from comptroller.analytics import (
     connect,
     record_budget_events,
 )
-from comptroller.budget_alerts import WarningPolicy, warning_event_id
+from comptroller.budget_alerts import BudgetRule, WarningPolicy, warning_event_id
+from comptroller.config import load_settings
 
 ZONE = "Europe/Paris"
 # 10:00 in Paris: 10 hours of the local day gone, 14 to go.
@@ -338,3 +339,67 @@ def test_a_burn_rate_that_will_cross_the_cap_is_recorded_as_projected(
     assert got.threshold is None
     assert got.projected_usd == Decimal("1.2")  # $0.3 in a quarter of the day
     assert record_budget_events(mem, now=six, timezone=ZONE, policy=policy) == []
+
+
+def test_a_budget_with_its_own_shares_warns_at_those_and_the_others_at_the_global_ones(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    """`[[alerts.budgets]]` as the ledger applies it: the key the entry matches warns at its
+    shares only, every other key at `budget_warn_at`, under the ids the control plane uses."""
+    settings = load_settings(
+        alerts={
+            "budget_warn_at": [0.5, 0.8],
+            "budget_warn_projected": False,
+            "budgets": [{"tenant": "acme", "purpose": "chat", "warn_at": [0.9, 0.95]}],
+        }
+    )
+    policy = WarningPolicy.from_settings(settings.alerts)
+    land(
+        mem,
+        [
+            usage_row(NOW, cap="1", cost="0.92", tenant="acme"),
+            usage_row(NOW, cap="1", cost="0.92", tenant="globex"),
+        ],
+    )
+    got = record_budget_events(mem, now=NOW, timezone=ZONE, policy=policy)
+    day = NOW.astimezone(ZoneInfo(ZONE)).date().isoformat()
+    assert sorted((e.tenant, e.threshold, e.event_id) for e in got) == [
+        ("acme", 0.9, warning_event_id("acme", "ctx", "chat", day, "0.9")),
+        ("globex", 0.5, warning_event_id("globex", "ctx", "chat", day, "0.5")),
+        ("globex", 0.8, warning_event_id("globex", "ctx", "chat", day, "0.8")),
+    ]
+    land(mem, [usage_row(NOW, cap="1", cost="0.05", tenant="acme")])  # 0.97 of the cap
+    later = record_budget_events(mem, now=NOW, timezone=ZONE, policy=policy)
+    assert [(e.tenant, e.threshold) for e in later] == [("acme", 0.95)]
+
+
+def test_a_rule_can_turn_warnings_off_for_one_budget_and_projections_on_for_another(
+    mem: duckdb.DuckDBPyConnection,
+) -> None:
+    policy = WarningPolicy(
+        thresholds=(0.5,),
+        projected=False,
+        budgets=(
+            BudgetRule(tenant="quiet", thresholds=()),
+            BudgetRule(tenant="watched", thresholds=(), projected=True),
+        ),
+    )
+    start = dt.datetime.combine(
+        NOW.astimezone(ZoneInfo(ZONE)).date(), dt.time(), tzinfo=ZoneInfo(ZONE)
+    )
+    six = start + dt.timedelta(hours=6)
+    # $0.3 of $1 in a quarter of the day: $1.2 by midnight at that rate.
+    at = six - dt.timedelta(minutes=5)
+    land(
+        mem,
+        [
+            usage_row(at, cap="1", cost="0.6", tenant="quiet"),
+            usage_row(at, cap="1", cost="0.3", tenant="watched"),
+            usage_row(at, cap="1", cost="0.6", tenant="plain"),
+        ],
+    )
+    got = record_budget_events(mem, now=six, timezone=ZONE, policy=policy)
+    assert sorted((e.tenant, e.threshold, e.projected_usd) for e in got) == [
+        ("plain", 0.5, None),
+        ("watched", None, Decimal("1.2")),
+    ]

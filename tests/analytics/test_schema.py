@@ -110,6 +110,13 @@ def test_a_v1_file_migrates_to_tables_without_primary_keys_keeping_rows_and_colu
         ("repriced_from_usd", "DECIMAL(20,10)", "YES"),
         ("repriced_from_source", "VARCHAR", "YES"),
         ("price_version", "VARCHAR", "YES"),
+        # v9: fees and attribution, NULL on every row landed before.
+        ("fee_cost_usd", "DECIMAL(20,10)", "YES"),
+        ("fees", "JSON", "YES"),
+        ("user_id", "VARCHAR", "YES"),
+        ("session_id", "VARCHAR", "YES"),
+        ("feature", "VARCHAR", "YES"),
+        ("tags", "MAP(VARCHAR, VARCHAR)", "YES"),
     ]
     # spans is a view now (v3), with the same columns; span_rows stores them, and the id of
     # each span's resource.

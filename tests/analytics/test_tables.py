@@ -68,7 +68,7 @@ def test_casts_derive_from_the_declarations() -> None:
     assert select_expr(SPANS.column("finish_reasons")) == "finish_reasons"
 
 
-def test_checks_cover_money_tokens_and_time() -> None:
+def test_checks_cover_money_tokens_time_and_json_objects() -> None:
     checks = {c.name: c.check for c in LLM_USAGE.checked}
     assert checks == {
         "ts": "time",
@@ -79,6 +79,9 @@ def test_checks_cover_money_tokens_and_time() -> None:
         "reasoning_tokens": "tokens",
         "cost_usd": "money",
         "budget_cap_usd": "money",
+        "fee_cost_usd": "money",
+        "fees": "object",
+        "tags": "object",
     }
 
 
