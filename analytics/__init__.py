@@ -68,6 +68,16 @@ if TYPE_CHECKING:
     )
     from comptroller.analytics._compact import Compacted, compact
     from comptroller.analytics._errors import AnalyticsError, QueryError, ReaderUnavailable
+    from comptroller.analytics._fees_report import (
+        AttributedSpend,
+        FeeLine,
+        attribution_json,
+        attribution_markdown,
+        fee_spend,
+        fees_json,
+        fees_markdown,
+        spend_by_attribution,
+    )
     from comptroller.analytics._focus import FOCUS_VERSION, focus_table, write_focus
     from comptroller.analytics._forecast import Forecast, ForecastBy, forecast
     from comptroller.analytics._frames import DIMENSIONS, Analytics, Dimension
@@ -179,6 +189,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "WhatIfLine": ("comptroller.analytics._whatif", "WhatIfLine"),
     "WhatIfResult": ("comptroller.analytics._whatif", "WhatIfResult"),
     "CacheSaving": ("comptroller.analytics._savings", "CacheSaving"),
+    "AttributedSpend": ("comptroller.analytics._fees_report", "AttributedSpend"),
+    "FeeLine": ("comptroller.analytics._fees_report", "FeeLine"),
+    "attribution_json": ("comptroller.analytics._fees_report", "attribution_json"),
+    "attribution_markdown": ("comptroller.analytics._fees_report", "attribution_markdown"),
+    "fee_spend": ("comptroller.analytics._fees_report", "fee_spend"),
+    "fees_json": ("comptroller.analytics._fees_report", "fees_json"),
+    "fees_markdown": ("comptroller.analytics._fees_report", "fees_markdown"),
+    "spend_by_attribution": ("comptroller.analytics._fees_report", "spend_by_attribution"),
     "add_usage_rows": ("comptroller.analytics._rollup", "add_usage_rows"),
     "apply_usage_batch": ("comptroller.analytics._rollup", "apply_usage_batch"),
     "budget_refusals": ("comptroller.analytics._budget", "budget_refusals"),
@@ -255,6 +273,7 @@ __all__ = [
     "AnalyticsError",
     "Anomaly",
     "AnomalyRule",
+    "AttributedSpend",
     "BudgetEvent",
     "BudgetState",
     "BudgetStatus",
@@ -262,6 +281,7 @@ __all__ = [
     "Compacted",
     "Dimension",
     "DuckDBReader",
+    "FeeLine",
     "Forecast",
     "ForecastBy",
     "GateResult",
@@ -283,6 +303,8 @@ __all__ = [
     "WhatIfResult",
     "add_usage_rows",
     "apply_usage_batch",
+    "attribution_json",
+    "attribution_markdown",
     "budget_refusals",
     "budget_state",
     "budgets_table",
@@ -293,6 +315,9 @@ __all__ = [
     "compact",
     "compare_spend",
     "connect",
+    "fee_spend",
+    "fees_json",
+    "fees_markdown",
     "focus_table",
     "forecast",
     "gate_json",
@@ -321,6 +346,7 @@ __all__ = [
     "schema_version",
     "set_meta",
     "spend_anomalies",
+    "spend_by_attribution",
     "time_bounds",
     "truncated_at",
     "what_if",

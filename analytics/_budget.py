@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import duckdb
 import pyarrow as pa
@@ -25,6 +25,9 @@ from comptroller.budget_alerts import (
 )
 from comptroller.dashboards import Clock
 from comptroller.money import usd_column
+
+if TYPE_CHECKING:
+    from comptroller.config import AttributionBudget
 
 BudgetStatus: TypeAlias = Literal["ok", "warning", "exceeded", "refused"]
 """`refused` when the control plane refused calls of the key today, else how its spend
@@ -158,10 +161,13 @@ class BudgetState:
     last_ts: dt.datetime | None
     refusals: Refusals | None = None
     """The calls refused today, and why (None: none refused)."""
+    attribute: str = ""
+    """For a budget by attribution, what it counts (`user=alice`); "" for a profile budget."""
 
     @property
     def key(self) -> tuple[str, str, str]:
-        """(tenant, context, purpose), the key the control plane's guard uses."""
+        """(tenant, context, purpose), the key the control plane's guard uses (with
+        `attribute` for a budget by attribution)."""
         return (self.tenant, self.context, self.purpose)
 
     @property
@@ -178,11 +184,14 @@ def budget_state(
     warn_ratio: float = 0.8,
     tenant: str | None = None,
     purpose: str | None = None,
+    attribution_budgets: Sequence[AttributionBudget] = (),
 ) -> list[BudgetState]:
     """Every budget key with a cap, today, keys that refused calls first, then most used.
 
     Reads the daily rollup and the control plane's refusals through the shipped
-    `budget_state` panel, so the TUI, the CI gate and this function agree.
+    `budget_state` panel, so the TUI, the CI gate and this function agree; then, for each
+    budget by attribution, the usage rows of the day through `attribution_budget_state`
+    (one key per value seen, `attribute` set).
 
     Args:
         reader: A DuckDB file or a running collector.
@@ -190,7 +199,9 @@ def budget_state(
         timezone: Time zone of the budget day (`settings.timezone`).
         warn_ratio: Utilisation at which a key is in warning.
         tenant: Only this tenant.
-        purpose: Only this purpose.
+        purpose: Only this purpose (of the key: a budget by attribution over every purpose
+            has purpose `*`).
+        attribution_budgets: The budgets by attribution (`settings.control.attribution_budgets`).
     """
     table = run_panel(
         reader,
@@ -201,6 +212,38 @@ def budget_state(
         tenant=tenant,
         purpose=purpose,
     )
+    day = Clock.at(now, timezone).today
+    out = _states(table, day)
+    for rule in attribution_budgets:
+        if tenant is not None and rule.tenant is not None and rule.tenant != tenant:
+            continue
+        if purpose is not None and rule.key_purpose != purpose:
+            continue
+        found = _states(
+            run_panel(
+                reader,
+                builtin_panels()["attribution_budget_state"],
+                now=now,
+                timezone=timezone,
+                warn_ratio=warn_ratio,
+                by=rule.by,
+                cap=str(rule.daily_usd),
+                value=rule.value,
+                rule_tenant=rule.tenant if rule.tenant is not None else tenant,
+                org=rule.org,
+                context=rule.context,
+                purpose=rule.purpose,
+                key_context=rule.key_context,
+                key_purpose=rule.key_purpose,
+            ),
+            day,
+        )
+        out.extend(found)
+    return out
+
+
+def _states(table: pa.Table, day: dt.date) -> list[BudgetState]:
+    """The rows of a budget-state panel as `BudgetState`s."""
     # Column-wise conversion: one Python list per column is several times faster than a
     # dict per row. Every row has the same day, and timestamps go through integers: pyarrow
     # converts zoned timestamps to datetimes slowly.
@@ -208,8 +251,8 @@ def budget_state(
     for name in table.column_names:
         if name not in ("day", "last_ts"):
             c[name] = table.column(name).to_pylist()
-    day = Clock.at(now, timezone).today
     stamps = _instants(table.column("last_ts"))
+    attributes = c.get("attribute") or [""] * table.num_rows
     # Arrow already gives Decimal, int and float: no per-value conversion needed.
     out = [
         BudgetState(
@@ -231,6 +274,7 @@ def budget_state(
             unpriced_models=tuple(models) if models else (),
             last_ts=stamp,
             refusals=Refusals.from_last(refused, last) if refused and last else None,
+            attribute=attribute,
         )
         for (
             tenant,
@@ -251,6 +295,7 @@ def budget_state(
             stamp,
             refused,
             last,
+            attribute,
         ) in zip(
             c["tenant"],
             c["context"],
@@ -270,6 +315,7 @@ def budget_state(
             stamps,
             c["refused_calls"],
             c["last_refusal"],
+            attributes,
             strict=True,
         )
     ]
@@ -340,6 +386,8 @@ class BudgetEvent:
     """For a warning: the share of the cap crossed (None for a projected overrun)."""
     projected_usd: Decimal | None = None
     """For a projected-overrun warning: the day's spend at the burn rate so far."""
+    attribute: str = ""
+    """For a budget by attribution, what it counts (`user=alice`)."""
 
 
 def record_budget_events(
@@ -349,6 +397,7 @@ def record_budget_events(
     timezone: str = "UTC",
     warn_ratio: float = 0.8,
     policy: WarningPolicy | None = None,
+    attribution_budgets: Sequence[AttributionBudget] = (),
 ) -> list[BudgetEvent]:
     """Record today's budget warnings and cap crossings of each budget key.
 
@@ -367,16 +416,20 @@ def record_budget_events(
     """
     policy = policy if policy is not None else WarningPolicy()
     states = budget_state(
-        DuckDBReader(con, cursors=False), now=now, timezone=timezone, warn_ratio=warn_ratio
+        DuckDBReader(con, cursors=False),
+        now=now,
+        timezone=timezone,
+        warn_ratio=warn_ratio,
+        attribution_budgets=attribution_budgets,
     )
     if not states:
         return []
     day = states[0].day
     exceeded_seen = {
-        (str(tenant), str(context), str(purpose))
-        for tenant, context, purpose in con.execute(
-            "SELECT coalesce(tenant, ''), coalesce(context, ''), coalesce(purpose, '') "
-            "FROM budget_events WHERE day = ? AND kind = 'exceeded'",
+        (str(tenant), str(context), str(purpose), str(attribute))
+        for tenant, context, purpose, attribute in con.execute(
+            "SELECT coalesce(tenant, ''), coalesce(context, ''), coalesce(purpose, ''), "
+            "coalesce(attribute, '') FROM budget_events WHERE day = ? AND kind = 'exceeded'",
             [day],
         ).fetchall()
     }
@@ -384,8 +437,7 @@ def record_budget_events(
     start, end = day_bounds(day, timezone)
     recorded: list[BudgetEvent] = []
     for state in states:
-        # The key's attribute ("" for an ordinary budget): budget_state rows have none yet.
-        attribute = ""
+        attribute = state.attribute  # "" for a profile budget
         key_policy = policy.for_key(state.tenant, state.context, state.purpose, attribute)
         found: list[tuple[str, str, Crossing | None]] = [
             (
@@ -409,10 +461,12 @@ def record_budget_events(
                 policy=key_policy,
             )
         ]
-        if state.spend_status == "exceeded" and state.key not in exceeded_seen:
+        if state.spend_status == "exceeded" and (*state.key, attribute) not in exceeded_seen:
             event_id = (
                 f"budget:{day.isoformat()}:exceeded:{state.tenant}:{state.context}:{state.purpose}"
             )
+            if attribute:
+                event_id += f":{attribute}"
             found.append((event_id, "exceeded", None))
         for event_id, kind, crossing in found:
             attributes: dict[str, Any] = {
@@ -429,8 +483,8 @@ def record_budget_events(
                     attributes[semconv.BUDGET_PROJECTED_USD] = str(crossing.projected_usd)
             inserted = con.execute(
                 "INSERT OR IGNORE INTO budget_events (event_id, ts, day, kind, tenant, context, "
-                "purpose, cap_usd, spent_usd, service_name, attributes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING event_id",
+                "purpose, cap_usd, spent_usd, service_name, attributes, attribute) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING event_id",
                 [
                     event_id,
                     stamp,
@@ -443,6 +497,7 @@ def record_budget_events(
                     state.spent_usd,
                     "comptroller.analytics",
                     json.dumps(attributes),
+                    attribute or None,
                 ],
             ).fetchall()
             if not inserted:
@@ -459,6 +514,7 @@ def record_budget_events(
                     spent_usd=state.spent_usd,
                     threshold=crossing.threshold if crossing is not None else None,
                     projected_usd=crossing.projected_usd if crossing is not None else None,
+                    attribute=attribute,
                 )
             )
     return recorded

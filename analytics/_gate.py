@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 from xml.etree import ElementTree as ET
 
 import pyarrow as pa
@@ -28,6 +28,9 @@ from comptroller.analytics._output import render_table
 from comptroller.analytics._reader import Reader
 from comptroller.analytics._unpriced import unpriced_calls
 from comptroller.money import usd_column
+
+if TYPE_CHECKING:
+    from comptroller.config import AttributionBudget
 
 FailOn: TypeAlias = Literal["warn", "exceeded"]
 
@@ -180,6 +183,7 @@ def check_budgets(
     now: dt.datetime | None = None,
     timezone: str = "UTC",
     allow_unpriced: bool = False,
+    attribution_budgets: Sequence[AttributionBudget] = (),
 ) -> GateResult:
     """Judge today's budget state against `fail_on`.
 
@@ -190,7 +194,13 @@ def check_budgets(
     from comptroller.dashboards import Clock
 
     clock = Clock.at(now, timezone)
-    states = budget_state(reader, now=now, timezone=timezone, warn_ratio=warn_ratio)
+    states = budget_state(
+        reader,
+        now=now,
+        timezone=timezone,
+        warn_ratio=warn_ratio,
+        attribution_budgets=attribution_budgets,
+    )
     unpriced = unpriced_calls(reader, since=clock.day_start, until=clock.day_end)
     bad = {"exceeded"} if fail_on == "exceeded" else {"exceeded", "warning"}
     failing = tuple(s for s in states if s.spend_status in bad or s.refusals is not None)
@@ -208,8 +218,10 @@ def check_budgets(
 
 
 def label(state: BudgetState) -> str:
-    """`tenant/context/purpose`, with `-` for an absent part."""
-    return "/".join(part or "-" for part in state.key)
+    """`tenant/context/purpose` (then `[user=alice]` for a budget by attribution), with `-`
+    for an absent part."""
+    text = "/".join(part or "-" for part in state.key)
+    return f"{text} [{state.attribute}]" if state.attribute else text
 
 
 def spent_of(state: BudgetState) -> str:
@@ -234,6 +246,7 @@ def budgets_table(result: GateResult) -> str:
             "tenant": b.tenant or "-",
             "context": b.context or "-",
             "purpose": b.purpose or "-",
+            **({"attribute": b.attribute or "-"} if any(x.attribute for x in budgets) else {}),
             "spent_usd": spent[i],
             "cap_usd": cap[i],
             "used": f"{b.utilisation:.0%}",

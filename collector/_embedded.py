@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from google.protobuf.message import Message
@@ -38,6 +39,9 @@ from comptroller.collector._normalise import Batch, Normaliser
 from comptroller.collector._validate import validate
 from comptroller.config import AlertSettings
 from comptroller.pricing import Pricer
+
+if TYPE_CHECKING:
+    from comptroller.config import AttributionBudget
 
 _log = logging.getLogger(__name__)
 _EMPTY = pa.table({})
@@ -65,9 +69,11 @@ class EmbeddedSink:
         timezone: str = "UTC",
         prices: Pricer | None = None,
         alerts: AlertSettings | None = None,
+        attribution_budgets: Sequence[AttributionBudget] = (),
     ) -> None:
         self.db_path = Path(db_path)
         self.timezone = timezone
+        self.attribution_budgets = tuple(attribution_budgets)
         self.con = analytics.connect(self.db_path)
         self.normaliser = Normaliser(prices=prices)
         self.native = NativeDecoder(self.normaliser) if available() else None
@@ -78,6 +84,7 @@ class EmbeddedSink:
             timezone=timezone,
             warnings=WarningPolicy.from_settings(alerts) if alerts is not None else None,
             on_alerts=self.notifier.offer if self.notifier is not None else None,
+            attribution_budgets=self.attribution_budgets,
         )
         self.rejected: dict[str, int] = {}
         """Rows rejected or refused (quarantined in `rejected_records`), by reason."""
@@ -166,7 +173,9 @@ class EmbeddedSink:
             if self._closed:
                 return []
             reader = analytics.DuckDBReader(self.con)
-        return analytics.budget_state(reader, timezone=self.timezone)
+        return analytics.budget_state(
+            reader, timezone=self.timezone, attribution_budgets=self.attribution_budgets
+        )
 
     def shutdown(self) -> None:
         """Close the database (after the providers flushed into the sink). Idempotent."""

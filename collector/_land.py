@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import duckdb
 import pyarrow as pa
@@ -64,6 +64,9 @@ from comptroller.collector._notify import (
 )
 from comptroller.collector._resources import resource_id, split_resources
 from comptroller.collector._validate import quarantine_rows
+
+if TYPE_CHECKING:
+    from comptroller.config import AttributionBudget
 
 _log = logging.getLogger("comptroller.collector")
 _ALERTING: Final = frozenset({"budget_events", "circuit_events"})
@@ -183,8 +186,11 @@ class Lander:
         clock: Callable[[], float] = time.monotonic,
         warnings: WarningPolicy | None = None,
         on_alerts: Callable[[list[Alert]], None] | None = None,
+        attribution_budgets: Sequence[AttributionBudget] = (),
     ) -> None:
         self.con = con
+        self.attribution_budgets = tuple(attribution_budgets)
+        """The budgets by attribution whose crossings are recorded with the others."""
         self.warnings = warnings
         """When budgets warn (None: `record_budget_events`' default policy)."""
         self.on_alerts = on_alerts
@@ -605,7 +611,10 @@ class Lander:
 
     def _record_budget_events(self) -> None:
         events = analytics.record_budget_events(
-            self.con, timezone=self.timezone, policy=self.warnings
+            self.con,
+            timezone=self.timezone,
+            policy=self.warnings,
+            attribution_budgets=self.attribution_budgets,
         )
         anomalies = analytics.record_anomaly_events(self.con, timezone=self.timezone)
         self._budget_checked_at = self._clock()

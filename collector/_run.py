@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from comptroller.collector._normalise import Limits
 from comptroller.collector._pipeline import MAX_QUEUE_MB
 from comptroller.collector._server import create_app
 from comptroller.collector._service import ROW_GROUP_SIZE, Collector, check_bind
-from comptroller.config import AlertSettings
+from comptroller.config import AlertSettings, AttributionBudget
 from comptroller.pricing import Pricer
 
 
@@ -87,6 +87,7 @@ def serve(
     on_ready: Callable[[int, int | None], None] | None = None,
     prices: Pricer | None = None,
     alerts: AlertSettings | None = None,
+    attribution_budgets: Sequence[AttributionBudget] = (),
     ingest_log_dir: Path | None = None,
     ingest_log_fsync: bool = False,
     linger_s: float = 0.005,
@@ -118,6 +119,8 @@ def serve(
         prices: Prices usage derived from third-party GenAI spans (the CLI passes
             `Pricer.from_settings(settings)`: genai-prices plus the configured fallback prices).
         alerts: Budget warnings and the webhooks told of alerts (`[alerts]`).
+        attribution_budgets: Budgets by attribution, whose state `/api/budget-state` serves
+            and whose crossings are recorded (`[[control.attribution_budgets]]`).
         ingest_log_dir: Where accepted requests are logged (default: beside the database).
         ingest_log_fsync: Flush each logged request to the device.
         linger_s: How long the writer gathers requests into one transaction.
@@ -146,6 +149,7 @@ def serve(
         max_request_bytes=max_request_bytes,
         prices=prices,
         alerts=alerts,
+        attribution_budgets=attribution_budgets,
         ingest_log_dir=ingest_log_dir,
         ingest_log_fsync=ingest_log_fsync,
         linger_s=linger_s,

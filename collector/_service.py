@@ -12,11 +12,11 @@ import hmac
 import ipaddress
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from google.protobuf.message import Message
@@ -35,6 +35,9 @@ from comptroller.collector._validate import validate
 from comptroller.config import AlertSettings
 from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
+
+if TYPE_CHECKING:
+    from comptroller.config import AttributionBudget
 
 _stop_log = logging.getLogger("comptroller.collector.stop")
 
@@ -117,8 +120,10 @@ class Collector:
         query_concurrency: int = 2,
         query_queue: int = 16,
         query_max_body_bytes: int = 1 << 20,
+        attribution_budgets: Sequence[AttributionBudget] = (),
     ) -> None:
         self.db_path = Path(db_path)
+        self.attribution_budgets = tuple(attribution_budgets)
         self.query_limits = analytics.Limits(
             timeout_s=query_timeout_s,
             max_rows=query_max_rows,
@@ -169,6 +174,7 @@ class Collector:
             budget_events_every_s=1.0,
             warnings=WarningPolicy.from_settings(alerts) if alerts is not None else None,
             on_alerts=self.notifier.offer if self.notifier is not None else None,
+            attribution_budgets=self.attribution_budgets,
         )
         log_dir = Path(ingest_log_dir) if ingest_log_dir else default_log_dir(self.db_path)
         try:
@@ -364,7 +370,12 @@ class Collector:
         self._catch_up()
         reader = analytics.DuckDBReader(self.con, limits=self.budget_limits)
         try:
-            states = analytics.budget_state(reader, now=now, timezone=self.timezone)
+            states = analytics.budget_state(
+                reader,
+                now=now,
+                timezone=self.timezone,
+                attribution_budgets=self.attribution_budgets,
+            )
         finally:
             reader.close()
         return [_jsonable(asdict(state)) for state in states]

@@ -114,6 +114,7 @@ def _embedded_sink(settings: Settings) -> TelemetrySink:
         timezone=settings.timezone,
         prices=Pricer.from_settings(settings),
         alerts=settings.alerts,
+        attribution_budgets=settings.control.attribution_budgets,
     )
 
 

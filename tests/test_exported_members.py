@@ -91,6 +91,8 @@ def test_the_application_surface_is_pinned_and_holds_no_administration() -> None
             "RetryPolicy",
         ],
         *["ScopeKind", "StaticProfiles", "SystemClock", "TelemetrySink", "Usage", "current_call"],
+        # attribution of calls to end users, sessions, features and tags
+        *["Attribution", "attribution", "current_attribution", "InvalidAttribution"],
         # errors
         *["BudgetError", "BudgetExceeded", "BudgetUnverifiable", "CircuitOpen", "ControlError"],
         *["CredentialDecryptError", "CredentialError", "CredentialNotFound", "ExhaustedFallbacks"],

@@ -43,6 +43,10 @@ class Filters:
     tenant: str | None = None
     purpose: str | None = None
     context: str | None = None
+    attribute: str | None = None
+    """Only calls with this attribution (`user=alice`, `feature=search`, `tag.team=growth`):
+    applied by the views that read the calls themselves (calls, spend by attribution); the
+    rollups behind the other panels have no attribution."""
     range: RangeName = "today"
 
     def with_(self, **changes: object) -> Filters:
@@ -53,7 +57,7 @@ class Filters:
     def describe(self) -> str:
         """One line for the header: the range and each filter that is set."""
         parts = [f"range {self.range}"]
-        for name in ("tenant", "purpose", "context"):
+        for name in ("tenant", "purpose", "context", "attribute"):
             value = getattr(self, name)
             if value:
                 parts.append(f"{name}={value}")

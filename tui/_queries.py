@@ -21,7 +21,7 @@ from comptroller.tui._source import Reader
 if TYPE_CHECKING:
     import pyarrow as pa
 
-_FILTERS = ("tenant", "purpose", "context")
+_FILTERS = ("tenant", "purpose", "context", "attribute")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,6 +64,7 @@ def view_queries(
     if view == "spend":
         specs = [
             QuerySpec(key="spend_by_purpose", panel="top_purposes"),
+            QuerySpec(key="spend_by_attribution", panel="spend_by_attribution", cap=50),
             QuerySpec(key="spend_daily", panel="spend_daily", cap=5000),
             QuerySpec(key="spend_hourly", panel="spend_hourly", cap=5000),
         ]

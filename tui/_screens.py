@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -21,6 +22,10 @@ _MODAL_CSS = """
                      border: round $primary; background: $surface; padding: 0 1; }}
 {name} .hint {{ color: $text-muted; height: auto; }}
 """
+
+
+_ATTRIBUTE = re.compile(r"|(user|session|feature|tag\.[a-z][a-z0-9_.\-]*)=.+")
+"""What the `Who` filter accepts: empty (everyone) or `dimension=value`."""
 
 
 class KeysScreen(ModalScreen[None]):
@@ -82,6 +87,13 @@ class FilterScreen(ModalScreen[Filters | None]):
                         id=f"filter-{name}",
                     )
             with Horizontal():
+                yield Label("Who")
+                yield Input(
+                    value=self.filters.attribute or "",
+                    placeholder="all · user=alice · feature=search · tag.team=growth",
+                    id="filter-attribute",
+                )
+            with Horizontal():
                 yield Label("Range")
                 with RadioSet(id="filter-range"):
                     for name in RANGES:
@@ -91,12 +103,21 @@ class FilterScreen(ModalScreen[Filters | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        who = self.query_one("#filter-attribute", Input)
+        if not _ATTRIBUTE.fullmatch(who.value.strip()):
+            who.add_class("-invalid")
+            self.notify(
+                "who: user=…, session=…, feature=… or tag.<name>=… (empty for everyone)",
+                severity="warning",
+            )
+            who.focus()
+            return
         self.dismiss(self._collect())
 
     def _collect(self) -> Filters:
         values = {
             n: self.query_one(f"#filter-{n}", Input).value.strip()
-            for n in ("tenant", "purpose", "context")
+            for n in ("tenant", "purpose", "context", "attribute")
         }
         radio = self.query_one("#filter-range", RadioSet)
         chosen: RangeName = self.filters.range

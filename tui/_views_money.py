@@ -244,6 +244,19 @@ class SpendView(View):
             ],
             id="spend-models",
         )
+        # Shown only while some call in the range carried an end user, a feature or a tag.
+        yield DataGrid(
+            "By end user, feature and tag (from the calls; f: filter on one)",
+            [
+                Column(key="dimension", label="Who"),
+                Column(key="value", label="Value"),
+                _COST,
+                _CALLS,
+                Column(key="fees_usd", label="Fees", kind="money"),
+                Column(key="unpriced_calls", label="Unpriced", kind="count"),
+            ],
+            id="spend-attribution",
+        )
         # Shown only while some call in the range read from a prompt cache.
         yield DataGrid(
             "Prompt-cache savings (cached tokens priced as input, minus their cache-read price)",
@@ -259,6 +272,7 @@ class SpendView(View):
 
     def on_mount(self) -> None:
         self.query_one("#spend-cache-savings").display = False
+        self.query_one("#spend-attribution").display = False
         self._layout()
 
     def _layout(self) -> None:
@@ -333,6 +347,11 @@ class SpendView(View):
                 grid = self.query_one(grid_id, DataGrid)
                 grid.title_text = f"{self.drill} · {'tenants and contexts' if key == 'spend_tenants' else 'models'}"
                 grid.set_rows(rows, truncated=truncated, context=ctx)
+        rows, truncated = self.rows_of("spend_by_attribution")
+        attributed = self.query_one("#spend-attribution", DataGrid)
+        attributed.display = bool(rows) and self.drill is None
+        if rows:
+            attributed.set_rows(rows, truncated=truncated, context=ctx)
         rows, truncated = self.rows_of("cache_savings")
         savings = self.query_one("#spend-cache-savings", DataGrid)
         savings.display = bool(rows)

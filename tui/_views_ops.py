@@ -403,6 +403,8 @@ class CallsView(View):
                 Column(key="tokens", label="Tokens", kind="count"),
                 Column(key="cost_usd", label="Cost", kind="money"),
                 Column(key="context", label="Context"),
+                Column(key="user_id", label="User"),
+                Column(key="feature", label="Feature"),
                 Column(key="attempt", label="Try", kind="count"),
                 Column(key="fallback_depth", label="Fb", kind="count"),
                 Column(key="trace_id", label="Trace"),

@@ -133,6 +133,7 @@ def check(
             now=now,
             timezone=settings.timezone,
             allow_unpriced=allow_unpriced,
+            attribution_budgets=settings.control.attribution_budgets,
         )
         anomalies = (
             spend_anomalies(

@@ -121,6 +121,7 @@ def collect(
             ),
             prices=Pricer.from_settings(settings),
             alerts=settings.alerts,
+            attribution_budgets=settings.control.attribution_budgets,
             ingest_log_dir=section.ingest_log_dir,
             ingest_log_fsync=section.ingest_log_fsync,
             linger_s=section.linger_ms / 1000,

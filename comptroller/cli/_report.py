@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +14,9 @@ import click
 from comptroller.cli._app import AppContext, pass_app
 
 if TYPE_CHECKING:
-    from comptroller.analytics import CacheSaving
+    from comptroller.analytics import AttributedSpend, CacheSaving, FeeLine
+
+_BY = re.compile(r"user|session|feature|tag\.[a-z][a-z0-9_.\-]*")
 
 
 @click.command(name="report")
@@ -56,6 +59,13 @@ if TYPE_CHECKING:
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="First local day.")
 @click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]), help="Last local day.")
 @click.option("--tenant", help="Only this tenant.")
+@click.option(
+    "--by",
+    "by",
+    metavar="WHO",
+    help="Also show spend per end user, session, feature or tag: user, session, feature, "
+    "tag.<name>, or 'all' (users, features and every tag).",
+)
 @pass_app
 def report(
     app: AppContext,
@@ -70,9 +80,11 @@ def report(
     since: dt.datetime | None,
     until: dt.datetime | None,
     tenant: str | None,
+    by: str | None,
 ) -> None:
     """Spend per purpose and model against a baseline, what past calls would have cost on
-    another model, and what prompt caching saved.
+    another model, what prompt caching saved, the non-token fees (web searches, …), and
+    with --by the spend per end user, session, feature or tag.
 
     With --baseline: absolute and percentage change per purpose and model, and the total;
     exits 1 when the total rose above --fail-above-pct or --fail-above-usd. With --what-if:
@@ -85,17 +97,20 @@ def report(
     Examples:
       comptroller report --db pr.duckdb --baseline main.duckdb --fail-above-pct 10 >> "$GITHUB_STEP_SUMMARY"
       comptroller report --what-if "purpose=scoring model=openai:gpt-4.1-nano" --since 2026-11-01
-      comptroller report --since 2026-11-01   # prompt-cache savings only
+      comptroller report --since 2026-11-01   # prompt-cache savings and fees
+      comptroller report --by user --since 2026-11-01   # and spend per end user
     """
     from decimal import InvalidOperation
 
     from comptroller.analytics import (
         cache_savings,
         compare_spend,
+        fee_spend,
         open_reader,
         reader_from_settings,
         report_json,
         report_markdown,
+        spend_by_attribution,
     )
     from comptroller.errors import FindingError, UsageError
     from comptroller.pricing import Pricer
@@ -114,6 +129,8 @@ def report(
             ) from None
         if limit_usd < 0:
             raise UsageError(f"--fail-above-usd must not be negative, got {fail_above_usd}")
+    if by is not None and by != "all" and not _BY.fullmatch(by):
+        raise UsageError(f"--by must be user, session, feature, tag.<name> or all, got {by!r}")
     if baseline is None and (fail_above_pct is not None or limit_usd is not None):
         raise UsageError("--fail-above-pct and --fail-above-usd compare against --baseline")
     first = since.date() if since else None
@@ -124,35 +141,81 @@ def report(
     settings = app.settings()
     pricer = Pricer.from_settings(settings)
     current = reader_from_settings(settings, db=db, url=url)
+    zone = settings.timezone
     try:
         savings = cache_savings(
-            current, pricer, since=first, until=last, tenant=tenant, timezone=settings.timezone
+            current, pricer, since=first, until=last, tenant=tenant, timezone=zone
+        )
+        fees = fee_spend(current, since=first, until=last, tenant=tenant, timezone=zone)
+        who = (
+            spend_by_attribution(
+                current,
+                None if by == "all" else by,
+                since=first,
+                until=last,
+                tenant=tenant,
+                timezone=zone,
+            )
+            if by is not None
+            else None
         )
         if baseline is None:
-            _savings_only(savings, as_json=fmt == "json")
+            _savings_only(savings, fees, who, by, as_json=fmt == "json")
             return
         with open_reader(db=baseline) as base:
             diff = compare_spend(current, base, since=first, until=last, tenant=tenant)
     finally:
         current.close()
     problems = diff.crossed(fail_above_pct=fail_above_pct, fail_above_usd=limit_usd)
-    click.echo(
-        report_json(diff, problems=problems, savings=savings)
-        if fmt == "json"
-        else report_markdown(diff, problems=problems, savings=savings),
-        nl=False,
-    )
+    if fmt == "json":
+        doc = json.loads(report_json(diff, problems=problems, savings=savings))
+        doc.update(_extra_json(fees, who))
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        click.echo(report_markdown(diff, problems=problems, savings=savings), nl=False)
+        click.echo(_extra_markdown(fees, who, by), nl=False)
     if problems:
         raise FindingError("; ".join(problems))
 
 
-def _savings_only(savings: Sequence[CacheSaving], *, as_json: bool) -> None:
+def _savings_only(
+    savings: Sequence[CacheSaving],
+    fees: Sequence[FeeLine],
+    who: Sequence[AttributedSpend] | None,
+    by: str | None,
+    *,
+    as_json: bool,
+) -> None:
     from comptroller.analytics import savings_json, savings_markdown
 
     if as_json:
-        click.echo(json.dumps({"cache_savings": savings_json(savings)}, indent=2))
+        doc = {"cache_savings": savings_json(savings), **_extra_json(fees, who)}
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         click.echo(savings_markdown(savings), nl=False)
+        click.echo(_extra_markdown(fees, who, by), nl=False)
+
+
+def _extra_json(
+    fees: Sequence[FeeLine], who: Sequence[AttributedSpend] | None
+) -> dict[str, object]:
+    from comptroller.analytics import attribution_json, fees_json
+
+    doc: dict[str, object] = {"fees": fees_json(fees)}
+    if who is not None:
+        doc["by_attribution"] = attribution_json(who)
+    return doc
+
+
+def _extra_markdown(
+    fees: Sequence[FeeLine], who: Sequence[AttributedSpend] | None, by: str | None
+) -> str:
+    from comptroller.analytics import attribution_markdown, fees_markdown
+
+    parts = [fees_markdown(fees)]
+    if who is not None:
+        parts.append(attribution_markdown(who, None if by == "all" else by))
+    return "".join("\n" + part for part in parts if part)
 
 
 def _what_if(

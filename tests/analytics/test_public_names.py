@@ -40,6 +40,9 @@ PINNED = {
     # forecasts and anomalies
     *["Forecast", "ForecastBy", "forecast", "Anomaly", "AnomalyRule", "spend_anomalies"],
     *["record_anomaly_events"],
+    # fees and spend by attribution
+    *["FeeLine", "fee_spend", "fees_json", "fees_markdown"],
+    *["AttributedSpend", "spend_by_attribution", "attribution_json", "attribution_markdown"],
     # the DataFrame API
     *["Analytics", "DIMENSIONS", "Dimension"],
 }

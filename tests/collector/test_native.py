@@ -475,9 +475,7 @@ _LOG_VALUES: dict[str, st.SearchStrategy[AnyValue]] = {
     sc.PROFILE_VERSION: st.integers(0, 2**31).map(lambda v: AnyValue(int_value=v)),
     sc.LATENCY_MS: _FLOAT.map(lambda v: AnyValue(double_value=v))
     | st.integers(0, 900).map(lambda v: AnyValue(int_value=v)),
-    sc.COST_FEES_USD: st.sampled_from(["0.01", "1E-3", "x"]).map(
-        lambda v: AnyValue(string_value=v)
-    )
+    sc.COST_FEES_USD: st.sampled_from(["0.01", "1E-3", "x"]).map(lambda v: AnyValue(string_value=v))
     | st.integers(0, 3).map(lambda v: AnyValue(int_value=v)),
     sc.FEES: st.sampled_from(['{"web_searches":2}', "[1]", "{"]).map(
         lambda v: AnyValue(string_value=v)
@@ -530,7 +528,9 @@ def log_requests(draw: st.DrawFn) -> bytes:
                 record.span_id = draw(st.just(b"") | st.binary(min_size=8, max_size=8))
                 if draw(st.booleans()):
                     record.body.string_value = draw(_TEXT)
-                keys = draw(st.lists(st.sampled_from(sorted(_LOG_VALUES)), max_size=10, unique=True))
+                keys = draw(
+                    st.lists(st.sampled_from(sorted(_LOG_VALUES)), max_size=10, unique=True)
+                )
                 if g.clean and sc.USAGE_ID not in keys:  # a clean record names its usage row
                     record.attributes.add(
                         key=sc.USAGE_ID, value=AnyValue(string_value=f"u-{draw(st.integers(0, 9))}")

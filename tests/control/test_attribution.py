@@ -344,3 +344,79 @@ def _budget(usd: str) -> Any:
     from comptroller.control import BudgetSpec
 
     return BudgetSpec(daily_usd=Decimal(usd))
+
+
+# --- the ledger side: budget state, the gate, reseeding ------------------------------------
+
+
+def test_the_ledger_shows_each_users_budget_and_a_restart_remembers_their_spend(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from comptroller import analytics
+    from comptroller.cli import main
+
+    cost = one_call_cost(server)
+    db = tmp_path / "ledger.duckdb"
+    rules = [{"by": "user", "daily_usd": str(cost * 5), "tenant": "acme-eu"}]
+    settings = load_settings(
+        telemetry="embedded",
+        data_dir=str(tmp_path),
+        db=str(db),
+        control={"attribution_budgets": rules},
+        alerts={"budget_warn_projected": False, "budget_warn_at": [0.5]},
+    )
+    caps = dict(defaults=_max_tokens(100))
+    with ControlPlane(settings, resolver=resolver(server, **caps)) as plane:
+        model = plane.chat_model("reasoning", domain="acme-eu", context="support")
+        with attribution(user="alice"):
+            for _ in range(3):
+                model.invoke("q")
+        with attribution(user="bob"):
+            model.invoke("q")
+        assert plane.flush()
+
+    # A new process (the same ledger) starts from the spend already landed today.
+    with ControlPlane(settings, resolver=resolver(server, **caps)) as plane:
+        guard = plane.guard
+        assert guard is not None
+        assert guard.ledger(_key("acme-eu", "user=alice")).spent_usd == cost * 3
+        model = plane.chat_model("reasoning", domain="acme-eu", context="support")
+        with attribution(user="alice"):
+            done, _ = spend_until_refused(lambda: model.invoke("q"))
+        assert done == 2  # two calls' worth was left (each reserves less than it costs)
+        assert plane.flush()
+
+    reader = analytics.DuckDBReader(duckdb.connect(str(db), read_only=True), owned=True)
+    try:
+        states = {
+            s.attribute: s
+            for s in analytics.budget_state(
+                reader, attribution_budgets=settings.control.attribution_budgets
+            )
+        }
+    finally:
+        reader.close()
+    alice, bob = states["user=alice"], states["user=bob"]
+    assert (alice.tenant, alice.context, alice.purpose) == ("acme-eu", "*", "*")
+    assert alice.spent_usd == cost * (3 + done)
+    assert alice.cap_usd == cost * 5
+    assert alice.refused_calls == 1
+    assert alice.status == "refused"
+    assert bob.spent_usd == cost
+    assert bob.status == "ok"
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        events = con.execute(
+            "SELECT kind, attribute FROM budget_events WHERE attribute IS NOT NULL "
+            "ORDER BY kind, attribute"
+        ).fetchall()
+    finally:
+        con.close()
+    assert ("rejected", "user=alice") in events
+    assert ("warning", "user=alice") in events  # half of alice's cap was crossed
+
+    monkeypatch.setenv("COMPTROLLER_CONTROL_ATTRIBUTION_BUDGETS", json.dumps(rules))
+    with pytest.raises(SystemExit) as gate:
+        main(["--data-dir", str(tmp_path), "budget", "check", "--db", str(db)])
+    assert gate.value.code == 3  # the control plane refused a budget's calls today

@@ -12,8 +12,10 @@ import json
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import pytest
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 
@@ -109,3 +111,56 @@ def test_fees_land_in_their_own_column_of_the_ledger(
     finally:
         con.close()
     assert got == [(token_cost() + search_fee(2), search_fee(2), "2")]
+
+
+def test_the_report_shows_the_fees_apart_and_the_spend_by_end_user(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from comptroller.cli import main
+    from comptroller.control import attribution
+
+    db = tmp_path / "ledger.duckdb"
+    settings = load_settings(telemetry="embedded", data_dir=str(tmp_path), db=str(db))
+    with FakeAnthropicServer() as server:
+        server.behave(CLAUDE, replace(SEARCHING, web_search_requests=2))
+        with ControlPlane(settings, resolver=profiles(server)) as plane:
+            model = plane.chat_model("reasoning", domain="acme-eu")
+            with attribution(user="alice", feature="research"):
+                model.invoke("look it up")
+                model.invoke("and again")
+            with attribution(user="bob"):
+                model.invoke("look it up")
+            assert plane.flush()
+
+    def report(*args: str) -> Any:
+        code = 0
+        try:
+            main(["--data-dir", str(tmp_path), "report", "--db", str(db), *args])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+    doc = json.loads(report("--json", "--by", "user"))
+    fee = search_fee(2)
+    [line] = doc["fees"]
+    assert (line["purpose"], line["model"], line["calls"], line["web_searches"]) == (
+        "reasoning",
+        CLAUDE,
+        3,
+        6,
+    )
+    assert Decimal(line["fees_usd"]) == 3 * fee
+    users = {u["value"]: (Decimal(u["cost_usd"]), u["calls"]) for u in doc["by_attribution"]}
+    each = token_cost() + fee
+    assert users == {"alice": (2 * each, 2), "bob": (each, 1)}
+    text = report("--by", "all")
+    assert "Non-token fees" in text
+    assert "| reasoning | anthropic:" in text
+    assert "| feature | research |" in text
+    assert "| user | alice |" in text
+    with pytest.raises(SystemExit) as refused:
+        main(["--data-dir", str(tmp_path), "report", "--db", str(db), "--by", "team"])
+    assert refused.value.code == 2
+    assert "--by must be user, session, feature, tag.<name> or all" in capsys.readouterr().err
