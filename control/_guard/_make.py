@@ -12,14 +12,20 @@ if TYPE_CHECKING:
     from comptroller.control._clock import Clock
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+
+
 def make_guard(settings: Settings, *, clock: Clock | None = None) -> Guard:
-    """The guard `settings.control.state_backend` names: `memory` or a `redis://` URL.
+    """The guard `settings.control.state_backend` names: `memory` or a Redis URL
+    (`redis://`, `rediss://`, `unix://`; a Redis Cluster: `redis+cluster://host:port[,…]`,
+    `rediss+cluster://…`, or `?cluster=true` on a `redis://`/`rediss://` URL).
 
     A Redis guard learns its ledger source (to re-seed a state Redis lost) from the
     `BudgetReconciler` built for it (`make_reconciler`, or the embedded sink's).
 
     Raises:
-        ConfigError: The backend is neither, or Redis support is not installed.
+        ConfigError: The backend is neither, Redis support is not installed, or a cluster
+            URL is malformed (no host, a Unix socket, a database other than 0).
     """
     from comptroller.errors import ConfigError
 
@@ -30,7 +36,7 @@ def make_guard(settings: Settings, *, clock: Clock | None = None) -> Guard:
             timezone=settings.timezone,
             reservation_ttl_s=settings.control.reservation_ttl_s,
         )
-    if backend.startswith(("redis://", "rediss://", "unix://")):
+    if backend.startswith(_REDIS_SCHEMES):
         try:
             from comptroller.control._guard._redis import RedisGuard
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -46,5 +52,6 @@ def make_guard(settings: Settings, *, clock: Clock | None = None) -> Guard:
             reservation_ttl_s=settings.control.reservation_ttl_s,
         )
     raise ConfigError(
-        f"control.state_backend: expected 'memory' or a redis:// URL, got {backend!r}"
+        f"control.state_backend: expected 'memory', a redis:// URL or a Redis Cluster's "
+        f"redis+cluster://host:port[,host:port…], got {backend!r}"
     )

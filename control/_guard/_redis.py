@@ -32,8 +32,15 @@ with the next admit or flush. A delivery whose reply was lost (a read timeout, o
 `aadmit` cancelled while waiting for Redis) may have been applied already and is applied
 again, which charges those calls twice: stricter, never looser.
 
-Overshoot bound. Across every process sharing the server, the day's settled spend exceeds
-the cap by at most Σ max(0, actual − reserved) (calls that cost more than the worst case
+Redis Cluster (`redis+cluster://host:port[,…]`, or `?cluster=true`): every script touches
+one key's hash tag, so one slot; `_redis_cluster` routes each command to its slot's master,
+splits a flush or a re-seed by node, and follows MOVED, ASK, TRYAGAIN and NOSCRIPT (none of
+which ran the command). A node that cannot be reached fails closed for its own keys only.
+
+Overshoot bound. Across every process sharing the server or cluster (a key's admissions
+are serialised on one node, so the bound does not grow with the number of processes or
+machines, only with the calls they have in flight), the day's settled spend exceeds the cap
+by at most Σ max(0, actual − reserved) (calls that cost more than the worst case
 reserved for them) plus the reservations of calls still running after `reservation_ttl_s`.
 With honest reservations and calls shorter than the TTL, the bound is 0 — the concurrency
 test holds four processes to it. Queued settlements add nothing while the process lives (the
@@ -43,7 +50,10 @@ missing until the reconciliation restores it. A loss of Redis's state adds what 
 source had not landed yet when it was read (the collector's landing lag), and the
 reservations in flight at the loss; a restart from an older snapshot (RDB/AOF) keeps its
 markers, so the spend since the snapshot waits for the periodic reconciliation. Bucket
-refills use the callers' wall clocks: clock skew of δ seconds can over-admit by rate × δ.
+refills use the callers' wall clocks: clock skew of δ seconds can over-admit by rate × δ
+(and shortens the reservation TTL by δ). On a cluster, a failover to a replica that missed
+the master's last writes is such an older snapshot (its replication lag). The terms, for N
+processes on M machines: docs/DEPLOYMENT_REDIS.md ("Redis Cluster and the overshoot bound").
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from comptroller.control._clock import SYSTEM_CLOCK, Clock
 from comptroller.control._errors import (
@@ -73,6 +83,7 @@ from comptroller.control._guard._kernel import (
     to_nanos,
 )
 from comptroller.control._guard._reconcile import ReconcileSource, spend_by_day
+from comptroller.control._guard._redis_cluster import ClusterRouter, cluster_url, single_url
 from comptroller.control._guard._redis_driver import FETCH, Flow, RedisDriver, store_errors
 from comptroller.control._guard._redis_io import Connections, exchange, recover, where
 from comptroller.control._guard._redis_queue import Flusher, SettleQueue
@@ -81,10 +92,17 @@ from comptroller.control._profile_types import BudgetSpec, RateLimitSpec
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
+    import redis.cluster
 
 _DAY_KEY_GRACE_S = 2 * 86_400
 _log = logging.getLogger("comptroller.control.guard")
 _LIVE: weakref.WeakSet[RedisGuard] = weakref.WeakSet()
+
+
+def _is_cluster(client: object) -> bool:
+    import redis.cluster  # the caller's client: redis is imported already
+
+    return isinstance(client, redis.cluster.RedisCluster)
 
 
 @atexit.register
@@ -122,14 +140,17 @@ class RedisGuard(RedisDriver):
         settle_flush_s: float = 0.05,
         max_pending_settles: int = 256,
         background_flush: bool = True,
-        client: redis.Redis | None = None,
+        client: redis.Redis | redis.cluster.RedisCluster | None = None,
         aclient: redis.asyncio.Redis | None = None,
         ledger_source: ReconcileSource | None = None,
     ) -> None:
         """Build a Redis guard (no connection is made until the first call).
 
         Args:
-            url: `redis://[[user]:password@]host:port/db`, `rediss://…` or `unix://…`.
+            url: `redis://[[user]:password@]host:port/db`, `rediss://…` or `unix://…`;
+                a Redis Cluster: `redis+cluster://[[user]:password@]host:port[,host:port…]`
+                (`rediss+cluster://` for TLS) or a `redis://`/`rediss://` URL with
+                `?cluster=true` (startup nodes; the others are discovered).
             clock: Time source (wall time selects the day and refills the buckets;
                 monotonic time ages the queued settlements).
             timezone: IANA time zone of the budget day.
@@ -146,14 +167,28 @@ class RedisGuard(RedisDriver):
                 fills it.
             background_flush: Run the timer flush in a daemon thread; False leaves it to
                 `flush_due()` (tests drive it with an injected clock).
-            client: A ready `redis.Redis`; its connection class and settings are used.
+            client: A ready `redis.Redis`, whose connection class and settings are used,
+                or a ready `redis.cluster.RedisCluster` (its slot map and its nodes'
+                connection settings; the caller closes it).
             aclient: A ready `redis.asyncio.Redis` for the async methods.
             ledger_source: Today's spend per key from the ledger's rollups, to re-seed a
                 state Redis lost (a `BudgetReconciler` names its source here too). None:
                 Redis is the only record.
         """
-        self._url = url
+        self._url = single_url(url)
         self._where = where(url)
+        given = client if client is not None and _is_cluster(client) else None
+        cluster = cluster_url(url) if given is None else None
+        self._cluster: ClusterRouter | None = None
+        if cluster is not None or given is not None:
+            self._cluster = ClusterRouter(
+                cluster,
+                timeout_s=socket_timeout_s,
+                max_connections=max_connections,
+                pool_timeout_s=pool_timeout_s,
+                client=given,  # type: ignore[arg-type]
+            )
+            client = None
         self._clock: Clock = clock or SYSTEM_CLOCK
         self._days = _BudgetDay(timezone)
         self._prefix = prefix
@@ -164,7 +199,7 @@ class RedisGuard(RedisDriver):
         self._flush_s = settle_flush_s
         self._max_pending = max(1, max_pending_settles)
         self._background = background_flush
-        self._client = client
+        self._client: redis.Redis | None = client  # type: ignore[assignment]
         self._aclient = aclient
         self._conns: Connections | None = None
         # The loop our own async client was opened on (None: a caller-provided client).
@@ -287,10 +322,27 @@ class RedisGuard(RedisDriver):
         pending = self._pending.take_all()
         if not pending:
             return 0
+        groups = wire.by_tag(pending)
+        commands = [wire.apply_command(group, None, b"") for group in groups]
+        replies: list[Any] = []
         try:
-            yield from exchange(wire.flush_commands(pending))
+            replies = yield commands
+            if any(isinstance(reply, Exception) for reply in replies):
+                yield from recover(commands, replies)  # NOSCRIPT: load, send those again
         except BaseException:
-            self._pending.requeue(pending, self._clock.monotonic())
+            # Only what was not acknowledged waits for the next delivery: on a cluster, a
+            # node that cannot be reached does not make the others' settlements apply twice.
+            failed = (
+                [
+                    s
+                    for group, r in zip(groups, replies, strict=True)
+                    if isinstance(r, Exception)
+                    for s in group
+                ]
+                if replies
+                else pending
+            )
+            self._pending.requeue(failed, self._clock.monotonic())
             raise
         return len(pending)
 
@@ -461,18 +513,26 @@ class RedisGuard(RedisDriver):
             ) from exc
 
     def ledger(self, key: GuardKey, *, day: str | None = None) -> LedgerState:
-        """See `Guard.ledger` (delivers the queued settlements first).
+        """See `Guard.ledger`: this key's queued settlements are delivered first, in the
+        same round trip (on a cluster, a node that is down does not hide the other keys).
 
         Raises:
             GuardUnavailable: Redis cannot be reached.
         """
         day = day or self.today()
-        command = wire.ledger_command(self._state(key), day, self._clock.time())
+        state = self._state(key)
+        commands = [wire.ledger_command(state, day, self._clock.time())]
+        pending = self._pending.take(state.tag)
+        if pending:
+            commands.insert(0, wire.apply_command(pending, None, b""))
         try:
-            self.flush()
-            [(spent, reserved)] = self._drive(exchange([command]))
+            (spent, reserved) = self._drive(exchange(commands))[-1]
         except store_errors() as exc:
+            self._pending.requeue(pending, self._clock.monotonic())
             raise GuardUnavailable(key, f"state store {self._where} unavailable: {exc}") from exc
+        except BaseException:
+            self._pending.requeue(pending, self._clock.monotonic())
+            raise
         return LedgerState(
             key=key,
             day=day,
@@ -489,6 +549,8 @@ class RedisGuard(RedisDriver):
         self._drive(self._quiet_flush_flow())
         if self._conns is not None:
             self._conns.close()
+        if self._cluster is not None:
+            self._cluster.close()
         if self._client is not None:
             self._client.close()
 
@@ -496,5 +558,7 @@ class RedisGuard(RedisDriver):
         """Deliver the queued settlements, then close the async client's connections."""
         if self._pending:
             await self._adrive(self._quiet_flush_flow())
+        if self._cluster is not None:
+            await self._cluster.aclose()
         if self._aclient is not None:
             await self._aclient.aclose()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from comptroller.control._clock import Clock
 from comptroller.control._guard._reconcile import ReconcileSource
+from comptroller.control._guard._redis_cluster import ClusterRouter
 from comptroller.control._guard._redis_io import Connections, asend, connection_kwargs, send
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ def store_errors() -> tuple[type[BaseException], ...]:
 
 
 class RedisDriver:
-    """Connections (a lean sync pool, a redis-py async client per event loop) and the
-    drivers running flows on them."""
+    """Connections (a lean sync pool, a redis-py async client per event loop; on a Redis
+    Cluster, the `ClusterRouter`'s per-node pools) and the drivers running flows on them."""
 
     _url: str
     _timeout: float
@@ -52,6 +53,7 @@ class RedisDriver:
     _client: redis.Redis | None
     _aclient: redis.asyncio.Redis | None
     _conns: Connections | None
+    _cluster: ClusterRouter | None
     _aloop: asyncio.AbstractEventLoop | None
     _lock: threading.Lock
     _source: ReconcileSource | None
@@ -79,6 +81,8 @@ class RedisDriver:
 
     def _run(self, commands: list[bytes]) -> list[Any]:
         """One round trip on a pooled sync connection (a broken one is discarded)."""
+        if self._cluster is not None:
+            return self._cluster.run(commands)
         conns = self._connections()
         conn = conns.get()
         try:
@@ -109,6 +113,8 @@ class RedisDriver:
         return self._aclient
 
     async def _arun(self, commands: list[bytes]) -> list[Any]:
+        if self._cluster is not None:
+            return await self._cluster.arun(commands)
         pool = self._async().connection_pool
         conn = await pool.get_connection()
         try:

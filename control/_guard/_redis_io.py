@@ -18,11 +18,12 @@ _LOAD = [b"*3\r\n" + bulks(b"SCRIPT", b"LOAD", script.encode()) for script in SC
 
 
 def where(url: str) -> str:
-    """The server of `url`, for messages: never its credentials."""
+    """The server (or a cluster's startup nodes) of `url`, for messages: never its
+    credentials."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or parts.path}" + (
-        f":{parts.port}" if parts.port else ""
-    )
+    hosts = parts.netloc.rpartition("@")[2]
+    cluster = " (cluster)" if "cluster=" in parts.query and "+" not in parts.scheme else ""
+    return f"{parts.scheme}://{hosts or parts.path}{cluster}"
 
 
 def connection_kwargs(timeout_s: float) -> dict[str, Any]:

@@ -3,12 +3,14 @@
 Commands are packed RESP bytes built once per key and day and per spec (the hot path
 concatenates bytes); the drivers in `_redis.py` send them and hand the replies back.
 
-Keys (all of one (tenant, context, purpose) share a hash tag, so a script that touches one
-key's state runs in one Redis Cluster slot)::
+Keys (all of one (tenant, context, purpose[, attribute]) share a hash tag, so a script that
+touches one key's state runs in one Redis Cluster slot; `<tag>` is
+`<tenant>|<context>|<purpose>`, then `|<attribute>` for a budget by attribution, each part
+percent-encoded)::
 
-    <prefix>:{<tenant>|<context>|<purpose>}:rl          token buckets (expire when full)
-    <prefix>:{<tenant>|<context>|<purpose>}:b:<day>     ledger: spent, reserved, seeding marker
-    <prefix>:{<tenant>|<context>|<purpose>}:r:<day>     reservations: <ticket>:<nanos> by expiry
+    <prefix>:{<tag>}:rl          token buckets (expire when full)
+    <prefix>:{<tag>}:b:<day>     ledger: spent, reserved, seeding marker
+    <prefix>:{<tag>}:r:<day>     reservations: <ticket>:<nanos> by expiry
 """
 
 from __future__ import annotations

@@ -1,0 +1,458 @@
+"""The ledger's schema on PostgreSQL, derived from the same declarations as DuckDB's.
+
+Every landed table's columns come from `analytics/_tables.py` (`LANDED`): `pg_type` maps a
+declared DuckDB type to its PostgreSQL type in one place, and `pg_create_sql` writes the
+`CREATE TABLE` from a declaration — the column lists are never written twice. The rollups
+(`llm_usage_daily`, `llm_budget_daily`, `llm_usage_hourly`) are declared here with the same
+`Column` type, as DuckDB's v1 and v6 migrations hold them, plus the primary keys PostgreSQL's
+upserts (`INSERT … ON CONFLICT DO UPDATE`) need.
+
+What differs from DuckDB, on purpose:
+
+* `llm_usage` and `span_rows` have primary keys (`usage_id`; `trace_id, span_id`): a
+  PostgreSQL B-tree lives on disk, so it does not grow the memory of the writer, and it is
+  what makes landing idempotent across collectors (`ON CONFLICT DO NOTHING`).
+* A span's resource is stored once in `resources`, keyed by its 64-bit hash as a signed
+  `BIGINT` (PostgreSQL has no unsigned type: the same 64 bits); `spans` is a view joining it
+  back, as in DuckDB's v3.
+* `ledger_positions` records, per collector, each landed range of its ingest log, in the
+  transaction of the rows (`collector/_land_pg.py`): the highest position of a collector is
+  where its replay resumes, and a position at or below it is never landed twice.
+
+Migrations are append-only and versioned in `comptroller_schema`, like DuckDB's
+(`analytics/_schema.py`); `migrate_pg` applies them under an advisory lock, so that several
+collectors starting at once migrate one database once. A later change to a declaration in
+`_tables.py` needs a migration here (`ALTER TABLE … ADD COLUMN IF NOT EXISTS …`): v1 is the
+declarations as they stood when it shipped, and `tests/collector/test_pg_ledger.py` holds the
+migrated database equal to the current declarations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pyarrow as pa
+
+from comptroller.analytics._tables import LANDED, Column, Table
+from comptroller.errors import ConfigError
+
+if TYPE_CHECKING:
+    from adbc_driver_postgresql.dbapi import Connection
+
+_TS: Final = pa.timestamp("us", tz="UTC")
+_STR: Final = pa.string()
+_I64: Final = pa.int64()
+
+
+def pg_type(duckdb_type: str) -> str:
+    """The PostgreSQL type of a column declared with DuckDB type `duckdb_type` (bare).
+
+    Raises:
+        ConfigError: A type with no mapping (add one here when a declaration needs it).
+    """
+    bare = duckdb_type.strip().upper()
+    simple = {
+        "VARCHAR": "TEXT",
+        "BIGINT": "BIGINT",
+        "INTEGER": "INTEGER",
+        "DOUBLE": "DOUBLE PRECISION",
+        "BOOLEAN": "BOOLEAN",
+        "TIMESTAMPTZ": "TIMESTAMPTZ",
+        "TIMESTAMP": "TIMESTAMP",
+        "DATE": "DATE",
+        "JSON": "JSONB",
+        "UBIGINT": "BIGINT",  # the same 64 bits, signed (resource ids)
+    }
+    if bare in simple:
+        return simple[bare]
+    if bare.startswith("MAP("):
+        return "JSONB"  # a map of strings is a JSON object; tags['team'] is tags->>'team'
+    if bare.endswith("[]"):
+        return pg_type(bare[:-2]) + "[]"
+    decimal = re.fullmatch(r"DECIMAL\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)", bare)
+    if decimal:
+        return f"NUMERIC({decimal.group(1)}, {decimal.group(2)})"
+    raise ConfigError(
+        f"no PostgreSQL type for the DuckDB type {duckdb_type!r}: add it to "
+        "analytics/_pg_schema.py pg_type"
+    )
+
+
+def arrow_pg_type(arrow: pa.DataType) -> str:
+    """The PostgreSQL type an Arrow column is staged in (binary COPY needs it exact)."""
+    if pa.types.is_list(arrow) or pa.types.is_large_list(arrow):
+        return arrow_pg_type(arrow.value_type) + "[]"
+    natural = {
+        _STR: "TEXT",
+        pa.large_string(): "TEXT",
+        _I64: "BIGINT",
+        pa.int32(): "INTEGER",
+        pa.float64(): "DOUBLE PRECISION",
+        pa.bool_(): "BOOLEAN",
+        _TS: "TIMESTAMPTZ",
+        pa.timestamp("us"): "TIMESTAMP",
+        pa.date32(): "DATE",
+    }
+    found = natural.get(arrow)
+    if found is None:
+        raise ConfigError(f"no PostgreSQL staging type for the Arrow type {arrow}")
+    return found
+
+
+def pg_column_sql(column: Column) -> str:
+    """A column's definition: its PostgreSQL type and the declaration's constraints."""
+    constraints = column.sql[len(column.sql_type) :].strip()
+    return f"{pg_type(column.sql_type)} {constraints}".strip()
+
+
+def pg_select_expr(column: Column, source: pa.DataType | None = None) -> str:
+    """The SQL turning a staged column (Arrow type `source`, default the declared one) into
+    the stored type: the bare name when the staged type already is it, else a cast."""
+    stored = pg_type(column.sql_type)
+    staged = arrow_pg_type(source if source is not None else column.arrow)
+    if staged == stored:
+        return column.name
+    return f"CAST({column.name} AS {stored})"
+
+
+def pg_create_sql(
+    table: Table,
+    *,
+    name: str | None = None,
+    primary_key: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+) -> str:
+    """`CREATE TABLE` of `table` on PostgreSQL from its declaration.
+
+    Args:
+        table: The declaration.
+        name: The table's name in PostgreSQL (default: the declared one).
+        primary_key: Its primary key (default: the declared one).
+        extra: Further column definitions (`"resource_id BIGINT"`), after the declared ones.
+    """
+    lines = [f"    {c.name:<19} {pg_column_sql(c)}" for c in table.columns]
+    lines += [f"    {definition}" for definition in extra]
+    key = table.primary_key if primary_key is None else tuple(primary_key)
+    if key:
+        lines.append(f"    PRIMARY KEY ({', '.join(key)})")
+    return f"CREATE TABLE IF NOT EXISTS {name or table.name} (\n" + ",\n".join(lines) + "\n)"
+
+
+def _c(name: str, sql: str, arrow: pa.DataType) -> Column:
+    return Column(name, sql, arrow)
+
+
+_MEASURES: Final = (
+    _c("calls", "BIGINT NOT NULL", _I64),
+    _c("errors", "BIGINT NOT NULL", _I64),
+    _c("estimated_calls", "BIGINT NOT NULL", _I64),
+    _c("unpriced_calls", "BIGINT NOT NULL", _I64),
+)
+_TOKENS: Final = tuple(
+    _c(name, "BIGINT NOT NULL", _I64)
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+    )
+)
+_SUM_MONEY: Final = "DECIMAL(38, 10) NOT NULL"
+
+LLM_USAGE_DAILY: Final = Table(
+    "llm_usage_daily",
+    (
+        _c("day", "DATE NOT NULL", pa.date32()),  # in the rollup's time zone
+        _c("tenant", "VARCHAR NOT NULL", _STR),
+        _c("org", "VARCHAR NOT NULL", _STR),
+        _c("context", "VARCHAR NOT NULL", _STR),
+        _c("purpose", "VARCHAR NOT NULL", _STR),
+        _c("provider", "VARCHAR NOT NULL", _STR),
+        _c("model", "VARCHAR NOT NULL", _STR),
+        *_MEASURES,
+        *_TOKENS,
+        _c("cost_usd", _SUM_MONEY, _STR),  # priced rows only; see unpriced_calls
+        _c("budget_cap_usd", "DECIMAL(20, 10)", _STR),  # latest cap seen that day
+        _c("budget_cap_ts", "TIMESTAMPTZ", _TS),
+        _c("first_ts", "TIMESTAMPTZ NOT NULL", _TS),
+        _c("last_ts", "TIMESTAMPTZ NOT NULL", _TS),
+    ),
+    primary_key=("day", "tenant", "org", "context", "purpose", "provider", "model"),
+)
+"""Usage per local day and key, as DuckDB's `llm_usage_daily` (v1)."""
+
+LLM_BUDGET_DAILY: Final = Table(
+    "llm_budget_daily",
+    (
+        _c("day", "DATE NOT NULL", pa.date32()),
+        _c("tenant", "VARCHAR NOT NULL", _STR),
+        _c("context", "VARCHAR NOT NULL", _STR),
+        _c("purpose", "VARCHAR NOT NULL", _STR),
+        _c("spent_usd", _SUM_MONEY, _STR),
+        _c("budget_cap_usd", "DECIMAL(20, 10)", _STR),
+        _c("budget_cap_ts", "TIMESTAMPTZ", _TS),
+        *_MEASURES,
+        _c("unpriced_models", "VARCHAR[] NOT NULL", pa.list_(_STR)),
+        _c("last_ts", "TIMESTAMPTZ NOT NULL", _TS),
+    ),
+    primary_key=("day", "tenant", "context", "purpose"),
+)
+"""Spend per local day and budget key, as DuckDB's `llm_budget_daily` (v1)."""
+
+LLM_USAGE_HOURLY: Final = Table(
+    "llm_usage_hourly",
+    (
+        _c("hour", "TIMESTAMP NOT NULL", pa.timestamp("us")),  # local wall-clock hour
+        _c("tenant", "VARCHAR NOT NULL", _STR),
+        _c("context", "VARCHAR NOT NULL", _STR),
+        _c("purpose", "VARCHAR NOT NULL", _STR),
+        _c("calls", "BIGINT NOT NULL", _I64),
+        _c("errors", "BIGINT NOT NULL", _I64),
+        _c("unpriced_calls", "BIGINT NOT NULL", _I64),
+        _c("input_tokens", "BIGINT NOT NULL", _I64),
+        _c("output_tokens", "BIGINT NOT NULL", _I64),
+        _c("cost_usd", _SUM_MONEY, _STR),
+    ),
+    primary_key=("hour", "tenant", "context", "purpose"),
+)
+"""Spend per local hour and budget key, as DuckDB's `llm_usage_hourly` (v6)."""
+
+ROLLUPS: Final[dict[str, Table]] = {
+    t.name: t for t in (LLM_USAGE_DAILY, LLM_BUDGET_DAILY, LLM_USAGE_HOURLY)
+}
+
+STORED: Final[dict[str, str]] = {"spans": "span_rows"}
+"""Landed table -> the PostgreSQL table that stores its rows (`spans` is a view)."""
+PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "llm_usage": ("usage_id",),
+    "spans": ("trace_id", "span_id"),
+}
+"""Keys of the tables DuckDB keeps without one (schema v2); the others are declared."""
+
+
+def conflict_key(table: str) -> tuple[str, ...]:
+    """The columns a landed row of `table` is unique on (its `ON CONFLICT` target)."""
+    declared = LANDED[table]
+    if table in PRIMARY_KEYS:
+        return PRIMARY_KEYS[table]
+    if declared.primary_key:
+        return declared.primary_key
+    inline = [c.name for c in declared.columns if "PRIMARY KEY" in c.sql]
+    if not inline:
+        raise ConfigError(f"{table} has no key to land it idempotently on PostgreSQL")
+    return tuple(inline)
+
+
+def _v1() -> list[str]:
+    statements = [
+        pg_create_sql(
+            LANDED[name], name=STORED.get(name), primary_key=PRIMARY_KEYS.get(name), extra=extra
+        )
+        for name, extra in (
+            ("llm_usage", ()),
+            ("spans", ("resource_id BIGINT",)),
+            ("circuit_events", ()),
+            ("profile_events", ()),
+            ("budget_events", ()),
+            ("rejected_records", ()),
+        )
+    ]
+    statements += [pg_create_sql(table) for table in ROLLUPS.values()]
+    landed = ", ".join(c.name for c in LANDED["spans"].columns if c.name != "resource")
+    statements += [
+        """CREATE TABLE IF NOT EXISTS resources (
+    resource_id         BIGINT PRIMARY KEY,    -- blake2b-64 of the JSON text, as signed
+    resource            JSONB NOT NULL,
+    first_seen          TIMESTAMPTZ NOT NULL
+)""",
+        f"""CREATE OR REPLACE VIEW spans AS
+SELECT {", ".join("s." + name for name in landed.split(", "))},
+       coalesce(s.resource, r.resource) AS resource
+FROM span_rows AS s LEFT JOIN resources AS r ON r.resource_id = s.resource_id""",
+        # Reads by time: the budget's refusals of the day, recent calls, the landing's range.
+        "CREATE INDEX IF NOT EXISTS llm_usage_ts ON llm_usage (ts)",
+        "CREATE INDEX IF NOT EXISTS span_rows_start_ts ON span_rows (start_ts)",
+        "CREATE INDEX IF NOT EXISTS budget_events_day ON budget_events (kind, day)",
+        """CREATE TABLE IF NOT EXISTS comptroller_meta (
+    key                 TEXT PRIMARY KEY,
+    value               TEXT NOT NULL
+)""",
+        # One row per landing transaction of a collector: the range of its ingest log it
+        # landed (first_position .. position). A collector's highest position is where its
+        # replay resumes; the landing skips every position at or below it.
+        """CREATE TABLE IF NOT EXISTS ledger_positions (
+    collector_id        TEXT NOT NULL,
+    position            BIGINT NOT NULL,
+    first_position      BIGINT NOT NULL,
+    rows                BIGINT NOT NULL,
+    landed_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (collector_id, position)
+)""",
+    ]
+    return statements
+
+
+@dataclass(frozen=True, kw_only=True)
+class PgMigration:
+    """One step of the PostgreSQL schema."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+PG_MIGRATIONS: Final[Sequence[PgMigration]] = (
+    PgMigration(
+        version=1,
+        description="usage, spans, events, quarantine, rollups and ledger positions",
+        statements=tuple(_v1()),
+    ),
+)
+PG_SCHEMA_VERSION: Final = PG_MIGRATIONS[-1].version
+"""The PostgreSQL schema version this build writes and reads."""
+
+_SCHEMA_TABLE: Final = """CREATE TABLE IF NOT EXISTS comptroller_schema (
+    version     INTEGER NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    description TEXT
+)"""
+_MIGRATION_LOCK: Final = 7_046_321_990_114_001
+"""Advisory lock key held while migrating (any 64-bit number of our own)."""
+
+
+def _rows(con: Connection, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    cur = con.cursor()
+    try:
+        cur.execute(sql, params)
+        return list(cur.fetchall())
+    finally:
+        cur.close()
+
+
+def _execute(con: Connection, sql: str, params: Sequence[Any] | None = None) -> None:
+    cur = con.cursor()
+    try:
+        cur.execute(sql, params)
+    finally:
+        cur.close()
+
+
+def pg_schema_version(con: Connection) -> int:
+    """The schema version of the connection's schema (0 when empty)."""
+    found = _rows(con, "SELECT to_regclass('comptroller_schema') IS NOT NULL")
+    if not found or not found[0][0]:
+        return 0
+    rows = _rows(con, "SELECT max(version) FROM comptroller_schema")
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def migrate_pg(con: Connection, *, where: str = "PostgreSQL ledger") -> list[int]:
+    """Apply every pending migration, each in its own transaction (commits `con`).
+
+    Returns:
+        The versions applied (empty when current).
+
+    Raises:
+        ConfigError: The database was written by a newer comptroller.
+    """
+    con.commit()  # start from a clean transaction
+    applied: list[int] = []
+    try:
+        _execute(con, f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        current = pg_schema_version(con)
+        if current > PG_SCHEMA_VERSION:
+            raise ConfigError(
+                f"{where}: schema version {current} is newer than this comptroller's "
+                f"{PG_SCHEMA_VERSION}; upgrade comptroller to use it"
+            )
+        _execute(con, _SCHEMA_TABLE)
+        for migration in PG_MIGRATIONS:
+            if migration.version <= current:
+                continue
+            for statement in migration.statements:
+                _execute(con, statement)
+            _execute(
+                con,
+                "INSERT INTO comptroller_schema (version, description) VALUES ($1, $2)",
+                [migration.version, migration.description],
+            )
+            applied.append(migration.version)
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return applied
+
+
+def libpq_url(url: str, *, schema: str | None = None) -> str:
+    """A libpq URL from `url` (a `postgresql+psycopg://` SQLAlchemy one is accepted), whose
+    sessions use `schema` first when given."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"{url!r} is not a PostgreSQL URL (postgresql://user@host/db)")
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    if schema is not None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
+            raise ConfigError(f"schema {schema!r}: use lower-case letters, digits and _")
+        query.append(("options", f"-csearch_path={schema}"))
+    return urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+
+
+def connect_pg(url: str, *, schema: str | None = None, migrate: bool = True) -> Connection:
+    """Open the PostgreSQL ledger at `url` through ADBC, migrated unless `migrate` is False.
+
+    Args:
+        url: `postgresql://user@host:port/db` (or SQLAlchemy's `postgresql+psycopg://…`).
+        schema: The schema holding the ledger (created if missing; default: the server's
+            search path, usually `public`).
+        migrate: Apply pending migrations.
+
+    Raises:
+        ConfigError: The server does not answer, the driver is missing, or the schema is
+            newer than this comptroller.
+    """
+    try:
+        import adbc_driver_postgresql.dbapi as pg
+    except ImportError as exc:
+        raise ConfigError(
+            "the PostgreSQL ledger needs the postgres extra: uv add 'comptroller[postgres]' "
+            "(adbc-driver-postgresql)"
+        ) from exc
+    target = libpq_url(url, schema=schema)
+    shown = urlunsplit(urlsplit(target)._replace(query="", netloc=_no_password(target)))
+    try:
+        con = pg.connect(target)
+    except Exception as exc:
+        raise ConfigError(
+            f"{shown}: cannot connect to the PostgreSQL ledger: {_first_line(exc)}; "
+            "check the URL and that the server runs"
+        ) from exc
+    try:
+        if schema is not None:
+            _execute(con, f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            con.commit()
+        if migrate:
+            migrate_pg(con, where=shown)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _no_password(url: str) -> str:
+    netloc = urlsplit(url).netloc
+    if "@" in netloc and ":" in netloc.split("@", 1)[0]:
+        user = netloc.split("@", 1)[0].split(":", 1)[0]
+        return f"{user}:***@{netloc.split('@', 1)[1]}"
+    return netloc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
