@@ -756,9 +756,14 @@ class Pricer:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Pricer:
-        """A pricer with the fallback registry and price overrides of `settings.control`."""
+        """A pricer with the fallback registry, fee prices and price overrides of
+        `settings.control`."""
         control = settings.control
-        return cls(control.prices, overrides=getattr(control, "price_overrides", ()))
+        return cls(
+            control.prices,
+            overrides=getattr(control, "price_overrides", ()),
+            fee_prices=getattr(control, "fee_prices", None) or None,
+        )
 
     @property
     def org_specific(self) -> bool:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from comptroller.config._attribution import AttributionBudgets
 from comptroller.config._prices import PriceOverrides
+
+FeeKind = Literal["web_searches", "storage_searches", "code_executions"]
 
 
 class PurposeSettings(BaseModel):
@@ -114,6 +116,12 @@ class ControlSettings(BaseModel):
     """Negotiated prices: a discount on the list price or prices of its own for a
     `provider:model` (or `provider:*`), optionally per org, from a UTC day on
     (`[[control.price_overrides]]`; see "Price overrides" below)."""
+    fee_prices: dict[str, dict[FeeKind, Annotated[Decimal, Field(ge=0)]]] = Field(
+        default_factory=dict
+    )
+    """USD per request of the non-token fees genai-prices has no price for, keyed
+    `provider:model` or `provider:*`: `[control.fee_prices."openai:*"] web_searches = 0.01`
+    (kinds: `web_searches`, `storage_searches`, `code_executions`)."""
     attribution_budgets: AttributionBudgets = ()
     """Daily caps per end user, session, feature or tag (`[[control.attribution_budgets]]`;
     see "Spend by attribution" in the README), enforced like the profile's budget: a worst-case

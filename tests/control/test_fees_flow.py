@@ -164,3 +164,33 @@ def test_the_report_shows_the_fees_apart_and_the_spend_by_end_user(
         main(["--data-dir", str(tmp_path), "report", "--db", str(db), "--by", "team"])
     assert refused.value.code == 2
     assert "--by must be user, session, feature, tag.<name> or all" in capsys.readouterr().err
+
+
+def test_fees_of_a_model_genai_prices_does_not_know_come_from_the_settings() -> None:
+    sink = InMemorySink()
+    settings = load_settings(
+        telemetry="none",
+        control={
+            "prices": {"anthropic:claude-house": {"input_mtok": 1, "output_mtok": 2}},
+            "fee_prices": {"anthropic:*": {"web_searches": "0.05"}},
+        },
+    )
+    with FakeAnthropicServer() as server:
+        server.behave("claude-house", replace(SEARCHING, web_search_requests=2))
+        profile = StaticProfiles(
+            {
+                "reasoning": ResolvedProfile(
+                    purpose="reasoning",
+                    model=ModelRef(provider="anthropic", model="claude-house"),
+                    base_url=server.base_url,
+                )
+            }
+        )
+        with ControlPlane(settings, resolver=profile, sink=sink) as plane:
+            plane.chat_model("reasoning", domain="t").invoke("q")
+            plane.flush()
+    row = sink.usage_rows()[0]
+    tokens = (Decimal(500) * 1 + Decimal(40) * 2) / 1_000_000
+    assert Decimal(row[semconv.COST_FEES_USD]) == Decimal("0.10")
+    assert Decimal(row[semconv.COST_USD]) == tokens + Decimal("0.10")
+    assert row[semconv.PRICE_SOURCE] == "fallback"
