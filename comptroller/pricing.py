@@ -756,8 +756,7 @@ class Pricer:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Pricer:
-        """A pricer with the fallback registry, fee prices and price overrides of
-        `settings.control`."""
+        """A pricer with the prices, fee prices and overrides of `settings.control`."""
         control = settings.control
         return cls(
             control.prices,
