@@ -32,6 +32,10 @@ def reported_fees(message: Any) -> dict[str, int]:
         Count per fee kind (`comptroller.pricing.FEE_KINDS`), only the kinds seen.
     """
     metadata: Mapping[str, Any] = getattr(message, "response_metadata", None) or {}
+    if not isinstance(getattr(message, "content", None), list) and "usage" not in metadata:
+        extra = getattr(message, "additional_kwargs", None)
+        if not extra or "tool_outputs" not in extra:
+            return {}  # a plain text answer (most calls): nothing to look through
     fees: dict[str, int] = {}
     blocks = _blocks(message)
     for block in blocks:
