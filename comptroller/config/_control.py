@@ -62,7 +62,9 @@ class ControlSettings(BaseModel):
     resolution_cache_ttl_s: float = Field(default=1.0, gt=0)
     """Bound on how long another process may serve a stale resolution after a profile write."""
     state_backend: str = "memory"
-    """Where rate-limit buckets and the budget ledger live: `memory` or a `redis://` URL."""
+    """Where rate-limit and budget state lives: `memory` (this process), a Redis URL
+    (`redis://`, `rediss://`, `unix://`), or a Redis Cluster (`redis+cluster://host:port[,
+    host:port…]`, `rediss+cluster://…`, or `?cluster=true`); see docs/DEPLOYMENT.md."""
     budget_max_reservation_usd: float = Field(default=1.0, gt=0)
     """Ceiling on the worst-case cost reserved for one request before it runs."""
     max_retries: int = Field(default=3, ge=0, le=10)
