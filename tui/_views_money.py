@@ -472,6 +472,7 @@ class BudgetsView(View):
                 Column(key="tenant", label="Tenant"),
                 Column(key="context", label="Context"),
                 Column(key="purpose", label="Purpose"),
+                Column(key="attribute", label="Who"),
                 Column(key="spent_usd", label="Spent", kind="money"),
                 Column(key="cap_usd", label="Cap", kind="money"),
                 Column(key="reserved_usd", label="Reserved", kind="money"),
