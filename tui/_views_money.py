@@ -257,6 +257,20 @@ class SpendView(View):
             ],
             id="spend-attribution",
         )
+        # Shown only while some call in the range reported non-token fees.
+        yield DataGrid(
+            "Non-token fees (web searches, file searches, code runs; part of the spend)",
+            [
+                Column(key="purpose", label="Purpose"),
+                Column(key="model", label="Model"),
+                _CALLS,
+                Column(key="web_searches", label="Web searches", kind="count"),
+                Column(key="storage_searches", label="File searches", kind="count"),
+                Column(key="code_executions", label="Code runs", kind="count"),
+                Column(key="fees_usd", label="Fees", kind="money"),
+            ],
+            id="spend-fees",
+        )
         # Shown only while some call in the range read from a prompt cache.
         yield DataGrid(
             "Prompt-cache savings (cached tokens priced as input, minus their cache-read price)",
@@ -273,6 +287,7 @@ class SpendView(View):
     def on_mount(self) -> None:
         self.query_one("#spend-cache-savings").display = False
         self.query_one("#spend-attribution").display = False
+        self.query_one("#spend-fees").display = False
         self._layout()
 
     def _layout(self) -> None:
@@ -293,9 +308,11 @@ class SpendView(View):
         savings: dict[str, object] = {"prices": self._savings_prices}
         if self.drill is not None:
             savings["purpose"] = self.drill
+        fees: dict[str, object] = {} if self.drill is None else {"purpose": self.drill}
         return [
             *view_queries("spend", drill=self.drill),
             QuerySpec(key="cache_savings", panel="cache_savings", params=savings),
+            QuerySpec(key="fees", panel="fees", params=fees),
         ]
 
     def drill_into(self, purpose: str) -> None:
@@ -352,6 +369,11 @@ class SpendView(View):
         attributed.display = bool(rows) and self.drill is None
         if rows:
             attributed.set_rows(rows, truncated=truncated, context=ctx)
+        rows, truncated = self.rows_of("fees")
+        fee_grid = self.query_one("#spend-fees", DataGrid)
+        fee_grid.display = bool(rows)
+        if rows:
+            fee_grid.set_rows(rows, truncated=truncated, context=ctx)
         rows, truncated = self.rows_of("cache_savings")
         savings = self.query_one("#spend-cache-savings", DataGrid)
         savings.display = bool(rows)

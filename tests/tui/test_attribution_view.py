@@ -92,3 +92,46 @@ async def test_spend_by_user_feature_and_tag_equals_sql_and_who_filters_the_call
             assert "attribute=user=alice" in app.filters.describe()
     finally:
         source.close()
+
+
+async def test_the_fees_grid_shows_what_sql_says_and_only_when_there_are_fees(
+    usage_db: Path,
+) -> None:
+    source = DuckDBSource.open(usage_db)
+    try:
+        app = make_app(source)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("2")
+            await settle(pilot)
+            assert not app.query_one("#spend-fees", DataGrid).display  # no call reported fees
+    finally:
+        source.close()
+    con = duckdb.connect(str(usage_db))
+    try:
+        con.execute(
+            "UPDATE llm_usage SET fees = '{\"web_searches\": 2}', fee_cost_usd = 0.02 "
+            "WHERE purpose = 'reasoning' AND ts >= ?",
+            [_dataset.NOW.replace(hour=0, minute=0)],
+        )
+    finally:
+        con.close()
+    [(calls, searches, fees)] = _sql(
+        usage_db,
+        "SELECT count(*), 2 * count(*), sum(fee_cost_usd) FROM llm_usage "
+        "WHERE fees IS NOT NULL AND ts >= ?",
+    )
+    source = DuckDBSource.open(usage_db)
+    try:
+        app = make_app(source)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("2")
+            await settle(pilot)
+            grid = app.query_one("#spend-fees", DataGrid)
+            assert grid.display
+            assert sum(r["calls"] for r in grid.rows) == calls
+            assert sum(r["web_searches"] for r in grid.rows) == searches
+            assert sum(r["fees_usd"] for r in grid.rows) == fees
+    finally:
+        source.close()
