@@ -53,7 +53,7 @@ markers, so the spend since the snapshot waits for the periodic reconciliation. 
 refills use the callers' wall clocks: clock skew of δ seconds can over-admit by rate × δ
 (and shortens the reservation TTL by δ). On a cluster, a failover to a replica that missed
 the master's last writes is such an older snapshot (its replication lag). The terms, for N
-processes on M machines: docs/DEPLOYMENT_REDIS.md ("Redis Cluster and the overshoot bound").
+processes on M machines: docs/DEPLOYMENT.md ("Redis Cluster and the overshoot bound").
 """
 
 from __future__ import annotations
