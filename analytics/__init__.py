@@ -12,6 +12,12 @@ Every reader returns Arrow tables; `Analytics` turns them into polars DataFrames
 Commands pick their reader with `reader_from_settings(settings, db=…, url=…)`; the dashboard
 asks for `follow=True` and gets a `LocalReader` that follows a replaced file.
 
+A PostgreSQL ledger (`db = "postgresql://…"`, where a fleet of collectors lands) is read by
+`PgReader`: the same DuckDB SQL, over the rows it fetches from PostgreSQL as Arrow into an
+in-process DuckDB, and the budget state from PostgreSQL's rollups (`budget_state_pg`). Rows
+are scoped per reading role by PostgreSQL's row-level security (`comptroller db
+grant-reader`).
+
 Tables
 ------
 Landed: `llm_usage` (one row per priced attempt), `spans` (a view: `span_rows` joined to
@@ -99,6 +105,18 @@ if TYPE_CHECKING:
     from comptroller.analytics._output import render as render_result
     from comptroller.analytics._output import write_result
     from comptroller.analytics._panels import builtin_panels, run_panel
+    from comptroller.analytics._pg_budget import budget_state_pg
+    from comptroller.analytics._pg_reader import PgReader
+    from comptroller.analytics._pg_schema import (
+        PG_SCHEMA_VERSION,
+        connect_pg,
+        grant_reader,
+        migrate_pg,
+        pg_schema_version,
+        reader_bindings,
+        revoke_reader,
+        shown_url,
+    )
     from comptroller.analytics._reader import (
         ARROW_STREAM,
         DuckDBReader,
@@ -174,6 +192,15 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Limits": ("comptroller.analytics._reader", "Limits"),
     "LocalReader": ("comptroller.analytics._source", "LocalReader"),
     "MIGRATIONS": ("comptroller.analytics._schema", "MIGRATIONS"),
+    "PgReader": ("comptroller.analytics._pg_reader", "PgReader"),
+    "PG_SCHEMA_VERSION": ("comptroller.analytics._pg_schema", "PG_SCHEMA_VERSION"),
+    "connect_pg": ("comptroller.analytics._pg_schema", "connect_pg"),
+    "migrate_pg": ("comptroller.analytics._pg_schema", "migrate_pg"),
+    "pg_schema_version": ("comptroller.analytics._pg_schema", "pg_schema_version"),
+    "shown_url": ("comptroller.analytics._pg_schema", "shown_url"),
+    "grant_reader": ("comptroller.analytics._pg_schema", "grant_reader"),
+    "revoke_reader": ("comptroller.analytics._pg_schema", "revoke_reader"),
+    "reader_bindings": ("comptroller.analytics._pg_schema", "reader_bindings"),
     "QueryError": ("comptroller.analytics._errors", "QueryError"),
     "QueryTimeout": ("comptroller.analytics._reader", "QueryTimeout"),
     "ROLLUP_TIMEZONE_KEY": ("comptroller.analytics._rollup", "ROLLUP_TIMEZONE_KEY"),
@@ -201,6 +228,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "apply_usage_batch": ("comptroller.analytics._rollup", "apply_usage_batch"),
     "budget_refusals": ("comptroller.analytics._budget", "budget_refusals"),
     "budget_state": ("comptroller.analytics._budget", "budget_state"),
+    "budget_state_pg": ("comptroller.analytics._pg_budget", "budget_state_pg"),
     "budgets_table": ("comptroller.analytics._gate", "budgets_table"),
     "builtin_panels": ("comptroller.analytics._panels", "builtin_panels"),
     "cache_savings": ("comptroller.analytics._savings", "cache_savings"),
@@ -267,6 +295,7 @@ __all__ = [
     "DIMENSIONS",
     "FOCUS_VERSION",
     "MIGRATIONS",
+    "PG_SCHEMA_VERSION",
     "ROLLUP_TIMEZONE_KEY",
     "SCHEMA_VERSION",
     "Analytics",
@@ -289,6 +318,7 @@ __all__ = [
     "KeyRefusals",
     "Limits",
     "LocalReader",
+    "PgReader",
     "QueryError",
     "QueryTimeout",
     "Reader",
@@ -307,6 +337,7 @@ __all__ = [
     "attribution_markdown",
     "budget_refusals",
     "budget_state",
+    "budget_state_pg",
     "budgets_table",
     "builtin_panels",
     "cache_savings",
@@ -315,19 +346,24 @@ __all__ = [
     "compact",
     "compare_spend",
     "connect",
+    "connect_pg",
     "fee_spend",
     "fees_json",
     "fees_markdown",
     "focus_table",
     "forecast",
     "gate_json",
+    "grant_reader",
     "insert_new",
     "insert_new_sql",
     "junit_xml",
     "keys_unique",
     "meta_value",
     "migrate",
+    "migrate_pg",
     "open_reader",
+    "pg_schema_version",
+    "reader_bindings",
     "reader_from_settings",
     "rebuild_rollup",
     "record_anomaly_events",
@@ -337,6 +373,7 @@ __all__ = [
     "report_markdown",
     "report_to_github",
     "reprice",
+    "revoke_reader",
     "rollup_timezone",
     "run_panel",
     "run_read_only",
@@ -345,6 +382,7 @@ __all__ = [
     "savings_prices",
     "schema_version",
     "set_meta",
+    "shown_url",
     "spend_anomalies",
     "spend_by_attribution",
     "time_bounds",

@@ -11,6 +11,7 @@ types, so the conversion into `BudgetState` is the one code path both stores sha
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
@@ -46,6 +47,7 @@ WITH s AS (
            attributes, ts, event_id
     FROM budget_events
     WHERE kind = 'rejected'
+      AND attribute IS NULL  -- budgets by attribution: panel attribution_budget_state
       AND (day = $1::DATE OR (day IS NULL AND ts >= $2::TIMESTAMPTZ AND ts < $3::TIMESTAMPTZ))
       AND ($8::TEXT IS NULL OR coalesce(tenant, '') = $8::TEXT)
       AND ($9::TEXT IS NULL OR coalesce(purpose, '') = $9::TEXT)
@@ -81,7 +83,7 @@ WITH s AS (
                 ELSE 'Infinity'::FLOAT8 END AS utilisation
     FROM joined
 )
-SELECT tenant, context, purpose,
+SELECT tenant, context, purpose, $1::DATE AS day,
        spent_usd::TEXT AS spent_usd, cap_usd::TEXT AS cap_usd, utilisation,
        spent_usd::FLOAT8 / $4::FLOAT8 AS burn_usd_per_hour,
        spent_usd::FLOAT8 * (1 + $5::FLOAT8 / $4::FLOAT8) AS projected_usd,
@@ -165,6 +167,20 @@ def _decimal(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
     return pc.cast(column.cast(pa.string()), kind)
 
 
+def _minified(column: pa.ChunkedArray) -> pa.Array:
+    """JSON text as DuckDB writes it (no space after `:` and `,`); jsonb's spaces them."""
+    texts = column.cast(pa.string()).to_pylist()
+    return pa.array(
+        [
+            None
+            if t is None
+            else json.dumps(json.loads(t), separators=(",", ":"), ensure_ascii=False)
+            for t in texts
+        ],
+        pa.string(),
+    )
+
+
 def _panel_table(raw: pa.Table) -> pa.Table:
     """The PostgreSQL result in the `budget_state` panel's columns and Arrow types."""
     refused = raw.column("refused").to_pylist()
@@ -173,7 +189,7 @@ def _panel_table(raw: pa.Table) -> pa.Table:
             _decimal(raw.column("last_cap_usd"), _MONEY).combine_chunks(),
             _decimal(raw.column("last_spent_usd"), _MONEY).combine_chunks(),
             _decimal(raw.column("last_reserved_usd"), _MONEY).combine_chunks(),
-            raw.column("last_attributes").cast(pa.string()).combine_chunks(),
+            _minified(raw.column("last_attributes")),
             raw.column("last_refusal_ts").cast(_TS).combine_chunks(),
         ],
         names=["cap_usd", "spent_usd", "reserved_usd", "attributes", "ts"],
@@ -185,6 +201,7 @@ def _panel_table(raw: pa.Table) -> pa.Table:
             "tenant": raw.column("tenant").cast(text),
             "context": raw.column("context").cast(text),
             "purpose": raw.column("purpose").cast(text),
+            "day": raw.column("day").cast(pa.date32()),
             "spent_usd": _decimal(raw.column("spent_usd"), _SPENT),
             "cap_usd": _decimal(raw.column("cap_usd"), _MONEY),
             "utilisation": raw.column("utilisation"),

@@ -297,6 +297,99 @@ FROM span_rows AS s LEFT JOIN resources AS r ON r.resource_id = s.resource_id"""
     return statements
 
 
+# Row-level security for readers (v2). A reading role sees the rows its bindings in
+# `ledger_readers` allow: (org NULL, tenant NULL) every row (ops staff); (org X, tenant NULL)
+# the rows of org X (an org's admins); (org X or NULL, tenant T) the rows of domain T (a
+# domain's admins). A role with no binding sees no row. Each policy is a few uncorrelated
+# subqueries of the role's own bindings, which PostgreSQL evaluates once per query (hashed),
+# not once per row.
+#
+# Tables with an org column (llm_usage, span_rows, llm_usage_daily) are judged on (org,
+# tenant). Tables keyed by tenant alone (llm_budget_daily, llm_usage_hourly,
+# budget_events) are judged on the tenant: an org's reader sees the tenants its org's
+# usage is in (`llm_usage_daily`, itself filtered), never the tenant '' or NULL (usage
+# with no tenant is pooled across orgs there: ops only). `profile_events` follow their
+# scope (global: any bound role; org; domain), `circuit_events` (provider-wide, no one
+# org's usage) any bound role, `resources` the spans the role sees, `rejected_records`
+# (raw quarantined records of any tenant) ops only.
+#
+# Policies are for SELECT only and not FORCEd: the tables' owner (the collector's role,
+# which ran the migrations) is not subject to them and keeps landing. A writer that is not
+# the owner needs BYPASSRLS. `spans` is a view: `security_invoker` makes the reader's
+# policies apply to `span_rows` through it (PostgreSQL 15 or later).
+_MINE: Final = "ledger_readers r WHERE r.role_name = current_user"
+_ALL: Final = f"EXISTS (SELECT 1 FROM {_MINE} AND r.org IS NULL AND r.tenant IS NULL)"
+_ORGS: Final = f"SELECT r.org FROM {_MINE} AND r.org IS NOT NULL AND r.tenant IS NULL"
+_TENANTS: Final = f"SELECT r.tenant FROM {_MINE} AND r.tenant IS NOT NULL"
+_ORG_TENANTS: Final = (
+    f"SELECT d.tenant FROM llm_usage_daily d WHERE d.tenant <> '' AND d.org IN ({_ORGS})"
+)
+_BOUND: Final = f"EXISTS (SELECT 1 FROM {_MINE})"
+
+
+def _org_tenant_policy() -> str:
+    return (
+        f"{_ALL} OR org IN ({_ORGS}) OR (org, tenant) IN "
+        f"(SELECT r.org, r.tenant FROM {_MINE} AND r.org IS NOT NULL AND r.tenant IS NOT NULL)"
+        f" OR tenant IN (SELECT r.tenant FROM {_MINE} AND r.org IS NULL "
+        "AND r.tenant IS NOT NULL)"
+    )
+
+
+def _tenant_policy() -> str:
+    return f"{_ALL} OR tenant IN ({_TENANTS}) OR tenant IN ({_ORG_TENANTS})"
+
+
+ROW_SCOPED: Final[dict[str, str]] = {
+    "llm_usage": _org_tenant_policy(),
+    "span_rows": _org_tenant_policy(),
+    "llm_usage_daily": _org_tenant_policy(),
+    "llm_budget_daily": _tenant_policy(),
+    "llm_usage_hourly": _tenant_policy(),
+    "budget_events": _tenant_policy(),
+    "profile_events": (
+        f"{_ALL} OR (scope_kind = 'global' AND {_BOUND})"
+        f" OR (scope_kind = 'org' AND scope_id IN ({_ORGS}))"
+        f" OR (scope_kind = 'domain' AND (scope_id IN ({_TENANTS})"
+        f" OR scope_id IN ({_ORG_TENANTS})))"
+    ),
+    "circuit_events": _BOUND,
+    "resources": f"{_ALL} OR resource_id IN (SELECT s.resource_id FROM span_rows s)",
+    "rejected_records": _ALL,
+}
+"""Ledger table -> the condition a reading role's row must meet (`USING` of its policy)."""
+READABLE: Final = (
+    *ROW_SCOPED,
+    "spans",
+    "comptroller_meta",
+    "comptroller_schema",
+    "ledger_readers",
+)
+"""What `grant_reader` lets a role SELECT (row-scoped tables, the view, the metadata)."""
+
+
+def _v2() -> list[str]:
+    statements = [
+        """CREATE TABLE IF NOT EXISTS ledger_readers (
+    role_name           TEXT NOT NULL,         -- a PostgreSQL role (current_user)
+    org                 TEXT,                  -- NULL: every org
+    tenant              TEXT,                  -- NULL: every tenant (domain) of the org
+    granted_at          TIMESTAMPTZ NOT NULL DEFAULT now()
+)""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS ledger_readers_binding "
+        "ON ledger_readers (role_name, coalesce(org, ''), coalesce(tenant, ''))",
+        "ALTER TABLE ledger_readers ENABLE ROW LEVEL SECURITY",
+        "CREATE POLICY own_bindings ON ledger_readers FOR SELECT USING (role_name = current_user)",
+        "ALTER VIEW spans SET (security_invoker = true)",
+    ]
+    for table, condition in ROW_SCOPED.items():
+        statements += [
+            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+            f"CREATE POLICY ledger_readers ON {table} FOR SELECT USING ({condition})",
+        ]
+    return statements
+
+
 @dataclass(frozen=True, kw_only=True)
 class PgMigration:
     """One step of the PostgreSQL schema."""
@@ -311,6 +404,11 @@ PG_MIGRATIONS: Final[Sequence[PgMigration]] = (
         version=1,
         description="usage, spans, events, quarantine, rollups and ledger positions",
         statements=tuple(_v1()),
+    ),
+    PgMigration(
+        version=2,
+        description="row-level security: readers bound to an org or tenant (ledger_readers)",
+        statements=tuple(_v2()),
     ),
 )
 PG_SCHEMA_VERSION: Final = PG_MIGRATIONS[-1].version
@@ -391,12 +489,19 @@ def migrate_pg(con: Connection, *, where: str = "PostgreSQL ledger") -> list[int
 
 def libpq_url(url: str, *, schema: str | None = None) -> str:
     """A libpq URL from `url` (a `postgresql+psycopg://` SQLAlchemy one is accepted), whose
-    sessions use `schema` first when given."""
+    sessions use `schema` first when given.
+
+    `?schema=name` in `url` is comptroller's own parameter (libpq has none): the schema
+    holding the ledger, as `schema` (which wins). Without either, the URL's own `options`
+    (e.g. `-csearch_path=…`) are kept.
+    """
     parts = urlsplit(url)
     scheme = parts.scheme.split("+", 1)[0]
     if scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"{url!r} is not a PostgreSQL URL (postgresql://user@host/db)")
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    pairs = parse_qsl(parts.query)
+    schema = schema or url_schema(url)
+    query = [(k, v) for k, v in pairs if k != "schema" and (schema is None or k != "options")]
     if schema is not None:
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
             raise ConfigError(f"schema {schema!r}: use lower-case letters, digits and _")
@@ -404,14 +509,37 @@ def libpq_url(url: str, *, schema: str | None = None) -> str:
     return urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
 
 
-def connect_pg(url: str, *, schema: str | None = None, migrate: bool = True) -> Connection:
+def url_schema(url: str) -> str | None:
+    """The `schema` query parameter of a ledger URL (None when it has none)."""
+    for key, value in parse_qsl(urlsplit(url).query):
+        if key == "schema" and value:
+            return value
+    return None
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be shown: no password, no query."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0] or "postgresql"
+    return urlunsplit((scheme, _no_password(url), parts.path, "", ""))
+
+
+def connect_pg(
+    url: str,
+    *,
+    schema: str | None = None,
+    migrate: bool = True,
+    create_schema: bool = True,
+) -> Connection:
     """Open the PostgreSQL ledger at `url` through ADBC, migrated unless `migrate` is False.
 
     Args:
-        url: `postgresql://user@host:port/db` (or SQLAlchemy's `postgresql+psycopg://…`).
-        schema: The schema holding the ledger (created if missing; default: the server's
-            search path, usually `public`).
+        url: `postgresql://user@host:port/db` (or SQLAlchemy's `postgresql+psycopg://…`;
+            `?schema=name` names the schema as `schema` does).
+        schema: The schema holding the ledger (created if missing; default: the URL's
+            `schema`, else the server's search path, usually `public`).
         migrate: Apply pending migrations.
+        create_schema: Create the schema when missing (a reading role may not: False).
 
     Raises:
         ConfigError: The server does not answer, the driver is missing, or the schema is
@@ -424,8 +552,9 @@ def connect_pg(url: str, *, schema: str | None = None, migrate: bool = True) -> 
             "the PostgreSQL ledger needs the postgres extra: uv add 'comptroller[postgres]' "
             "(adbc-driver-postgresql)"
         ) from exc
+    schema = schema or url_schema(url)
     target = libpq_url(url, schema=schema)
-    shown = urlunsplit(urlsplit(target)._replace(query="", netloc=_no_password(target)))
+    shown = shown_url(target)
     try:
         con = pg.connect(target)
     except Exception as exc:
@@ -434,7 +563,10 @@ def connect_pg(url: str, *, schema: str | None = None, migrate: bool = True) -> 
             "check the URL and that the server runs"
         ) from exc
     try:
-        if schema is not None:
+        if schema is not None and create_schema:
+            # Under the migration lock: two processes creating one schema at once would
+            # otherwise race on the catalog (a unique violation for the second).
+            _execute(con, f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             _execute(con, f"CREATE SCHEMA IF NOT EXISTS {schema}")
             con.commit()
         if migrate:
@@ -456,3 +588,117 @@ def _no_password(url: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class ReaderBinding:
+    """What a reading role may see: `org` and `tenant` (None: every one)."""
+
+    role: str
+    org: str | None
+    tenant: str | None
+
+
+def _role_ident(con: Connection, role: str) -> str:
+    """`role` quoted as an identifier, once PostgreSQL confirms the role exists."""
+    if not role or "\x00" in role:
+        raise ConfigError("give the name of a PostgreSQL role")
+    rows = _rows(con, "SELECT count(*) FROM pg_roles WHERE rolname = $1", [role])
+    if not rows or not rows[0][0]:
+        raise ConfigError(
+            f"no PostgreSQL role {role!r}: create it first (CREATE ROLE {role} LOGIN), "
+            "then grant it the ledger"
+        )
+    return '"' + role.replace('"', '""') + '"'
+
+
+def grant_reader(
+    con: Connection, role: str, *, org: str | None = None, tenant: str | None = None
+) -> bool:
+    """Let `role` read the ledger's rows of `org` and `tenant` (None: all), and SELECT the
+    ledger's tables (commits `con`, which must own them). Row-level security (schema v2)
+    enforces the binding in the database, whatever the role runs.
+
+    Returns:
+        False when the role already had this binding.
+
+    Raises:
+        ConfigError: No such role, or `con` may not grant (not the tables' owner).
+    """
+    ident = _role_ident(con, role)
+    try:
+        added = _rows(
+            con,
+            "INSERT INTO ledger_readers (role_name, org, tenant) VALUES ($1::TEXT, $2::TEXT, $3::TEXT) "
+            "ON CONFLICT DO NOTHING RETURNING role_name",
+            [role, org, tenant],
+        )
+        _execute(con, f"GRANT USAGE ON SCHEMA {_current_schema(con)} TO {ident}")
+        _execute(con, f"GRANT SELECT ON {', '.join(READABLE)} TO {ident}")
+        con.commit()
+    except ConfigError:
+        con.rollback()
+        raise
+    except Exception as exc:
+        con.rollback()
+        raise ConfigError(
+            f"cannot grant {role!r} the ledger: {_first_line(exc)}; run this as the role "
+            "that owns the ledger (the collector's)"
+        ) from exc
+    return bool(added)
+
+
+def revoke_reader(
+    con: Connection,
+    role: str,
+    *,
+    org: str | None = None,
+    tenant: str | None = None,
+    every: bool = False,
+) -> int:
+    """Remove `role`'s binding to `org` and `tenant` (or, with `every`, all its bindings);
+    a role left without one loses SELECT on the ledger (commits `con`).
+
+    Returns:
+        How many bindings were removed.
+    """
+    ident = _role_ident(con, role)
+    try:
+        if every:
+            removed = _rows(
+                con,
+                "DELETE FROM ledger_readers WHERE role_name = $1::TEXT RETURNING role_name",
+                [role],
+            )
+        else:
+            removed = _rows(
+                con,
+                "DELETE FROM ledger_readers WHERE role_name = $1 "
+                "AND org IS NOT DISTINCT FROM $2::TEXT AND tenant IS NOT DISTINCT FROM $3::TEXT "
+                "RETURNING role_name",
+                [role, org, tenant],
+            )
+        left = _rows(con, "SELECT count(*) FROM ledger_readers WHERE role_name = $1", [role])
+        if not left[0][0]:
+            _execute(con, f"REVOKE SELECT ON {', '.join(READABLE)} FROM {ident}")
+        con.commit()
+    except Exception as exc:
+        con.rollback()
+        raise ConfigError(f"cannot revoke {role!r}'s binding: {_first_line(exc)}") from exc
+    return len(removed)
+
+
+def reader_bindings(con: Connection) -> list[ReaderBinding]:
+    """Every binding in `ledger_readers` (as its owner sees them: all)."""
+    rows = _rows(
+        con,
+        "SELECT role_name, org, tenant FROM ledger_readers "
+        "ORDER BY role_name, org NULLS FIRST, tenant NULLS FIRST",
+    )
+    con.commit()
+    return [ReaderBinding(str(r[0]), r[1], r[2]) for r in rows]
+
+
+def _current_schema(con: Connection) -> str:
+    (name,) = _rows(con, "SELECT quote_ident(current_schema())")[0]
+    return str(name)

@@ -193,7 +193,8 @@ def open_reader(
     token: str | None = None,
     timeout: float = 30.0,
 ) -> DuckDBReader | HttpReader:
-    """Open a reader over a DuckDB file (read-only) or a running collector.
+    """Open a reader over a DuckDB file (read-only) or a running collector (a PostgreSQL
+    ledger: `PgReader`, or `reader_from_settings`).
 
     Args:
         db: The DuckDB file. It must not be open for writing by another process; while a
@@ -261,6 +262,7 @@ def run_read_only(
     *,
     limits: Limits | None = None,
     checked: bool = True,
+    fresh_cursor: bool = True,
 ) -> pa.Table:
     """Run one read statement on a fresh cursor of `con`, in a read-only transaction.
 
@@ -279,6 +281,8 @@ def run_read_only(
         limits: Time limit and row cap.
         checked: Check `sql` with `check_read_only` first (False only to prove that the
             transaction alone refuses writes).
+        fresh_cursor: False: run on `con` itself, a cursor the caller prepared (temporary
+            views of its own) and closes.
 
     Raises:
         QueryError: Not one read statement, or it failed.
@@ -287,7 +291,7 @@ def run_read_only(
     limits = limits or Limits()
     statement: duckdb.Statement | str = read_statement(sql) if checked else sql
     try:
-        cursor = con.cursor()
+        cursor = con.cursor() if fresh_cursor else con
     except duckdb.Error as exc:  # the connection was closed meanwhile
         raise QueryError(_first_line(exc)) from exc
     timer: threading.Timer | None = None
@@ -332,7 +336,8 @@ def run_read_only(
             timer.cancel()
         with contextlib.suppress(duckdb.Error):
             cursor.execute("ROLLBACK").fetchall()
-        cursor.close()
+        if fresh_cursor:
+            cursor.close()
 
 
 _READ_KINDS = "SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN [ANALYZE] of those"

@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from comptroller.analytics._errors import QueryError, ReaderUnavailable
+from comptroller.analytics._pg_reader import PgReader, is_pg_url
 from comptroller.analytics._reader import DuckDBReader, HttpReader, open_reader
 from comptroller.config import Settings
 from comptroller.errors import UsageError
@@ -27,43 +28,44 @@ from comptroller.errors import UsageError
 def reader_from_settings(
     settings: Settings,
     *,
-    db: Path | None = None,
+    db: Path | str | None = None,
     url: str | None = None,
     token: str | None = None,
     follow: Literal[False] = False,
-) -> DuckDBReader | HttpReader: ...
+) -> DuckDBReader | HttpReader | PgReader: ...
 
 
 @overload
 def reader_from_settings(
     settings: Settings,
     *,
-    db: Path | None = None,
+    db: Path | str | None = None,
     url: str | None = None,
     token: str | None = None,
     follow: Literal[True],
-) -> HttpReader | LocalReader: ...
+) -> HttpReader | LocalReader | PgReader: ...
 
 
 def reader_from_settings(
     settings: Settings,
     *,
-    db: Path | None = None,
+    db: Path | str | None = None,
     url: str | None = None,
     token: str | None = None,
     follow: bool = False,
-) -> DuckDBReader | HttpReader | LocalReader:
+) -> DuckDBReader | HttpReader | LocalReader | PgReader:
     """Open the reader a command should use.
 
-    Order: `url` > `db` > `analytics.read_url` > the data directory's DuckDB file. A file
-    that does not exist yet is created (empty, migrated) so that SQL over a fresh
-    installation works. A file locked by a collector is read through that collector when
-    it listens on the configured `collector.host:port`.
+    Order: `url` > `db` > `analytics.read_url` > the `db` setting > the data directory's
+    DuckDB file. A PostgreSQL ledger (`postgresql://…`, as `db`, `url` or the `db`
+    setting) is read by a `PgReader`. A file that does not exist yet is created (empty,
+    migrated) so that SQL over a fresh installation works. A file locked by a collector is
+    read through that collector when it listens on the configured `collector.host:port`.
 
     Args:
         settings: Where the data directory and the collector are.
-        db: The DuckDB file to read.
-        url: A running collector to read through.
+        db: The DuckDB file to read, or a PostgreSQL ledger's URL.
+        url: A running collector to read through (or a PostgreSQL ledger's URL).
         token: The collector's bearer token (default: `collector.token`).
         follow: For a reader that lives long (the dashboard): a `LocalReader` over the
             file, which opens nothing until the first query, reopens the file when it is
@@ -77,12 +79,18 @@ def reader_from_settings(
     """
     if db is not None and url is not None:
         raise UsageError("give --db FILE or --url URL, not both")
+    if url is not None and is_pg_url(url):
+        db, url = url, None
+    if isinstance(db, str) and is_pg_url(db):
+        return PgReader(db)
     token = token or settings.collector.bearer_token()
     if url is not None:
         return HttpReader(url, token=token)
     if db is None and settings.analytics.read_url:
         return HttpReader(settings.analytics.read_url, token=token)
-    path = db if db is not None else settings.db_file
+    if db is None and settings.db_url is not None:
+        return PgReader(settings.db_url)
+    path = Path(db) if db is not None else settings.db_file
     if follow:
         return LocalReader(path, collector_url=_collector_url(settings), token=token)
     if db is None:

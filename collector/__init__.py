@@ -1,11 +1,13 @@
-"""The collector: OTLP in, DuckDB out.
+"""The collector: OTLP in, DuckDB (or PostgreSQL) out.
 
 It receives OTLP over HTTP (`/v1/traces`, `/v1/logs`, `/v1/metrics`; protobuf or JSON,
 gzip) and gRPC, normalises GenAI spans of comptroller and of third-party instrumentations
 (OpenTelemetry contrib openai-v2, OpenLLMetry, OpenLIT, Logfire, OpenInference) into the same
 columns through one alias table, prices calls that have no comptroller usage row with
-genai-prices, and lands everything in DuckDB in batched, idempotent transactions. The
-embedded sink runs the same code inside the control plane's process.
+genai-prices, and lands everything in batched, idempotent transactions: into a DuckDB file
+it owns, or into a PostgreSQL ledger that a fleet of collectors shares, exactly once per
+collector id and ingest-log position (`collect --db postgresql://…`). The embedded sink
+runs the same code inside the control plane's process (DuckDB only).
 
 Example:
     >>> from comptroller.collector import EmbeddedSink

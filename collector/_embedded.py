@@ -38,6 +38,8 @@ from comptroller.collector._native import NativeDecoder, available
 from comptroller.collector._normalise import Batch, Normaliser
 from comptroller.collector._validate import validate
 from comptroller.config import AlertSettings
+from comptroller.config._collector import is_postgres_url
+from comptroller.errors import ConfigError
 from comptroller.pricing import Pricer
 
 if TYPE_CHECKING:
@@ -52,7 +54,8 @@ class EmbeddedSink:
 
     Args:
         db_path: The DuckDB file (created and migrated if needed). This process becomes its
-            only writer until `shutdown`.
+            only writer until `shutdown`. A PostgreSQL ledger is refused (ConfigError): a
+            fleet lands into it through `comptroller collect`.
         timezone: Time zone of the daily rollup's days.
         prices: Prices usage derived from third-party GenAI spans (the control plane passes
             its own pricer, so both price with the same fallback registry).
@@ -71,6 +74,12 @@ class EmbeddedSink:
         alerts: AlertSettings | None = None,
         attribution_budgets: Sequence[AttributionBudget] = (),
     ) -> None:
+        if is_postgres_url(db_path) or str(db_path).startswith(("postgresql:", "postgres:")):
+            raise ConfigError(
+                "the embedded sink lands into a DuckDB file only, not a PostgreSQL ledger: "
+                "run `comptroller collect --db postgresql://…` and send it OTLP "
+                '(telemetry = "otlp"), or give the embedded sink a DuckDB file'
+            )
         self.db_path = Path(db_path)
         self.timezone = timezone
         self.attribution_budgets = tuple(attribution_budgets)

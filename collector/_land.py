@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -116,6 +116,42 @@ class LandResult:
     superseded: int = 0
     quarantined: pa.Table | None = None
     """Rows the database refused, moved to `rejected_records` by `land_safely`."""
+
+
+class LedgerLander(Protocol):
+    """What the collector's pipeline needs of a lander, whichever store it lands into:
+    `Lander` (a DuckDB file) or `collector._land_pg.PgLander` (a PostgreSQL ledger)."""
+
+    lock: threading.Lock
+    """Held while landing (reads that need the landing's state take it)."""
+
+    def land_safely(
+        self,
+        batches: Sequence[Batch],
+        *,
+        log_seq: int | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> LandResult:
+        """Land `batches` in one transaction, quarantining rows the store refuses.
+
+        Args:
+            batches: What to land, in ingest-log order.
+            log_seq: The ingest-log sequence number of the last batch.
+            positions: The ingest-log sequence number of each batch.
+        """
+        ...
+
+    def flush_budget_events(self) -> None:
+        """Record the budget crossings that skipped checks left pending."""
+        ...
+
+    def database_id(self) -> str:
+        """The store's id (the ingest log is bound to it)."""
+        ...
+
+    def landed_log_seq(self) -> int:
+        """The ingest-log sequence number of the last request landed (0: none)."""
+        ...
 
 
 class _Relations:
@@ -340,9 +376,14 @@ class Lander:
         batches: Sequence[Batch],
         *,
         log_seq: int | None = None,
+        positions: Sequence[int] | None = None,
         received: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> LandResult:
         """`land`, and when a row's values make it fail, quarantine that row and land the rest.
+
+        `positions` (each batch's ingest-log sequence number) is what the PostgreSQL lander
+        keys its exactly-once landing on; this lander, the file's only writer, commits
+        `log_seq` alone and ignores it.
 
         `validate` keeps out-of-range values from reaching the landing; this is the defence
         in depth. Without it one bad row failed its whole landing, which the writer retried
@@ -492,60 +533,8 @@ class Lander:
     def _decide(
         self, batches: Sequence[Batch]
     ) -> tuple[_Relations, list[bool], set[str], set[bytes]]:
-        """Which derived rows to keep and which landed ones to remove (the cache untouched)."""
-        cache = self._relations
-        new = _Relations()
-        genai = [ref for b in batches for ref in b.genai_refs]
-        usage = [key for b in batches for key in b.usage_refs]
-        # What this batch tells, before any decision.
-        for key, parent, flags in genai:
-            new.spans[key] = flags
-            if flags & _LEAF and parent:
-                new.leaf_parents[parent] = None
-        for key in usage:
-            new.usage[key] = None
-
-        def is_comptroller(key: bytes) -> bool:
-            return bool((new.spans.get(key) or cache.spans.get(key) or 0) & _COMPTROLLER)
-
-        # Landed derived rows that this batch makes redundant.
-        dropped: set[bytes] = set()
-
-        def drop_children(key: bytes) -> None:
-            for kid in cache.children.get(key, ()):
-                if kid in cache.derived:
-                    dropped.add(kid)
-
-        for key, parent, flags in genai:
-            if flags & _LEAF and parent and parent in cache.derived:
-                dropped.add(parent)
-            if flags & _COMPTROLLER:
-                drop_children(key)
-        for key in usage:
-            if key in cache.derived:
-                dropped.add(key)
-            drop_children(key)
-        # Derived rows of this batch that nothing else counts.
-        keep: list[bool] = []
-        for batch in batches:
-            for key, parent in batch.derive_refs:
-                counted = (
-                    key in new.usage
-                    or key in cache.usage
-                    or key in new.leaf_parents
-                    or key in cache.leaf_parents
-                    or (
-                        parent is not None
-                        and (parent in new.usage or parent in cache.usage or is_comptroller(parent))
-                    )
-                )
-                keep.append(not counted)
-                if not counted:
-                    new.derived[key] = parent
-                    if parent is not None:
-                        new.children.setdefault(parent, []).append(key)
-        remove = {f"span:{key[:16].hex()}:{key[16:].hex()}" for key in dropped}
-        return new, keep, remove, dropped
+        """`decide` over this lander's relations."""
+        return decide(self._relations, batches)
 
     def _commit(self, new: _Relations, dropped: set[bytes]) -> None:
         for key in dropped:
@@ -642,6 +631,75 @@ class Lander:
                 self._alerts.clear()
                 raise
             self._send_alerts()
+
+
+def decide(
+    relations: _Relations, batches: Sequence[Batch]
+) -> tuple[_Relations, list[bool], set[str], set[bytes]]:
+    """Which derived rows of `batches` to keep, and which landed ones to remove.
+
+    The counting rules of the module's docstring, decided over `relations` (what recent
+    traces hold, left untouched) and what the batches tell; both landers (DuckDB and
+    PostgreSQL) decide with this one function.
+
+    Returns:
+        What the batches add to the relations (merged once they commit), one keep flag per
+        derived row of the batches, the usage ids of landed derived rows to delete, and the
+        keys of those rows.
+    """
+    cache = relations
+    new = _Relations()
+    genai = [ref for b in batches for ref in b.genai_refs]
+    usage = [key for b in batches for key in b.usage_refs]
+    # What this batch tells, before any decision.
+    for key, parent, flags in genai:
+        new.spans[key] = flags
+        if flags & _LEAF and parent:
+            new.leaf_parents[parent] = None
+    for key in usage:
+        new.usage[key] = None
+
+    def is_comptroller(key: bytes) -> bool:
+        return bool((new.spans.get(key) or cache.spans.get(key) or 0) & _COMPTROLLER)
+
+    # Landed derived rows that this batch makes redundant.
+    dropped: set[bytes] = set()
+
+    def drop_children(key: bytes) -> None:
+        for kid in cache.children.get(key, ()):
+            if kid in cache.derived:
+                dropped.add(kid)
+
+    for key, parent, flags in genai:
+        if flags & _LEAF and parent and parent in cache.derived:
+            dropped.add(parent)
+        if flags & _COMPTROLLER:
+            drop_children(key)
+    for key in usage:
+        if key in cache.derived:
+            dropped.add(key)
+        drop_children(key)
+    # Derived rows of this batch that nothing else counts.
+    keep: list[bool] = []
+    for batch in batches:
+        for key, parent in batch.derive_refs:
+            counted = (
+                key in new.usage
+                or key in cache.usage
+                or key in new.leaf_parents
+                or key in cache.leaf_parents
+                or (
+                    parent is not None
+                    and (parent in new.usage or parent in cache.usage or is_comptroller(parent))
+                )
+            )
+            keep.append(not counted)
+            if not counted:
+                new.derived[key] = parent
+                if parent is not None:
+                    new.children.setdefault(parent, []).append(key)
+    remove = {f"span:{key[:16].hex()}:{key[16:].hex()}" for key in dropped}
+    return new, keep, remove, dropped
 
 
 def _keys(table: pa.Table) -> pa.Table:

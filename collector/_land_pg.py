@@ -22,28 +22,45 @@ order, so concurrent landers wait for each other's row locks instead of deadlock
 deadlock or serialisation failure is retried a few times anyway).
 
 Derived usage rows (third-party inference spans, table `derive`) follow the DuckDB
-lander's counting rules, decided with the same code (`Lander._decide`) over the relations
-of recent traces this collector landed; a derived row made redundant later is deleted and
-its sums taken off the rollups.
+lander's counting rules, decided with the same code (`collector._land.decide`) over the
+relations of recent traces this collector landed; a derived row made redundant later is
+deleted and its sums taken off the rollups.
+
+Budget crossings (warnings, the cap exceeded) are recorded into `budget_events` by the
+rules the DuckDB ledger and the control plane share (`comptroller.budget_alerts`: the
+key's `WarningPolicy.for_key`, `crossings`, `warning_event_id`), from the budget state of
+the rollups (`analytics._pg_budget.budget_state_pg`). They are looked for after a landing
+commits, in a transaction of their own (at most every `budget_events_every_s`; the idle
+writer's `flush_budget_events` makes up skipped checks): each event's id is the same in
+every process, so of several collectors (and the control plane) raising one crossing, one
+records it (`ON CONFLICT DO NOTHING … RETURNING`) and only that one alerts. Budgets by
+attribution (`[[control.attribution_budgets]]`) are not served from PostgreSQL yet: their
+state and crossings are read from DuckDB ledgers only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
+import json
 import logging
+import math
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from comptroller import semconv
+from comptroller.analytics._budget import BudgetEvent, BudgetState
 from comptroller.analytics._delta import DELTA_INPUTS
+from comptroller.analytics._pg_budget import budget_state_pg
 from comptroller.analytics._pg_schema import (
     STORED,
     arrow_pg_type,
@@ -52,8 +69,11 @@ from comptroller.analytics._pg_schema import (
 )
 from comptroller.analytics._tables import LANDED
 from comptroller.analytics._unpriced import unpriced_sql
-from comptroller.collector._land import Lander, LandResult, _Relations
+from comptroller.budget_alerts import Crossing, WarningPolicy, crossings, day_bounds
+from comptroller.budget_alerts import warning_event_id as _warning_event_id
+from comptroller.collector._land import LandResult, _Relations, decide
 from comptroller.collector._normalise import Batch
+from comptroller.collector._notify import Alert, alerts_of, budget_event_alert
 from comptroller.collector._resources import resource_id, split_resources
 from comptroller.collector._validate import quarantine_rows
 from comptroller.errors import ComptrollerError, ConfigError
@@ -328,6 +348,18 @@ class PgLander:
         lookback: How far back the relations are rebuilt from the ledger on start.
         retries: Times a landing that met a deadlock or a serialisation failure is run
             again before the error goes to the caller (whose own retry is the pipeline's).
+        budget_events_every_s: Look for budget crossings after a landing at most this
+            often (0: after every landing that added usage); `flush_budget_events` makes
+            up skipped checks.
+        warnings: When budgets warn (None: the default policy, as `record_budget_events`).
+        on_alerts: Told, after each commit, of the alert-worthy events this lander newly
+            recorded: budget crossings it found, and budget and circuit events of the
+            control plane it landed (not those another collector landed first).
+        clock: Monotonic seconds (injectable for tests).
+        reconnect: Opens a new connection to the ledger (the collector's claims its id on
+            it again) when the server closed this one: a PostgreSQL restart or a failover
+            costs a retried landing, not a collector stuck on a dead session. None: the
+            error goes to the caller each time.
 
     Raises:
         ConfigError: The ledger's rollups are cut in another time zone.
@@ -343,6 +375,11 @@ class PgLander:
         max_traces: int = 200_000,
         lookback: dt.timedelta = dt.timedelta(hours=1),
         retries: int = 5,
+        budget_events_every_s: float = 1.0,
+        warnings: WarningPolicy | None = None,
+        on_alerts: Callable[[list[Alert]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        reconnect: Callable[[], Connection] | None = None,
     ) -> None:
         if not collector_id or len(collector_id) > 200:
             raise ConfigError("collector_id must be 1 to 200 characters")
@@ -354,10 +391,20 @@ class PgLander:
         self.lookback = lookback
         self.retries = retries
         self.lock = threading.Lock()
+        self.reconnect = reconnect
+        """Opens a new connection when the server lost this one (None: errors stay)."""
         self.resource_id: Callable[[str], int] = resource_id
         self.timings: dict[str, float] = {"stage": 0.0, "insert": 0.0, "rollup": 0.0, "commit": 0.0}
         self._staged: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
         self._relations = _Relations()
+        self.budget_events_every_s = budget_events_every_s
+        self.warnings = warnings
+        self.on_alerts = on_alerts
+        self._clock = clock
+        self._budget_checked_at = -math.inf
+        self.budget_events_pending = True
+        """Usage may have landed since the last look for budget crossings (true on start:
+        a crash may have come between a landing and its look)."""
         self._zone = _zone_literal(timezone)
         self._claim_zone()
         self._prime()
@@ -406,7 +453,87 @@ class PgLander:
         return str(found)
 
     def flush_budget_events(self) -> None:
-        """Nothing yet: budget crossings are not recorded into a PostgreSQL ledger."""
+        """Record the budget crossings that skipped checks left pending (own transaction)."""
+        with self.lock:
+            if self.budget_events_pending:
+                try:
+                    self._record_budget_events()
+                except Exception:
+                    self._reconnect_if_lost()  # the next look runs on a new session
+                    raise
+
+    def _reconnect_if_lost(self) -> bool:
+        """Replace a connection the server closed (restarted, or ended the session) with a
+        new one from `reconnect`; True when replaced.
+
+        Raises:
+            Exception: `reconnect` failed (the caller's retry tries again later).
+        """
+        if self.reconnect is None:
+            return False
+        try:
+            cur = self.con.cursor()
+            try:
+                cur.execute("SELECT 1")
+                cur.fetchall()
+            finally:
+                cur.close()
+            self.con.rollback()
+            return False  # alive: the error was something else
+        except Exception:
+            pass
+        with contextlib.suppress(Exception):
+            self.con.close()
+        self._staged.clear()  # the session's temporary tables went with it
+        self.con = self.reconnect()
+        _log.warning("comptroller: the PostgreSQL ledger's connection was lost; reconnected")
+        return True
+
+    def record_budget_events(self, *, now: dt.datetime | None = None) -> list[BudgetEvent]:
+        """Look for today's budget crossings now and record the new ones (own transaction).
+
+        Returns:
+            The events this call recorded (not those recorded before, by anyone).
+        """
+        with self.lock:
+            return self._record_budget_events(now=now)
+
+    def _after_landing(self, result: PgLandResult) -> None:
+        """After a landing committed: its budget crossings, if it is time to look."""
+        if result.derived or result.inserted.get("llm_usage") or result.superseded:
+            self.budget_events_pending = True
+        if (
+            self.budget_events_pending
+            and self._clock() - self._budget_checked_at >= self.budget_events_every_s
+        ):
+            try:
+                self._record_budget_events()
+            except Exception:  # the landing stands; the idle writer's flush tries again
+                _log.exception("comptroller: budget crossings were not recorded")
+
+    def _record_budget_events(self, *, now: dt.datetime | None = None) -> list[BudgetEvent]:
+        stamp = now or dt.datetime.now(dt.UTC)
+        states = budget_state_pg(self.con, now=stamp, timezone=self.timezone)
+        recorded: list[BudgetEvent] = []
+        if states:
+            cur = self.con.cursor()
+            try:
+                recorded = _insert_budget_events(
+                    cur, states, stamp=stamp, timezone=self.timezone, policy=self.warnings
+                )
+                self.con.commit()
+            except BaseException:
+                self._rollback()
+                raise
+            finally:
+                cur.close()
+        self._budget_checked_at = self._clock()
+        self.budget_events_pending = False
+        if recorded and self.on_alerts is not None:
+            self._send_alerts(
+                [a for event in recorded if (a := budget_event_alert(event)) is not None]
+            )
+        return recorded
 
     def land(
         self,
@@ -440,13 +567,18 @@ class PgLander:
         with self.lock:
             while True:
                 try:
-                    return self._land(batches, positions)
+                    result = self._land(batches, positions)
                 except Exception as exc:
                     if _sqlstate(exc) in _RETRIED and attempt < self.retries:
                         attempt += 1
                         time.sleep(0.01 * 2**attempt)
                         continue
+                    if self._reconnect_if_lost() and attempt < self.retries:
+                        attempt += 1  # on a new session: nothing of the landing committed
+                        continue
                     raise
+                self._after_landing(result)
+                return result
 
     def land_safely(
         self,
@@ -496,6 +628,9 @@ class PgLander:
     def _land(self, batches: Sequence[Batch], positions: Sequence[int]) -> PgLandResult:
         con = self.con
         result = PgLandResult()
+        # Events of the control plane this landing newly inserted that make alerts (a
+        # re-delivered event, or one another collector landed first, alerts nobody twice).
+        alerts: list[Alert] | None = [] if self.on_alerts is not None else None
         cur = con.cursor()
         try:
             started = time.perf_counter()
@@ -517,7 +652,7 @@ class PgLander:
                 self._rollback()
                 return result
             kept = [b for b, _ in todo]
-            new, keep, remove, dropped = Lander._decide(cast(Any, self), kept)
+            new, keep, remove, dropped = decide(self._relations, kept)
             tables = _merge(kept)
             if "derive" in tables and not all(keep):
                 tables["derive"] = tables["derive"].filter(pa.array(keep, pa.bool_()))
@@ -533,7 +668,7 @@ class PgLander:
                 table = tables[name]
                 if table.num_rows == 0:
                     continue
-                count = self._insert(cur, name, table)
+                count = self._insert(cur, name, table, alerts=alerts)
                 if name == "derive":
                     result.derived = count
                 else:
@@ -569,7 +704,18 @@ class PgLander:
         finally:
             cur.close()
         self._relations_commit(new, dropped)
+        if alerts:
+            self._send_alerts(alerts)
         return result
+
+    def _send_alerts(self, alerts: list[Alert]) -> None:
+        """Hand alerts of a committed transaction to `on_alerts`."""
+        if self.on_alerts is None or not alerts:
+            return
+        try:
+            self.on_alerts(alerts)
+        except Exception:  # alerting never undoes or fails a landing
+            _log.exception("comptroller: alerts of a landing were not queued")
 
     def _rollback(self) -> None:
         # Staging tables created in the transaction are gone with it.
@@ -588,8 +734,13 @@ class PgLander:
         cur.adbc_ingest(stage, table, mode="append", temporary=True)
         return stage
 
-    def _insert(self, cur: Cursor, name: str, table: pa.Table) -> int:
-        """Insert the staged rows of `name` the ledger does not hold; how many it added."""
+    def _insert(
+        self, cur: Cursor, name: str, table: pa.Table, *, alerts: list[Alert] | None = None
+    ) -> int:
+        """Insert the staged rows of `name` the ledger does not hold; how many it added.
+
+        With `alerts`, the alerts of the budget and circuit events it added go there.
+        """
         target = "llm_usage" if name == "derive" else name
         declared = LANDED[target]
         stage = self._stage(cur, name, table)
@@ -612,6 +763,12 @@ class PgLander:
                 f"WITH ins AS ({insert} RETURNING {columns}) "
                 f"INSERT INTO _landed_usage ({columns}) SELECT {columns} FROM ins"
             )
+        elif alerts is not None and target in _ALERT_COLUMNS:
+            cur.execute(f"{insert} RETURNING {_ALERT_COLUMNS[target]}")
+            names = [d[0] for d in cur.description or ()]
+            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            alerts.extend(alerts_of(target, rows))
+            return len(rows)
         else:
             cur.execute(insert)
         return max(int(cur.rowcount), 0)
@@ -801,6 +958,133 @@ class PgLander:
         for key in dropped:
             self._relations.derived.pop(key, None)
         self._relations.merge(new, self.max_traces)
+
+
+_ALERT_COLUMNS: Final = {
+    "budget_events": "event_id, extract(epoch FROM ts)::FLOAT8 AS ts, day::TEXT AS day, kind, "
+    "tenant, context, purpose, cap_usd::TEXT AS cap_usd, spent_usd::TEXT AS spent_usd, "
+    "attributes::TEXT AS attributes",
+    "circuit_events": "event_id, extract(epoch FROM ts)::FLOAT8 AS ts, provider, model, state, "
+    "reason, failures, cooldown_s",
+}
+"""What an alert reads of each event table (`collector._notify.ALERT_COLUMNS` in PostgreSQL)."""
+_WARN_RATIO: Final = 0.8
+"""The utilisation the budget state calls `warning` (as `record_budget_events`' default)."""
+
+
+def _insert_budget_events(
+    cur: Cursor,
+    states: Sequence[BudgetState],
+    *,
+    stamp: dt.datetime,
+    timezone: str,
+    policy: WarningPolicy | None,
+) -> list[BudgetEvent]:
+    """Insert the crossings of `states` not recorded yet (by anyone); those it inserted.
+
+    The rules of `analytics.record_budget_events` (DuckDB), over a PostgreSQL cursor: each
+    key's warnings under its policy (`WarningPolicy.for_key`), each once per key, threshold
+    and day under the id the control plane gives it (`warning_event_id`), and the cap's
+    crossing once per key and day unless one is recorded already (by the control plane,
+    under an id of its own).
+    """
+    policy = policy if policy is not None else WarningPolicy()
+    day = states[0].day
+    cur.execute(
+        "SELECT coalesce(tenant, ''), coalesce(context, ''), coalesce(purpose, ''), "
+        "coalesce(attribute, '') FROM budget_events WHERE day = $1::DATE AND kind = 'exceeded'",
+        [day.isoformat()],
+    )
+    exceeded_seen = {tuple(str(v) for v in row) for row in cur.fetchall()}
+    start, end = day_bounds(day, timezone)
+    recorded: list[BudgetEvent] = []
+    for state in states:
+        attribute = state.attribute
+        key_policy = policy.for_key(state.tenant, state.context, state.purpose, attribute)
+        found: list[tuple[str, str, Crossing | None]] = [
+            (
+                _warning_event_id(
+                    state.tenant,
+                    state.context,
+                    state.purpose,
+                    day.isoformat(),
+                    c.label,
+                    attribute=attribute,
+                ),
+                "warning",
+                c,
+            )
+            for c in crossings(
+                state.spent_usd,
+                state.cap_usd,
+                now=stamp.timestamp(),
+                day_start=start,
+                day_end=end,
+                policy=key_policy,
+            )
+        ]
+        if state.spend_status == "exceeded" and (*state.key, attribute) not in exceeded_seen:
+            event_id = (
+                f"budget:{day.isoformat()}:exceeded:{state.tenant}:{state.context}:{state.purpose}"
+            )
+            if attribute:
+                event_id += f":{attribute}"
+            found.append((event_id, "exceeded", None))
+        for event_id, kind, crossing in found:
+            attributes: dict[str, Any] = {
+                "utilisation": state.utilisation,
+                "warn_ratio": _WARN_RATIO,
+                "unpriced_calls": state.unpriced_calls,
+                "unpriced_models": list(state.unpriced_models),
+            }
+            if crossing is not None:
+                attributes[semconv.BUDGET_WARNING_KIND] = crossing.kind
+                if crossing.threshold is not None:
+                    attributes[semconv.BUDGET_THRESHOLD] = crossing.threshold
+                if crossing.projected_usd is not None:
+                    attributes[semconv.BUDGET_PROJECTED_USD] = str(crossing.projected_usd)
+            values = pa.record_batch(
+                [
+                    pa.array([event_id], pa.string()),
+                    pa.array([stamp.astimezone(dt.UTC)], pa.timestamp("us", tz="UTC")),
+                    pa.array([day.isoformat()], pa.string()),
+                    pa.array([kind], pa.string()),
+                    pa.array([state.tenant], pa.string()),
+                    pa.array([state.context], pa.string()),
+                    pa.array([state.purpose], pa.string()),
+                    pa.array([str(state.cap_usd)], pa.string()),
+                    pa.array([str(state.spent_usd)], pa.string()),
+                    pa.array([json.dumps(attributes)], pa.string()),
+                    pa.array([attribute or None], pa.string()),
+                ],
+                names=[f"p{i}" for i in range(11)],
+            )
+            cur.execute(
+                "INSERT INTO budget_events (event_id, ts, day, kind, tenant, context, purpose, "
+                "cap_usd, spent_usd, service_name, attributes, attribute) VALUES "
+                "($1, $2, $3::DATE, $4, $5, $6, $7, $8::NUMERIC, $9::NUMERIC, "
+                "'comptroller.analytics', $10::JSONB, $11) "
+                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                values,
+            )
+            if not cur.fetchall():
+                continue  # raised before, here, by another collector or the control plane
+            recorded.append(
+                BudgetEvent(
+                    event_id=event_id,
+                    kind=kind,  # type: ignore[arg-type]
+                    day=day,
+                    tenant=state.tenant,
+                    context=state.context,
+                    purpose=state.purpose,
+                    cap_usd=state.cap_usd,
+                    spent_usd=state.spent_usd,
+                    threshold=crossing.threshold if crossing is not None else None,
+                    projected_usd=crossing.projected_usd if crossing is not None else None,
+                    attribute=attribute,
+                )
+            )
+    return recorded
 
 
 def _rank(name: str) -> int:

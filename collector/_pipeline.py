@@ -1,4 +1,4 @@
-"""The bounded queue between receivers and the single DuckDB writer, with group commit.
+"""The bounded queue between receivers and the ledger's single writer, with group commit.
 
 Receivers normalise a request, then `submit` it: the request goes to the ingest log on disk
 and its batch to the queue, and the receiver answers the client at once. An acknowledged
@@ -6,7 +6,8 @@ request is therefore durable before it is landed — a crash loses nothing that 
 acknowledged, and replay on start lands what the crash left in the log. The writer thread
 lands everything queued while the previous transaction ran in one transaction (group
 commit), which amortises DuckDB's per-statement cost over many requests, and commits the
-sequence number of the last request it holds with the rows.
+sequence number of the last request it holds with the rows (into a PostgreSQL ledger, the
+sequence number of each request: `positions`, what its exactly-once landing keys on).
 
 A row the database refuses (a value out of its column's range that validation missed) is
 quarantined into `rejected_records` and the rest lands (`Lander.land_safely`). A landing that
@@ -31,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from comptroller.collector._ingest_log import IngestLog, IngestLogError
-from comptroller.collector._land import Lander, LandResult
+from comptroller.collector._land import LandResult, LedgerLander
 from comptroller.collector._normalise import Batch
 from comptroller.collector._priority import lower_thread_priority
 from comptroller.collector._validate import TARGETS
@@ -125,7 +126,7 @@ class Pipeline:
     """A bounded queue of batches, the ingest log behind it, and the writer that lands them.
 
     Args:
-        lander: Lands merged batches into DuckDB.
+        lander: Lands merged batches (into DuckDB, or a PostgreSQL ledger).
         log: Where accepted requests are written before they are acknowledged.
         max_queue_rows: Rows that may wait for landing; beyond, `submit` raises `QueueFull`.
         max_queue_bytes: Arrow memory of the batches that may wait (a span with a large
@@ -140,7 +141,7 @@ class Pipeline:
 
     def __init__(
         self,
-        lander: Lander,
+        lander: LedgerLander,
         log: IngestLog,
         *,
         max_queue_rows: int = 50_000,
@@ -174,7 +175,7 @@ class Pipeline:
         self.accepted_seq = log.last_seq
         """Sequence number of the newest request accepted (in the log)."""
         self.landed_seq = log.last_seq
-        """Sequence number of the newest request landed (committed in DuckDB)."""
+        """Sequence number of the newest request landed (committed in the ledger)."""
         self._thread = threading.Thread(target=self._run, name="comptroller-lander", daemon=True)
         self._thread.start()
 
@@ -311,7 +312,11 @@ class Pipeline:
             size = sum(item[3] for item in items)
             seq = items[-1][2]
             try:
-                result = self.lander.land_safely([item[0] for item in items], log_seq=seq)
+                result = self.lander.land_safely(
+                    [item[0] for item in items],
+                    log_seq=seq,
+                    positions=[item[2] for item in items],
+                )
             except Exception as exc:  # a failed landing is retried; the writer lives on
                 message = f"landing failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                 with self.stats.lock:

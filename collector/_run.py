@@ -47,6 +47,13 @@ class _Server(uvicorn.Server):
             self._on_ready(port)
 
 
+def _ledger_name(collector: Collector) -> str:
+    ledger = collector.ledger_health()
+    if ledger["kind"] == "postgresql":
+        return f"{ledger['url']} as collector {ledger['collector_id']}"
+    return str(ledger["path"])
+
+
 def _tune_gc() -> None:
     """Keep the cyclic GC out of the request path of a collector process.
 
@@ -73,7 +80,7 @@ def _release_arrow_memory() -> None:
 
 
 def serve(
-    db_path: Path,
+    db_path: Path | str,
     *,
     host: str = "127.0.0.1",
     port: int = 4318,
@@ -101,11 +108,13 @@ def serve(
     query_concurrency: int = 2,
     query_queue: int = 16,
     query_max_body_bytes: int = 1 << 20,
+    collector_id: str | None = None,
 ) -> None:
     """Serve until SIGTERM / Ctrl-C, then flush and close.
 
     Args:
-        db_path: The DuckDB file the collector owns.
+        db_path: The DuckDB file the collector owns, or a PostgreSQL ledger's URL
+            (`postgresql://…`, which needs `collector_id` and `ingest_log_dir`).
         host: Interface to listen on (anything but loopback needs `token`).
         port: OTLP/HTTP port (0: any free port).
         grpc_port: OTLP/gRPC port, None to serve no gRPC (0: any free port).
@@ -134,9 +143,11 @@ def serve(
         query_concurrency: `/api/query` statements that run at once.
         query_queue: `/api/query` requests that may wait for a slot (beyond: 429).
         query_max_body_bytes: Largest `/api/query` request body (beyond: 413).
+        collector_id: This collector's id in a PostgreSQL ledger.
 
     Raises:
-        ConfigError: No token for a non-loopback host, or the database cannot be opened.
+        ConfigError: No token for a non-loopback host, the database cannot be opened, or
+            (PostgreSQL) another running collector holds `collector_id`.
     """
     check_bind(host, token)
     collector = Collector(
@@ -163,6 +174,7 @@ def serve(
         query_concurrency=query_concurrency,
         query_queue=query_queue,
         query_max_body_bytes=query_max_body_bytes,
+        collector_id=collector_id,
     )
     _tune_gc()
     _release_arrow_memory()
@@ -186,7 +198,7 @@ def serve(
                 grpc_note = f", OTLP/gRPC on {host}:{grpc_bound}" if grpc_bound else ""
                 print(
                     f"comptroller collector: OTLP/HTTP on http://{host}:{http_port}{grpc_note}, "
-                    f"landing into {db_path}"
+                    f"landing into {_ledger_name(collector)}"
                     + (
                         f" (replayed {collector.replayed} requests from the ingest log)"
                         if collector.replayed

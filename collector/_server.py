@@ -48,7 +48,7 @@ from comptroller.collector._decode import (
 )
 from comptroller.collector._normalise import Batch
 from comptroller.collector._pipeline import QueueFull, Unavailable
-from comptroller.collector._service import Collector
+from comptroller.collector._service import QUERY_ON_POSTGRES, Collector, QueryNotServed
 
 _MEDIA = {"protobuf": "application/x-protobuf", "json": "application/json"}
 _BIG_BODY = 1 << 20
@@ -234,7 +234,11 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
     async def health(request: Request) -> Response:
         if not collector.authorised(request.headers.get("authorization")):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        health = {**pipeline.health(), "native_decoder": collector.native_health()}
+        health = {
+            **pipeline.health(),
+            "ledger": collector.ledger_health(),
+            "native_decoder": collector.native_health(),
+        }
         if collector.notifier is not None:
             health["alerts"] = collector.notifier.health()
         # Acknowledged requests the ingest log could not replay: an error until restarted
@@ -257,6 +261,8 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
     async def query(request: Request) -> Response:
         if not collector.authorised(request.headers.get("authorization")):
             return _json_error(401, "missing or wrong bearer token (Authorization: Bearer …)")
+        if collector.con is None:  # a PostgreSQL ledger: SQL goes to the database itself
+            return _json_error(501, QUERY_ON_POSTGRES)
         body_limit = collector.query_max_body_bytes
         try:
             raw = await _read_limited(request, body_limit)
@@ -291,6 +297,8 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
             return _json_error(408, str(exc))
         except analytics.QueryError as exc:
             return _json_error(400, str(exc))
+        except QueryNotServed as exc:
+            return _json_error(501, str(exc))
         finally:
             queries.give_back()
         return Response(body, media_type=analytics.ARROW_STREAM)

@@ -1,22 +1,36 @@
 """The collector's core, shared by the HTTP and gRPC receivers and the read API.
 
-`Collector` owns the DuckDB file (one writer per file), the normaliser and the landing
-pipeline. Receivers hand it decoded requests; readers of other processes query through it.
+`Collector` owns the ledger's writer, the normaliser and the landing pipeline. Receivers
+hand it decoded requests; readers of other processes query through it.
+
+The ledger is a DuckDB file (one writer per file: this collector), or a PostgreSQL database
+(`postgresql://…`) that any number of collectors land into at once, each under its own
+`collector_id` (`collector/_land_pg.py`: exactly once per id and ingest-log position). The
+ingest log stays local either way. Against PostgreSQL the collector holds a session
+advisory lock on its id for its lifetime, so a second collector started with the id of a
+running one is refused instead of interleaving with it; `/api/budget-state` reads the
+ledger's rollups there, and `/api/query` (SQL on the DuckDB file) answers 501.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import hashlib
 import hmac
 import ipaddress
 import logging
+import os
+import re
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow as pa
 from google.protobuf.message import Message
@@ -26,19 +40,26 @@ from comptroller.budget_alerts import WarningPolicy
 from comptroller.collector._alert_log import start_notifier
 from comptroller.collector._decode import Encoding, decode
 from comptroller.collector._ingest_log import IngestLog
-from comptroller.collector._land import Lander
+from comptroller.collector._land import Lander, LedgerLander
 from comptroller.collector._native import NativeDecoder, available, unavailable_reason
 from comptroller.collector._normalise import Batch, Limits, Normaliser
+from comptroller.collector._notify import Notifier
 from comptroller.collector._pipeline import MAX_FLUSH_ROWS, MAX_QUEUE_MB, Pipeline, Stats
 from comptroller.collector._priority import at_lower_priority
 from comptroller.collector._validate import validate
 from comptroller.config import AlertSettings
-from comptroller.errors import ConfigError
+from comptroller.config._collector import is_postgres_url, redacted_url
+from comptroller.errors import ComptrollerError, ConfigError
 from comptroller.pricing import Pricer
 
 if TYPE_CHECKING:
+    import duckdb
+    from adbc_driver_postgresql.dbapi import Connection as PgConnection
+
+    from comptroller.collector._land_pg import PgLander
     from comptroller.config import AttributionBudget
 
+_log = logging.getLogger("comptroller.collector")
 _stop_log = logging.getLogger("comptroller.collector.stop")
 
 ROW_GROUP_SIZE = 8192
@@ -52,6 +73,130 @@ def default_log_dir(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".ingest")
 
 
+def pg_log_dir(data_dir: Path, collector_id: str) -> Path:
+    """Where a collector landing into PostgreSQL logs accepted requests by default:
+    `ledger-<collector id>.ingest` in the data directory (one log per id)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", collector_id)
+    if safe != collector_id:  # two ids that read the same once made safe stay apart
+        safe += "-" + hashlib.blake2b(collector_id.encode(), digest_size=4).hexdigest()
+    return data_dir / f"ledger-{safe}.ingest"
+
+
+class QueryNotServed(ComptrollerError):
+    """`/api/query` asked of a collector whose ledger is PostgreSQL (HTTP 501)."""
+
+
+QUERY_ON_POSTGRES: Final = (
+    "this collector lands into PostgreSQL: /api/query runs SQL on a DuckDB ledger only. "
+    "Query the PostgreSQL database itself (comptroller sql --db postgresql://…, or psql); "
+    "/api/budget-state is served here"
+)
+"""What `/api/query` answers (501) on a collector whose ledger is PostgreSQL."""
+_ID_LOCK_WAIT_S = 5.0
+"""How long a start waits for its id's lock (a killed predecessor's session to end)."""
+
+
+def pg_target(url: str) -> tuple[str, str | None]:
+    """The ledger URL and the schema holding the ledger (None: the server's search path).
+
+    The schema is comptroller's `?schema=name`, else a `search_path` the URL's `options`
+    set (`?options=-csearch_path%3Dname`): either way `connect_pg` creates and migrates
+    it. (With a schema, the URL's other `options` are not passed on.)
+    """
+    schema: str | None = None
+    for key, value in parse_qsl(urlsplit(url).query):
+        if key == "schema" and value:
+            return url, value
+        if key == "options":
+            found = re.search(r"-c\s*search_path\s*=\s*([A-Za-z0-9_]+)", value)
+            if found is not None:
+                schema = found.group(1)
+    return url, schema
+
+
+def _no_ledger() -> PgConnection:
+    raise ConfigError("this collector's ledger is not PostgreSQL")
+
+
+def _named(con: PgConnection, collector_id: str) -> PgConnection:
+    """`con`, named after its collector in `pg_stat_activity` (as the lander's session)."""
+    cur = con.cursor()
+    try:
+        cur.execute(
+            "SELECT set_config('application_name', $1, false)",
+            ["comptroller collector " + collector_id[:40]],
+        )
+        cur.fetchall()
+        con.commit()
+    finally:
+        cur.close()
+    return con
+
+
+def _lock_log_dir(directory: Path) -> int:
+    """Lock `directory` (its `LOCK` file) for this process; the open descriptor.
+
+    Raises:
+        ConfigError: Another running collector uses it.
+    """
+    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(
+            f"the ingest log {directory} is used by another running collector: give each "
+            "collector its own data directory or collector.ingest_log_dir"
+        ) from None
+    return fd
+
+
+def _connect_pg_retrying(
+    connect: Callable[..., PgConnection], url: str, schema: str | None
+) -> PgConnection:
+    """`connect_pg`, once more when a collector starting at the same moment created the
+    schema first (PostgreSQL's `CREATE SCHEMA IF NOT EXISTS` is not safe against a
+    concurrent one: it may fail with a unique violation instead of finding the schema)."""
+    try:
+        return connect(url, schema=schema)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) not in ("23505", "42P06"):
+            raise
+    time.sleep(0.1)
+    return connect(url, schema=schema)
+
+
+def claim_collector_id(con: PgConnection, collector_id: str, *, wait_s: float) -> None:
+    """Hold `collector_id`'s advisory lock for the connection's session.
+
+    Raises:
+        ConfigError: Another running collector holds the id (after `wait_s`: the session of
+            a collector killed a moment ago may take that long to end).
+    """
+    deadline = time.monotonic() + wait_s
+    _named(con, collector_id)
+    cur = con.cursor()
+    try:
+        while True:
+            cur.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                ["comptroller.collector:" + collector_id],
+            )
+            (held,) = cur.fetchone() or (False,)
+            con.commit()
+            if held:
+                return
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"collector id {collector_id!r} is held by another collector running on "
+                    "this ledger: give each collector its own collector.collector_id "
+                    "(--collector-id, COMPTROLLER_COLLECTOR_COLLECTOR_ID), or stop the other"
+                )
+            time.sleep(0.2)
+    finally:
+        cur.close()
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and the loopback addresses."""
     if host == "localhost":
@@ -63,10 +208,12 @@ def is_loopback(host: str) -> bool:
 
 
 class Collector:
-    """The DuckDB writer with its normaliser and queue.
+    """The ledger's writer with its normaliser and queue.
 
     Args:
-        db_path: The DuckDB file (created and migrated if needed).
+        db_path: The DuckDB file (created and migrated if needed), or the URL of a
+            PostgreSQL ledger (`postgresql://…`; migrated if needed; a schema of its own
+            with `?schema=name` or `?options=-csearch_path%3Dname`).
         timezone: Time zone of the daily rollup.
         token: Bearer token clients must send (None: none required).
         limits: Per-span and per-record limits.
@@ -93,6 +240,13 @@ class Collector:
         query_concurrency: `/api/query` statements that run at once (the rest wait).
         query_queue: `/api/query` requests that may wait for a slot (beyond: 429).
         query_max_body_bytes: Largest `/api/query` request body (beyond: 413).
+        attribution_budgets: Budgets by attribution (DuckDB ledgers only, for now).
+        collector_id: This collector's id in a PostgreSQL ledger (required there, with
+            `ingest_log_dir`; unused for a DuckDB file).
+
+    Raises:
+        ConfigError: The ledger cannot be opened, or (PostgreSQL) no collector id or log
+            directory is given, or a running collector holds the id.
     """
 
     def __init__(
@@ -121,8 +275,12 @@ class Collector:
         query_queue: int = 16,
         query_max_body_bytes: int = 1 << 20,
         attribution_budgets: Sequence[AttributionBudget] = (),
+        collector_id: str | None = None,
     ) -> None:
-        self.db_path = Path(db_path)
+        self.ledger_url = str(db_path) if is_postgres_url(db_path) else None
+        """The PostgreSQL ledger's URL (None: a DuckDB file, `db_path`)."""
+        self.db_path = Path(db_path) if self.ledger_url is None else None
+        self.collector_id = collector_id
         self.attribution_budgets = tuple(attribution_budgets)
         self.query_limits = analytics.Limits(
             timeout_s=query_timeout_s,
@@ -139,50 +297,43 @@ class Collector:
         self.timezone = timezone
         self.token = token
         self.max_request_bytes = max_request_bytes
-        # Opened from a thread of lower priority: DuckDB's worker threads inherit it.
-        self.con = at_lower_priority(
-            lambda: analytics.connect(self.db_path, row_group_size=row_group_size), landing_nice
-        )
-        # Bounded memory: DuckDB's buffer pool is the collector's largest consumer.
-        self.con.execute(f"SET memory_limit = '{duckdb_memory_mb}MB'").fetchall()
-        # A checkpoint compresses the row groups appended since the last one, and rewrites
-        # the last, partly filled one: at DuckDB's 16 MB default a busy collector rewrote
-        # each row group ~10 times (landing 40 µs a span, 290 bytes a span on disk; at 128 MB
-        # 22 µs and 160 bytes: docs/PERFORMANCE.md).
-        self.con.execute(f"SET checkpoint_threshold = '{checkpoint_mb}MB'").fetchall()
-        if row_group_size is not None:
-            # A landing of N row groups and a tail leaves a small row group behind; the
-            # checkpoint's vacuum merged those by rewriting their neighbours, which left
-            # about half the file as free blocks (283 bytes a span against 204 without it).
-            # Vacuum also reclaims deleted rows: only superseded derived rows, which are few.
-            self.con.execute("SET max_vacuum_tasks = 0").fetchall()
-        # A long statement (a checkpoint, a big query) would draw DuckDB's progress bar on
-        # the collector's stdout, among its logs.
-        self.con.execute("SET enable_progress_bar = false").fetchall()
-        # The read API runs other people's SELECTs on this database: no file access.
-        self.con.execute("SET enable_external_access = false").fetchall()
-        self.con.execute("SET lock_configuration = true").fetchall()
         self.normaliser = Normaliser(limits=limits, prices=prices)
         self.native = NativeDecoder(self.normaliser) if native_decoder and available() else None
         self.stats = Stats()
-        # Budget crossings are looked for at most once a second under load (each check
-        # reads every budget's state), and at once when the writer idles or a read comes.
-        self.notifier = start_notifier(self.con, alerts) if alerts is not None else None
-        lander = Lander(
-            self.con,
-            timezone=timezone,
-            budget_events_every_s=1.0,
-            warnings=WarningPolicy.from_settings(alerts) if alerts is not None else None,
-            on_alerts=self.notifier.offer if self.notifier is not None else None,
-            attribution_budgets=self.attribution_budgets,
-        )
-        log_dir = Path(ingest_log_dir) if ingest_log_dir else default_log_dir(self.db_path)
+        self.con: duckdb.DuckDBPyConnection | None = None
+        """The DuckDB file's connection (None for a PostgreSQL ledger)."""
+        self._pg_read: PgConnection | None = None
+        """A PostgreSQL ledger's connection for budget state (the lander has its own)."""
+        self._pg_open_read: Callable[[], PgConnection] = _no_ledger
+        self.notifier: Notifier | None = None
+        lander: LedgerLander
+        if self.ledger_url is not None:
+            lander = self._open_pg(self.ledger_url, alerts, ingest_log_dir)
+            log_dir = Path(str(ingest_log_dir))
+            bound = f"{lander.database_id()}:{self.collector_id}"
+        else:
+            assert self.db_path is not None
+            lander = self._open_duckdb(
+                self.db_path,
+                alerts=alerts,
+                landing_nice=landing_nice,
+                row_group_size=row_group_size,
+                duckdb_memory_mb=duckdb_memory_mb,
+                checkpoint_mb=checkpoint_mb,
+            )
+            log_dir = Path(ingest_log_dir) if ingest_log_dir else default_log_dir(self.db_path)
+            bound = lander.database_id()
+        self._log_lock: int | None = None
         try:
             self.log = IngestLog(log_dir, fsync=ingest_log_fsync)
-            self.log.bind(lander.database_id())
+            if self.ledger_url is not None:
+                # A DuckDB file's lock keeps a second collector off its log; a PostgreSQL
+                # ledger takes many collectors, so the log directory is locked itself.
+                self._log_lock = _lock_log_dir(log_dir)
+            self.log.bind(bound)
             self.replayed = self._replay(lander, self.log)
         except BaseException:
-            self.con.close()
+            self._close_stores()
             raise
         self.pipeline = Pipeline(
             lander,
@@ -196,25 +347,153 @@ class Collector:
         self._closed = False
         self._close_lock = threading.Lock()
 
-    def _replay(self, lander: Lander, log: IngestLog) -> int:
+    def _open_duckdb(
+        self,
+        db_path: Path,
+        *,
+        alerts: AlertSettings | None,
+        landing_nice: int,
+        row_group_size: int | None,
+        duckdb_memory_mb: int,
+        checkpoint_mb: int,
+    ) -> Lander:
+        """Open the DuckDB file, set it up for the collector, and its lander."""
+        # Opened from a thread of lower priority: DuckDB's worker threads inherit it.
+        self.con = con = at_lower_priority(
+            lambda: analytics.connect(db_path, row_group_size=row_group_size), landing_nice
+        )
+        # Bounded memory: DuckDB's buffer pool is the collector's largest consumer.
+        con.execute(f"SET memory_limit = '{duckdb_memory_mb}MB'").fetchall()
+        # A checkpoint compresses the row groups appended since the last one, and rewrites
+        # the last, partly filled one: at DuckDB's 16 MB default a busy collector rewrote
+        # each row group ~10 times (landing 40 µs a span, 290 bytes a span on disk; at 128 MB
+        # 22 µs and 160 bytes: docs/PERFORMANCE.md).
+        con.execute(f"SET checkpoint_threshold = '{checkpoint_mb}MB'").fetchall()
+        if row_group_size is not None:
+            # A landing of N row groups and a tail leaves a small row group behind; the
+            # checkpoint's vacuum merged those by rewriting their neighbours, which left
+            # about half the file as free blocks (283 bytes a span against 204 without it).
+            # Vacuum also reclaims deleted rows: only superseded derived rows, which are few.
+            con.execute("SET max_vacuum_tasks = 0").fetchall()
+        # A long statement (a checkpoint, a big query) would draw DuckDB's progress bar on
+        # the collector's stdout, among its logs.
+        con.execute("SET enable_progress_bar = false").fetchall()
+        # The read API runs other people's SELECTs on this database: no file access.
+        con.execute("SET enable_external_access = false").fetchall()
+        con.execute("SET lock_configuration = true").fetchall()
+        # Budget crossings are looked for at most once a second under load (each check
+        # reads every budget's state), and at once when the writer idles or a read comes.
+        self.notifier = start_notifier(con, alerts) if alerts is not None else None
+        return Lander(
+            con,
+            timezone=self.timezone,
+            budget_events_every_s=1.0,
+            warnings=WarningPolicy.from_settings(alerts) if alerts is not None else None,
+            on_alerts=self.notifier.offer if self.notifier is not None else None,
+            attribution_budgets=self.attribution_budgets,
+        )
+
+    def _open_pg(
+        self, url: str, alerts: AlertSettings | None, ingest_log_dir: Path | str | None
+    ) -> PgLander:
+        """Open the PostgreSQL ledger, claim this collector's id, and its lander."""
+        from comptroller.analytics._pg_schema import connect_pg
+        from comptroller.collector._land_pg import PgLander
+
+        if not self.collector_id:
+            raise ConfigError(
+                "a collector landing into PostgreSQL needs its collector id "
+                "(collector.collector_id; `comptroller collect` makes one in the data directory)"
+            )
+        if ingest_log_dir is None:
+            raise ConfigError(
+                "a collector landing into PostgreSQL needs a local ingest log directory "
+                "(collector.ingest_log_dir; `comptroller collect` uses the data directory)"
+            )
+        if self.attribution_budgets:
+            _log.warning(
+                "comptroller collector: budgets by attribution are not served from a "
+                "PostgreSQL ledger yet: /api/budget-state and the ledger's warnings cover "
+                "the profile budgets only"
+            )
+        target, schema = pg_target(url)
+        con = _connect_pg_retrying(connect_pg, target, schema)
+        try:
+            claim_collector_id(con, self.collector_id, wait_s=_ID_LOCK_WAIT_S)
+            if alerts is not None and alerts.webhooks:
+                # No delivery log in PostgreSQL yet: outcomes are not kept, and alerts
+                # queued when a collector stops are not sent again by its next start.
+                self.notifier = Notifier(alerts)
+            collector_id = self.collector_id
+
+            def reconnect() -> PgConnection:
+                # A new session: the id's lock went with the old one, and is taken again.
+                new = connect_pg(target, schema=schema, migrate=False)
+                try:
+                    claim_collector_id(new, collector_id, wait_s=_ID_LOCK_WAIT_S)
+                except BaseException:
+                    new.close()
+                    raise
+                return new
+
+            lander = PgLander(
+                con,
+                collector_id=collector_id,
+                timezone=self.timezone,
+                budget_events_every_s=1.0,
+                warnings=WarningPolicy.from_settings(alerts) if alerts is not None else None,
+                on_alerts=self.notifier.offer if self.notifier is not None else None,
+                reconnect=reconnect,
+            )
+            self._pg_lander = lander
+            self._pg_open_read = lambda: _named(
+                connect_pg(target, schema=schema, migrate=False), collector_id
+            )
+            self._pg_read = self._pg_open_read()
+        except BaseException:
+            con.close()
+            if self.notifier is not None:
+                self.notifier.close()
+            raise
+        return lander
+
+    def _close_stores(self) -> None:
+        """Close the ledger's connections (and the notifier), unlock the log directory."""
+        lock: int | None = getattr(self, "_log_lock", None)
+        if lock is not None:
+            os.close(lock)
+            self._log_lock = None
+        if self.notifier is not None:
+            self.notifier.close()
+        if self.con is not None:
+            self.con.close()
+        lander: PgLander | None = getattr(self, "_pg_lander", None)
+        for con in (self._pg_read, lander.con if lander is not None else None):
+            if con is not None:
+                with contextlib.suppress(Exception):
+                    con.close()
+
+    def _replay(self, lander: LedgerLander, log: IngestLog) -> int:
         """Land the logged requests a previous run acknowledged but did not land."""
         landed = lander.landed_log_seq()
         log.advance_to(landed)  # a log directory removed by hand must not reuse numbers
         replayed = 0
         group: list[Batch] = []
+        positions: list[int] = []
         rows = 0
         last = landed
         for entry in log.replay(after=landed):
             _, batch = self.decode_normalise(entry.signal, "protobuf", entry.payload, count=False)
             group.append(batch)
+            positions.append(entry.seq)
             rows += batch.rows
             last = entry.seq
             replayed += 1
             if rows >= MAX_FLUSH_ROWS:
-                lander.land_safely(group, log_seq=last)
-                group, rows = [], 0
+                lander.land_safely(group, log_seq=last, positions=positions)
+                group, positions, rows = [], [], 0
         if group:
-            lander.land_safely(group, log_seq=last)
+            lander.land_safely(group, log_seq=last, positions=positions)
         if replayed:
             log.release(upto=last)
         return replayed
@@ -355,7 +634,10 @@ class Collector:
         Raises:
             comptroller.analytics.QueryError: Not a single read statement, or it failed.
             comptroller.analytics.QueryTimeout: It ran past the time limit.
+            QueryNotServed: The ledger is PostgreSQL (query it there).
         """
+        if self.con is None:
+            raise QueryNotServed(QUERY_ON_POSTGRES)
         analytics.check_read_only(sql)
         self._catch_up()
         return analytics.run_read_only(self.con, sql, params, limits=self.query_limits)
@@ -366,8 +648,23 @@ class Collector:
             self.pipeline.lander.flush_budget_events()
 
     def budget_state(self, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
-        """Today's spend per budget key, as JSON-ready dicts."""
+        """Today's spend per budget key, as JSON-ready dicts (a PostgreSQL ledger's from its
+        rollups, `budget_state_pg`: budgets by attribution are not served from it yet)."""
         self._catch_up()
+        if self._pg_read is not None:
+            from comptroller.analytics._pg_budget import budget_state_pg
+
+            try:
+                pg_states = budget_state_pg(self._pg_read, now=now, timezone=self.timezone)
+            except Exception:
+                # A session the server closed (a restart, a failover): once more on a new
+                # one. (Only the budget lane's thread uses this connection.)
+                with contextlib.suppress(Exception):
+                    self._pg_read.close()
+                self._pg_read = self._pg_open_read()
+                pg_states = budget_state_pg(self._pg_read, now=now, timezone=self.timezone)
+            return [_jsonable(asdict(state)) for state in pg_states]
+        assert self.con is not None
         reader = analytics.DuckDBReader(self.con, limits=self.budget_limits)
         try:
             states = analytics.budget_state(
@@ -393,12 +690,27 @@ class Collector:
         # Everything landed: the log is emptied (numbering resumes from the database).
         self.log.clear(landed=self.pipeline.landed_seq)
         self.log.close()
-        if self.notifier is not None:
-            self.notifier.close()
-        # The data is in the WAL already; a checkpoint is a courtesy.
-        with contextlib.suppress(Exception):
-            self.con.execute("CHECKPOINT").fetchall()
-        self.con.close()
+        if self.con is not None:
+            # The data is in the WAL already; a checkpoint is a courtesy.
+            with contextlib.suppress(Exception):
+                self.con.execute("CHECKPOINT").fetchall()
+        # (closing the PostgreSQL lander's session releases the collector id's lock)
+        self._close_stores()
+
+    def ledger_health(self) -> dict[str, Any]:
+        """The ledger's part of `/health`: its kind, where it is, and the landed position
+        (the ingest-log sequence number of the newest request committed in it)."""
+        out: dict[str, Any] = {
+            "kind": "postgresql" if self.ledger_url is not None else "duckdb",
+            "landed_position": self.pipeline.landed_seq,
+            "accepted_position": self.pipeline.accepted_seq,
+        }
+        if self.ledger_url is not None:
+            out["url"] = redacted_url(self.ledger_url)
+            out["collector_id"] = self.collector_id
+        else:
+            out["path"] = str(self.db_path)
+        return out
 
 
 def _log_stop(pipeline: Pipeline, queued_requests: int, queued_rows: int) -> None:

@@ -101,6 +101,19 @@ class DuckDBSource:
 
         return cls(opener=opener)
 
+    @classmethod
+    def open_pg(cls, url: str) -> DuckDBSource:
+        """Read the PostgreSQL ledger at `url` (`postgresql://…?schema=name`) through a
+        `PgReader`: the panels run over its rows in an in-process DuckDB, budget state in
+        PostgreSQL. Nothing is opened before the first refresh."""
+
+        def opener() -> Reader:
+            from comptroller.analytics import PgReader
+
+            return PgReader(url)
+
+        return cls(opener=opener)
+
     @property
     def reader(self) -> Reader | None:
         """The shared reader, once a worker made it."""

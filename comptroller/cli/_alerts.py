@@ -11,12 +11,11 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from comptroller.cli._app import AppContext, ledger_options, pass_app
+from comptroller.cli._app import AppContext, Ledger, ledger_options, pass_app
 from comptroller.errors import ConfigError, FindingError, UsageError
 
 if TYPE_CHECKING:
@@ -55,7 +54,7 @@ def alerts() -> None:
 @pass_app
 def list_alerts(
     app: AppContext,
-    db: Path | None,
+    db: Ledger | None,
     url: str | None,
     since: str,
     failed: bool,

@@ -122,17 +122,54 @@ def in_existing_folder(
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
+Ledger = Path | str
+"""Where a ledger is: a DuckDB file, or a PostgreSQL URL (text: as a path its `//` would
+collapse)."""
+
+
+class LedgerParam(click.ParamType[Ledger]):
+    """`--db`: a DuckDB file, or a PostgreSQL ledger's URL (`postgresql://…`, kept as text)."""
+
+    name = "FILE|URL"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Ledger:
+        if isinstance(value, Path):
+            return value
+        text = str(value)
+        if is_ledger_url(text):
+            return text
+        path = Path(text)
+        if path.is_dir():
+            self.fail(f"{path} is a folder: name a DuckDB file or a postgresql:// URL", param, ctx)
+        return path
+
+
+LEDGER = LedgerParam()
+
+
+def is_ledger_url(value: object) -> bool:
+    """Whether `value` is a PostgreSQL ledger's URL rather than a DuckDB file."""
+    from comptroller.config._collector import is_postgres_url
+
+    return is_postgres_url(value)
+
+
+DB_HELP = (
+    "The ledger to read: a DuckDB file (read-only) or a PostgreSQL URL "
+    "(postgresql://user@host/db?schema=name) [default: the db setting, else the data "
+    "directory's file]."
+)
+
+
 def ledger_options(func: _Command) -> _Command:
     """`--db` and `--url`: where a command that reads the ledger finds it (the DuckDB file,
-    opened read-only, or a running collector)."""
+    opened read-only, a PostgreSQL ledger, or a running collector)."""
     func = click.option(
         "--url", help="Read through a running collector [default: analytics.read_url]."
     )(func)
-    return click.option(
-        "--db",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="DuckDB file to read (read-only) [default: the data directory's].",
-    )(func)
+    return click.option("--db", type=LEDGER, help=DB_HELP)(func)
 
 
 class LazyGroup(click.Group):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from comptroller.cli._app import AppContext, in_existing_folder, ledger_options, pass_app
+from comptroller.cli._app import AppContext, Ledger, in_existing_folder, ledger_options, pass_app
 
 if TYPE_CHECKING:
     from comptroller.analytics import Anomaly, Forecast
@@ -67,7 +67,7 @@ def budget() -> None:
 @pass_app
 def check(
     app: AppContext,
-    db: Path | None,
+    db: Ledger | None,
     url: str | None,
     fail_on: str,
     warn_ratio: float | None,
@@ -249,7 +249,7 @@ def _anomalies_text(anomalies: list[Anomaly]) -> str:
 @pass_app
 def forecast_command(
     app: AppContext,
-    db: Path | None,
+    db: Ledger | None,
     url: str | None,
     by: str,
     days: int,

@@ -13,8 +13,11 @@ from comptroller.cli._app import AppContext, pass_app
 @click.command(name="collect")
 @click.option(
     "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file [default: comptroller.duckdb in the data directory].",
+    metavar="FILE|URL",
+    default=None,
+    help="The ledger: a DuckDB file, or a PostgreSQL URL (postgresql://user@host/db; a "
+    "schema of its own with ?schema=name) that several collectors land into [default: the "
+    "db setting, else comptroller.duckdb in the data directory].",
 )
 @click.option(
     "--host", default=None, help="Interface to listen on [default: 127.0.0.1; others need a token]."
@@ -43,28 +46,45 @@ from comptroller.cli._app import AppContext, pass_app
     help="File holding the bearer token (first line; mode 0600) [env "
     "COMPTROLLER_COLLECTOR_TOKEN_FILE].",
 )
+@click.option(
+    "--collector-id",
+    default=None,
+    help="This collector's id in a PostgreSQL ledger: one per collector, kept across "
+    "restarts [default: collector.collector_id, else one made and kept in the data "
+    "directory].",
+)
 @pass_app
 def collect(
     app: AppContext,
-    db: Path | None,
+    db: str | None,
     host: str | None,
     port: int | None,
     grpc_port: int | None,
     no_grpc: bool,
     token: str | None,
     token_file: Path | None,
+    collector_id: str | None,
 ) -> None:
-    """Run the OTLP collector that lands telemetry in DuckDB.
+    """Run the OTLP collector that lands telemetry in DuckDB or PostgreSQL.
 
     It listens for OTLP/HTTP (/v1/traces, /v1/logs, /v1/metrics) and OTLP/gRPC, serves
     /health, /api/query and /api/budget-state, and stops cleanly on Ctrl-C or SIGTERM after
     landing everything it accepted: one line on stderr says what it flushed, and Ctrl-C
     exits with 0 (SIGTERM ends the process by that signal, as service managers expect).
 
+    With a PostgreSQL ledger (--db postgresql://…) any number of collectors land into one
+    database, each under its own --collector-id; the ingest log stays in the data directory,
+    and /api/query answers 501 (query PostgreSQL itself).
+
     Example: comptroller collect --db usage.duckdb --port 4318
     """
     from comptroller.collector import Limits, serve
-    from comptroller.config._collector import read_token_file
+    from comptroller.collector._service import pg_log_dir
+    from comptroller.config._collector import (
+        is_postgres_url,
+        read_token_file,
+        stable_collector_id,
+    )
     from comptroller.pricing import Pricer
 
     settings = app.settings()
@@ -82,13 +102,31 @@ def collect(
         token = read_token_file(token_file)  # named on the command line: wins over the env
     elif not token:
         token = section.bearer_token()
-    if db is None:
+    ledger: Path | str
+    log_dir = section.ingest_log_dir
+    if db is not None and is_postgres_url(db):
+        ledger = db
+    elif db is not None:
+        ledger = Path(db)
+        if not ledger.parent.is_dir():
+            # Checked here, not by the option's callback: a token given on the command line
+            # is warned about first, whatever else is wrong with the command.
+            raise click.BadParameter(f"folder {ledger.parent} does not exist", param_hint="'--db'")
+        if ledger.is_dir():
+            raise click.BadParameter(f"{ledger} is a folder: name a file", param_hint="'--db'")
+    elif settings.db_url is not None:
+        ledger = settings.db_url
+    else:
         settings.ensure_data_dir()
-        db = settings.db_file
-    elif not db.parent.is_dir():
-        # Checked here, not by the option's callback: a token given on the command line is
-        # warned about first, whatever else is wrong with the command.
-        raise click.BadParameter(f"folder {db.parent} does not exist", param_hint="'--db'")
+        ledger = settings.db_file
+    if isinstance(ledger, str):
+        # The ingest log and the default collector id live in the data directory.
+        settings.ensure_data_dir()
+        collector_id = (
+            collector_id or section.collector_id or stable_collector_id(settings.data_dir)
+        )
+        if log_dir is None:
+            log_dir = pg_log_dir(settings.data_dir, collector_id)
     listen_host = host or section.host
     http_port = section.port if port is None else port
     grpc = None if no_grpc else (section.grpc_port if grpc_port is None else grpc_port)
@@ -100,7 +138,7 @@ def collect(
     _print_stop_line()
     try:
         serve(
-            db,
+            ledger,
             host=listen_host,
             port=http_port,
             grpc_port=grpc,
@@ -122,7 +160,7 @@ def collect(
             prices=Pricer.from_settings(settings),
             alerts=settings.alerts,
             attribution_budgets=settings.control.attribution_budgets,
-            ingest_log_dir=section.ingest_log_dir,
+            ingest_log_dir=log_dir,
             ingest_log_fsync=section.ingest_log_fsync,
             linger_s=section.linger_ms / 1000,
             landing_nice=section.landing_nice,
@@ -135,6 +173,7 @@ def collect(
             query_concurrency=section.query_concurrency,
             query_queue=section.query_queue,
             query_max_body_bytes=section.query_max_body_bytes,
+            collector_id=collector_id,
         )
     except KeyboardInterrupt:
         # uvicorn re-raises the Ctrl-C it caught once the collector has landed everything

@@ -27,7 +27,12 @@ def show(app: AppContext, as_json: bool) -> None:
         return
     source = app.config_file or find_config_file()
     click.echo(f"# configuration file: {source or 'none found'}")
-    click.echo(f"# DuckDB file: {settings.db_file}")
+    if settings.db_url is not None:
+        from comptroller.config._collector import redacted_url
+
+        click.echo(f"# PostgreSQL ledger: {redacted_url(settings.db_url)}")
+    else:
+        click.echo(f"# DuckDB file: {settings.db_file}")
     for key, value in _flatten(data):
         click.echo(f"{key} = {json.dumps(value)}")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from comptroller.cli._app import AppContext, in_existing_folder, ledger_options, pass_app
+from comptroller.cli._app import AppContext, Ledger, in_existing_folder, ledger_options, pass_app
 
 
 @click.command(name="export")
@@ -43,7 +43,7 @@ def export(
     since: dt.datetime | None,
     until: dt.datetime | None,
     granularity: str,
-    db: Path | None,
+    db: Ledger | None,
     url: str | None,
 ) -> None:
     """Write the spend in the FOCUS column set, so it joins a company's cloud cost tools.

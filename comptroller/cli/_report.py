@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from comptroller.cli._app import AppContext, pass_app
+from comptroller.cli._app import LEDGER, AppContext, Ledger, pass_app
 
 if TYPE_CHECKING:
     from comptroller.analytics import AttributedSpend, CacheSaving, FeeLine
@@ -22,8 +22,10 @@ _BY = re.compile(r"user|session|feature|tag\.[a-z][a-z0-9_.\-]*")
 @click.command(name="report")
 @click.option(
     "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file of this run (read-only) [default: the data directory's].",
+    type=LEDGER,
+    help="The ledger of this run: a DuckDB file (read-only) or a PostgreSQL URL "
+    "(postgresql://user@host/db?schema=name) [default: the db setting, else the data "
+    "directory's file].",
 )
 @click.option("--url", help="Read this run through a running collector instead.")
 @click.option(
@@ -69,7 +71,7 @@ _BY = re.compile(r"user|session|feature|tag\.[a-z][a-z0-9_.\-]*")
 @pass_app
 def report(
     app: AppContext,
-    db: Path | None,
+    db: Ledger | None,
     url: str | None,
     baseline: Path | None,
     what_if_text: str | None,
@@ -220,7 +222,7 @@ def _extra_markdown(
 
 def _what_if(
     app: AppContext,
-    db: Path | None,
+    db: Ledger | None,
     url: str | None,
     text: str,
     since: dt.date | None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from comptroller.cli._app import AppContext, pass_app
+from comptroller.cli._app import LEDGER, AppContext, Ledger, is_ledger_url, pass_app
 
 
 @click.command(name="reprice")
@@ -23,8 +23,9 @@ from comptroller.cli._app import AppContext, pass_app
 )
 @click.option(
     "--db",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="DuckDB file [default: the data directory's]. No collector may be writing it.",
+    type=LEDGER,
+    help="DuckDB file [default: the data directory's]. No collector may be writing it. "
+    "A PostgreSQL ledger is not repriced yet.",
 )
 @click.option("--dry-run", is_flag=True, help="Report the new totals, change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -33,7 +34,7 @@ def reprice(
     app: AppContext,
     since: dt.datetime | None,
     models: tuple[str, ...],
-    db: Path | None,
+    db: Ledger | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -61,9 +62,23 @@ def reprice(
     from comptroller.money import usd_column
 
     settings = app.settings()
+    pg_url = db if isinstance(db, str) and is_ledger_url(db) else None
+    if db is None:
+        pg_url = settings.db_url
+    if pg_url is not None:
+        from comptroller.errors import UsageError
+
+        raise UsageError(
+            "reprice rewrites usage rows and the rollups, and does so on a DuckDB file only: "
+            "a PostgreSQL ledger is not repriced yet (the collectors land into it while it "
+            "would rewrite). Reprice a DuckDB copy, or read the unpriced calls with "
+            "'comptroller sql --db URL \"from llm_usage where cost_usd is null\"'"
+        )
     if db is None:
         settings.ensure_data_dir()
-    path = db if db is not None else settings.db_file
+    path = Path(db) if db is not None else settings.db_file
+    if db is not None and not path.exists():
+        raise click.BadParameter(f"file {path} does not exist", param_hint="'--db'")
     con = connect(path)
     try:
         result = run(

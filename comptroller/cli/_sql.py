@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from comptroller.cli._app import AppContext, in_existing_folder, pass_app
+from comptroller.cli._app import DB_HELP, LEDGER, AppContext, Ledger, in_existing_folder, pass_app
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -36,11 +36,7 @@ _MORE = "        ...> "
     callback=in_existing_folder,
     help="Write the result to FILE instead of stdout.",
 )
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file to read (read-only) [default: the data directory's].",
-)
+@click.option("--db", type=LEDGER, help=DB_HELP)
 @click.option(
     "--url",
     help="Read through a running collector, e.g. http://127.0.0.1:4318 [default: "
@@ -52,7 +48,7 @@ def sql(
     query: str | None,
     fmt: str,
     output: Path | None,
-    db: Path | None,
+    db: Ledger | None,
     url: str | None,
 ) -> None:
     """Run QUERY (one read-only statement) over the usage data.
@@ -69,6 +65,7 @@ def sql(
       comptroller sql -f csv "from llm_usage limit 10" > usage.csv
       comptroller sql -f parquet -o spend.parquet "from llm_usage_daily"
       comptroller sql --url http://127.0.0.1:4318 "from budget_events"
+      comptroller sql --db postgresql://ops@db.internal/ledger "from llm_usage_daily"
     """
     from comptroller.analytics import reader_from_settings
 

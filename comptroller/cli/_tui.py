@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from comptroller.cli._app import AppContext, pass_app
+from comptroller.cli._app import LEDGER, AppContext, Ledger, is_ledger_url, pass_app
 from comptroller.errors import UsageError
 
 _ROLES = ("platform", "org_admin", "domain_admin")
@@ -13,9 +13,10 @@ _ROLES = ("platform", "org_admin", "domain_admin")
 @click.command(name="tui")
 @click.option(
     "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="DuckDB file to read (read-only; through the collector while one writes it) "
-    "[default: the data directory's].",
+    type=LEDGER,
+    help="The ledger to read: a DuckDB file (read-only; through the collector while one "
+    "writes it) or a PostgreSQL URL (postgresql://user@host/db?schema=name) [default: the "
+    "db setting, else the data directory's file].",
 )
 @click.option(
     "--url",
@@ -43,7 +44,7 @@ _ROLES = ("platform", "org_admin", "domain_admin")
 @pass_app
 def tui(
     app: AppContext,
-    db: Path | None,
+    db: Ledger | None,
     url: str | None,
     token: str | None,
     refresh_s: float | None,
@@ -58,7 +59,10 @@ def tui(
     Read-only unless started with --operator NAME --role ROLE; rollbacks then ask for a
     confirmation and a reason, and leave an audit entry.
 
-    Example: comptroller tui --db ./usage.duckdb --refresh 5
+    \b
+    Examples:
+      comptroller tui --db ./usage.duckdb --refresh 5
+      comptroller tui --db postgresql://ops@db.internal/ledger
     """
     from comptroller.tui import AppOptions, ComptrollerApp, Operator, open_source, profile_admin
 
@@ -69,7 +73,17 @@ def tui(
     settings = app.settings()
     # The reader of `comptroller sql` and `budget check`: a file a collector holds is read
     # through that collector, found by itself (collector.host:port) at every refresh.
-    source = open_source(db=db, url=url, token=token, settings=settings)
+    pg_url = db if isinstance(db, str) and is_ledger_url(db) else None
+    if db is None and url is None and not settings.analytics.read_url:
+        pg_url = settings.db_url
+    if pg_url is not None:
+        from comptroller.tui._source import DuckDBSource
+
+        source = DuckDBSource.open_pg(pg_url)
+    else:
+        source = open_source(
+            db=Path(db) if db is not None else None, url=url, token=token, settings=settings
+        )
     who: Operator | None = None
     admin = None
     if operator and role:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import socket
 import stat
 from pathlib import Path
 from typing import Any, Final
@@ -180,9 +183,84 @@ class CollectorSettings(BaseModel):
             raise ValueError("must be 0 (DuckDB's default) or at least 2048 (a DuckDB vector)")
         return value
 
+    collector_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """This collector's id in a PostgreSQL ledger (`db = "postgresql://…"`), under which
+    the positions of its ingest log are recorded: what makes a replay after a crash land
+    nothing twice. Every collector landing into one database needs its own, kept across
+    restarts; a second collector started with an id a running one holds is refused.
+    Default: `<host name>-<8 random hex digits>`, made on the first start and kept in the
+    data directory's `collector_id` file (so one data directory is one collector). Unused
+    with a DuckDB file (one writer per file)."""
+
     duckdb_memory_mb: int = Field(default=128, ge=64)
     """DuckDB's memory limit in the collector (its buffer pool: the largest part of the
     collector's memory; the process needs ~150 MB more, and the landing queue)."""
+
+
+_PG_SCHEMES: Final = ("postgresql", "postgres")
+
+
+def is_postgres_url(value: object) -> bool:
+    """True when `value` names a PostgreSQL ledger (`postgresql://…`, `postgres://…`, or a
+    SQLAlchemy `postgresql+psycopg://…`) rather than a DuckDB file."""
+    if not isinstance(value, str):
+        return False
+    scheme, sep, _ = value.partition("://")
+    return bool(sep) and scheme.split("+", 1)[0].lower() in _PG_SCHEMES
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password, if any, replaced by `***` (for messages and `/health`)."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if at and ":" in auth:
+        return f"{scheme}{sep}{auth.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+COLLECTOR_ID_FILE: Final = "collector_id"
+"""File of the data directory keeping the collector's default id."""
+_ID_TEXT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
+
+
+def stable_collector_id(data_dir: Path) -> str:
+    """The collector id kept in `data_dir` (`collector_id`), made on first use.
+
+    A new id is the host name and 8 random hex digits: readable in the ledger's
+    `ledger_positions`, and different for two data directories of one host.
+
+    Raises:
+        ConfigError: The file cannot be read or written, or holds no valid id.
+    """
+    path = data_dir / COLLECTOR_ID_FILE
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).strip("-.") or "collector"
+        text = f"{host[:60]}-{secrets.token_hex(4)}"
+        try:
+            # Created exclusively: of two collectors started at once on one directory, the
+            # second reads the first's id (and is refused as holding the same id).
+            with path.open("x", encoding="utf-8") as out:
+                out.write(text + "\n")
+        except FileExistsError:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the collector id to {path} ({exc.strerror or exc}): make the "
+                "data directory writable or set collector.collector_id"
+            ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the collector id in {path} ({exc.strerror or exc}): fix its "
+            "permissions or set collector.collector_id"
+        ) from exc
+    if not _ID_TEXT.fullmatch(text):
+        raise ConfigError(
+            f"{path} holds no valid collector id ({text[:40]!r}): remove the file to have one "
+            "made, or set collector.collector_id"
+        )
+    return text
 
 
 def read_token_file(path: Path) -> str:

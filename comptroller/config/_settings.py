@@ -19,7 +19,7 @@ from pydantic_settings import (
 
 from comptroller.config._alerts import AlertSettings
 from comptroller.config._analytics import AnalyticsSettings
-from comptroller.config._collector import CollectorSettings
+from comptroller.config._collector import CollectorSettings, is_postgres_url, redacted_url
 from comptroller.config._control import ControlSettings
 from comptroller.config._tui import TuiSettings
 from comptroller.errors import ConfigError
@@ -62,8 +62,10 @@ class Settings(BaseSettings):
     """Directory for the DuckDB file, the SQLite profile store, the spool and the key file.
     Default: `./.comptroller` next to a `comptroller.toml` found in this directory or a
     parent, else the platform's user data directory."""
-    db: Path | None = None
-    """The DuckDB file. Default: `comptroller.duckdb` in the data directory."""
+    db: Path | str | None = None
+    """The ledger: a DuckDB file (default: `comptroller.duckdb` in the data directory), or
+    a PostgreSQL URL (`postgresql://user@host:5432/db`) that any number of collectors
+    (`comptroller collect`, each with its own `collector.collector_id`) land into."""
     timezone: str = "UTC"
     """Time zone of the budget day and of daily rollups (IANA name, e.g. `Europe/Paris`)."""
     telemetry: Literal["embedded", "otlp", "none"] = "embedded"
@@ -109,9 +111,32 @@ class Settings(BaseSettings):
                 )
         return {purpose.lower(): ref for purpose, ref in value.items()}
 
+    @field_validator("db", mode="before")
+    @classmethod
+    def _file_or_url(cls, value: Any) -> Any:
+        # A PostgreSQL URL stays text (as a path its `//` would collapse); the rest is a path.
+        if isinstance(value, str) and not is_postgres_url(value):
+            return Path(value)
+        return value
+
+    @property
+    def db_url(self) -> str | None:
+        """The PostgreSQL ledger's URL when `db` names one (None: a DuckDB file)."""
+        return self.db if isinstance(self.db, str) else None
+
     @property
     def db_file(self) -> Path:
-        """The DuckDB file that analytics reads and the embedded sink writes."""
+        """The DuckDB file that analytics reads and the embedded sink writes.
+
+        Raises:
+            ConfigError: `db` names a PostgreSQL ledger (see `db_url`).
+        """
+        if isinstance(self.db, str):
+            raise ConfigError(
+                f"db is a PostgreSQL ledger ({redacted_url(self.db)}), and this needs a DuckDB "
+                "file: land into PostgreSQL with `comptroller collect` (a control plane "
+                'sends to it with telemetry = "otlp"), or set db to a DuckDB file'
+            )
         return self.db if self.db is not None else self.data_dir / "comptroller.duckdb"
 
     @property

@@ -244,6 +244,13 @@ def test_on_a_demo_ledger_the_forecast_adds_up_to_the_raw_usage(demo_db: Path) -
                 [today_start.replace(day=1)],
             ).fetchall()
         )
+        capped = set(
+            con.execute(
+                "SELECT tenant, context, purpose FROM llm_budget_daily "
+                "WHERE day = ? AND budget_cap_usd IS NOT NULL",
+                [now.date()],
+            ).fetchall()
+        )
     finally:
         con.close()
     assert {p.purpose for p in purposes} == set(month)
@@ -257,4 +264,6 @@ def test_on_a_demo_ledger_the_forecast_adds_up_to_the_raw_usage(demo_db: Path) -
         of_keys = [k for k in keys if k.purpose == p.purpose]
         assert abs(sum(k.day_end_usd for k in of_keys) - p.day_end_usd) < Decimal("1e-8")
         assert abs(sum(k.month_end_usd for k in of_keys) - p.month_end_usd) < Decimal("1e-8")
-    assert any(k.cap_usd is not None for k in keys)  # the demo's budgets
+    # The demo's budgets: each key's cap is the one its calls of today carried (just after
+    # midnight UTC no budgeted key may have called yet today).
+    assert {(k.tenant, k.context, k.purpose) for k in keys if k.cap_usd is not None} == capped

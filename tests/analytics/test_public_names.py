@@ -19,6 +19,11 @@ PINNED = {
     *["ARROW_STREAM", "AnalyticsError", "DuckDBReader", "HttpReader", "Limits", "LocalReader"],
     *["QueryError", "QueryTimeout", "Reader", "ReaderUnavailable", "check_read_only"],
     *["open_reader", "reader_from_settings", "run_read_only", "truncated_at"],
+    # a PostgreSQL ledger
+    *["PgReader", "budget_state_pg"],
+    # the PostgreSQL ledger: connection, migrations, readers bound by row-level security
+    *["PG_SCHEMA_VERSION", "connect_pg", "migrate_pg", "pg_schema_version", "shown_url"],
+    *["grant_reader", "revoke_reader", "reader_bindings"],
     # schema and landing (the collector)
     *["DEDUP_KEYS", "MIGRATIONS", "ROLLUP_TIMEZONE_KEY", "SCHEMA_VERSION", "add_usage_rows"],
     *["apply_usage_batch", "connect", "insert_new", "insert_new_sql", "keys_unique"],

@@ -8,6 +8,7 @@ built with the OpenTelemetry SDK.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
@@ -40,11 +41,13 @@ from comptroller.analytics._pg_schema import (
     pg_type,
 )
 from comptroller.analytics._tables import LANDED
+from comptroller.budget_alerts import WarningPolicy
 from comptroller.collector._decode import decode
 from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander
 from comptroller.collector._land_pg import PgLander, rebuild_rollups_pg
 from comptroller.collector._normalise import Batch, Normaliser
+from comptroller.collector._notify import Alert
 from comptroller.collector._validate import validate
 from comptroller.errors import ConfigError
 
@@ -526,6 +529,153 @@ def test_sigkill_mid_load_then_replay_loses_and_duplicates_nothing(
             assert count == entries * rows
     finally:
         con.close()
+
+
+# --- budget crossings -----------------------------------------------------------------------
+
+
+def test_budget_crossings_are_the_duckdb_ledgers_and_recorded_once_per_fleet(
+    pg: tuple[str, str], tmp_path: Path
+) -> None:
+    url, schema = pg
+    con_a = connect_pg(url, schema=schema)
+    con_b = connect_pg(url, schema=schema)
+    duck = analytics.connect(tmp_path / "ledger.duckdb")
+    normaliser = Normaliser()
+    batches = [decode_batch(normaliser, "logs", usage_payload(seed, 40)) for seed in range(5)]
+    policy = WarningPolicy(projected=False)  # thresholds only: independent of the hour
+    told: dict[str, list[str]] = {"a": [], "b": []}
+    try:
+        a = PgLander(
+            con_a,
+            collector_id="a",
+            budget_events_every_s=3600,
+            warnings=policy,
+            on_alerts=lambda alerts: told["a"].extend(x.event_id for x in alerts),
+        )
+        b = PgLander(
+            con_b,
+            collector_id="b",
+            budget_events_every_s=3600,
+            warnings=policy,
+            on_alerts=lambda alerts: told["b"].extend(x.event_id for x in alerts),
+        )
+        # The first landing of each looks at once (a start may follow a crash); the rest
+        # wait for the interval, or for the idle writer's flush. (Caps change from row to
+        # row here: the DuckDB ledger below looks at the same moments.)
+        a.land(batches[:1], positions=[1])
+        assert not a.budget_events_pending
+        a.land(batches[1:3], positions=[2, 3])
+        assert a.budget_events_pending
+        b.land(batches[3:], positions=[1, 2])
+        a.flush_budget_events()
+        assert not a.budget_events_pending
+        assert b.record_budget_events() == []  # nothing new: recorded once, fleet-wide
+        duck_lander = Lander(duck, warnings=policy, budget_events_every_s=3600)
+        duck_lander.land(batches[:1])
+        duck_lander.land(batches[1:])
+        duck_lander.flush_budget_events()
+        expected = {
+            (str(r[0]), str(r[1]))
+            for r in duck.execute(
+                "SELECT event_id, kind FROM budget_events WHERE kind IN ('warning', 'exceeded')"
+            ).fetchall()
+        }
+        got = {
+            (str(r[0]), str(r[1]))
+            for r in _rows(
+                con_a,
+                "SELECT event_id, kind FROM budget_events WHERE kind IN ('warning', 'exceeded')",
+            )
+        }
+        assert {kind for _, kind in expected} == {"warning", "exceeded"}
+        assert got == expected
+        # Each event alerted once, by the collector that recorded it.
+        assert sorted(told["a"] + told["b"]) == sorted(event_id for event_id, _ in expected)
+    finally:
+        con_a.close()
+        con_b.close()
+        duck.close()
+
+
+def test_a_control_plane_event_alerts_once_whichever_collector_lands_it(
+    pg: tuple[str, str],
+) -> None:
+    url, schema = pg
+    opened = encode_logs(
+        log_records(
+            [
+                (
+                    sc.EVENT_CIRCUIT_OPENED,
+                    {
+                        sc.GEN_AI_PROVIDER_NAME: "openai",
+                        sc.GEN_AI_REQUEST_MODEL: "gpt-4o",
+                        sc.CIRCUIT_FAILURES: 3,
+                    },
+                )
+            ]
+        )
+    ).SerializeToString()
+    normaliser = Normaliser()
+    told: dict[str, list[Alert]] = {"a": [], "b": []}
+    cons = [connect_pg(url, schema=schema), connect_pg(url, schema=schema)]
+    try:
+        a, b = (
+            PgLander(con, collector_id=cid, on_alerts=lambda x, c=cid: told[c].extend(x))
+            for con, cid in zip(cons, ("a", "b"), strict=True)
+        )
+        # The exporter retried against another collector: the event lands (and alerts) once.
+        assert a.land([decode_batch(normaliser, "logs", opened)], positions=[1]).inserted == {
+            "circuit_events": 1
+        }
+        assert b.land([decode_batch(normaliser, "logs", opened)], positions=[1]).inserted == {
+            "circuit_events": 0
+        }
+        assert [alert.kind for alert in told["a"]] == ["circuit.opened"]
+        assert told["b"] == []
+    finally:
+        for con in cons:
+            con.close()
+
+
+def test_a_lander_whose_session_ends_reconnects_and_lands_once(pg: tuple[str, str]) -> None:
+    url, schema = pg
+    opened: list[Any] = []
+
+    def reconnect() -> Any:
+        con = connect_pg(url, schema=schema, migrate=False)
+        opened.append(con)
+        return con
+
+    con = connect_pg(url, schema=schema)
+    other = connect_pg(url, schema=schema)
+    normaliser = Normaliser()
+    batches = [decode_batch(normaliser, "logs", usage_payload(seed, 20)) for seed in range(3)]
+    try:
+        lander = PgLander(con, collector_id="c-1", reconnect=reconnect)
+        lander.land(batches[:1], positions=[1])
+        (pid,) = _rows(con, "SELECT pg_backend_pid()")[0]
+        assert _rows(other, "SELECT pg_terminate_backend($1::INT)", [pid]) == [(True,)]
+        # The landing meets the closed session, reconnects and lands on the new one.
+        result = lander.land(batches[:2], positions=[1, 2])
+        assert result.skipped_positions == [1]
+        assert result.landed_positions == [2]
+        assert len(opened) == 1
+        assert lander.con is opened[0]
+        lander.land(batches[2:], positions=[3])
+        assert _assert_rollups_equal_raw(other) == 60
+        # Without `reconnect`, the error is the caller's.
+        bare_con = connect_pg(url, schema=schema)
+        opened.append(bare_con)
+        bare = PgLander(bare_con, collector_id="c-2")
+        (pid,) = _rows(bare_con, "SELECT pg_backend_pid()")[0]
+        _rows(other, "SELECT pg_terminate_backend($1::INT)", [pid])
+        with pytest.raises(Exception, match=r"connection|server"):
+            bare.land(batches[:1], positions=[1])
+    finally:
+        for c in (*opened, other):
+            with contextlib.suppress(Exception):
+                c.close()
 
 
 # --- defence in depth -----------------------------------------------------------------------
