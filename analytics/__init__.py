@@ -138,7 +138,7 @@ if TYPE_CHECKING:
     )
     from comptroller.analytics._report import markdown as report_markdown
     from comptroller.analytics._report import to_json as report_json
-    from comptroller.analytics._reprice import RepriceLine, RepriceResult, reprice
+    from comptroller.analytics._reprice import RepriceLine, RepriceResult, reprice, reprice_pg
     from comptroller.analytics._rollup import (
         ROLLUP_TIMEZONE_KEY,
         add_usage_rows,
@@ -256,6 +256,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "report_markdown": ("comptroller.analytics._report", "markdown"),
     "report_to_github": ("comptroller.analytics._gate", "report_to_github"),
     "reprice": ("comptroller.analytics._reprice", "reprice"),
+    "reprice_pg": ("comptroller.analytics._reprice", "reprice_pg"),
     "rollup_timezone": ("comptroller.analytics._rollup", "rollup_timezone"),
     "run_panel": ("comptroller.analytics._panels", "run_panel"),
     "run_read_only": ("comptroller.analytics._reader", "run_read_only"),
@@ -373,6 +374,7 @@ __all__ = [
     "report_markdown",
     "report_to_github",
     "reprice",
+    "reprice_pg",
     "revoke_reader",
     "rollup_timezone",
     "run_panel",

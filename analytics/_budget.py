@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -390,52 +390,29 @@ class BudgetEvent:
     """For a budget by attribution, what it counts (`user=alice`)."""
 
 
-def record_budget_events(
-    con: duckdb.DuckDBPyConnection,
+def budget_crossings(
+    states: Sequence[BudgetState],
     *,
-    now: dt.datetime | None = None,
-    timezone: str = "UTC",
+    exceeded_seen: Set[tuple[str, str, str, str]],
+    stamp: dt.datetime,
+    timezone: str,
+    policy: WarningPolicy,
     warn_ratio: float = 0.8,
-    policy: WarningPolicy | None = None,
-    attribution_budgets: Sequence[AttributionBudget] = (),
-) -> list[BudgetEvent]:
-    """Record today's budget warnings and cap crossings of each budget key.
+) -> list[tuple[BudgetEvent, dict[str, Any]]]:
+    """The budget events today's `states` call for, with the attributes each is stored with.
 
-    Warnings follow `policy` (`comptroller.budget_alerts`; default: 50, 80 and 100 % of the
-    cap and a projected overrun), resolved per key as the control plane resolves it
-    (`WarningPolicy.for_key`: a `[[alerts.budgets]]` rule over the global shares), each
-    once per key, threshold and day under the id the control plane gives the same warning,
-    so a warning it raised first is not repeated. The cap's crossing (`exceeded`) is recorded once per key and day, unless the control plane
-    recorded one. Call it after `apply_usage_batch`, in the same transaction.
-
-    Args:
-        warn_ratio: The utilisation the budget state calls `warning` (the status shown).
-
-    Returns:
-        The events recorded by this call.
+    One decision for every ledger (DuckDB here, PostgreSQL in the collector): each key's
+    warnings under its policy (`WarningPolicy.for_key`), each under the id the control plane
+    gives the same warning (`warning_event_id`: the ledger keeps one row whoever raised it
+    first), and the cap's crossing once per key and day unless one is recorded already
+    (`exceeded_seen`: (tenant, context, purpose, attribute) of the day's `exceeded` events).
+    The caller inserts them, skipping those recorded before.
     """
-    policy = policy if policy is not None else WarningPolicy()
-    states = budget_state(
-        DuckDBReader(con, cursors=False),
-        now=now,
-        timezone=timezone,
-        warn_ratio=warn_ratio,
-        attribution_budgets=attribution_budgets,
-    )
     if not states:
         return []
     day = states[0].day
-    exceeded_seen = {
-        (str(tenant), str(context), str(purpose), str(attribute))
-        for tenant, context, purpose, attribute in con.execute(
-            "SELECT coalesce(tenant, ''), coalesce(context, ''), coalesce(purpose, ''), "
-            "coalesce(attribute, '') FROM budget_events WHERE day = ? AND kind = 'exceeded'",
-            [day],
-        ).fetchall()
-    }
-    stamp = now or dt.datetime.now(dt.UTC)
     start, end = day_bounds(day, timezone)
-    recorded: list[BudgetEvent] = []
+    out: list[tuple[BudgetEvent, dict[str, Any]]] = []
     for state in states:
         attribute = state.attribute  # "" for a profile budget
         key_policy = policy.for_key(state.tenant, state.context, state.purpose, attribute)
@@ -481,40 +458,95 @@ def record_budget_events(
                     attributes[semconv.BUDGET_THRESHOLD] = crossing.threshold
                 if crossing.projected_usd is not None:
                     attributes[semconv.BUDGET_PROJECTED_USD] = str(crossing.projected_usd)
-            inserted = con.execute(
-                "INSERT OR IGNORE INTO budget_events (event_id, ts, day, kind, tenant, context, "
-                "purpose, cap_usd, spent_usd, service_name, attributes, attribute) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING event_id",
-                [
-                    event_id,
-                    stamp,
-                    day,
-                    kind,
-                    state.tenant,
-                    state.context,
-                    state.purpose,
-                    state.cap_usd,
-                    state.spent_usd,
-                    "comptroller.analytics",
-                    json.dumps(attributes),
-                    attribute or None,
-                ],
-            ).fetchall()
-            if not inserted:
-                continue  # raised before, here or by the control plane
-            recorded.append(
-                BudgetEvent(
-                    event_id=event_id,
-                    kind=kind,  # type: ignore[arg-type]
-                    day=day,
-                    tenant=state.tenant,
-                    context=state.context,
-                    purpose=state.purpose,
-                    cap_usd=state.cap_usd,
-                    spent_usd=state.spent_usd,
-                    threshold=crossing.threshold if crossing is not None else None,
-                    projected_usd=crossing.projected_usd if crossing is not None else None,
-                    attribute=attribute,
-                )
+            event = BudgetEvent(
+                event_id=event_id,
+                kind=kind,  # type: ignore[arg-type]
+                day=day,
+                tenant=state.tenant,
+                context=state.context,
+                purpose=state.purpose,
+                cap_usd=state.cap_usd,
+                spent_usd=state.spent_usd,
+                threshold=crossing.threshold if crossing is not None else None,
+                projected_usd=crossing.projected_usd if crossing is not None else None,
+                attribute=attribute,
             )
+            out.append((event, attributes))
+    return out
+
+
+def record_budget_events(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: dt.datetime | None = None,
+    timezone: str = "UTC",
+    warn_ratio: float = 0.8,
+    policy: WarningPolicy | None = None,
+    attribution_budgets: Sequence[AttributionBudget] = (),
+) -> list[BudgetEvent]:
+    """Record today's budget warnings and cap crossings of each budget key.
+
+    Warnings follow `policy` (`comptroller.budget_alerts`; default: 50, 80 and 100 % of the
+    cap and a projected overrun), resolved per key as the control plane resolves it
+    (`WarningPolicy.for_key`: a `[[alerts.budgets]]` rule over the global shares), each
+    once per key, threshold and day under the id the control plane gives the same warning,
+    so a warning it raised first is not repeated. The cap's crossing (`exceeded`) is recorded once per key and day, unless the control plane
+    recorded one. Call it after `apply_usage_batch`, in the same transaction.
+
+    Args:
+        warn_ratio: The utilisation the budget state calls `warning` (the status shown).
+
+    Returns:
+        The events recorded by this call.
+    """
+    policy = policy if policy is not None else WarningPolicy()
+    states = budget_state(
+        DuckDBReader(con, cursors=False),
+        now=now,
+        timezone=timezone,
+        warn_ratio=warn_ratio,
+        attribution_budgets=attribution_budgets,
+    )
+    if not states:
+        return []
+    day = states[0].day
+    exceeded_seen = {
+        (str(tenant), str(context), str(purpose), str(attribute))
+        for tenant, context, purpose, attribute in con.execute(
+            "SELECT coalesce(tenant, ''), coalesce(context, ''), coalesce(purpose, ''), "
+            "coalesce(attribute, '') FROM budget_events WHERE day = ? AND kind = 'exceeded'",
+            [day],
+        ).fetchall()
+    }
+    stamp = now or dt.datetime.now(dt.UTC)
+    recorded: list[BudgetEvent] = []
+    for event, attributes in budget_crossings(
+        states,
+        exceeded_seen=exceeded_seen,
+        stamp=stamp,
+        timezone=timezone,
+        policy=policy,
+        warn_ratio=warn_ratio,
+    ):
+        inserted = con.execute(
+            "INSERT OR IGNORE INTO budget_events (event_id, ts, day, kind, tenant, context, "
+            "purpose, cap_usd, spent_usd, service_name, attributes, attribute) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING event_id",
+            [
+                event.event_id,
+                stamp,
+                event.day,
+                event.kind,
+                event.tenant,
+                event.context,
+                event.purpose,
+                event.cap_usd,
+                event.spent_usd,
+                "comptroller.analytics",
+                json.dumps(attributes),
+                event.attribute or None,
+            ],
+        ).fetchall()
+        if inserted:  # else raised before, here or by the control plane
+            recorded.append(event)
     return recorded

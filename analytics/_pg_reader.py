@@ -16,7 +16,9 @@ run in PostgreSQL*:
   (NUMERIC -> DECIMAL, JSONB -> JSON, the tags JSONB -> MAP(VARCHAR, VARCHAR), the signed
   resource ids -> UBIGINT), and the statement runs there in a read-only transaction under
   the reader's limits (time limit, row cap). A table the PostgreSQL ledger does not hold
-  (`alert_deliveries`: webhooks' outcomes are kept beside each notifier) reads as empty.
+  (one a newer DuckDB schema added, or `alert_deliveries` of a ledger migrated before its
+  v3) reads as empty; `alert_deliveries` of v3 is read like any other (ops-only: a role
+  bound to one org sees none of it).
 
 User SQL never reaches PostgreSQL: only this module's own `SELECT`s do, as the connecting
 role. So row-level security (`analytics/_pg_schema.py`, v2) holds whatever the statement:

@@ -19,6 +19,10 @@ What differs from DuckDB, on purpose:
   transaction of the rows (`collector/_land_pg.py`): the highest position of a collector is
   where its replay resumes, and a position at or below it is never landed twice.
 
+* `alert_deliveries` (v3) is DuckDB's v8 table from the same declaration (`_tables.py`
+  `ALERT_DELIVERIES`), shared by the fleet's notifiers; `alert_claims` beside it records
+  which collector is sending an alert to a webhook, so that one of them sends it.
+
 Migrations are append-only and versioned in `comptroller_schema`, like DuckDB's
 (`analytics/_schema.py`); `migrate_pg` applies them under an advisory lock, so that several
 collectors starting at once migrate one database once. A later change to a declaration in
@@ -37,7 +41,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
 
-from comptroller.analytics._tables import LANDED, Column, Table
+from comptroller.analytics._tables import ALERT_DELIVERIES, LANDED, Column, Table
 from comptroller.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -358,8 +362,12 @@ ROW_SCOPED: Final[dict[str, str]] = {
     "rejected_records": _ALL,
 }
 """Ledger table -> the condition a reading role's row must meet (`USING` of its policy)."""
+OPS_ONLY: Final[dict[str, str]] = {"alert_deliveries": _ALL}
+"""Tables of schema v3 only a reader bound to every org sees (no tenant column): webhook
+deliveries name events of every tenant."""
 READABLE: Final = (
     *ROW_SCOPED,
+    *OPS_ONLY,
     "spans",
     "comptroller_meta",
     "comptroller_schema",
@@ -390,6 +398,50 @@ def _v2() -> list[str]:
     return statements
 
 
+ALERT_CLAIM_TTL_S: Final = 900
+"""How long a collector's claim on sending one alert to one webhook holds while no outcome
+is recorded (`alert_claims`); after it, another collector may send it (the claimer died)."""
+
+
+def _v3() -> list[str]:
+    """Webhook deliveries (`alert_deliveries`, the declaration DuckDB's v8 holds) and the
+    claims that keep two collectors from sending one alert to one webhook twice."""
+    statements = [
+        pg_create_sql(ALERT_DELIVERIES),
+        # Recent outcomes first: a start's look for alerts still unanswered reads the day.
+        "CREATE INDEX IF NOT EXISTS alert_deliveries_last ON alert_deliveries (last_attempt_ts)",
+        # Who is sending (event, webhook) now: a row is claimed (INSERT … ON CONFLICT) by
+        # the collector about to POST it; another may take it over only once the claim is
+        # older than ALERT_CLAIM_TTL_S with no outcome, or when it is that collector again
+        # (its id's lock says its predecessor is gone). Never readable by readers.
+        """CREATE TABLE IF NOT EXISTS alert_claims (
+    event_id            TEXT NOT NULL,
+    webhook             TEXT NOT NULL,
+    collector_id        TEXT NOT NULL,
+    claimed_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, webhook)
+)""",
+        "ALTER TABLE alert_claims ENABLE ROW LEVEL SECURITY",
+    ]
+    for table, condition in OPS_ONLY.items():
+        statements += [
+            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+            f"CREATE POLICY ledger_readers ON {table} FOR SELECT USING ({condition})",
+        ]
+    # Roles granted the ledger before v3 may read the new table too (its policy decides).
+    statements.append(
+        """DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT DISTINCT b.role_name FROM ledger_readers AS b
+             JOIN pg_roles AS p ON p.rolname = b.role_name LOOP
+        EXECUTE format('GRANT SELECT ON alert_deliveries TO %I', r.role_name);
+    END LOOP;
+END $$"""
+    )
+    return statements
+
+
 @dataclass(frozen=True, kw_only=True)
 class PgMigration:
     """One step of the PostgreSQL schema."""
@@ -409,6 +461,11 @@ PG_MIGRATIONS: Final[Sequence[PgMigration]] = (
         version=2,
         description="row-level security: readers bound to an org or tenant (ledger_readers)",
         statements=tuple(_v2()),
+    ),
+    PgMigration(
+        version=3,
+        description="alert_deliveries: webhook deliveries of alerts, and the fleet's claims",
+        statements=tuple(_v3()),
     ),
 )
 PG_SCHEMA_VERSION: Final = PG_MIGRATIONS[-1].version

@@ -22,10 +22,20 @@ org). Each changed row keeps its provenance: `repriced_at`, the cost and price s
 (`repriced_from_usd`, `repriced_from_source`) and the version of the prices applied
 (`price_version`: genai-prices' package version, `registry-<digest>` of the fallback
 registry, or `overrides-<digest>` of the overrides for a row an override priced). Unpriced calls are counted as `budget check` counts them (analytics/_unpriced.py).
+
+A PostgreSQL ledger (`reprice_pg`) is priced by the same code: its candidate rows are read as
+Arrow into an in-memory DuckDB table `llm_usage` and `_price_rows` runs there, so the costs,
+price sources and provenance are DuckDB's to the digit. Only the store's parts differ: the
+changed rows are copied back (ADBC COPY into a temporary table, one `UPDATE … FROM`), and the
+rollups of the local days holding a changed row are recomputed from `llm_usage` under the
+rollups' lock that landings respect (`collector._land_pg.lock_rollups`), all in one
+transaction. Only the days repriced are recomputed: `--since` a recent day stays
+proportional to its rows, and a repricing of everything costs about a full rebuild.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -33,17 +43,23 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow as pa
 
+from comptroller.analytics._pg_schema import pg_type
 from comptroller.analytics._rollup import apply_usage_batch, rollup_timezone
+from comptroller.analytics._tables import MONEY_TYPE
 from comptroller.analytics._unpriced import unpriced_sql
 from comptroller.config._control import PriceSpec
 from comptroller.config._prices import PriceOverride
+from comptroller.errors import ComptrollerError, ConfigError
 from comptroller.pricing import UNPRICED_SOURCE, PriceCoefficients, Pricer, Usage
+
+if TYPE_CHECKING:
+    from adbc_driver_postgresql.dbapi import Connection, Cursor
 
 _COEF_SCALE = 18
 _COEF = pa.decimal128(38, _COEF_SCALE)
@@ -165,9 +181,7 @@ def _filters(
     return " AND ".join(clauses), params
 
 
-def _totals(
-    con: duckdb.DuckDBPyConnection, where: str, params: dict[str, object]
-) -> dict[tuple[str, str], tuple[int, Decimal, int, str]]:
+def _totals(con: duckdb.DuckDBPyConnection, where: str, params: dict[str, object]) -> _Totals:
     rows = con.execute(
         f"""
         SELECT coalesce(provider, ''), {_model()}, count(*), coalesce(sum(cost_usd), 0),
@@ -181,6 +195,8 @@ def _totals(
     return {(p, m): (int(n), Decimal(c), int(u), str(s)) for p, m, n, c, u, s in rows}
 
 
+_Totals = dict[tuple[str, str], tuple[int, Decimal, int, str]]
+"""(provider, model) -> (rows, cost, unpriced calls, price source or `mixed`)."""
 _Group = tuple[str, str | None, str | None, str | None, dt.date]
 """(provider, response model, request model, org or None when no override is per org, day)."""
 
@@ -196,6 +212,44 @@ def _reprice(
 ) -> RepriceResult:
     where, params = _filters(since, models, zone)
     before = _totals(con, where, params)
+    changed = _price_rows(con, since, models, zone, pricer, stamp)
+    groups_recomputed = 0
+    if changed:
+        groups_recomputed = apply_usage_batch(
+            con, _rollup_keys(con, where, params, zone), timezone=zone
+        )
+    after = _totals(con, where, params)
+    return _result(before, after, changed, groups_recomputed, dry_run, stamp)
+
+
+def _rollup_keys(
+    con: duckdb.DuckDBPyConnection, where: str, params: dict[str, object], zone: str
+) -> pa.Table:
+    """The rollup keys of the rows considered (one row per local day and group)."""
+    return con.sql(
+        f"""
+        SELECT min(ts) AS ts, tenant, org, context, purpose, provider, request_model,
+               response_model
+        FROM llm_usage WHERE {where}
+        GROUP BY timezone($tz, ts)::DATE, tenant, org, context, purpose, provider,
+                 request_model, response_model
+        """,
+        params={**params, "tz": zone},
+    ).to_arrow_table()
+
+
+def _price_rows(
+    con: duckdb.DuckDBPyConnection,
+    since: dt.date | None,
+    models: Sequence[str],
+    zone: str,
+    pricer: Pricer,
+    stamp: _Stamp,
+) -> int:
+    """Reprice the rows of `llm_usage` the filters select, in place, with their provenance;
+    the number of rows changed. The one pricing path of every store: a DuckDB ledger runs it
+    on its own table, a PostgreSQL ledger on a DuckDB copy of its candidate rows."""
+    where, params = _filters(since, models, zone)
     # An org changes the price only when some override is for one org: otherwise the groups
     # leave it out (fewer groups, one coefficient row per model, day and tier).
     by_org = pricer.org_specific
@@ -225,20 +279,17 @@ def _reprice(
         changed += _update_in_sql(con, since, models, zone, coefficient_rows, stamp, by_org)
     if row_by_row:
         changed += _update_row_by_row(con, where, params, pricer, row_by_row, stamp, by_org)
-    groups_recomputed = 0
-    if changed:
-        keys = con.sql(
-            f"""
-            SELECT min(ts) AS ts, tenant, org, context, purpose, provider, request_model,
-                   response_model
-            FROM llm_usage WHERE {where}
-            GROUP BY timezone($tz, ts)::DATE, tenant, org, context, purpose, provider,
-                     request_model, response_model
-            """,
-            params={**params, "tz": zone},
-        ).to_arrow_table()
-        groups_recomputed = apply_usage_batch(con, keys, timezone=zone)
-    after = _totals(con, where, params)
+    return changed
+
+
+def _result(
+    before: _Totals,
+    after: _Totals,
+    changed: int,
+    groups_recomputed: int,
+    dry_run: bool,
+    stamp: _Stamp,
+) -> RepriceResult:
     lines = tuple(
         RepriceLine(
             provider=key[0],
@@ -487,3 +538,290 @@ def _update_row_by_row(
     finally:
         con.unregister(name)
     return int(result[0][0]) if result else 0
+
+
+# --- a PostgreSQL ledger ------------------------------------------------------------------
+
+_CANDIDATE_COLUMNS: Final = (
+    "usage_id",
+    "ts",
+    "tenant",
+    "org",
+    "context",
+    "purpose",
+    "provider",
+    "request_model",
+    "response_model",
+    *_TOKENS,
+    "cost_usd",
+    "price_source",
+    "repriced_at",
+    "repriced_from_usd",
+    "repriced_from_source",
+    "price_version",
+)
+"""What the pricing reads and writes of a row (the money columns travel as text)."""
+_MONEY_COLUMNS: Final = ("cost_usd", "repriced_from_usd")
+_WRITTEN: Final = (
+    "cost_usd",
+    "price_source",
+    "repriced_at",
+    "repriced_from_usd",
+    "repriced_from_source",
+    "price_version",
+)
+"""The columns a repricing changes."""
+_ROLLUPS: Final = ("llm_usage_daily", "llm_budget_daily", "llm_usage_hourly")
+_REPRICE_LOCK: Final = "comptroller.reprice"
+"""Advisory lock (hashed) held by a repricing of a PostgreSQL ledger: one at a time."""
+
+
+def reprice_pg(
+    con: Connection,
+    *,
+    since: dt.date | None = None,
+    models: Sequence[str] = (),
+    fallback_prices: Mapping[str, PriceSpec] | None = None,
+    price_overrides: Sequence[PriceOverride] = (),
+    pricer: Pricer | None = None,
+    timezone: str | None = None,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+) -> RepriceResult:
+    """`reprice` on a PostgreSQL ledger (an ADBC connection as its owner; commits `con`).
+
+    The pricing is `reprice`'s own: the candidate rows (not provider-priced, within the
+    filters) are read as Arrow into an in-memory DuckDB table named `llm_usage` and priced
+    there by the same code, provenance included. The rows it changed are copied into a
+    temporary table (ADBC binary COPY) and written back with one `UPDATE llm_usage … FROM`,
+    guarded on each row's cost and price source being what was read (a row changed in
+    between is left alone). The rollups of every local day holding a changed row are then
+    recomputed from `llm_usage`, under `collector._land_pg.lock_rollups`, which a landing's
+    rollup upserts respect: a collector landing meanwhile is neither missed nor counted
+    twice. All of it is one transaction; a dry run rolls it back.
+
+    Raises:
+        ConfigError: The connection's role may not rewrite the ledger (a reader bound by
+            row-level security, or a role without UPDATE on it): run it as the owner.
+    """
+    from comptroller.collector._land_pg import lock_rollups, rebuild_rollup_days_pg
+
+    pricer = pricer or Pricer(fallback_prices, overrides=price_overrides)
+    stamp = _Stamp(
+        at=now or dt.datetime.now(dt.UTC),
+        registry=registry_version(fallback_prices or {}),
+        overrides=overrides_version(pricer.overrides),
+    )
+    con.rollback()  # a transaction of our own
+    cur = con.cursor()
+    try:
+        _check_owner(cur)
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", [_REPRICE_LOCK])
+        cur.fetchall()
+        zone = timezone or _pg_rollup_zone(cur) or "UTC"
+        local = duckdb.connect()
+        try:
+            candidates = _pg_candidates(cur, since, models, zone)
+            local.register("_candidates", candidates)
+            money = {c: f"CAST({c} AS {MONEY_TYPE}) AS {c}" for c in _MONEY_COLUMNS}
+            local.execute(
+                "CREATE TABLE llm_usage AS SELECT "
+                + ", ".join(money.get(c, c) for c in _CANDIDATE_COLUMNS)
+                + " FROM _candidates"
+            ).fetchall()
+            local.unregister("_candidates")
+            local.execute(
+                f"CREATE TABLE _read AS SELECT usage_id, {', '.join(_WRITTEN)} FROM llm_usage"
+            ).fetchall()
+            where, params = _filters(since, models, zone)
+            before = _totals(local, where, params)
+            changed = _price_rows(local, since, models, zone, pricer, stamp)
+            after = _totals(local, where, params)
+            groups = 0
+            if changed:
+                # The groups `reprice` recomputes on DuckDB, reported alike.
+                groups = _group_count(local, where, params, zone)
+            if changed and not dry_run:
+                changes = _changes(local, zone)
+                changed = _write_back(cur, changes)
+                days = changes.column("day").to_pylist()
+                lock_rollups(cur)
+                rebuild_rollup_days_pg(cur, days, timezone=zone)
+        finally:
+            local.close()
+        if dry_run:
+            con.rollback()
+        else:
+            con.commit()
+    except ComptrollerError:
+        con.rollback()
+        raise
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            con.rollback()
+        if getattr(exc, "sqlstate", None) is None:
+            raise  # not the database's refusal: a bug, with its traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"the PostgreSQL ledger refused the repricing: {first}; nothing was changed "
+            "(one transaction): fix that and run it again"
+        ) from exc
+    except BaseException:
+        with contextlib.suppress(Exception):
+            con.rollback()
+        raise
+    finally:
+        cur.close()
+    return _result(before, after, changed, groups, dry_run, stamp)
+
+
+def _check_owner(cur: Cursor) -> None:
+    """Refuse a role that may not rewrite every row (a reader bound by row-level security)."""
+    # has_table_privilege with a list is true when any one is held: one call each.
+    privileges = " AND ".join(
+        f"has_table_privilege('{table}', '{privilege}')"
+        for table, wanted in (
+            ("llm_usage", ("SELECT", "UPDATE")),
+            *((rollup, ("SELECT", "INSERT", "UPDATE", "DELETE")) for rollup in _ROLLUPS),
+        )
+        for privilege in wanted
+    )
+    cur.execute(
+        "SELECT current_user, pg_get_userbyid(c.relowner), "
+        "pg_has_role(current_user, c.relowner, 'USAGE') OR r.rolbypassrls OR r.rolsuper, "
+        f"{privileges} FROM pg_class AS c, pg_roles AS r "
+        "WHERE c.oid = to_regclass('llm_usage') AND r.rolname = current_user"
+    )
+    found = cur.fetchall()
+    if not found:
+        raise ConfigError(
+            "no ledger in this database or schema (no llm_usage table): check --db's "
+            "?schema=, or let a collector create the ledger first"
+        )
+    role, owner, unbound, may_write = found[0]
+    if not (unbound and may_write):
+        why = (
+            "is bound by the ledger's row-level security (it sees only some rows)"
+            if not unbound
+            else "may not update the usage rows and the rollups"
+        )
+        raise ConfigError(
+            f"reprice rewrites every row's cost and the rollups, and role {role!r} {why}: "
+            f"run it as the ledger's owner, {owner!r} (the collectors' role): "
+            f"--db postgresql://{owner}@host/db?schema=…"
+        )
+
+
+def _pg_rollup_zone(cur: Cursor) -> str | None:
+    cur.execute("SELECT value FROM comptroller_meta WHERE key = 'rollup_timezone'")
+    rows = cur.fetchall()
+    return str(rows[0][0]) if rows else None
+
+
+def _pg_candidates(
+    cur: Cursor, since: dt.date | None, models: Sequence[str], zone: str
+) -> pa.Table:
+    """The rows `reprice` may change, read from PostgreSQL as Arrow (a superset of what
+    `_filters` selects: the pricing applies that itself)."""
+    text = set(_MONEY_COLUMNS)
+    select = ", ".join(f"{c}::TEXT AS {c}" if c in text else c for c in _CANDIDATE_COLUMNS)
+    clauses = ["price_source <> 'provider'"]
+    params: list[Any] = []
+    if since is not None:
+        params.append(dt.datetime.combine(since, dt.time(), tzinfo=ZoneInfo(zone)))
+        clauses.append(f"ts >= ${len(params)}")
+    if models:
+        for name in models:
+            params.append(name)
+        names = ", ".join(
+            f"${i}::TEXT" for i in range(len(params) - len(models) + 1, len(params) + 1)
+        )
+        model = "coalesce(response_model, request_model, '')"
+        clauses.append(
+            f"({model} IN ({names}) OR coalesce(provider, '') || ':' || {model} IN ({names}))"
+        )
+    cur.execute(f"SELECT {select} FROM llm_usage WHERE {' AND '.join(clauses)}", params or None)
+    table = cur.fetch_arrow_table()
+    # PostgreSQL gives TIMESTAMPTZ as UTC microseconds: the same instants DuckDB reads.
+    return table
+
+
+def _group_count(
+    con: duckdb.DuckDBPyConnection, where: str, params: dict[str, object], zone: str
+) -> int:
+    """How many rollup groups (local day and key) the rows considered fall in."""
+    rows = con.execute(
+        f"""
+        SELECT count(*) FROM (
+            SELECT DISTINCT timezone($tz, ts)::DATE, coalesce(tenant, ''), coalesce(org, ''),
+                   coalesce(context, ''), coalesce(purpose, ''), coalesce(provider, ''),
+                   {_model()}
+            FROM llm_usage WHERE {where})
+        """,
+        {**params, "tz": zone},
+    ).fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+def _changes(con: duckdb.DuckDBPyConnection, zone: str) -> pa.Table:
+    """The rows the pricing changed: their new values, what they held when read, and their
+    local day (whose rollups are recomputed)."""
+    differs = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in _WRITTEN)
+    return con.sql(
+        f"""
+        SELECT n.usage_id, CAST(n.cost_usd AS VARCHAR) AS cost_usd, n.price_source,
+               timezone('UTC', n.repriced_at) AS repriced_at,
+               CAST(n.repriced_from_usd AS VARCHAR) AS repriced_from_usd,
+               n.repriced_from_source, n.price_version,
+               CAST(o.cost_usd AS VARCHAR) AS read_cost, o.price_source AS read_source,
+               timezone($tz, n.ts)::DATE AS day
+        FROM llm_usage AS n JOIN _read AS o USING (usage_id)
+        WHERE {differs}
+        ORDER BY n.usage_id
+        """,
+        params={"tz": zone},
+    ).to_arrow_table()
+
+
+def _write_back(cur: Cursor, changes: pa.Table) -> int:
+    """Copy the changes into a temporary table and update llm_usage from it; rows updated."""
+    staged = changes.select(
+        [
+            "usage_id",
+            "cost_usd",
+            "price_source",
+            "repriced_at",
+            "repriced_from_usd",
+            "repriced_from_source",
+            "price_version",
+            "read_cost",
+            "read_source",
+        ]
+    )
+    staged = staged.set_column(
+        3, "repriced_at", staged.column("repriced_at").cast(pa.timestamp("us", tz="UTC"))
+    )
+    cur.execute("DROP TABLE IF EXISTS _reprice_changes")
+    cur.execute(
+        "CREATE TEMP TABLE _reprice_changes (usage_id TEXT, cost_usd TEXT, price_source TEXT, "
+        "repriced_at TIMESTAMPTZ, repriced_from_usd TEXT, repriced_from_source TEXT, "
+        "price_version TEXT, read_cost TEXT, read_source TEXT) ON COMMIT DROP"
+    )
+    cur.adbc_ingest("_reprice_changes", staged, mode="append", temporary=True)
+    # Statistics of the staged rows let the planner join them by hash when they are many.
+    cur.execute("ANALYZE _reprice_changes")
+    money = pg_type(MONEY_TYPE)
+    cur.execute(
+        f"""
+        UPDATE llm_usage AS u
+        SET cost_usd = CAST(c.cost_usd AS {money}), price_source = c.price_source,
+            repriced_at = c.repriced_at,
+            repriced_from_usd = CAST(c.repriced_from_usd AS {money}),
+            repriced_from_source = c.repriced_from_source, price_version = c.price_version
+        FROM _reprice_changes AS c
+        WHERE u.usage_id = c.usage_id
+          AND u.cost_usd IS NOT DISTINCT FROM CAST(c.read_cost AS {money})
+          AND u.price_source = c.read_source
+        """
+    )
+    return max(int(cur.rowcount), 0)

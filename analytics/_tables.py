@@ -318,3 +318,22 @@ LANDED: Final[dict[str, Table]] = {
     for t in (LLM_USAGE, SPANS, CIRCUIT_EVENTS, PROFILE_EVENTS, BUDGET_EVENTS, REJECTED_RECORDS)
 }
 """Every table the collector lands into, by name."""
+
+ALERT_DELIVERIES: Final = Table(
+    "alert_deliveries",
+    (
+        # What the alert notifier (collector/_notify.py) did with each alert-worthy event,
+        # per webhook: one row once an outcome is known (DuckDB's v8, PostgreSQL's v3).
+        _col("event_id", "VARCHAR NOT NULL", _STR),
+        _col("webhook", "VARCHAR NOT NULL", _STR),  # the webhook's name (never its URL)
+        _col("kind", "VARCHAR NOT NULL", _STR),  # budget.warning | budget.exceeded | ...
+        _col("status", "VARCHAR NOT NULL", _STR),  # delivered | failed
+        _col("attempts", "INTEGER NOT NULL", _I32),
+        _col("http_status", "INTEGER", _I32),
+        _col("error", "VARCHAR", _STR),
+        _col("first_attempt_ts", "TIMESTAMPTZ NOT NULL", _TS),
+        _col("last_attempt_ts", "TIMESTAMPTZ NOT NULL", _TS),
+    ),
+    primary_key=("event_id", "webhook"),
+)
+"""Webhook deliveries of alerts (not landed: written by the notifier of a collector)."""

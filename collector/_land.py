@@ -194,6 +194,23 @@ class _Relations:
                     del table[key]
 
 
+def refused_rows(
+    trial: Callable[[str, pa.Table], str | None], name: str, table: pa.Table
+) -> list[tuple[int, tuple[str, str]]]:
+    """The rows of `table` (bound for `name`) a ledger refuses, with why, found by bisection:
+    `trial` lands a slice in a transaction rolled back and returns the error it raised. A few
+    bad rows among many cost O(bad × log rows) trials, and the good rows land."""
+    error = trial(name, table)
+    if error is None:
+        return []
+    if table.num_rows == 1:
+        return [(0, ("refused_by_database", error))]
+    mid = table.num_rows // 2
+    left = refused_rows(trial, name, table.slice(0, mid))
+    right = refused_rows(trial, name, table.slice(mid))
+    return left + [(i + mid, found) for i, found in right]
+
+
 class Lander:
     """Lands batches into one DuckDB connection (the collector owns the file).
 
@@ -427,15 +444,7 @@ class Lander:
 
     def _refused_rows(self, name: str, table: pa.Table) -> list[tuple[int, tuple[str, str]]]:
         """The rows of `table` the database refuses, found by landing halves on trial."""
-        error = self._trial(name, table)
-        if error is None:
-            return []
-        if table.num_rows == 1:
-            return [(0, ("refused_by_database", error))]
-        mid = table.num_rows // 2
-        left = self._refused_rows(name, table.slice(0, mid))
-        right = self._refused_rows(name, table.slice(mid))
-        return left + [(i + mid, found) for i, found in right]
+        return refused_rows(self._trial, name, table)
 
     def _trial(self, name: str, table: pa.Table) -> str | None:
         """Insert `table` (and roll its usage up) in a transaction rolled back; the error."""

@@ -33,9 +33,10 @@ the rollups (`analytics._pg_budget.budget_state_pg`). They are looked for after 
 commits, in a transaction of their own (at most every `budget_events_every_s`; the idle
 writer's `flush_budget_events` makes up skipped checks): each event's id is the same in
 every process, so of several collectors (and the control plane) raising one crossing, one
-records it (`ON CONFLICT DO NOTHING … RETURNING`) and only that one alerts. Budgets by
-attribution (`[[control.attribution_budgets]]`) are not served from PostgreSQL yet: their
-state and crossings are read from DuckDB ledgers only.
+records it (`ON CONFLICT DO NOTHING … RETURNING`) and only that one alerts. The budgets by
+attribution (`[[control.attribution_budgets]]`) and this hour's spend anomalies are looked
+for in the same pass, with the rules of the DuckDB ledger (`analytics.budget_crossings`,
+`analytics._anomaly`).
 """
 
 from __future__ import annotations
@@ -51,14 +52,13 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from comptroller import semconv
-from comptroller.analytics._budget import BudgetEvent, BudgetState
+from comptroller.analytics._budget import BudgetEvent, BudgetState, budget_crossings
 from comptroller.analytics._delta import DELTA_INPUTS
 from comptroller.analytics._pg_budget import budget_state_pg
 from comptroller.analytics._pg_schema import (
@@ -69,17 +69,18 @@ from comptroller.analytics._pg_schema import (
 )
 from comptroller.analytics._tables import LANDED
 from comptroller.analytics._unpriced import unpriced_sql
-from comptroller.budget_alerts import Crossing, WarningPolicy, crossings, day_bounds
-from comptroller.budget_alerts import warning_event_id as _warning_event_id
-from comptroller.collector._land import LandResult, _Relations, decide
+from comptroller.budget_alerts import WarningPolicy
+from comptroller.collector._land import LandResult, _Relations, decide, refused_rows
 from comptroller.collector._normalise import Batch
-from comptroller.collector._notify import Alert, alerts_of, budget_event_alert
+from comptroller.collector._notify import Alert, alerts_of, anomaly_alert, budget_event_alert
 from comptroller.collector._resources import resource_id, split_resources
 from comptroller.collector._validate import quarantine_rows
 from comptroller.errors import ComptrollerError, ConfigError
 
 if TYPE_CHECKING:
     from adbc_driver_postgresql.dbapi import Connection, Cursor
+
+    from comptroller.config import AttributionBudget
 
 _log = logging.getLogger("comptroller.collector")
 
@@ -320,6 +321,74 @@ def rebuild_rollups_pg(con: Connection, *, timezone: str = "UTC") -> int:
     return int(count)
 
 
+ROLLUP_TABLES: Final = ("llm_usage_daily", "llm_budget_daily", "llm_usage_hourly")
+
+
+def lock_rollups(cur: Cursor) -> None:
+    """Hold the rollups against every lander's upserts until the caller's transaction ends.
+
+    `SHARE ROW EXCLUSIVE` conflicts with the `ROW EXCLUSIVE` lock a landing's rollup
+    upserts (`INSERT … ON CONFLICT`) take, and with itself, but not with reads. Taken, it
+    waits for each landing that has already added to the rollups to commit (so its rows are
+    visible to the caller's next statements, READ COMMITTED), and a landing that has not
+    yet added waits for the caller's commit (its rows are invisible to the caller, and its
+    delta is added on top of what the caller wrote). Either way a recompute of the rollups
+    from `llm_usage` done under this lock misses no landing and counts none twice.
+    """
+    cur.execute(f"LOCK TABLE {', '.join(ROLLUP_TABLES)} IN SHARE ROW EXCLUSIVE MODE")
+
+
+def rebuild_rollup_days_pg(cur: Cursor, days: Sequence[dt.date], *, timezone: str) -> int:
+    """Recompute the three rollups' rows of the local `days` from `llm_usage`, in the
+    caller's transaction (which should hold `lock_rollups`; nothing is committed).
+
+    Returns:
+        The number of `llm_usage_daily` rows those days hold afterwards.
+    """
+    if not days:
+        return 0
+    zone = ZoneInfo(timezone)
+    _zone_literal(timezone)
+    ordered = sorted(set(days))
+    bounds = pa.table(
+        {
+            "day": pa.array(ordered, pa.date32()),
+            "lo": pa.array(
+                [dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in ordered],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "hi": pa.array(
+                [
+                    dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), tzinfo=zone)
+                    for d in ordered
+                ],
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+    cur.execute("DROP TABLE IF EXISTS _rebuild_days")
+    cur.execute(
+        "CREATE TEMP TABLE _rebuild_days (day DATE, lo TIMESTAMPTZ, hi TIMESTAMPTZ) ON COMMIT DROP"
+    )
+    cur.adbc_ingest("_rebuild_days", bounds, mode="append", temporary=True)
+    cur.execute("DELETE FROM llm_usage_daily WHERE day IN (SELECT day FROM _rebuild_days)")
+    cur.execute("DELETE FROM llm_budget_daily WHERE day IN (SELECT day FROM _rebuild_days)")
+    cur.execute(
+        "DELETE FROM llm_usage_hourly AS h USING _rebuild_days AS d "
+        "WHERE h.hour >= d.day AND h.hour < d.day + 1"
+    )
+    # The days' rows, found by `ts` ranges (the llm_usage_ts index), summed as a landing
+    # sums its rows: the deleted groups are inserted again, none conflicts.
+    source = (
+        "(SELECT l.* FROM llm_usage AS l JOIN _rebuild_days AS r ON l.ts >= r.lo AND l.ts < r.hi)"
+    )
+    for statement in rollup_upserts(source, timezone):
+        cur.execute(statement)
+    cur.execute("SELECT count(*) FROM llm_usage_daily WHERE day IN (SELECT day FROM _rebuild_days)")
+    (count,) = cur.fetchone() or (0,)
+    return int(count)
+
+
 def _set_meta(cur: Cursor, key: str, value: str) -> None:
     cur.execute(
         "INSERT INTO comptroller_meta (key, value) VALUES ($1, $2) "
@@ -380,9 +449,12 @@ class PgLander:
         on_alerts: Callable[[list[Alert]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         reconnect: Callable[[], Connection] | None = None,
+        attribution_budgets: Sequence[AttributionBudget] = (),
     ) -> None:
         if not collector_id or len(collector_id) > 200:
             raise ConfigError("collector_id must be 1 to 200 characters")
+        self.attribution_budgets = tuple(attribution_budgets)
+        """The budgets by attribution whose crossings are recorded with the others."""
         self.con = con
         self.collector_id = collector_id
         self.timezone = timezone
@@ -512,8 +584,19 @@ class PgLander:
                 _log.exception("comptroller: budget crossings were not recorded")
 
     def _record_budget_events(self, *, now: dt.datetime | None = None) -> list[BudgetEvent]:
+        """Record what the DuckDB `Lander` records after landing: the crossings of the profile
+        budgets and of the budgets by attribution, then this hour's spend anomalies, each once
+        fleet-wide (`ON CONFLICT DO NOTHING … RETURNING`: the collector that inserts an event
+        is the one that alerts)."""
+        from comptroller.analytics._pg_budget import record_anomaly_events_pg
+
         stamp = now or dt.datetime.now(dt.UTC)
-        states = budget_state_pg(self.con, now=stamp, timezone=self.timezone)
+        states = budget_state_pg(
+            self.con,
+            now=stamp,
+            timezone=self.timezone,
+            attribution_budgets=self.attribution_budgets,
+        )
         recorded: list[BudgetEvent] = []
         if states:
             cur = self.con.cursor()
@@ -527,13 +610,18 @@ class PgLander:
                 raise
             finally:
                 cur.close()
+        # The crossings' alerts go now: a failure below leaves the look pending, and the
+        # next one finds these recorded (it would not alert them again).
+        self._alert([a for event in recorded if (a := budget_event_alert(event)) is not None])
+        anomalies = record_anomaly_events_pg(self.con, now=stamp, timezone=self.timezone)
+        self._alert([a for anomaly in anomalies if (a := anomaly_alert(anomaly)) is not None])
         self._budget_checked_at = self._clock()
         self.budget_events_pending = False
-        if recorded and self.on_alerts is not None:
-            self._send_alerts(
-                [a for event in recorded if (a := budget_event_alert(event)) is not None]
-            )
         return recorded
+
+    def _alert(self, alerts: list[Alert]) -> None:
+        if alerts and self.on_alerts is not None:
+            self._send_alerts(alerts)
 
     def land(
         self,
@@ -852,15 +940,7 @@ class PgLander:
 
     def _refused_rows(self, name: str, table: pa.Table) -> list[tuple[int, tuple[str, str]]]:
         """The rows of `table` the ledger refuses, found by landing halves on trial."""
-        error = self._trial(name, table)
-        if error is None:
-            return []
-        if table.num_rows == 1:
-            return [(0, ("refused_by_database", error))]
-        mid = table.num_rows // 2
-        left = self._refused_rows(name, table.slice(0, mid))
-        right = self._refused_rows(name, table.slice(mid))
-        return left + [(i + mid, found) for i, found in right]
+        return refused_rows(self._trial, name, table)
 
     def _trial(self, name: str, table: pa.Table) -> str | None:
         """Insert `table` in a transaction rolled back; the data error it raised, if any."""
@@ -995,95 +1075,42 @@ def _insert_budget_events(
         "coalesce(attribute, '') FROM budget_events WHERE day = $1::DATE AND kind = 'exceeded'",
         [day.isoformat()],
     )
-    exceeded_seen = {tuple(str(v) for v in row) for row in cur.fetchall()}
-    start, end = day_bounds(day, timezone)
+    exceeded_seen = {(str(a), str(b), str(c), str(d)) for a, b, c, d in cur.fetchall()}
     recorded: list[BudgetEvent] = []
-    for state in states:
-        attribute = state.attribute
-        key_policy = policy.for_key(state.tenant, state.context, state.purpose, attribute)
-        found: list[tuple[str, str, Crossing | None]] = [
-            (
-                _warning_event_id(
-                    state.tenant,
-                    state.context,
-                    state.purpose,
-                    day.isoformat(),
-                    c.label,
-                    attribute=attribute,
-                ),
-                "warning",
-                c,
-            )
-            for c in crossings(
-                state.spent_usd,
-                state.cap_usd,
-                now=stamp.timestamp(),
-                day_start=start,
-                day_end=end,
-                policy=key_policy,
-            )
-        ]
-        if state.spend_status == "exceeded" and (*state.key, attribute) not in exceeded_seen:
-            event_id = (
-                f"budget:{day.isoformat()}:exceeded:{state.tenant}:{state.context}:{state.purpose}"
-            )
-            if attribute:
-                event_id += f":{attribute}"
-            found.append((event_id, "exceeded", None))
-        for event_id, kind, crossing in found:
-            attributes: dict[str, Any] = {
-                "utilisation": state.utilisation,
-                "warn_ratio": _WARN_RATIO,
-                "unpriced_calls": state.unpriced_calls,
-                "unpriced_models": list(state.unpriced_models),
-            }
-            if crossing is not None:
-                attributes[semconv.BUDGET_WARNING_KIND] = crossing.kind
-                if crossing.threshold is not None:
-                    attributes[semconv.BUDGET_THRESHOLD] = crossing.threshold
-                if crossing.projected_usd is not None:
-                    attributes[semconv.BUDGET_PROJECTED_USD] = str(crossing.projected_usd)
-            values = pa.record_batch(
-                [
-                    pa.array([event_id], pa.string()),
-                    pa.array([stamp.astimezone(dt.UTC)], pa.timestamp("us", tz="UTC")),
-                    pa.array([day.isoformat()], pa.string()),
-                    pa.array([kind], pa.string()),
-                    pa.array([state.tenant], pa.string()),
-                    pa.array([state.context], pa.string()),
-                    pa.array([state.purpose], pa.string()),
-                    pa.array([str(state.cap_usd)], pa.string()),
-                    pa.array([str(state.spent_usd)], pa.string()),
-                    pa.array([json.dumps(attributes)], pa.string()),
-                    pa.array([attribute or None], pa.string()),
-                ],
-                names=[f"p{i}" for i in range(11)],
-            )
-            cur.execute(
-                "INSERT INTO budget_events (event_id, ts, day, kind, tenant, context, purpose, "
-                "cap_usd, spent_usd, service_name, attributes, attribute) VALUES "
-                "($1, $2, $3::DATE, $4, $5, $6, $7, $8::NUMERIC, $9::NUMERIC, "
-                "'comptroller.analytics', $10::JSONB, $11) "
-                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                values,
-            )
-            if not cur.fetchall():
-                continue  # raised before, here, by another collector or the control plane
-            recorded.append(
-                BudgetEvent(
-                    event_id=event_id,
-                    kind=kind,  # type: ignore[arg-type]
-                    day=day,
-                    tenant=state.tenant,
-                    context=state.context,
-                    purpose=state.purpose,
-                    cap_usd=state.cap_usd,
-                    spent_usd=state.spent_usd,
-                    threshold=crossing.threshold if crossing is not None else None,
-                    projected_usd=crossing.projected_usd if crossing is not None else None,
-                    attribute=attribute,
-                )
-            )
+    for event, attributes in budget_crossings(
+        states,
+        exceeded_seen=exceeded_seen,
+        stamp=stamp,
+        timezone=timezone,
+        policy=policy,
+        warn_ratio=_WARN_RATIO,
+    ):
+        values = pa.record_batch(
+            [
+                pa.array([event.event_id], pa.string()),
+                pa.array([stamp.astimezone(dt.UTC)], pa.timestamp("us", tz="UTC")),
+                pa.array([day.isoformat()], pa.string()),
+                pa.array([event.kind], pa.string()),
+                pa.array([event.tenant], pa.string()),
+                pa.array([event.context], pa.string()),
+                pa.array([event.purpose], pa.string()),
+                pa.array([str(event.cap_usd)], pa.string()),
+                pa.array([str(event.spent_usd)], pa.string()),
+                pa.array([json.dumps(attributes)], pa.string()),
+                pa.array([event.attribute or None], pa.string()),
+            ],
+            names=[f"p{i}" for i in range(11)],
+        )
+        cur.execute(
+            "INSERT INTO budget_events (event_id, ts, day, kind, tenant, context, purpose, "
+            "cap_usd, spent_usd, service_name, attributes, attribute) VALUES "
+            "($1, $2, $3::DATE, $4, $5, $6, $7, $8::NUMERIC, $9::NUMERIC, "
+            "'comptroller.analytics', $10::JSONB, $11) "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            values,
+        )
+        if cur.fetchall():  # else raised before, here, by another collector or the plane
+            recorded.append(event)
     return recorded
 
 

@@ -122,6 +122,10 @@ class Notifier:
     Args:
         settings: The `[alerts]` settings (webhooks, attempts, backoff).
         record: Stores a delivery's outcome (the collector writes `alert_deliveries`).
+        claim: Asked, just before an alert is sent to a webhook, whether this process is the
+            one to send it (a PostgreSQL fleet's collectors claim each pair in the ledger:
+            `collector/_alert_log.py`); False skips it. An error sends it anyway (a
+            duplicate is better than a lost alert). None: always this process.
         sleep: Waits between attempts (tests pass a recorder instead of sleeping).
         client: The HTTP client (default: an `httpx.Client` owned by the notifier).
     """
@@ -131,6 +135,7 @@ class Notifier:
         settings: AlertSettings,
         *,
         record: Callable[[Delivery], None] | None = None,
+        claim: Callable[[Alert, str], bool] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         client: httpx.Client | None = None,
@@ -139,6 +144,9 @@ class Notifier:
         self.webhooks: tuple[WebhookSettings, ...] = tuple(settings.webhooks)
         self._settings = settings
         self._record = record
+        self._claim = claim
+        self.skipped = 0
+        """Alerts not sent because another process claimed them (`claim` said False)."""
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._client = client or httpx.Client(follow_redirects=False)
@@ -193,7 +201,11 @@ class Notifier:
     def health(self) -> dict[str, Any]:
         """Deliveries per webhook (by name, never by URL), queued and dropped alerts."""
         with self._lock:
+            claimed: dict[str, Any] = (
+                {} if self._claim is None else {"sent_by_another_collector": self.skipped}
+            )
             return {
+                **claimed,
                 "webhooks": [
                     {
                         "name": label,
@@ -237,6 +249,8 @@ class Notifier:
                 return
             alert, hook = item
             try:
+                if not self._claimed(alert, hook):
+                    continue
                 delivery = self._deliver(alert, hook)
                 self._note(delivery, hook)
             except Exception:  # a bug here must not kill the thread for every later alert
@@ -245,6 +259,23 @@ class Notifier:
                 with self._idle:
                     self._busy -= 1
                     self._idle.notify_all()
+
+    def _claimed(self, alert: Alert, hook: WebhookSettings) -> bool:
+        if self._claim is None:
+            return True
+        try:
+            mine = self._claim(alert, hook.label)
+        except Exception:
+            _log.exception(
+                "comptroller: alert %s could not be claimed for webhook %s; sending it anyway",
+                alert.event_id,
+                hook.label,
+            )
+            return True
+        if not mine:
+            with self._lock:
+                self.skipped += 1
+        return mine
 
     def _deliver(self, alert: Alert, hook: WebhookSettings) -> Delivery:
         settings = self._settings
@@ -463,6 +494,14 @@ ALERT_COLUMNS: Final = {
     "cooldown_s",
 }
 """What an alert reads of each event table, as plain values (no time zone objects)."""
+PG_ALERT_COLUMNS: Final = {
+    "budget_events": "event_id, extract(epoch FROM ts)::FLOAT8 AS ts, day::TEXT AS day, kind, "
+    "tenant, context, purpose, cap_usd::TEXT AS cap_usd, spent_usd::TEXT AS spent_usd, "
+    "attributes::TEXT AS attributes",
+    "circuit_events": "event_id, extract(epoch FROM ts)::FLOAT8 AS ts, provider, model, state, "
+    "reason, failures, cooldown_s",
+}
+"""`ALERT_COLUMNS` in PostgreSQL."""
 
 
 def anomaly_alert(anomaly: Any) -> Alert | None:

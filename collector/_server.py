@@ -48,7 +48,7 @@ from comptroller.collector._decode import (
 )
 from comptroller.collector._normalise import Batch
 from comptroller.collector._pipeline import QueueFull, Unavailable
-from comptroller.collector._service import QUERY_ON_POSTGRES, Collector, QueryNotServed
+from comptroller.collector._service import Collector, QueryNotServed
 
 _MEDIA = {"protobuf": "application/x-protobuf", "json": "application/json"}
 _BIG_BODY = 1 << 20
@@ -261,8 +261,6 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
     async def query(request: Request) -> Response:
         if not collector.authorised(request.headers.get("authorization")):
             return _json_error(401, "missing or wrong bearer token (Authorization: Bearer …)")
-        if collector.con is None:  # a PostgreSQL ledger: SQL goes to the database itself
-            return _json_error(501, QUERY_ON_POSTGRES)
         body_limit = collector.query_max_body_bytes
         try:
             raw = await _read_limited(request, body_limit)
@@ -299,6 +297,8 @@ def create_app(collector: Collector, *, owns_collector: bool = False) -> Starlet
             return _json_error(400, str(exc))
         except QueryNotServed as exc:
             return _json_error(501, str(exc))
+        except analytics.ReaderUnavailable as exc:  # the PostgreSQL ledger does not answer
+            return _json_error(503, str(exc), retry_after_s=5)
         finally:
             queries.give_back()
         return Response(body, media_type=analytics.ARROW_STREAM)

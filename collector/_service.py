@@ -9,7 +9,13 @@ The ledger is a DuckDB file (one writer per file: this collector), or a PostgreS
 ingest log stays local either way. Against PostgreSQL the collector holds a session
 advisory lock on its id for its lifetime, so a second collector started with the id of a
 running one is refused instead of interleaving with it; `/api/budget-state` reads the
-ledger's rollups there, and `/api/query` (SQL on the DuckDB file) answers 501.
+ledger's rollups there (and the day's usage rows for budgets by attribution), and
+`/api/query` runs its DuckDB SQL through `analytics.PgReader` (the rows it needs fetched
+from PostgreSQL, within the collector's query limits, as the collector's role: every row, as
+a DuckDB collector's). A fleet on PostgreSQL behaves as one DuckDB collector: budget
+crossings (by attribution too) and spend anomalies are recorded once and alerted once,
+webhook outcomes go to the ledger's `alert_deliveries`, and alerts left unanswered are sent
+again at a start by one collector (`collector/_alert_log.py`).
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ from google.protobuf.message import Message
 
 from comptroller import analytics
 from comptroller.budget_alerts import WarningPolicy
-from comptroller.collector._alert_log import start_notifier
+from comptroller.collector._alert_log import start_notifier, start_pg_notifier
 from comptroller.collector._decode import Encoding, decode
 from comptroller.collector._ingest_log import IngestLog
 from comptroller.collector._land import Lander, LedgerLander
+from comptroller.collector._land_pg import PgLander
 from comptroller.collector._native import NativeDecoder, available, unavailable_reason
 from comptroller.collector._normalise import Batch, Limits, Normaliser
 from comptroller.collector._notify import Notifier
@@ -56,7 +63,6 @@ if TYPE_CHECKING:
     import duckdb
     from adbc_driver_postgresql.dbapi import Connection as PgConnection
 
-    from comptroller.collector._land_pg import PgLander
     from comptroller.config import AttributionBudget
 
 _log = logging.getLogger("comptroller.collector")
@@ -83,7 +89,8 @@ def pg_log_dir(data_dir: Path, collector_id: str) -> Path:
 
 
 class QueryNotServed(ComptrollerError):
-    """`/api/query` asked of a collector whose ledger is PostgreSQL (HTTP 501)."""
+    """`/api/query` asked of a collector that cannot serve it (HTTP 501). No longer raised
+    for a PostgreSQL ledger (served through `analytics.PgReader`); kept for callers."""
 
 
 QUERY_ON_POSTGRES: Final = (
@@ -91,7 +98,7 @@ QUERY_ON_POSTGRES: Final = (
     "Query the PostgreSQL database itself (comptroller sql --db postgresql://…, or psql); "
     "/api/budget-state is served here"
 )
-"""What `/api/query` answers (501) on a collector whose ledger is PostgreSQL."""
+"""What `/api/query` answered (501) on a PostgreSQL ledger before it was served there."""
 _ID_LOCK_WAIT_S = 5.0
 """How long a start waits for its id's lock (a killed predecessor's session to end)."""
 
@@ -240,7 +247,8 @@ class Collector:
         query_concurrency: `/api/query` statements that run at once (the rest wait).
         query_queue: `/api/query` requests that may wait for a slot (beyond: 429).
         query_max_body_bytes: Largest `/api/query` request body (beyond: 413).
-        attribution_budgets: Budgets by attribution (DuckDB ledgers only, for now).
+        attribution_budgets: Budgets by attribution (their state and crossings, on either
+            ledger).
         collector_id: This collector's id in a PostgreSQL ledger (required there, with
             `ingest_log_dir`; unused for a DuckDB file).
 
@@ -305,6 +313,9 @@ class Collector:
         self._pg_read: PgConnection | None = None
         """A PostgreSQL ledger's connection for budget state (the lander has its own)."""
         self._pg_open_read: Callable[[], PgConnection] = _no_ledger
+        self._pg_reader: analytics.PgReader | None = None
+        """`/api/query`'s reader of a PostgreSQL ledger (opened at the first query)."""
+        self._pg_reader_lock = threading.Lock()
         self.notifier: Notifier | None = None
         lander: LedgerLander
         if self.ledger_url is not None:
@@ -398,7 +409,6 @@ class Collector:
     ) -> PgLander:
         """Open the PostgreSQL ledger, claim this collector's id, and its lander."""
         from comptroller.analytics._pg_schema import connect_pg
-        from comptroller.collector._land_pg import PgLander
 
         if not self.collector_id:
             raise ConfigError(
@@ -410,21 +420,21 @@ class Collector:
                 "a collector landing into PostgreSQL needs a local ingest log directory "
                 "(collector.ingest_log_dir; `comptroller collect` uses the data directory)"
             )
-        if self.attribution_budgets:
-            _log.warning(
-                "comptroller collector: budgets by attribution are not served from a "
-                "PostgreSQL ledger yet: /api/budget-state and the ledger's warnings cover "
-                "the profile budgets only"
-            )
         target, schema = pg_target(url)
         con = _connect_pg_retrying(connect_pg, target, schema)
         try:
             claim_collector_id(con, self.collector_id, wait_s=_ID_LOCK_WAIT_S)
-            if alerts is not None and alerts.webhooks:
-                # No delivery log in PostgreSQL yet: outcomes are not kept, and alerts
-                # queued when a collector stops are not sent again by its next start.
-                self.notifier = Notifier(alerts)
             collector_id = self.collector_id
+            if alerts is not None and alerts.webhooks:
+                # Outcomes go to the ledger's alert_deliveries through a session of the
+                # notifier's own; what no webhook answered in the last day is sent again,
+                # each (alert, webhook) claimed first so that one collector of the fleet
+                # sends it.
+                self.notifier = start_pg_notifier(
+                    lambda: _named(connect_pg(target, schema=schema, migrate=False), collector_id),
+                    collector_id,
+                    alerts,
+                )
 
             def reconnect() -> PgConnection:
                 # A new session: the id's lock went with the old one, and is taken again.
@@ -438,6 +448,7 @@ class Collector:
 
             lander = PgLander(
                 con,
+                attribution_budgets=self.attribution_budgets,
                 collector_id=collector_id,
                 timezone=self.timezone,
                 budget_events_every_s=1.0,
@@ -467,6 +478,10 @@ class Collector:
             self.notifier.close()
         if self.con is not None:
             self.con.close()
+        reader: analytics.PgReader | None = getattr(self, "_pg_reader", None)
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
         lander: PgLander | None = getattr(self, "_pg_lander", None)
         for con in (self._pg_read, lander.con if lander is not None else None):
             if con is not None:
@@ -634,13 +649,29 @@ class Collector:
         Raises:
             comptroller.analytics.QueryError: Not a single read statement, or it failed.
             comptroller.analytics.QueryTimeout: It ran past the time limit.
-            QueryNotServed: The ledger is PostgreSQL (query it there).
+            comptroller.analytics.ReaderUnavailable: The PostgreSQL ledger does not answer.
         """
-        if self.con is None:
-            raise QueryNotServed(QUERY_ON_POSTGRES)
         analytics.check_read_only(sql)
+        if self.con is None:
+            reader = self._ledger_reader()
+            self._catch_up()
+            return reader.query(sql, params)
         self._catch_up()
         return analytics.run_read_only(self.con, sql, params, limits=self.query_limits)
+
+    def _ledger_reader(self) -> analytics.PgReader:
+        """The PostgreSQL ledger's reader of `/api/query` (a pool of `query_concurrency`
+        read-only sessions), opened at the first query."""
+        with self._pg_reader_lock:
+            if self._pg_reader is None:
+                assert self.ledger_url is not None
+                try:
+                    self._pg_reader = analytics.PgReader(
+                        self.ledger_url, limits=self.query_limits, pool=self.query_concurrency
+                    )
+                except ConfigError as exc:
+                    raise analytics.ReaderUnavailable(str(exc)) from exc
+            return self._pg_reader
 
     def _catch_up(self) -> None:
         """Reads see every request acknowledged before them, and its budget events."""
@@ -649,20 +680,30 @@ class Collector:
 
     def budget_state(self, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
         """Today's spend per budget key, as JSON-ready dicts (a PostgreSQL ledger's from its
-        rollups, `budget_state_pg`: budgets by attribution are not served from it yet)."""
+        rollups and the day's usage rows, `budget_state_pg`)."""
         self._catch_up()
         if self._pg_read is not None:
             from comptroller.analytics._pg_budget import budget_state_pg
 
             try:
-                pg_states = budget_state_pg(self._pg_read, now=now, timezone=self.timezone)
+                pg_states = budget_state_pg(
+                    self._pg_read,
+                    now=now,
+                    timezone=self.timezone,
+                    attribution_budgets=self.attribution_budgets,
+                )
             except Exception:
                 # A session the server closed (a restart, a failover): once more on a new
                 # one. (Only the budget lane's thread uses this connection.)
                 with contextlib.suppress(Exception):
                     self._pg_read.close()
                 self._pg_read = self._pg_open_read()
-                pg_states = budget_state_pg(self._pg_read, now=now, timezone=self.timezone)
+                pg_states = budget_state_pg(
+                    self._pg_read,
+                    now=now,
+                    timezone=self.timezone,
+                    attribution_budgets=self.attribution_budgets,
+                )
             return [_jsonable(asdict(state)) for state in pg_states]
         assert self.con is not None
         reader = analytics.DuckDBReader(self.con, limits=self.budget_limits)

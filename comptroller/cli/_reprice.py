@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,8 +25,9 @@ from comptroller.cli._app import LEDGER, AppContext, Ledger, is_ledger_url, pass
 @click.option(
     "--db",
     type=LEDGER,
-    help="DuckDB file [default: the data directory's]. No collector may be writing it. "
-    "A PostgreSQL ledger is not repriced yet.",
+    help="DuckDB file (no collector may be writing it) or PostgreSQL ledger URL "
+    "(postgresql://owner@host/db?schema=name: as the ledger's owner; collectors may keep "
+    "landing) [default: the db setting, else the data directory's file].",
 )
 @click.option("--dry-run", is_flag=True, help="Report the new totals, change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -49,13 +51,16 @@ def reprice(
     Each changed row records when, its cost and price source before, and the price version
     (columns repriced_at, repriced_from_usd, repriced_from_source, price_version). Prints
     the old and new totals per model; unpriced calls are counted as `budget check` counts
-    them.
+    them. A PostgreSQL ledger (`--db postgresql://…`) is repriced in one transaction, as its
+    owner (a reader bound by row-level security may not); its collectors may keep landing:
+    the rollups of the days repriced are recomputed under a lock their landings wait for.
 
     \b
     Examples:
       uv lock --upgrade-package genai-prices && comptroller reprice --since 2026-11-01
       comptroller reprice --model ollama:llama3   # after adding its fallback price
       comptroller reprice --since 2026-07-01      # after adding a price override
+      comptroller reprice --db 'postgresql://collector@db/ledger?schema=prod' --dry-run
     """
     from comptroller.analytics import connect
     from comptroller.analytics import reprice as run  # the command is named reprice too
@@ -65,32 +70,32 @@ def reprice(
     pg_url = db if isinstance(db, str) and is_ledger_url(db) else None
     if db is None:
         pg_url = settings.db_url
+    options: dict[str, Any] = {
+        "since": since.date() if since else None,
+        "models": models,
+        "fallback_prices": settings.control.prices,
+        "price_overrides": settings.control.price_overrides,
+        "dry_run": dry_run,
+    }
     if pg_url is not None:
-        from comptroller.errors import UsageError
+        from comptroller.analytics import connect_pg, reprice_pg
 
-        raise UsageError(
-            "reprice rewrites usage rows and the rollups, and does so on a DuckDB file only: "
-            "a PostgreSQL ledger is not repriced yet (the collectors land into it while it "
-            "would rewrite). Reprice a DuckDB copy, or read the unpriced calls with "
-            "'comptroller sql --db URL \"from llm_usage where cost_usd is null\"'"
-        )
-    if db is None:
-        settings.ensure_data_dir()
-    path = Path(db) if db is not None else settings.db_file
-    if db is not None and not path.exists():
-        raise click.BadParameter(f"file {path} does not exist", param_hint="'--db'")
-    con = connect(path)
-    try:
-        result = run(
-            con,
-            since=since.date() if since else None,
-            models=models,
-            fallback_prices=settings.control.prices,
-            price_overrides=settings.control.price_overrides,
-            dry_run=dry_run,
-        )
-    finally:
-        con.close()
+        pg = connect_pg(pg_url, migrate=False, create_schema=False)
+        try:
+            result = reprice_pg(pg, **options)
+        finally:
+            pg.close()
+    else:
+        if db is None:
+            settings.ensure_data_dir()
+        path = Path(db) if db is not None else settings.db_file
+        if db is not None and not path.exists():
+            raise click.BadParameter(f"file {path} does not exist", param_hint="'--db'")
+        con = connect(path)
+        try:
+            result = run(con, **options)
+        finally:
+            con.close()
     if as_json:
         payload = {
             "dry_run": result.dry_run,

