@@ -531,8 +531,11 @@ class PgLander:
                 try:
                     self._record_budget_events()
                 except Exception:
-                    self._reconnect_if_lost()  # the next look runs on a new session
-                    raise
+                    # A session the server ended while the writer idled (nothing landed since
+                    # to notice it): once more on a new one, else the error stands.
+                    if not self._reconnect_if_lost():
+                        raise
+                    self._record_budget_events()
 
     def _reconnect_if_lost(self) -> bool:
         """Replace a connection the server closed (restarted, or ended the session) with a

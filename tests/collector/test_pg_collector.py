@@ -361,6 +361,9 @@ def test_a_collector_whose_sessions_end_reconnects_and_lands_everything(
         assert sender.error is None, sender.error
         health = _wait_landed(collector)
         assert health["status"] == "ok", health
+        # Ended again while the writer idles: the read that follows must not fail on either
+        # dead session (the budget lane's, or the lander's flushing pending crossings).
+        _end_sessions(url, "north-1")
         state = httpx.get(f"{collector.url}/api/budget-state", timeout=30)
         assert state.status_code == 200, state.text
         assert state.json()
