@@ -57,10 +57,38 @@ _TS: Final = pa.timestamp("us", tz="UTC")
 _SPENT: Final = pa.decimal128(38, 10)
 _MONEY: Final = pa.decimal128(20, 10)
 
+# The rating and the status columns both budget-state queries end with: the shipped panels'
+# rules, written once for PostgreSQL.
+_RATED: Final = """), rated AS (
+    SELECT *,
+           CASE WHEN cap_usd > 0 THEN spent_usd::FLOAT8 / cap_usd::FLOAT8
+                ELSE 'Infinity'::FLOAT8 END AS utilisation
+    FROM joined
+)
+"""
+_STATUS: Final = """       spent_usd::TEXT AS spent_usd, cap_usd::TEXT AS cap_usd, utilisation,
+       spent_usd::FLOAT8 / $4::FLOAT8 AS burn_usd_per_hour,
+       spent_usd::FLOAT8 * (1 + $5::FLOAT8 / $4::FLOAT8) AS projected_usd,
+       CASE WHEN refused_calls > 0 THEN 'refused'
+            WHEN spent_usd >= cap_usd THEN 'exceeded'
+            WHEN utilisation >= $6::FLOAT8 THEN 'warning'
+            ELSE 'ok' END AS status,
+       CASE WHEN spent_usd >= cap_usd THEN 'exceeded'
+            WHEN utilisation >= $6::FLOAT8 THEN 'warning'
+            ELSE 'ok' END AS spend_status,
+       calls, errors, estimated_calls, unpriced_calls, unpriced_models, last_ts,
+       refused_calls, refused,
+       last_cap_usd::TEXT AS last_cap_usd, last_spent_usd::TEXT AS last_spent_usd,
+       last_reserved_usd::TEXT AS last_reserved_usd, last_attributes, last_refusal_ts
+FROM rated
+"""
+
+
 # The `budget_state` panel (dashboards/panels/budget_state.toml) in PostgreSQL. $1 today,
 # $2 day_start, $3 day_end, $4 day_elapsed_h, $5 day_remaining_h, $6 warn_ratio,
 # $7 min_utilisation, $8 tenant, $9 purpose. Strings order as DuckDB orders them (bytes).
-_BUDGET_STATE_SQL: Final = """
+_BUDGET_STATE_SQL: Final = (
+    """
 WITH s AS (
     SELECT tenant, context, purpose, spent_usd, budget_cap_usd, calls, errors,
            estimated_calls, unpriced_calls, unpriced_models, last_ts
@@ -105,39 +133,24 @@ WITH s AS (
            r.ts AS last_refusal_ts
     FROM s FULL OUTER JOIN r
       ON r.tenant = s.tenant AND r.context = s.context AND r.purpose = s.purpose
-), rated AS (
-    SELECT *,
-           CASE WHEN cap_usd > 0 THEN spent_usd::FLOAT8 / cap_usd::FLOAT8
-                ELSE 'Infinity'::FLOAT8 END AS utilisation
-    FROM joined
-)
-SELECT tenant, context, purpose, $1::DATE AS day,
-       spent_usd::TEXT AS spent_usd, cap_usd::TEXT AS cap_usd, utilisation,
-       spent_usd::FLOAT8 / $4::FLOAT8 AS burn_usd_per_hour,
-       spent_usd::FLOAT8 * (1 + $5::FLOAT8 / $4::FLOAT8) AS projected_usd,
-       CASE WHEN refused_calls > 0 THEN 'refused'
-            WHEN spent_usd >= cap_usd THEN 'exceeded'
-            WHEN utilisation >= $6::FLOAT8 THEN 'warning'
-            ELSE 'ok' END AS status,
-       CASE WHEN spent_usd >= cap_usd THEN 'exceeded'
-            WHEN utilisation >= $6::FLOAT8 THEN 'warning'
-            ELSE 'ok' END AS spend_status,
-       calls, errors, estimated_calls, unpriced_calls, unpriced_models, last_ts,
-       refused_calls, refused,
-       last_cap_usd::TEXT AS last_cap_usd, last_spent_usd::TEXT AS last_spent_usd,
-       last_reserved_usd::TEXT AS last_reserved_usd, last_attributes, last_refusal_ts
-FROM rated
-WHERE utilisation >= $7::FLOAT8 OR refused_calls > 0
+"""
+    + _RATED
+    + """SELECT tenant, context, purpose, $1::DATE AS day,
+"""
+    + _STATUS
+    + """WHERE utilisation >= $7::FLOAT8 OR refused_calls > 0
 ORDER BY refused_calls > 0 DESC, utilisation DESC,
          tenant COLLATE "C", context COLLATE "C", purpose COLLATE "C"
 """
+)
 
 # The `attribution_budget_state` panel (dashboards/panels/attribution_budget_state.toml) in
 # PostgreSQL. $1 today, $2 day_start, $3 day_end, $4 day_elapsed_h, $5 day_remaining_h,
 # $6 warn_ratio, $7 by, $8 cap, $9 value, $10 rule_tenant, $11 org, $12 context,
 # $13 purpose, $14 key_context, $15 key_purpose. `tags[name]` of the MAP is `tags ->> name`
 # of the JSONB; DuckDB's `arg_max` is the latest refusal by DISTINCT ON.
-_ATTRIBUTION_SQL: Final = """
+_ATTRIBUTION_SQL: Final = (
+    """
 WITH calls AS (
     SELECT coalesce(tenant, '') AS tenant,
            CASE $7::TEXT
@@ -201,30 +214,14 @@ WITH calls AS (
            r.ts AS last_refusal_ts
     FROM spent AS s FULL OUTER JOIN r
       ON r.tenant = s.tenant AND r.attribute = s.attribute
-), rated AS (
-    SELECT *,
-           CASE WHEN cap_usd > 0 THEN spent_usd::FLOAT8 / cap_usd::FLOAT8
-                ELSE 'Infinity'::FLOAT8 END AS utilisation
-    FROM joined
-)
-SELECT tenant, $14::TEXT AS context, $15::TEXT AS purpose, attribute, $1::DATE AS day,
-       spent_usd::TEXT AS spent_usd, cap_usd::TEXT AS cap_usd, utilisation,
-       spent_usd::FLOAT8 / $4::FLOAT8 AS burn_usd_per_hour,
-       spent_usd::FLOAT8 * (1 + $5::FLOAT8 / $4::FLOAT8) AS projected_usd,
-       CASE WHEN refused_calls > 0 THEN 'refused'
-            WHEN spent_usd >= cap_usd THEN 'exceeded'
-            WHEN utilisation >= $6::FLOAT8 THEN 'warning'
-            ELSE 'ok' END AS status,
-       CASE WHEN spent_usd >= cap_usd THEN 'exceeded'
-            WHEN utilisation >= $6::FLOAT8 THEN 'warning'
-            ELSE 'ok' END AS spend_status,
-       calls, errors, estimated_calls, unpriced_calls, unpriced_models, last_ts,
-       refused_calls, refused,
-       last_cap_usd::TEXT AS last_cap_usd, last_spent_usd::TEXT AS last_spent_usd,
-       last_reserved_usd::TEXT AS last_reserved_usd, last_attributes, last_refusal_ts
-FROM rated
-ORDER BY refused_calls > 0 DESC, utilisation DESC, tenant COLLATE "C", attribute COLLATE "C"
 """
+    + _RATED
+    + """SELECT tenant, $14::TEXT AS context, $15::TEXT AS purpose, attribute, $1::DATE AS day,
+"""
+    + _STATUS
+    + """ORDER BY refused_calls > 0 DESC, utilisation DESC, tenant COLLATE "C", attribute COLLATE "C"
+"""
+)
 
 _ATTRIBUTION_PARAMS: Final = (
     ("today", pa.date32()),

@@ -61,12 +61,17 @@ def _same(pg: pa.Table, duck: pa.Table, *, stamped: bool = False) -> None:
     if stamped:
         ours, theirs = (
             sorted(
-                ({k: v for k, v in r.items() if k not in ("ts", "event_id")} for r in t),
+                ({k: v for k, v in r.items() if k not in _STAMPED} for r in t),
                 key=lambda r: re.sub(r"tzinfo=[^)]*\)\)?", "", repr(r)),
             )
             for t in (ours, theirs)
         )
     assert ours == theirs
+
+
+_STAMPED = ("ts", "event_id", "projected_usd")
+"""What differs between two ledgers landing the same rows at two instants: when an event was
+recorded, and a projected-overrun warning's projection (the burn rate at that instant)."""
 
 
 def _zone_free(schema: pa.Schema) -> str:
@@ -81,9 +86,11 @@ QUERIES = (
     "FROM llm_usage_daily ORDER BY ALL",
     "SELECT * FROM llm_budget_daily ORDER BY day, tenant, context, purpose",
     "FROM llm_usage_hourly ORDER BY ALL",
-    # Budget events are stamped by each lander at its landing: all but that instant.
-    "SELECT * EXCLUDE (event_id, ts) FROM budget_events "
-    "ORDER BY kind, tenant, context, purpose, day, spent_usd",
+    # Budget events are stamped by each lander at its landing: all but that instant (and a
+    # projection's figure, made at it).
+    "SELECT * EXCLUDE (event_id, ts, attributes), "
+    "attributes->>'$.\"comptroller.budget.warning_kind\"' AS warning_kind "
+    "FROM budget_events ORDER BY kind, tenant, context, purpose, day, spent_usd, warning_kind",
     "SELECT * FROM spans ORDER BY trace_id, span_id",
     "SELECT tenant, org, tags['team'] AS team, sum(cost_usd) AS usd, count(*) AS n "
     "FROM llm_usage GROUP BY ALL ORDER BY ALL",
