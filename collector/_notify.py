@@ -378,6 +378,11 @@ def budget_alert(row: Mapping[str, Any]) -> Alert | None:
         return None
     attrs = _attributes(row.get("attributes"))
     key = " / ".join(str(row.get(part) or "-") for part in ("tenant", "context", "purpose"))
+    # A budget by attribution names what it counts (`user=alice`): the ledger's column, or the
+    # control plane's attribute on the event.
+    attribute = row.get("attribute") or attrs.get("comptroller.budget.attribute") or None
+    if attribute:
+        key = f"{key} [{attribute}]"
     cap = _decimal(row.get("cap_usd"))
     spent = _decimal(row.get("spent_usd"))
     day = str(row.get("day") or "")
@@ -418,6 +423,7 @@ def budget_alert(row: Mapping[str, Any]) -> Alert | None:
             "tenant": row.get("tenant"),
             "context": row.get("context"),
             "purpose": row.get("purpose"),
+            "attribute": attribute,
             "day": day or None,
             "cap_usd": str(cap) if cap is not None else None,
             "spent_usd": str(spent) if spent is not None else None,
@@ -479,6 +485,7 @@ def budget_event_alert(event: Any) -> Alert | None:
             "tenant": event.tenant,
             "context": event.context,
             "purpose": event.purpose,
+            "attribute": getattr(event, "attribute", "") or None,
             "cap_usd": event.cap_usd,
             "spent_usd": event.spent_usd,
             "attributes": attributes,
@@ -489,7 +496,7 @@ def budget_event_alert(event: Any) -> Alert | None:
 ALERT_COLUMNS: Final = {
     "budget_events": "event_id, epoch(ts) AS ts, day::VARCHAR AS day, kind, tenant, context, "
     "purpose, cap_usd::VARCHAR AS cap_usd, spent_usd::VARCHAR AS spent_usd, "
-    "attributes::VARCHAR AS attributes",
+    "attributes::VARCHAR AS attributes, attribute",
     "circuit_events": "event_id, epoch(ts) AS ts, provider, model, state, reason, failures, "
     "cooldown_s",
 }
@@ -497,7 +504,7 @@ ALERT_COLUMNS: Final = {
 PG_ALERT_COLUMNS: Final = {
     "budget_events": "event_id, extract(epoch FROM ts)::FLOAT8 AS ts, day::TEXT AS day, kind, "
     "tenant, context, purpose, cap_usd::TEXT AS cap_usd, spent_usd::TEXT AS spent_usd, "
-    "attributes::TEXT AS attributes",
+    "attributes::TEXT AS attributes, attribute",
     "circuit_events": "event_id, extract(epoch FROM ts)::FLOAT8 AS ts, provider, model, state, "
     "reason, failures, cooldown_s",
 }

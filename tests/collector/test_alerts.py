@@ -341,3 +341,59 @@ def test_a_spend_anomaly_is_told_with_its_usual_spend(receiver: Receiver, tmp_pa
     assert body["kind"] == "budget.anomaly"
     assert "10.0× its usual $0.05" in body["text"]
     assert "14:00" in body["text"]
+
+
+def test_an_alert_of_a_budget_by_attribution_names_what_it_counts() -> None:
+    """The ledger's event (its `attribute` column) and the control plane's (the attribute on
+    the event) both say which end user's or tag's budget crossed, in the text and the fields."""
+    import datetime as dt
+
+    from comptroller.analytics import BudgetEvent
+    from comptroller.collector._notify import budget_alert, budget_event_alert
+
+    event = BudgetEvent(
+        event_id="w1",
+        kind="warning",
+        day=dt.date(2026, 12, 5),
+        tenant="acme-eu",
+        context="*",
+        purpose="*",
+        cap_usd=Decimal(2),
+        spent_usd=Decimal("1.6"),
+        threshold=0.8,
+        attribute="user=alice",
+    )
+    alert = budget_event_alert(event)
+    assert alert is not None
+    assert "acme-eu / * / * [user=alice]" in alert.text
+    assert alert.fields["attribute"] == "user=alice"
+    refused = budget_alert(
+        {
+            "event_id": "r1",
+            "kind": "rejected",
+            "day": "2026-12-05",
+            "tenant": "acme-eu",
+            "context": "*",
+            "purpose": "*",
+            "cap_usd": "2",
+            "spent_usd": "2",
+            "attributes": json.dumps({"comptroller.budget.attribute": "tag.team=search"}),
+        }
+    )
+    assert refused is not None
+    assert "[tag.team=search]" in refused.text
+    plain = budget_event_alert(
+        BudgetEvent(
+            event_id="w2",
+            kind="exceeded",
+            day=dt.date(2026, 12, 5),
+            tenant="acme-eu",
+            context="support",
+            purpose="reasoning",
+            cap_usd=Decimal(2),
+            spent_usd=Decimal(2),
+        )
+    )
+    assert plain is not None
+    assert "[" not in plain.text
+    assert plain.fields["attribute"] is None
