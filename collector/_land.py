@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -209,6 +209,43 @@ def refused_rows(
     left = refused_rows(trial, name, table.slice(0, mid))
     right = refused_rows(trial, name, table.slice(mid))
     return left + [(i + mid, found) for i, found in right]
+
+
+_R = TypeVar("_R", bound="LandResult")
+
+
+def land_without_refused(
+    batches: Sequence[Batch],
+    trial: Callable[[str, pa.Table], str | None],
+    land: Callable[[], _R],
+    *,
+    lock: threading.Lock,
+    received: dt.datetime,
+) -> _R:
+    """After a landing failed on a row's values: move every row the ledger refuses (found by
+    `trial`, see `refused_rows`) into its batch's `rejected_records`, then `land` the rest
+    with the quarantine; the result's `quarantined` holds the rows moved. One way for every
+    ledger (DuckDB, PostgreSQL)."""
+    before = [b.tables.get("rejected_records") for b in batches]
+    moved = 0
+    with lock:
+        for batch in batches:
+            bad = {name: dict(refused_rows(trial, name, t)) for name, t in batch.tables.items()}
+            dropped = bad.pop("rejected_records", {})
+            if dropped:  # the quarantine cannot be quarantined: those rows are lost
+                quarantine = batch.tables["rejected_records"]
+                keep = [i not in dropped for i in range(quarantine.num_rows)]
+                batch.tables["rejected_records"] = quarantine.filter(pa.array(keep, pa.bool_()))
+            moved += quarantine_rows(batch, bad, received=received)
+    result = land()
+    if moved:
+        new = [
+            b.tables["rejected_records"].slice(0 if old is None else old.num_rows)
+            for b, old in zip(batches, before, strict=True)
+            if "rejected_records" in b.tables
+        ]
+        result.quarantined = pa.concat_tables(new)
+    return result
 
 
 class Lander:
@@ -414,37 +451,13 @@ class Lander:
             return self.land(batches, log_seq=log_seq)
         except _DATA_ERRORS:
             pass
-        when = received()
-        before = [b.tables.get("rejected_records") for b in batches]
-        moved = 0
-        with self.lock:
-            for batch in batches:
-                bad = {
-                    name: dict(self._refused_rows(name, table))
-                    for name, table in batch.tables.items()
-                }
-                dropped = bad.pop("rejected_records", {})
-                if dropped:  # the quarantine cannot be quarantined: those rows are lost
-                    keep = [
-                        i not in dropped for i in range(batch.tables["rejected_records"].num_rows)
-                    ]
-                    batch.tables["rejected_records"] = batch.tables["rejected_records"].filter(
-                        pa.array(keep, pa.bool_())
-                    )
-                moved += quarantine_rows(batch, bad, received=when)
-        result = self.land(batches, log_seq=log_seq)
-        if moved:
-            new = [
-                b.tables["rejected_records"].slice(0 if old is None else old.num_rows)
-                for b, old in zip(batches, before, strict=True)
-                if "rejected_records" in b.tables
-            ]
-            result.quarantined = pa.concat_tables(new)
-        return result
-
-    def _refused_rows(self, name: str, table: pa.Table) -> list[tuple[int, tuple[str, str]]]:
-        """The rows of `table` the database refuses, found by landing halves on trial."""
-        return refused_rows(self._trial, name, table)
+        return land_without_refused(
+            batches,
+            self._trial,
+            lambda: self.land(batches, log_seq=log_seq),
+            lock=self.lock,
+            received=received(),
+        )
 
     def _trial(self, name: str, table: pa.Table) -> str | None:
         """Insert `table` (and roll its usage up) in a transaction rolled back; the error."""

@@ -70,11 +70,10 @@ from comptroller.analytics._pg_schema import (
 from comptroller.analytics._tables import LANDED
 from comptroller.analytics._unpriced import unpriced_sql
 from comptroller.budget_alerts import WarningPolicy
-from comptroller.collector._land import LandResult, _Relations, decide, refused_rows
+from comptroller.collector._land import LandResult, _Relations, decide, land_without_refused
 from comptroller.collector._normalise import Batch
 from comptroller.collector._notify import Alert, alerts_of, anomaly_alert, budget_event_alert
 from comptroller.collector._resources import resource_id, split_resources
-from comptroller.collector._validate import quarantine_rows
 from comptroller.errors import ComptrollerError, ConfigError
 
 if TYPE_CHECKING:
@@ -687,33 +686,13 @@ class PgLander:
             state = _sqlstate(exc)
             if state is None or not state.startswith(_DATA_CLASSES):
                 raise
-        when = received()
-        before = [b.tables.get("rejected_records") for b in batches]
-        moved = 0
-        with self.lock:
-            for batch in batches:
-                bad = {
-                    name: dict(self._refused_rows(name, table))
-                    for name, table in batch.tables.items()
-                }
-                dropped = bad.pop("rejected_records", {})
-                if dropped:
-                    keep = [
-                        i not in dropped for i in range(batch.tables["rejected_records"].num_rows)
-                    ]
-                    batch.tables["rejected_records"] = batch.tables["rejected_records"].filter(
-                        pa.array(keep, pa.bool_())
-                    )
-                moved += quarantine_rows(batch, bad, received=when)
-        result = self.land(batches, positions=positions, log_seq=log_seq)
-        if moved:
-            new = [
-                b.tables["rejected_records"].slice(0 if old is None else old.num_rows)
-                for b, old in zip(batches, before, strict=True)
-                if "rejected_records" in b.tables
-            ]
-            result.quarantined = pa.concat_tables(new)
-        return result
+        return land_without_refused(
+            batches,
+            self._trial,
+            lambda: self.land(batches, positions=positions, log_seq=log_seq),
+            lock=self.lock,
+            received=received(),
+        )
 
     # --- one landing ----------------------------------------------------------------------
     def _land(self, batches: Sequence[Batch], positions: Sequence[int]) -> PgLandResult:
@@ -940,10 +919,6 @@ class PgLander:
             for statement in rollup_upserts("_removed_usage", self.timezone, sign=-1):
                 cur.execute(statement)
         return removed
-
-    def _refused_rows(self, name: str, table: pa.Table) -> list[tuple[int, tuple[str, str]]]:
-        """The rows of `table` the ledger refuses, found by landing halves on trial."""
-        return refused_rows(self._trial, name, table)
 
     def _trial(self, name: str, table: pa.Table) -> str | None:
         """Insert `table` in a transaction rolled back; the data error it raised, if any."""
