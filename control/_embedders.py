@@ -17,6 +17,7 @@ model that answered.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -153,6 +154,10 @@ def openai_embedder(spec: ModelSpec) -> Embedder:
     from comptroller.control._providers import openai_api_key
 
     api_key = openai_api_key(spec)
+    if api_key is None:
+        # `openai_api_key` leaves the public endpoint's key to the SDK: `ChatOpenAI` passes
+        # None on, but `OpenAIEmbeddings` given None builds no sync client at all.
+        api_key = os.environ.get("OPENAI_API_KEY")
     embeddings = OpenAIEmbeddings(
         model=spec.model,
         openai_api_base=spec.base_url,

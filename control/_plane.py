@@ -24,6 +24,7 @@ from comptroller.control._clock import SYSTEM_CLOCK, Clock
 from comptroller.control._embeddings import DEFAULT_BATCH_SIZE, GuardedEmbeddings
 from comptroller.control._profile_types import ModelRef, ProfileResolver, ResolvedProfile
 from comptroller.control._providers import ChatModelFactory, ProviderRegistry
+from comptroller.control._purposes import Purpose, PurposeRegistry
 from comptroller.control._telemetry import EventEmitter, NullSink, Telemetry, TelemetrySink
 from comptroller.errors import ConfigError, UsageError
 from comptroller.semconv import OPERATION_EMBEDDINGS
@@ -248,6 +249,7 @@ class ControlPlane:
             attribution_budgets=AttributionBudgetRules(control.attribution_budgets),
         )
         self._handles: dict[CallScope, GuardedChatModel] = {}
+        self._settings_purposes: PurposeRegistry | None = None
         self._closed = False
 
     @property
@@ -286,7 +288,7 @@ class ControlPlane:
                 `RateLimited` at once.
 
         Raises:
-            UsageError: A negative wait.
+            UsageError: A negative wait, or `purpose` is declared as an embedding purpose.
         """
         scope = CallScope(
             purpose=purpose,
@@ -299,12 +301,31 @@ class ControlPlane:
         # scope is shared: an application that asks for a handle per request pays a lookup.
         model = self._handles.get(scope)
         if model is None:
+            declared = self._declared(purpose)
+            if declared is not None and declared.embedding:
+                raise UsageError(
+                    f"purpose {purpose!r} is an embedding purpose: its models make vectors, "
+                    f"not answers; use plane.embeddings({purpose!r}, …) for it"
+                )
             model = GuardedChatModel(purpose=purpose, domain=domain, org=org, context=context)
             model._route = self._core.route(scope)
             if len(self._handles) >= 100_000:
                 self._handles.clear()
             self._handles[scope] = model
         return model
+
+    def _declared(self, purpose: str) -> Purpose | None:
+        """The declaration of `purpose` (the resolver's taxonomy, else the settings'); None
+        for a purpose nobody declared."""
+        purposes = getattr(self.resolver, "purposes", None)
+        if not isinstance(purposes, PurposeRegistry):
+            purposes = self._settings_purposes
+            if purposes is None:
+                purposes = self._settings_purposes = PurposeRegistry.from_settings(self.settings)
+        try:
+            return purposes[purpose]
+        except KeyError:
+            return None
 
     def embeddings(
         self,
@@ -332,8 +353,8 @@ class ControlPlane:
             UsageError: `purpose` is declared and is not an embedding purpose, or a bad
                 wait or batch size.
         """
-        purposes = getattr(self.resolver, "purposes", None)
-        if purposes is not None and purpose in purposes and not purposes[purpose].embedding:
+        declared = self._declared(purpose)
+        if declared is not None and not declared.embedding:
             raise UsageError(
                 f"purpose {purpose!r} is not an embedding purpose; use plane.chat_model for "
                 "it, or declare it with embedding = true under "
