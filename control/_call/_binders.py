@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.exceptions import OutputParserException
 
+from comptroller import semconv
 from comptroller.control._errors import ModelRefused
 from comptroller.control._tokens import estimate_tokens, estimate_tool_tokens
 
@@ -29,10 +30,16 @@ class Binder:
     tool_tokens = 0
     """Input tokens the bound tools add to every request (counted in the reservation)."""
     may_estimate = False
-    """Results may carry usage the provider did not report (`usage_estimated`)."""
+    """Results are not chat answers: they may carry usage the provider did not report
+    (`usage_estimated`) and describe themselves on the span (`note_result`)."""
 
     def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
         return model
+
+    def note_result(self, result: Any, attrs: dict[str, Any]) -> bool:
+        """Only asked where `may_estimate`: put what the span says of `result` in `attrs`;
+        whether its usage is estimated."""
+        return False
 
     def input_tokens(self, input: Any) -> int:
         """An upper bound of the input tokens a request of `input` is counted (reserved and
@@ -106,6 +113,14 @@ class EmbedBinder(Binder):
 
     def split(self, result: Any) -> tuple[Any, BaseException | None, Any]:
         return result, None, result.vectors
+
+    def note_result(self, result: Any, attrs: dict[str, Any]) -> bool:
+        """Put what the span says of an embedding result in `attrs` (the vectors' width);
+        whether its usage is estimated."""
+        vectors = result.vectors
+        if vectors:
+            attrs[semconv.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] = len(vectors[0])
+        return bool(result.usage_estimated)
 
 
 IDENTITY = Binder()

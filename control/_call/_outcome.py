@@ -137,7 +137,8 @@ class AttemptOutcomes:
         fees = reported_fees(message)
         if fees:
             at.fees = fees
-        if self.binder.may_estimate and message.usage_estimated:
+        binder = self.binder
+        if binder.may_estimate and binder.note_result(message, attrs):
             at.estimated = True  # usage the provider did not report (an upper bound)
         self._price(at, response_model)
         cost = self._cost(at)

@@ -165,10 +165,11 @@ class Prepared:
             **self.parent_attrs,
         }
         defaults = profile.defaults
-        if defaults.max_tokens is not None:
-            attrs[semconv.GEN_AI_REQUEST_MAX_TOKENS] = defaults.max_tokens
-        if defaults.temperature is not None:
-            attrs[semconv.GEN_AI_REQUEST_TEMPERATURE] = defaults.temperature
+        if self.operation != semconv.OPERATION_EMBEDDINGS:  # an embedding request sends neither
+            if defaults.max_tokens is not None:
+                attrs[semconv.GEN_AI_REQUEST_MAX_TOKENS] = defaults.max_tokens
+            if defaults.temperature is not None:
+                attrs[semconv.GEN_AI_REQUEST_TEMPERATURE] = defaults.temperature
         base_url = endpoint(profile, ref)
         if base_url:
             host = base_url.split("://", 1)[-1].split("/", 1)[0]

@@ -22,6 +22,7 @@ from comptroller.config import load_settings
 from comptroller.control import (
     BudgetExceeded,
     BudgetSpec,
+    CallDefaults,
     CircuitPolicy,
     ControlPlane,
     GuardedEmbeddings,
@@ -135,7 +136,33 @@ def test_documents_and_queries_are_embedded_priced_and_recorded(
     # The cost under comptroller's name and the one GenAI instrumentations converge on.
     assert spans[0].attributes[semconv.GEN_AI_USAGE_COST] == float(embedding_cost(SMALL, 42))
     assert spans[0].attributes[semconv.COST_USD] == float(embedding_cost(SMALL, 42))
+    assert spans[0].attributes[semconv.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] == 12
     assert len(sink.spans("comptroller.call embedding")) == 2
+
+
+def test_an_embeddings_span_says_nothing_of_chat_settings(server: FakeOpenAIServer) -> None:
+    # A profile's max_tokens and temperature are a chat call's; an embedding request sends
+    # neither, so its span does not claim them.
+    sink = InMemorySink()
+    prof = ResolvedProfile(
+        purpose="embedding",
+        model=ModelRef.parse(f"openai:{SMALL}"),
+        base_url=server.base_url,
+        defaults=CallDefaults(max_tokens=256, temperature=0.2),
+    )
+    with ControlPlane(
+        load_settings(telemetry="none"),
+        resolver=StaticProfiles({"embedding": prof}),
+        guard=MemoryGuard(),
+        sink=sink,
+    ) as plane:
+        plane.embeddings(org="acme").embed_query("refund policy")
+        assert plane.flush()
+    (span,) = sink.spans(f"embeddings {SMALL}")
+    assert span.attributes is not None
+    assert semconv.GEN_AI_REQUEST_MAX_TOKENS not in span.attributes
+    assert semconv.GEN_AI_REQUEST_TEMPERATURE not in span.attributes
+    assert span.attributes[semconv.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] > 0
 
 
 async def test_async_embeddings_run_the_same_flow(server: FakeOpenAIServer) -> None:
