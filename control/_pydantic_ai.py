@@ -26,12 +26,23 @@ def guarded_pydantic_ai_model(chat_model: GuardedChatModel) -> Model:
         ConfigError: pydantic-ai is not installed.
     """
     try:
+        # pydantic-ai on its own first: any failure to import it (not installed, blocked by
+        # the environment) is the missing extra, whatever name its ImportError carries.
+        import pydantic_ai  # noqa: F401
+    except ImportError as exc:
+        raise _missing_extra(exc) from exc
+    try:
         from comptroller.control._pydantic_ai_model import GuardedPydanticAIModel
     except ImportError as exc:
-        if not (exc.name or "").startswith("pydantic_ai"):
+        # A part of pydantic-ai our modules need is missing: an older or partial install.
+        if "pydantic_ai" not in f"{exc.name} {exc}":
             raise
-        raise ConfigError(
-            "pydantic-ai is not installed: install the extra with "
-            "`pip install 'comptroller[pydantic-ai]'` to use ControlPlane.pydantic_ai_model"
-        ) from None
+        raise _missing_extra(exc) from exc
     return GuardedPydanticAIModel(chat_model)
+
+
+def _missing_extra(exc: ImportError) -> ConfigError:
+    return ConfigError(
+        f"pydantic-ai is not installed or cannot be imported ({exc}): install the extra with "
+        "`pip install 'comptroller[pydantic-ai]'` to use ControlPlane.pydantic_ai_model"
+    )

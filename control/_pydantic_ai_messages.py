@@ -4,7 +4,9 @@ Only `_pydantic_ai_model` imports this module (pydantic-ai is an optional extra)
 definitions go to LangChain as OpenAI-format dicts, which every LangChain integration's
 `bind_tools` accepts; structured output asked for natively goes as an OpenAI-style
 `response_format`, which langchain-openai, langchain-anthropic and langchain-google-genai all
-translate for their API — so a fallback to another provider's model keeps both.
+translate for their API — so a fallback to another provider's model keeps both. Settings and
+the response format are applied per concrete model (`model_kwargs`), in the names each
+integration reads.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from pydantic_ai.messages import (
+    ERROR_OUTCOMES,
     BinaryContent,
     CachePoint,
     FinishReason,
@@ -73,9 +76,15 @@ _FINISH_REASONS: dict[str, FinishReason] = {
     "malformed_function_call": "error",
 }
 
+_GEMINI_SIGNATURES = "__gemini_function_call_thought_signatures__"
+"""Where langchain-google-genai keeps the thought signature of each function call, by call id:
+Gemini wants it back with the call (Gemini 3 refuses a call replayed without it)."""
+_SIGNATURE = "gemini_thought_signature"
+"""The key of a call's signature in its `ToolCallPart.provider_details`."""
+
 _SETTINGS_SENT = ("temperature", "top_p", "max_tokens")
-"""The `ModelSettings` passed to the guarded call as keywords: every LangChain integration of
-a fallback chain accepts them (Gemini ignores `max_tokens`; it reads `max_output_tokens`)."""
+"""The `ModelSettings` sent with a request: every LangChain integration of a fallback chain
+reads them (`model_kwargs` renames `max_tokens` for the ones that call it otherwise)."""
 
 
 def langchain_messages(
@@ -113,8 +122,13 @@ def _request_messages(message: ModelRequest) -> Iterator[BaseMessage]:
                     f"tool {part.tool_name!r} returned files: comptroller's pydantic-ai model "
                     "sends a tool's result as text; return text from the tool instead"
                 )
+            # A failed or retried call goes on the provider's error channel (Anthropic's
+            # `is_error`), as pydantic-ai's own models send it.
             yield ToolMessage(
-                part.model_response_str(), tool_call_id=part.tool_call_id, name=part.tool_name
+                part.model_response_str(),
+                tool_call_id=part.tool_call_id,
+                name=part.tool_name,
+                status="error" if part.outcome in ERROR_OUTCOMES else "success",
             )
         elif isinstance(part, RetryFeedbackPart):
             # `prepare_messages` (which Agent runs) translates these; a direct request may not.
@@ -152,6 +166,7 @@ def _user_content(part: UserPromptPart) -> str | list[str | dict[Any, Any]]:
 def _response_message(message: ModelResponse) -> AIMessage | None:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    signatures: dict[str, Any] = {}
     for part in message.parts:
         if isinstance(part, TextPart):
             texts.append(part.content)
@@ -164,11 +179,16 @@ def _response_message(message: ModelResponse) -> AIMessage | None:
                     "id": part.tool_call_id,
                 }
             )
+            signature = (part.provider_details or {}).get(_SIGNATURE)
+            if signature:
+                signatures[part.tool_call_id] = signature
         # Thinking, provider-side tool calls and files are the provider's own state: another
         # model of the chain could not read them back, so they are not replayed.
     if not texts and not calls:
         return None  # an empty answer (the agent retries it): the APIs refuse empty turns
-    return AIMessage(content="\n\n".join(texts), tool_calls=calls)
+    # Other integrations ignore the signatures; Gemini's sends each back with its call.
+    extra = {_GEMINI_SIGNATURES: signatures} if signatures else {}
+    return AIMessage(content="\n\n".join(texts), tool_calls=calls, additional_kwargs=extra)
 
 
 def bound_tools(
@@ -203,28 +223,66 @@ def _tool(definition: ToolDefinition) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def call_kwargs(settings: ModelSettings | None, params: ModelRequestParameters) -> dict[str, Any]:
-    """The keywords of the guarded call: the settings every integration takes, and the
-    `response_format` of native structured output."""
-    kwargs: dict[str, Any] = {}
+def request_settings(settings: ModelSettings | None) -> dict[str, Any]:
+    """The settings a request sends, by their LangChain names (`stop_sequences` as `stop`)."""
+    sent: dict[str, Any] = {}
     if settings:
         for name in _SETTINGS_SENT:
             if name in settings:
-                kwargs[name] = settings[name]  # type: ignore[literal-required]
+                sent[name] = settings[name]  # type: ignore[literal-required]
         if settings.get("stop_sequences"):
-            kwargs["stop"] = list(settings["stop_sequences"])
+            sent["stop"] = list(settings["stop_sequences"])
+    return sent
+
+
+def response_format(params: ModelRequestParameters) -> dict[str, Any] | None:
+    """The OpenAI-style `response_format` of native structured output, if asked for."""
     output = params.output_object
-    if params.output_mode == "native" and output is not None:
-        schema: dict[str, Any] = {
-            "name": output.name or "final_result",
-            "schema": output.json_schema,
-        }
-        if output.description:
-            schema["description"] = output.description
-        if output.strict is not None:
-            schema["strict"] = output.strict
-        kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
+    if params.output_mode != "native" or output is None:
+        return None
+    schema: dict[str, Any] = {"name": output.name or "final_result", "schema": output.json_schema}
+    if output.description:
+        schema["description"] = output.description
+    if output.strict is not None:
+        schema["strict"] = output.strict
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def model_kwargs(
+    model: Any,
+    sent: Mapping[str, Any],
+    response_format: Mapping[str, Any] | None,
+    *,
+    with_tools: bool,
+) -> dict[str, Any]:
+    """The call keywords of one concrete model of the chain, in the names it reads.
+
+    Gemini's integration reads the output cap as `max_output_tokens` (a `max_tokens`
+    keyword fails its request config). langchain-openai sends a `response_format` through
+    the SDK's `parse`, which refuses function tools that are not strict, so with tools the
+    format goes in the body as it is (`extra_body`), as the API takes it.
+    """
+    kwargs = dict(sent)
+    if "max_tokens" in kwargs and _names_max_output_tokens(model):
+        kwargs["max_output_tokens"] = kwargs.pop("max_tokens")
+    if response_format is not None:
+        if with_tools and _parses_response_format(model):
+            extra = dict(getattr(model, "extra_body", None) or {})
+            kwargs["extra_body"] = {**extra, "response_format": dict(response_format)}
+        else:
+            kwargs["response_format"] = dict(response_format)
     return kwargs
+
+
+def _names_max_output_tokens(model: Any) -> bool:
+    fields = getattr(type(model), "model_fields", None) or {}
+    return "max_output_tokens" in fields and "max_tokens" not in fields
+
+
+def _parses_response_format(model: Any) -> bool:
+    # By class name: langchain-openai need not be installed for the other providers.
+    chat_completions = any(cls.__name__ == "BaseChatOpenAI" for cls in type(model).__mro__)
+    return chat_completions and getattr(model, "use_responses_api", None) is not True
 
 
 def response_parts(message: Any) -> list[ModelResponsePart]:
@@ -241,6 +299,7 @@ def response_parts(message: Any) -> list[ModelResponsePart]:
                 tool_name=call["name"],
                 args=call.get("args") or {},
                 tool_call_id=call.get("id") or _tool_call_id(),
+                provider_details=call_details(message, call.get("id")),
             )
         )
     for bad in getattr(message, "invalid_tool_calls", None) or ():
@@ -255,6 +314,13 @@ def response_parts(message: Any) -> list[ModelResponsePart]:
                 )
             )
     return parts
+
+
+def call_details(message: Any, call_id: Any) -> dict[str, Any] | None:
+    """What a tool call must carry to be sent back (Gemini's thought signature), if any."""
+    extra = getattr(message, "additional_kwargs", None) or {}
+    signature = (extra.get(_GEMINI_SIGNATURES) or {}).get(call_id) if call_id else None
+    return {_SIGNATURE: signature} if signature else None
 
 
 def _reasoning_blocks(message: Any) -> Iterator[str]:
@@ -304,9 +370,10 @@ def response_id(message: Any) -> str | None:
     return str(found)
 
 
-def tools_key(tools: Sequence[Mapping[str, Any]], choice: str | None) -> str:
-    """A key equal for equal tool sets and choices (to reuse one binding across requests)."""
-    return json.dumps([tools, choice], sort_keys=True, default=str)
+def request_key(*parts: Any) -> str:
+    """A key equal for equal tools, choices, settings and formats (to reuse one binding
+    across requests)."""
+    return json.dumps(parts, sort_keys=True, default=str)
 
 
 def _tool_call_id() -> str:

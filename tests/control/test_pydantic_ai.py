@@ -440,7 +440,7 @@ def test_agent_and_langchain_land_the_same_usage_row_in_duckdb(
         model=ModelRef(provider="openai", model="gpt-4o-mini-2024-07-18"),
         base_url=server.base_url,
     )
-    scope = {"org": "acme", "domain": "acme-eu", "context": "support"}
+    scope: dict[str, Any] = {"org": "acme", "domain": "acme-eu", "context": "support"}
     with ControlPlane(settings, resolver=StaticProfiles({"reasoning": prof})) as plane:
         plane.chat_model("reasoning", **scope).invoke("Same question?")
         Agent(plane.pydantic_ai_model("reasoning", **scope)).run_sync("Same question?")
