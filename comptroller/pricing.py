@@ -886,6 +886,20 @@ class Pricer:
             and self._explicit_for(provider, model)
         )
 
+    def makes_text(self, provider: str, model: str, *, at: datetime | float) -> bool:
+        """Whether (provider, model) answers in tokens (a chat model), as its price tells.
+
+        It does when priced for output tokens, which an embedding request never produces. A
+        model whose id names embeddings does not (genai-prices gives some embedding models
+        an output price), nor does a model without a known price.
+        """
+        if "embed" in model.lower():
+            return False
+        output = self.worst_case(
+            provider, model, input_tokens=0, max_output_tokens=1_000_000, at=at
+        )
+        return bool(output)
+
     def priced_model(
         self, provider: str | None, response_model: str | None, request_model: str | None
     ) -> str | None:

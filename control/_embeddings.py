@@ -137,12 +137,7 @@ class GuardedEmbeddings(Embeddings):
         pricer = route.core.pricer
         at = route.core.clock.time()
         for ref in prep.chain:
-            if "embed" in ref.model.lower():
-                continue
-            output_price = pricer.worst_case(
-                ref.provider, ref.model, input_tokens=0, max_output_tokens=1_000_000, at=at
-            )
-            if output_price:
+            if pricer.makes_text(ref.provider, ref.model, at=at):
                 scope = route.scope
                 raise UsageError(
                     f"{ref.provider}:{ref.model} is a chat model (it is priced for output "

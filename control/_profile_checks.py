@@ -9,7 +9,12 @@ from sqlalchemy.engine import Connection
 
 from comptroller.control._credential_lookup import credential_chain
 from comptroller.control._credentials import CredentialStore
-from comptroller.control._profile_errors import MissingCredential, PermissionDenied, UnknownModel
+from comptroller.control._profile_errors import (
+    MissingCredential,
+    PermissionDenied,
+    ProfileRefused,
+    UnknownModel,
+)
 from comptroller.control._profile_events import ModelCatalog
 from comptroller.control._profile_types import ModelRef
 from comptroller.control._profiles import Scope
@@ -29,7 +34,18 @@ def _chain_of(scope: Scope) -> tuple[str | None, str | None]:
 def _check_models_known(
     catalog: ModelCatalog, purpose: Purpose, models: Iterable[ModelRef]
 ) -> None:
-    """Refuse a model the catalog does not know, unless the purpose is `open`."""
+    """Refuse a model the catalog does not know, unless the purpose is `open`; and a chat
+    model for an embedding purpose, whatever its override class."""
+    models = tuple(models)
+    makes_text = getattr(catalog, "makes_text", None)
+    if purpose.embedding and makes_text is not None:
+        for ref in models:
+            if makes_text(ref.provider, ref.model):
+                raise ProfileRefused(
+                    f"{ref} is a chat model (it is priced for output tokens), and purpose "
+                    f"{purpose.key!r} makes embeddings: give it an embedding model, e.g. "
+                    "openai:text-embedding-3-small"
+                )
     if purpose.override == "open":
         return
     for ref in models:

@@ -9,6 +9,7 @@ is known (the `Pricer`: genai-prices and the fallback price registry; configured
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -96,6 +97,12 @@ class ConfiguredCatalog:
         return f"{canonical_provider(provider)}:{model}" in self._extra or self._base.knows(
             provider, model
         )
+
+    def makes_text(self, provider: str, model: str) -> bool:
+        """Whether the base catalog prices `provider:model` as a model that answers in
+        tokens (`Pricer.makes_text`); False when it cannot tell."""
+        makes_text = getattr(self._base, "makes_text", None)
+        return bool(makes_text is not None and makes_text(provider, model, at=time.time()))
 
 
 def _canonical_text(text: str) -> str:

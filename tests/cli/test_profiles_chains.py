@@ -165,6 +165,21 @@ def test_set_and_rollback_print_the_embedding_model_change(cli: Cli) -> None:
     assert "warning" not in same.err
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--model", "openai:gpt-4.1-mini"), ("--fallback", "anthropic:claude-haiku-4-5")],
+)
+def test_a_chat_model_for_embeddings_is_refused_when_set(cli: Cli, option: str, value: str) -> None:
+    args = ("--model", SMALL) if option == "--fallback" else ()
+    result = cli("profiles", "set", "embedding", "--global", *args, option, value)
+    assert result.code == 2
+    assert f"{value} is a chat model" in result.err
+    assert "text-embedding-3-small" in result.err  # what to use instead
+    assert cli("profiles", "history", "embedding", "--global", "--json").json() == []
+    # The same model for a chat purpose is fine.
+    assert cli("profiles", "set", "reasoning", "--global", "--model", value).code == 0
+
+
 def test_the_printed_warning_also_lands_in_duckdb(
     cli: Cli, monkeypatch: pytest.MonkeyPatch, data_dir: Path
 ) -> None:
