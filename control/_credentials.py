@@ -12,10 +12,12 @@ decided in `_credential_lookup`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,12 +45,18 @@ from comptroller.control._oauth import (
     CredentialRefreshFailed,
     OAuthBundle,
     OAuthNotAllowed,
+    ProcessRefreshLock,
     RefreshLocks,
     fingerprint,
     refresh_grant,
 )
 from comptroller.control._principal import AdminRegistry
-from comptroller.control._profile_errors import CredentialNotFound, MasterKeyError, PermissionDenied
+from comptroller.control._profile_errors import (
+    CredentialError,
+    CredentialNotFound,
+    MasterKeyError,
+    PermissionDenied,
+)
 from comptroller.control._profile_store import ProfileStore
 from comptroller.control._profile_types import CredentialSource, ResolvedProfile
 from comptroller.control._profiles import Scope
@@ -144,11 +152,17 @@ class CredentialStore:
         )
         self._listeners: list[Callable[[], None]] = []
         self._locks = RefreshLocks()
+        # Another process's refresh takes at most one grant's time limit; the wait allows for
+        # a queue of a few.
+        self._process_lock = ProcessRefreshLock(store.engine, wait_s=max(30.0, 3 * oauth_timeout_s))
         # (ref, credential revision of the profile) -> fingerprint of the access token handed
         # out for it: after a 401, tells whether the failed token was renewed meanwhile.
         self._issued: dict[tuple[str, str | None], str] = {}
         # ref -> (until when, message, code) of a refresh that just failed.
         self._failed: dict[str, tuple[float, str, str]] = {}
+        # ref -> when (wall clock) a call next renews the OAuth credential (see
+        # `renewal_pending`).
+        self._due: dict[str, float] = {}
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every committed write of this store (cache invalidation)."""
@@ -420,6 +434,24 @@ class CredentialStore:
             row = _lookup(con, provider, source=source, ref=ref, domain=domain, org=org)
         return _info(row) if row is not None else None
 
+    def oauth_expiry(self, ref: str) -> datetime | None:
+        """When the access token of OAuth credential `ref` expires: what may be shown of a
+        bundle (`credentials list`), never a token. None for an API key, a credential that
+        does not exist, or a bundle that does not open (no master key, not a bundle)."""
+        with self._store.reading() as connection:
+            row = (
+                connection.execute(sa.select(credentials).where(credentials.c.ref == ref))
+                .mappings()
+                .first()
+            )
+        if row is None or row["kind"] != "oauth":
+            return None
+        try:
+            bundle = OAuthBundle.parse(self._open(row))
+            return datetime.fromtimestamp(bundle.expires_at, UTC)
+        except (ValueError, OverflowError, OSError, CredentialError):
+            return None
+
     def get_info(self, ref: str, *, connection: Connection | None = None) -> CredentialInfo | None:
         """The credential with `ref`, without its secret."""
         with self._connection(connection) as con:
@@ -488,11 +520,10 @@ class CredentialStore:
         renewed) and when it is next due (epoch seconds; None for an API key, or when OAuth
         is turned off and the credential will be refused when used).
 
-        A refresh that fails while the token still works is logged and tried again shortly;
-        one that fails after the token expired raises.
-
-        Raises:
-            CredentialRefreshFailed: The token expired and could not be renewed.
+        A refresh that fails while the token still works is logged and tried again shortly.
+        One that fails after the token expired returns the info with a revision of its own,
+        so that no model built with the expired token is used again: the call that builds
+        its model then raises `CredentialRefreshFailed` (without calling the provider).
         """
         if info.kind != "oauth" or not self.allow_oauth:
             return info, None
@@ -504,7 +535,11 @@ class CredentialStore:
             )
         if row is None:
             return info, None
-        bundle, retry_at, renewed = self._fresh_bundle(row)
+        try:
+            bundle, retry_at, renewed = self._fresh_bundle(row)
+        except CredentialRefreshFailed:
+            expired = dataclasses.replace(info, revision=f"{info.revision}:expired")
+            return expired, self.wall_clock() + _RETRY_FAILED_REFRESH_S
         fresh = self.get_info(info.ref) if renewed else None
         deadline = (
             retry_at if retry_at is not None else (bundle.expires_at - self.oauth_refresh_margin_s)
@@ -590,54 +625,119 @@ class CredentialStore:
         """The bundle of `row`, renewed when due; the time of the next try when a refresh
         failed but the token still works (else None); whether it was renewed."""
         bundle = self._bundle(row)
+        ref = row["ref"]
         margin = self.oauth_refresh_margin_s
         if bundle.expires_at - self.wall_clock() > margin:
+            self._note_due(ref, bundle.expires_at - margin)
             return bundle, None, False  # the hot case: nothing to do
         try:
-            renewed = self._refresh(
-                row["ref"], due=lambda b: b.expires_at - self.wall_clock() <= margin
-            )
+            renewed = self._refresh(ref, due=lambda b: b.expires_at - self.wall_clock() <= margin)
         except CredentialRefreshFailed as exc:
             now = self.wall_clock()
+            retry_at = now + _RETRY_FAILED_REFRESH_S
             if bundle.expires_at <= now:
+                self._note_due(ref, retry_at)
                 raise
             _log.warning("%s; using the current token until it expires", exc)
-            return bundle, min(now + _RETRY_FAILED_REFRESH_S, bundle.expires_at), False
+            retry_at = min(retry_at, bundle.expires_at)
+            self._note_due(ref, retry_at)
+            return bundle, retry_at, False
+        self._note_due(ref, renewed.expires_at - margin)
         return renewed, None, renewed != bundle
+
+    def _note_due(self, ref: str, at: float) -> None:
+        due = self._due
+        if due.get(ref) != at:
+            if len(due) >= _MAX_ISSUED:
+                due.clear()
+            due[ref] = at
+
+    def renewal_pending(self) -> bool:
+        """Whether an OAuth credential this store has handed out is due for a refresh (or
+        for another try after a failed one): what an async caller checks, cheaply, before
+        resolving, so that the token endpoint's round trip runs off its event loop."""
+        if not self._due:
+            return False
+        now = self.wall_clock()
+        return any(now >= at for at in list(self._due.values()))
 
     def _refresh(self, ref: str, *, due: Callable[[OAuthBundle], bool]) -> OAuthBundle:
         """Renew credential `ref` if `due(bundle)` still holds once it is locked.
 
-        Threads of this process wait on a lock per ref; processes on the store's write
-        transaction (a row lock on PostgreSQL, the write lock on SQLite), inside which the
-        row is read again, so only the first of them runs the grant.
+        Threads of this process wait on a lock per ref, processes on a lock per ref in the
+        database (PostgreSQL advisory lock) or beside it (SQLite lock file); the row is read
+        again under both, so only the first of them runs the grant. The grant runs outside
+        any transaction: only the short read-compare-write at the end takes the store's
+        write lock, and a slow token endpoint holds up no other write.
         """
-        granted: list[OAuthBundle] = []  # kept across the store's retries of `work`
+        with self._locks.of(ref):
+            failed = self._failed.get(ref)
+            if failed is not None and self.wall_clock() < failed[0]:
+                # Failed a moment ago (this thread's turn came after it, or the calls go on):
+                # the token endpoint is not asked again at the rate of the calls.
+                raise CredentialRefreshFailed(failed[1], ref=ref, code=failed[2])
+            try:
+                with self._process_lock.hold(ref):
+                    bundle, changed = self._renew_locked(ref, due)
+            except CredentialRefreshFailed as exc:
+                self._failed[ref] = (
+                    self.wall_clock() + _RETRY_FAILED_REFRESH_S,
+                    str(exc),
+                    exc.code,
+                )
+                raise
+            self._failed.pop(ref, None)
+        if changed:
+            self._changed()
+        return bundle
+
+    def _read_row(self, connection: Connection, ref: str) -> Mapping[Any, Any]:
+        row = (
+            connection.execute(sa.select(credentials).where(credentials.c.ref == ref))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise CredentialNotFound(
+                f"credential {ref} was deleted while it was being refreshed; set it again "
+                "with `comptroller credentials set --kind oauth`"
+            )
+        return row
+
+    def _renew_locked(
+        self, ref: str, due: Callable[[OAuthBundle], bool]
+    ) -> tuple[OAuthBundle, bool]:
+        """Read → grant → write, under the credential's locks; (bundle, whether renewed)."""
+        with self._store.reading() as connection:
+            row = self._read_row(connection, ref)
+        bundle = self._bundle(row)
+        if not due(bundle):
+            return bundle, False  # another thread or process renewed it meanwhile
+        result = refresh_grant(bundle, now=self.wall_clock(), timeout_s=self.oauth_timeout_s)
+        if isinstance(result, str):
+            raise _refresh_failed(row, bundle, result)
+        renewed = result
+        self.redactor.add(*renewed.secrets())
 
         def work(connection: Connection) -> tuple[OAuthBundle, bool]:
-            row = (
-                connection.execute(sa.select(credentials).where(credentials.c.ref == ref))
-                .mappings()
-                .first()
-            )
-            if row is None:
+            current = self._read_row(connection, ref)
+            if current["kind"] != "oauth":
                 raise CredentialNotFound(
-                    f"credential {ref} was deleted while it was being refreshed; set it again "
-                    "with `comptroller credentials set --kind oauth`"
+                    f"credential {ref} was replaced by an API key while it was being "
+                    "refreshed; nothing to renew"
                 )
-            bundle = self._bundle(row)
-            if not due(bundle):
-                return bundle, False
-            if not granted:
-                now = self.wall_clock()
-                result = refresh_grant(bundle, now=now, timeout_s=self.oauth_timeout_s)
-                if isinstance(result, str):
-                    raise _refresh_failed(row, bundle, result)
-                granted.append(result)
-            renewed = granted[0]
-            self.redactor.add(*renewed.secrets())
+            stored = self._bundle(current)
+            if (stored.access_token, stored.refresh_token) != (
+                bundle.access_token,
+                bundle.refresh_token,
+            ):
+                # Someone stored a new bundle while the grant ran (refreshes cannot: they hold
+                # the lock): theirs is newer than the one the grant started from.
+                return stored, False
             key = self._keys.load(create=False)
-            aad = _aad(ref, row["scope_kind"], row["scope_id"], row["provider"], row["kind"])
+            aad = _aad(
+                ref, current["scope_kind"], current["scope_id"], current["provider"], "oauth"
+            )
             nonce, sealed = key.seal(renewed.to_json().encode("utf-8"), aad)
             connection.execute(
                 credentials.update()
@@ -650,20 +750,19 @@ class CredentialStore:
                     updated_by=_REFRESHER,
                 )
             )
-            scope = _info(row).scope
             self._store.add_audit(
                 connection,
                 actor=_REFRESHER,
                 role="system",
                 action="credential_set",
-                scope=scope,
+                scope=_info(current).scope,
                 purpose=None,
                 version=None,
-                before={"ref": ref, "provider": row["provider"], "name": row["name"]},
+                before={"ref": ref, "provider": current["provider"], "name": current["name"]},
                 after={
                     "ref": ref,
-                    "provider": row["provider"],
-                    "name": row["name"],
+                    "provider": current["provider"],
+                    "name": current["name"],
                     "kind": "oauth",
                     "key_id": key.key_id,
                     "expires_at": renewed.expires_at,
@@ -672,25 +771,7 @@ class CredentialStore:
             )
             return renewed, True
 
-        with self._locks.of(ref):
-            failed = self._failed.get(ref)
-            if failed is not None and self.wall_clock() < failed[0]:
-                # Failed a moment ago (this thread's turn came after it, or the calls go on):
-                # the token endpoint is not asked again at the rate of the calls.
-                raise CredentialRefreshFailed(failed[1], ref=ref, code=failed[2])
-            try:
-                bundle, changed = self._store.write(work)
-            except CredentialRefreshFailed as exc:
-                self._failed[ref] = (
-                    self.wall_clock() + _RETRY_FAILED_REFRESH_S,
-                    str(exc),
-                    exc.code,
-                )
-                raise
-            self._failed.pop(ref, None)
-        if changed:
-            self._changed()
-        return bundle
+        return self._store.write(work)
 
     # --- internals -----------------------------------------------------------------------
     def _refusable(

@@ -1,5 +1,5 @@
-"""OAuth credentials that refresh: the stored bundle, the `refresh_token` grant, and the lock
-that lets one thread per credential run the grant.
+"""OAuth credentials that refresh: the stored bundle, the `refresh_token` grant, and the locks
+that let one thread of one process per credential run the grant.
 
 An `oauth` credential is sealed like an API key, but its plaintext is the JSON of an
 `OAuthBundle`. The call path only ever sees its access token; `CredentialStore` renews it with
@@ -9,13 +9,21 @@ place, so the credential's `ref` never changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from comptroller.control._profile_errors import CredentialError
 
@@ -176,7 +184,11 @@ def refresh_grant(bundle: OAuthBundle, *, now: float, timeout_s: float) -> OAuth
     expires_in = body.get("expires_in", DEFAULT_EXPIRES_IN_S)
     try:
         lifetime = float(expires_in)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        lifetime = DEFAULT_EXPIRES_IN_S
+    if isinstance(expires_in, bool) or not math.isfinite(lifetime) or lifetime <= 0:
+        # NaN or infinity would be sealed into a bundle that no longer parses, and a lifetime
+        # of zero would send every call to the token endpoint.
         lifetime = DEFAULT_EXPIRES_IN_S
     rotated = body.get("refresh_token")
     return replace(
@@ -210,3 +222,123 @@ class RefreshLocks:
             if lock is None:
                 lock = self._locks[ref] = threading.Lock()
             return lock
+
+
+_LOCK_POLL_S = 0.01
+_LOCK_POLL_MAX_S = 0.1
+
+
+class ProcessRefreshLock:
+    """Serialises the refresh of one credential across processes, and only that one.
+
+    PostgreSQL: a session-level advisory lock keyed by the credential's ref, held on a
+    connection of its own. SQLite: an exclusive `flock` on a lock file per credential beside
+    the database. An in-memory SQLite database lives in one process: the thread locks
+    (`RefreshLocks`) are enough. Neither takes the profile store's write lock, so a slow token
+    endpoint delays only the calls that need that credential, never other writes.
+
+    Args:
+        engine: The profile store's engine.
+        wait_s: How long to wait for another process's refresh before giving up.
+    """
+
+    def __init__(self, engine: Engine, *, wait_s: float) -> None:
+        self._engine = engine
+        self.wait_s = wait_s
+        url = engine.url
+        self._dialect = url.get_backend_name()
+        database = url.database if self._dialect == "sqlite" else None
+        self._dir: Path | None = None
+        if database and database != ":memory:" and not database.startswith("file::memory:"):
+            db = Path(database)
+            self._dir = db.parent / f"{db.name}.oauth-locks"
+
+    @contextlib.contextmanager
+    def hold(self, ref: str) -> Iterator[None]:
+        """Hold the lock of credential `ref`.
+
+        Raises:
+            CredentialRefreshFailed: Another process held it longer than `wait_s` (code
+                `lock_timeout`).
+        """
+        if self._dialect == "postgresql":
+            with self._advisory(ref):
+                yield
+        elif self._dir is not None:
+            with self._flock(ref):
+                yield
+        else:
+            yield
+
+    def _timeout(self, ref: str) -> CredentialRefreshFailed:
+        return CredentialRefreshFailed(
+            f"OAuth credential {ref} is being refreshed by another process that has not "
+            f"finished after {self.wait_s:g}s: lock_timeout. Retry the call; if it persists, "
+            f"look for a process stuck holding {self._where(ref)}",
+            ref=ref,
+            code="lock_timeout",
+        )
+
+    def _where(self, ref: str) -> str:
+        if self._dir is not None:
+            return f"the lock file {self._dir / ref}.lock"
+        return "its PostgreSQL advisory lock (pg_locks, locktype advisory)"
+
+    @contextlib.contextmanager
+    def _advisory(self, ref: str) -> Iterator[None]:
+        digest = hashlib.sha256(f"comptroller.oauth-refresh:{ref}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        # Autocommit: the lock belongs to the session, and no transaction stays open while
+        # the token endpoint answers.
+        connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        locked = False
+        try:
+            deadline = time.monotonic() + self.wait_s
+            pause = _LOCK_POLL_S
+            while not connection.execute(
+                sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
+            ).scalar_one():
+                if time.monotonic() >= deadline:
+                    raise self._timeout(ref)
+                time.sleep(pause)
+                pause = min(pause * 2, _LOCK_POLL_MAX_S)
+            locked = True
+            yield
+        finally:
+            try:
+                if locked:
+                    connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            except Exception:
+                # The session may be gone (which released the lock): do not pool it.
+                connection.invalidate()
+            finally:
+                connection.close()
+
+    @contextlib.contextmanager
+    def _flock(self, ref: str) -> Iterator[None]:
+        import fcntl
+
+        from comptroller._private import private_dir
+
+        assert self._dir is not None
+        private_dir(self._dir)
+        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in ref)
+        fd = os.open(self._dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + self.wait_s
+            pause = _LOCK_POLL_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise self._timeout(ref) from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, _LOCK_POLL_MAX_S)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)  # closing also releases the lock if unlocking was not reached

@@ -6,6 +6,7 @@ another calling convention) is another such loop, never another copy of the deci
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -71,10 +72,38 @@ def invoke(
     return cursor.value
 
 
+async def _renew_off_the_loop(route: Route) -> None:
+    """Renew an OAuth credential that is due in a worker thread, before the flow resolves
+    the route on the event loop and would wait there for the token endpoint.
+
+    Checked cheaply on every call (`renewal_pending`); a route's first call always goes
+    through the thread, since nothing is known yet about the credentials it uses.
+    """
+    credentials = route.core.credentials
+    pending = getattr(credentials, "renewal_pending", None)
+    if pending is None or not (route._prepared is None or pending()):
+        return
+    await asyncio.to_thread(_prepare_route, route)
+
+
+def _prepare_route(route: Route) -> None:
+    scope = route.scope
+    credentials: Any = route.core.credentials
+    try:
+        prep = route.prepared()
+        for ref in prep.chain:
+            credentials.resolve_secret(
+                prep.profile, domain=scope.domain, org=scope.org, provider=ref.provider
+            )
+    except Exception:
+        pass  # raised again, where it belongs, by the call's own resolution
+
+
 async def ainvoke(
     route: Route, binder: Binder, input: Any, config: RunnableConfig | None, kwargs: Any = None
 ) -> Any:
     """One guarded call, asynchronously."""
+    await _renew_off_the_loop(route)
     cursor = _Cursor(CallFlow(route, binder, input, config, kwargs).steps())
     while (step := cursor.next()) is not None:
         try:
@@ -105,6 +134,7 @@ async def astream(
     route: Route, binder: Binder, input: Any, config: RunnableConfig | None, kwargs: Any = None
 ) -> AsyncIterator[Any]:
     """Async twin of `stream`."""
+    await _renew_off_the_loop(route)
     cursor = _Cursor(CallFlow(route, binder, input, config, kwargs).steps(streaming=True))
     while (step := cursor.next()) is not None:
         try:

@@ -37,7 +37,7 @@ from comptroller.control._call._attempt import ZERO, Attempt, StreamAccumulator
 from comptroller.control._call._binders import Binder
 from comptroller.control._call._outcome import AttemptOutcomes, validation_outcome
 from comptroller.control._call._record import CallRecord, content_json
-from comptroller.control._call._steps import Admit, Invoke, Sleep, Step, Stream
+from comptroller.control._call._steps import Admit, Invoke, Renew, Sleep, Step, Stream
 from comptroller.control._errors import (
     BudgetError,
     BudgetExceeded,
@@ -171,7 +171,8 @@ class CallFlow(AttemptOutcomes):
                     if settle is not None:
                         yield settle
                     if decision == "renew":
-                        decision = "again" if self._renew_credential(at) else "raise"
+                        renewed = yield from self._renew_credential(at)
+                        decision = "again" if renewed else "raise"
                     if decision == "retry":
                         yield Sleep(core.clock, self._backoff_s())
                     if decision == "raise":
@@ -193,6 +194,10 @@ class CallFlow(AttemptOutcomes):
             error = exc
             if not isinstance(exc, Exception):
                 self.outcome = "cancelled"
+            elif self.outcome == "ok":
+                # Failed before any attempt could decide (a credential that cannot be opened
+                # or renewed, a model that cannot be built): not a success.
+                self.outcome = "error"
             raise
         finally:
             self._finish(error)
@@ -200,7 +205,7 @@ class CallFlow(AttemptOutcomes):
         # error) hangs on as its implicit __context__.
         raise error
 
-    def _renew_credential(self, at: Attempt) -> bool:
+    def _renew_credential(self, at: Attempt) -> Generator[Step, Any, bool]:
         """After a 401: whether the call's credential was renewed (OAuth), so that the same
         model is tried once more, on a route prepared again (its new revision builds a model
         with the new token). A renewal that fails ends the call with that error."""
@@ -208,9 +213,12 @@ class CallFlow(AttemptOutcomes):
         self.outcome = "error"  # unless the retry succeeds
         scope = self.route.scope
         refresh = getattr(self.core.credentials, "refresh_after_unauthorized")  # noqa: B009
+        profile = self.prep.profile
         try:
-            renewed = refresh(
-                self.prep.profile, domain=scope.domain, org=scope.org, provider=at.ref.provider
+            renewed = yield Renew(
+                lambda: bool(
+                    refresh(profile, domain=scope.domain, org=scope.org, provider=at.ref.provider)
+                )
             )
         except CredentialError as exc:
             raise _Stop(exc) from None

@@ -9,7 +9,8 @@ the caller, between chunks too.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator, Iterator
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -208,6 +209,22 @@ class Sleep(Step):
 
     async def arun(self) -> None:
         await self.clock.asleep(self.seconds)
+
+
+class Renew(Step):
+    """Renew the call's credential after a 401: a round trip to a token endpoint, run in a
+    worker thread when the call is async so that the event loop goes on meanwhile."""
+
+    __slots__ = ("renew",)
+
+    def __init__(self, renew: Callable[[], bool]) -> None:
+        self.renew = renew
+
+    def run(self) -> bool:
+        return self.renew()
+
+    async def arun(self) -> bool:
+        return await asyncio.to_thread(self.renew)
 
 
 def _enter(at: Attempt) -> tuple[object, object]:

@@ -59,6 +59,9 @@ class FakeTokenServer(LocalHttpServer):
         """The form of every request received, in order."""
         self.issued: list[str] = []
         """Every access token issued, in order (the one `bundle()` made first)."""
+        self.started = 0
+        """How many requests have arrived, answered or not (one still waiting out `delay_s`
+        counts here, not yet in `grants`)."""
         self._refresh_tokens: set[str] = set()
         self._failures: deque[tuple[int, str | None]] = deque()
         self._lock = threading.Lock()
@@ -139,6 +142,8 @@ class FakeTokenServer(LocalHttpServer):
         async def token(request: Request) -> Response:
             # Parsed by hand: Starlette's `request.form()` needs python-multipart.
             form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+            with self._lock:
+                self.started += 1
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             status, body = self._answer(form)

@@ -537,3 +537,114 @@ def test_cli_sets_an_oauth_bundle_from_a_file_only_when_allowed(
     assert code == 0, err
     assert out.startswith("stored oauth for openai at global (ref cred_")
     assert tokens.issued[0] not in out + err
+
+
+def test_a_token_endpoint_that_does_not_answer_in_time_fails_with_timeout(
+    service: ProfileService, tokens: FakeTokenServer, clock: FakeClock
+) -> None:
+    creds = service.credentials
+    info = creds.set(
+        GLOBAL, "openai", tokens.bundle(expires_at=clock.time() + 5), actor=PLATFORM, kind="oauth"
+    )
+    creds.oauth_timeout_s = 0.2
+    tokens.delay_s = 2.0
+    clock.advance(10)
+    started = time.monotonic()
+    with pytest.raises(CredentialRefreshFailed) as caught:
+        resolve(creds)
+    assert time.monotonic() - started < 1.5
+    assert caught.value.code == "timeout"
+    assert info.ref in str(caught.value)
+
+
+def test_a_token_endpoint_without_a_usable_lifetime_does_not_refresh_at_every_call(
+    service: ProfileService, tokens: FakeTokenServer, clock: FakeClock
+) -> None:
+    creds = service.credentials
+    creds.set(
+        GLOBAL, "openai", tokens.bundle(expires_at=clock.time() + 5), actor=PLATFORM, kind="oauth"
+    )
+    tokens.lifetime_s = 0  # `expires_in: 0`: taken as the default lifetime, not "due now"
+    assert resolve(creds) == tokens.issued[1]
+    clock.advance(600)
+    assert resolve(creds) == tokens.issued[1]
+    assert len(tokens.grants) == 1
+
+
+def test_the_expiry_of_an_oauth_credential_can_be_read_never_its_tokens(
+    service: ProfileService, tokens: FakeTokenServer, clock: FakeClock
+) -> None:
+    creds = service.credentials
+    expires = clock.time() + 600
+    info = creds.set(
+        GLOBAL, "openai", tokens.bundle(expires_at=expires), actor=PLATFORM, kind="oauth"
+    )
+    key = creds.set(ACME, "openai", "sk-static", actor=PLATFORM)
+    at = creds.oauth_expiry(info.ref)
+    assert at is not None
+    assert at.timestamp() == pytest.approx(expires)
+    assert creds.oauth_expiry(key.ref) is None
+    assert creds.oauth_expiry("cred_missing") is None
+    clock.advance(600 - MARGIN_S + 1)
+    resolve(creds)  # renewed: the expiry moves on
+    renewed = creds.oauth_expiry(info.ref)
+    assert renewed is not None
+    assert renewed.timestamp() == pytest.approx(clock.time() + 3600)
+
+
+def test_a_call_that_fails_to_renew_is_recorded_as_an_error_without_a_token(
+    sqlite_url: str,
+    data_dir: Path,
+    master_key: str,
+    tokens: FakeTokenServer,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from comptroller.control.testing import InMemorySink
+
+    service = open_service(sqlite_url, data_dir, master_key, clock=clock)
+    settings = load_settings(None, data_dir=data_dir, telemetry="none")
+    sink = InMemorySink()
+    try:
+        with FakeOpenAIServer() as server:
+            bundle = tokens.bundle(expires_at=clock.time() + 30)  # within the margin
+            info = service.credentials.set(GLOBAL, "openai", bundle, actor=PLATFORM, kind="oauth")
+            service.set_profile(
+                GLOBAL,
+                "reasoning",
+                spec(model="openai:gpt-4o-mini", base_url=server.base_url),
+                actor=PLATFORM,
+            )
+            tokens.fail(503, None)
+            with ControlPlane(settings, resolver=service, sink=sink) as plane:
+                model = plane.chat_model("reasoning", org="acme", context="ci")
+                with caplog.at_level("WARNING"):
+                    model.invoke("the token still works")  # the failed refresh is logged
+                clock.advance(31)
+                tokens.revoke_refresh_tokens()
+                with pytest.raises(CredentialRefreshFailed) as caught:
+                    model.invoke("the token expired")
+                plane.flush()
+    finally:
+        service.close()
+    assert caught.value.ref == info.ref
+    warned = [r.getMessage() for r in caplog.records if "using the current token" in r.message]
+    assert warned
+    assert info.ref in warned[0]
+    assert "http_503" in warned[0]
+    calls = sink.call_spans()
+    assert [span.attributes["comptroller.outcome"] for span in calls] == ["ok", "error"]  # type: ignore[index]
+    failed = calls[-1]
+    assert failed.attributes["error.type"] == "CredentialRefreshFailed"  # type: ignore[index]
+    assert failed.status.description is not None
+    assert info.ref in failed.status.description
+    assert len(sink.usage_rows()) == 1  # the provider was called once: one usage row
+    recorded = json.dumps(
+        [[dict(span.attributes or {}), span.status.description] for span in sink.spans()]
+        + [sink.usage_rows(), [r.getMessage() for r in caplog.records]],
+        default=str,
+    )
+    for secret in (*json.loads(bundle).values(), *tokens.issued):
+        if isinstance(secret, str) and secret.startswith(("at-", "rt-")):
+            assert secret not in recorded
+            assert secret not in str(caught.value) + repr(caught.value)
