@@ -84,8 +84,10 @@ _RETRY_FAILED_REFRESH_S = 5.0
 still works is used, and one that expired fails the calls with the same error."""
 _MAX_ISSUED = 10_000
 _ALLOW_HINT = (
-    "set control.allow_oauth_credentials = true (COMPTROLLER_CONTROL_ALLOW_OAUTH_CREDENTIALS=1) "
-    "to allow them, or store an API key instead"
+    "they are allowed by default only in local development (COMPTROLLER_ENVIRONMENT="
+    "development); set control.allow_oauth_credentials = true "
+    "(COMPTROLLER_CONTROL_ALLOW_OAUTH_CREDENTIALS=1) to allow them here, or store an API key "
+    "instead"
 )
 
 

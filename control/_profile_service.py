@@ -122,8 +122,9 @@ class ProfileService(_ProfileReads):
             credentials=CredentialStore(
                 store,
                 MasterKeySource(settings.master_key_file, environ=environ),
-                allow_oauth=settings.control.allow_oauth_credentials,
+                allow_oauth=settings.oauth_allowed,
                 oauth_refresh_margin_s=settings.control.oauth_refresh_margin_s,
+                oauth_timeout_s=settings.control.oauth_timeout_s,
                 wall_clock=wall_clock,
             ),
             purposes=registry,

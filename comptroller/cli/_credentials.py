@@ -148,15 +148,31 @@ def list_(
     )
     with open_service(app) as service:
         infos = service.credentials.list(scope)
+        # Of a bundle only its expiry is shown (None when it does not open here).
+        expiries = {
+            info.ref: service.credentials.oauth_expiry(info.ref)
+            for info in infos
+            if info.kind == "oauth"
+        }
     if as_json:
-        click.echo(json.dumps([info.to_json() for info in infos], indent=2))
+        rows = []
+        for info in infos:
+            row = info.to_json()
+            if info.kind == "oauth":
+                expiry = expiries.get(info.ref)
+                row["expires_at"] = expiry.isoformat() if expiry is not None else None
+            rows.append(row)
+        click.echo(json.dumps(rows, indent=2))
         return
     if not infos:
         click.echo("no credentials configured")
     for info in infos:
+        expiry = expiries.get(info.ref)
+        expires = f"\texpires {expiry.isoformat(timespec='seconds')}" if expiry else ""
         click.echo(
             f"{info.scope}\t{info.provider}\t{info.name}\t{info.kind}\t{info.ref}"
             f"\tupdated {info.updated_at.isoformat(timespec='seconds')} by {info.updated_by}"
+            f"{expires}"
         )
 
 

@@ -93,13 +93,16 @@ class ControlSettings(BaseModel):
     full, calls fail with a clear error rather than lose billing rows."""
     master_key_file: str | None = None
     """File holding the credentials master key. Default: `master.key` in the data directory."""
-    allow_oauth_credentials: bool = False
+    allow_oauth_credentials: bool | None = None
     """Whether `oauth` credentials (refreshable bundles whose refresh token comptroller sends to
     their token endpoint) may be stored and used; enforced when one is set and when a call
-    resolves one. Off unless turned on (e.g. `COMPTROLLER_CONTROL_ALLOW_OAUTH_CREDENTIALS=1` in
-    local development)."""
+    resolves one. Default: only in local development (`environment = "development"`); turn it
+    on elsewhere with `COMPTROLLER_CONTROL_ALLOW_OAUTH_CREDENTIALS=1`."""
     oauth_refresh_margin_s: float = Field(default=60.0, ge=0)
     """An OAuth access token closer than this to its expiry is renewed before a call uses it."""
+    oauth_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Time limit of one request to an OAuth token endpoint (a refresh waiting on it holds up
+    only the calls that need that credential)."""
     state_prefix: str = "comptroller"
     """Prefix of every key the Redis state backend writes (several deployments may share a
     server)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,11 @@ class Settings(BaseSettings):
     `http://127.0.0.1:4318` when `telemetry = "otlp"`."""
     record_content: bool = False
     """Record prompt and completion content on spans. Off unless explicitly enabled."""
+    environment: str | None = Field(default_factory=lambda: otel_environment())
+    """The deployment environment (`development`, `staging`, `production`, …). Default:
+    OpenTelemetry's `deployment.environment.name` in `OTEL_RESOURCE_ATTRIBUTES`, else unset.
+    `development`, `dev` or `local` is local development, where OAuth credentials are allowed
+    unless `control.allow_oauth_credentials = false`."""
     model: dict[str, str] = Field(default_factory=dict)
     """Server-level default model per purpose, `provider:model` (e.g.
     `COMPTROLLER_MODEL_REASONING=openai:gpt-4o`); a purpose no scope sets inherits it."""
@@ -118,6 +124,18 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not is_postgres_url(value):
             return Path(value)
         return value
+
+    @property
+    def local_development(self) -> bool:
+        """Whether `environment` names a developer's own machine."""
+        return (self.environment or "").strip().lower() in LOCAL_ENVIRONMENTS
+
+    @property
+    def oauth_allowed(self) -> bool:
+        """Whether OAuth credentials may be set and used: `control.allow_oauth_credentials`
+        when given, else only in local development."""
+        allowed = self.control.allow_oauth_credentials
+        return self.local_development if allowed is None else allowed
 
     @property
     def db_url(self) -> str | None:
@@ -387,3 +405,21 @@ def _attribute_docstrings(cls: type) -> dict[str, str]:
         ):
             docs[node.target.id] = inspect.cleandoc(after.value.value)
     return docs
+
+
+LOCAL_ENVIRONMENTS = frozenset({"development", "dev", "local"})
+"""Values of `environment` that mean a developer's own machine."""
+
+
+def otel_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """`deployment.environment.name` (or the older `deployment.environment`) of
+    `OTEL_RESOURCE_ATTRIBUTES` (`key=value,key=value`, values percent-encoded), if set."""
+    from urllib.parse import unquote
+
+    raw = (os.environ if environ is None else environ).get("OTEL_RESOURCE_ATTRIBUTES", "")
+    found: dict[str, str] = {}
+    for item in raw.split(","):
+        key, sep, value = item.partition("=")
+        if sep:
+            found[key.strip()] = unquote(value.strip())
+    return found.get("deployment.environment.name") or found.get("deployment.environment") or None

@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -537,6 +538,18 @@ def test_cli_sets_an_oauth_bundle_from_a_file_only_when_allowed(
     assert code == 0, err
     assert out.startswith("stored oauth for openai at global (ref cred_")
     assert tokens.issued[0] not in out + err
+    # Listed with when its token expires, never the token.
+    code, out, err = run("credentials", "list")
+    assert code == 0, err
+    assert "\toauth\t" in out
+    assert "\texpires " in out
+    code, out, err = run("credentials", "list", "--json")
+    (row,) = json.loads(out)
+    stored = json.loads(bundle.read_text())
+    expires = datetime.fromisoformat(row["expires_at"]).timestamp()
+    assert expires == pytest.approx(stored["expires_at"], abs=1)
+    assert stored["access_token"] not in out
+    assert stored["refresh_token"] not in out
 
 
 def test_a_token_endpoint_that_does_not_answer_in_time_fails_with_timeout(
@@ -648,3 +661,51 @@ def test_a_call_that_fails_to_renew_is_recorded_as_an_error_without_a_token(
         if isinstance(secret, str) and secret.startswith(("at-", "rt-")):
             assert secret not in recorded
             assert secret not in str(caught.value) + repr(caught.value)
+
+
+def test_oauth_is_allowed_by_default_only_in_local_development(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    monkeypatch.delenv("COMPTROLLER_ENVIRONMENT", raising=False)
+    assert load_settings().oauth_allowed is False  # nothing says where this runs: off
+    assert load_settings(environment="development").oauth_allowed is True
+    assert load_settings(environment="local").oauth_allowed is True
+    assert load_settings(environment="production").oauth_allowed is False
+    # The explicit setting wins both ways.
+    off = load_settings(environment="development", control={"allow_oauth_credentials": False})
+    assert off.oauth_allowed is False
+    on = load_settings(environment="production", control={"allow_oauth_credentials": True})
+    assert on.oauth_allowed is True
+    # The environment OpenTelemetry is told about is comptroller's too.
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES", "service.name=shop,deployment.environment.name=development"
+    )
+    assert load_settings().environment == "development"
+    assert load_settings().oauth_allowed is True
+    monkeypatch.setenv("COMPTROLLER_ENVIRONMENT", "production")
+    assert load_settings().oauth_allowed is False
+
+
+def test_cli_in_local_development_sets_an_oauth_bundle_without_the_flag(
+    data_dir: Path,
+    tokens: FakeTokenServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("COMPTROLLER_CONTROL_ALLOW_OAUTH_CREDENTIALS", raising=False)
+    monkeypatch.setenv("COMPTROLLER_ENVIRONMENT", "development")
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(tokens.bundle())
+    main_args = ("credentials", "set", "--provider", "openai", "--global", "--kind", "oauth")
+    codes = []
+    for args in (("admin", "init"), (*main_args, "--from-file", str(bundle))):
+        try:
+            main(list(args))
+            codes.append(0)
+        except SystemExit as exc:
+            codes.append(int(exc.code or 0))
+    out = capsys.readouterr()
+    assert codes == [0, 0], out.err
+    assert "stored oauth for openai at global" in out.out
