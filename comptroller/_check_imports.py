@@ -9,7 +9,8 @@ Decisions (README "Keeping calls inside the control plane" shows them to users):
 
 - What is found: `import m`, `import m.sub`, `from m import x`, `from google import genai`,
   and `__import__("m")` / `importlib.import_module("m")` with a literal string (CI002), at
-  any depth (inside functions, `try` blocks, classes). Relative imports never match.
+  any depth (inside functions, `try` blocks, classes). Relative imports never match, except
+  `import_module(".genai", "google")`, whose literal package makes it absolute.
 - Imports under `if TYPE_CHECKING:` and in `.pyi` stubs are allowed: they never run, so they
   cannot make a call, and annotating with the SDK's types is legitimate.
 - A file that cannot be read, or that names a forbidden module (or calls `__import__` /
@@ -44,7 +45,8 @@ DEFAULT_FORBIDDEN: tuple[str, ...] = (
     "openai",
 )
 
-# Directories never entered while walking (a path named on the command line is still checked).
+# Directories never entered while walking, unless they are a package (hold an `__init__.py`);
+# a path named on the command line is still checked.
 SKIPPED_DIRS = frozenset(
     {
         ".git",
@@ -302,7 +304,12 @@ def _dynamic_import_names(call: ast.Call) -> list[str]:
         return []
     module = target.value
     if module.startswith("."):
-        return []  # relative to a package of the scanned code
+        package = _argument(call, 1, "package") if name == "import_module" else None
+        if not (isinstance(package, ast.Constant) and isinstance(package.value, str)):
+            return []  # relative to a package of the scanned code
+        # `import_module(".genai", "google")` is google.genai, as importlib resolves it.
+        resolved = _resolve_relative(module, package.value)
+        return [resolved] if resolved is not None else []
     names = [module]
     if name == "__import__":
         level = _argument(call, 4, "level")
@@ -316,6 +323,17 @@ def _dynamic_import_names(call: ast.Call) -> list[str]:
                 if isinstance(item, ast.Constant) and isinstance(item.value, str)
             ]
     return names
+
+
+def _resolve_relative(name: str, package: str) -> str | None:
+    """`name` (`.genai`, `..x.y`) relative to `package`, as `importlib.util.resolve_name`
+    resolves it; None when it goes above the top-level package."""
+    level = len(name) - len(name.lstrip("."))
+    bits = package.rsplit(".", level - 1)
+    if not package or len(bits) < level:
+        return None
+    rest = name[level:]
+    return f"{bits[0]}.{rest}" if rest else bits[0]
 
 
 def _argument(call: ast.Call, position: int, keyword: str) -> ast.expr | None:
@@ -364,7 +382,8 @@ def iter_python_files(paths: Iterable[Path]) -> Iterator[Path]:
 
     A file named directly is checked whatever its name (pre-commit passes scripts with a
     python shebang too) except `.pyi` stubs; folders are walked for `*.py`, skipping
-    `SKIPPED_DIRS` below them (not a folder named directly, so a site-packages can be scanned).
+    `SKIPPED_DIRS` below them (not a folder named directly, so a site-packages can be scanned,
+    nor a package: `myapp/build/` with an `__init__.py` is the application's code).
     """
     seen: set[Path] = set()
     for path in paths:
@@ -374,7 +393,7 @@ def iter_python_files(paths: Iterable[Path]) -> Iterator[Path]:
                 yield Path(os.path.normpath(path))
             continue
         for folder, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
+            dirs[:] = sorted(d for d in dirs if not _skipped(os.path.join(folder, d), d))
             for name in sorted(files):
                 if name.endswith(".py"):
                     file = Path(os.path.normpath(os.path.join(folder, name)))
@@ -382,6 +401,12 @@ def iter_python_files(paths: Iterable[Path]) -> Iterator[Path]:
                     if absolute not in seen:
                         seen.add(absolute)
                         yield file
+
+
+def _skipped(folder: str, name: str) -> bool:
+    # A package of the code base (`myapp/build/__init__.py`) is code, whatever its name:
+    # an environment or build output never has an `__init__.py` at its top.
+    return name in SKIPPED_DIRS and not os.path.isfile(os.path.join(folder, "__init__.py"))
 
 
 class _ModuleNames:

@@ -61,6 +61,10 @@ def _write(root: Path, relative: str, text: str = "") -> Path:
         ("f(lambda: __import__('openai'))", (1, 11, "CI002", "openai")),
         ("if TYPE_CHECKING:\n    pass\nelse:\n    import openai", (4, 12, "CI001", "openai")),
         ("if not TYPE_CHECKING:\n    import openai", (2, 12, "CI001", "openai")),
+        # A relative name with a literal package is absolute: importlib resolves it so.
+        ("importlib.import_module('.genai', 'google')", (1, 1, "CI002", "google.genai")),
+        ("import_module('..genai', package='google.x')", (1, 1, "CI002", "google.genai")),
+        ("import_module('.', package='litellm')", (1, 1, "CI002", "litellm")),
     ],
 )
 def test_each_form_of_a_forbidden_import_is_found_with_line_and_column(
@@ -84,6 +88,8 @@ def test_each_form_of_a_forbidden_import_is_found_with_line_and_column(
         "'''import anthropic'''",
         "importlib.import_module(name)",
         "importlib.import_module('.openai', package='app')",
+        "importlib.import_module('...openai', package='app.x')",  # above the top: an error
+        "importlib.import_module('.genai', package=google_name)",
         "__import__('openai', globals(), locals(), [], 1)",
         "if TYPE_CHECKING:\n    import openai\n    from anthropic import Anthropic",
         "if typing.TYPE_CHECKING:\n    from google import genai",
@@ -195,6 +201,22 @@ def test_the_walk_skips_environments_and_build_output_but_not_a_folder_named(
     assert len(check([site]).findings) == 1
     tool = tmp_path / "scripts/tool"
     assert [f.module for f in check([tool, tool, tmp_path / "app/stub.pyi"]).findings] == ["openai"]
+
+
+def test_a_package_of_the_code_base_is_walked_whatever_its_name(tmp_path: Path) -> None:
+    """`myapp/build/` or `myapp/venv/` holding an `__init__.py` is the application's code,
+    not build output or an environment: skipping it would hide its imports."""
+    _write(tmp_path, "myapp/__init__.py")
+    for package in ("build", "venv", "node_modules"):
+        _write(tmp_path, f"myapp/{package}/__init__.py")
+        _write(tmp_path, f"myapp/{package}/llm.py", "import openai\n")
+    _write(tmp_path, "build/lib/myapp/llm.py", "import openai\n")  # real build output
+    report = check([tmp_path])
+    assert [Path(f.path).relative_to(tmp_path).as_posix() for f in report.findings] == [
+        "myapp/build/llm.py",
+        "myapp/node_modules/llm.py",
+        "myapp/venv/llm.py",
+    ]
 
 
 def test_paths_stay_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,7 +54,7 @@ def check_imports(
     `importlib.import_module` with a literal name — with file, line and column. Imports
     under `if TYPE_CHECKING:` and in .pyi stubs are allowed (they never run). Folders named
     .venv, venv, build, .git, __pycache__, node_modules and site-packages are skipped below
-    the paths given.
+    the paths given, unless they hold an __init__.py (a package of yours is checked).
 
     Codes: CI001 import statement, CI002 dynamic import, CI003 file that could not be read
     or parsed (it fails the check too: an unchecked file is no proof of a clean one).

@@ -4,11 +4,18 @@ Built on vcrpy (the optional extra `cassettes`), which patches httpx, requests, 
 urllib3 — every HTTP stack the OpenAI, Anthropic and Gemini SDKs use — for the duration of a
 cassette. What this module adds to vcrpy:
 
-- secrets never reach the file: request headers that carry a key or an account
-  (`authorization`, `x-api-key`, `x-goog-api-key`, `api-key`, `openai-organization`,
-  `openai-project`, `cookie`), Gemini's `key` query parameter, and response headers that
+- secrets never reach the file: request headers and query parameters whose name says
+  they carry a credential (`authorization`, `x-api-key`, `x-goog-api-key`, `api-key`,
+  `proxy-authorization`, `cookie`, Gemini's `key`, and any other name with a part such as
+  `key`, `token`, `secret`, `auth`, `signature`: gateways and proxies name theirs freely),
+  the account headers `openai-organization` and `openai-project`, and response headers that
   name an account (`openai-organization`, `openai-project`, `anthropic-organization-id`,
-  `set-cookie`) are removed before anything is written;
+  `set-cookie`) are removed before anything is written; a value so removed, or a
+  `*_API_KEY` variable of the environment, is also replaced wherever else it shows (an
+  error body echoing the key, a URL), so the key is nowhere in the file;
+- OAuth token requests (a body with `grant_type`, as a refreshable credential sends to
+  its token endpoint) are never recorded: they carry the refresh token and client secret,
+  and their answers carry new tokens; they go to the endpoint, during a replay too;
 - a request is matched on method, scheme, host, port, path and body, never on headers or
   query: a streamed call and a buffered one, or two prompts, differ in their JSON bodies
   (compared as JSON, so key order does not matter), while keys, SDK versions and retry
@@ -27,12 +34,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from comptroller.control._providers import NO_CREDENTIAL
 from comptroller.errors import ConfigError, UsageError
@@ -41,25 +51,58 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
 CassetteMode: TypeAlias = Literal["once", "replay", "record"]
+_T = TypeVar("_T")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-_SECRET_REQUEST_HEADERS = (
-    "authorization",
-    "x-api-key",
-    "x-goog-api-key",
-    "api-key",
-    "openai-organization",
-    "openai-project",
-    "cookie",
+# Headers removed from a request by name; any other whose name has a `_SECRET_PARTS` part
+# goes too (`x-portkey-api-key`, `cf-aig-authorization`, `helicone-auth`).
+_SECRET_REQUEST_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "x-goog-api-key",
+        "api-key",
+        "openai-organization",
+        "openai-project",
+        "cookie",
+    }
 )
 _ACCOUNT_RESPONSE_HEADERS = frozenset(
     {"openai-organization", "openai-project", "anthropic-organization-id", "set-cookie"}
 )
-_SECRET_QUERY_PARAMETERS = ("key",)
+# A header or query parameter whose name (split at `-`, `_`, `.`) has one of these parts, or
+# ends in one of the `_SECRET_SUFFIXES` (`apikey`, `accesstoken`), holds a credential.
+# Removing a harmless one costs nothing: neither headers nor the query are matched on.
+_SECRET_PARTS = frozenset(
+    {
+        "auth",
+        "authorization",
+        "bearer",
+        "cookie",
+        "credential",
+        "credentials",
+        "jwt",
+        "key",
+        "passwd",
+        "password",
+        "secret",
+        "session",
+        "sig",
+        "signature",
+        "token",
+    }
+)
+_SECRET_SUFFIXES = ("key", "token", "secret", "password")
+_NAME_PARTS = re.compile(r"[-_.]+")
+# A removed value is searched for elsewhere only when long enough not to be a common word.
+_MIN_SECRET_LENGTH = 12
+_FILTERED = "FILTERED"
 _MATCH_ON = ("method", "scheme", "host", "port", "path", "body")
 _OTLP_PATHS = ("/v1/traces", "/v1/logs", "/v1/metrics")
+_FORM = "application/x-www-form-urlencoded"
 
 # Variable → the variables any of which already gives the provider factory a key.
 _PLACEHOLDER_KEYS: dict[str, tuple[str, ...]] = {
@@ -162,7 +205,12 @@ class Cassette:
         self._placed = {}
         if context is None:
             return
+        # vcrpy writes nothing when nothing was recorded: a re-recording whose block made no
+        # request (or only unrecorded ones) would leave the old answers in place.
+        stale = self.mode == "record" and exc_type is None and not vcr_cassette.dirty
         context.__exit__(exc_type, exc, tb)
+        if stale:
+            self.path.unlink(missing_ok=True)
         misses: list[tuple[str, str]] = list(vcr_cassette.misses)
         if misses:
             # Raised even when the code under test swallowed the provider error (a fallback,
@@ -214,7 +262,8 @@ def cassette(path: str | os.PathLike[str], *, mode: CassetteMode = "once") -> Ca
         mode: `once` (default): replay when the file exists, else record it — the first run
             needs the provider and its credentials, every later one needs neither.
             `replay`: replay only; a missing file is an error (for CI). `record`: call the
-            provider and write the file anew, whatever it held.
+            provider and write the file anew, whatever it held (a block that made no request
+            leaves no file).
 
     Returns:
         A `Cassette`: a context manager, and a decorator for sync and async functions.
@@ -248,13 +297,12 @@ def _vcr_context(path: Path, mode: CassetteMode) -> AbstractContextManager[Any]:
     vcr = _vcr_module()
     from vcr.cassette import CassetteContextDecorator
 
+    scrubber = _Scrubber(_environment_secrets())
     config = vcr.VCR(
         record_mode={"once": "once", "replay": "none", "record": "all"}[mode],
         match_on=_MATCH_ON,
-        filter_headers=_SECRET_REQUEST_HEADERS,
-        filter_query_parameters=_SECRET_QUERY_PARAMETERS,
-        before_record_request=_pass_telemetry_through,
-        before_record_response=_scrub_response,
+        before_record_request=scrubber.request,
+        before_record_response=scrubber.response,
         # Readable cassettes: a gzip'ed answer is stored as its text.
         decode_compressed_response=True,
         # A block that failed wrote nothing: a half-recorded cassette would replay as a
@@ -305,22 +353,125 @@ def _tracking_cassette_class() -> type[Any]:
     return _TrackingCassette
 
 
-def _pass_telemetry_through(request: Any) -> Any:
-    """None (not recorded, sent for real) for an OTLP/HTTP export, else the request."""
-    content_type = str(request.headers.get("content-type", ""))
-    if request.path.endswith(_OTLP_PATHS) and content_type.startswith("application/x-protobuf"):
-        return None
-    return request
+class _Scrubber:
+    """What a cassette keeps of each exchange: no credential, wherever it shows.
+
+    One per cassette: it learns the values it removes from headers and the query, and
+    replaces them in whatever else it writes (bodies, response headers, URLs).
+    """
+
+    def __init__(self, secrets: set[str]) -> None:
+        self._secrets = set(secrets)
+        self._lock = threading.Lock()
+
+    def request(self, request: Any) -> Any:
+        """The request as written and matched; None for one that passes through unrecorded
+        (telemetry exports, OAuth token requests)."""
+        if _is_telemetry(request) or _is_token_request(request):
+            return None
+        found: set[str] = set()
+        headers = request.headers
+        for name in list(headers):
+            if _is_secret_header(name):
+                value = str(headers.pop(name))
+                found.add(value)
+                found.add(value.partition(" ")[2])  # the token of `Bearer <token>`
+        parts = urlsplit(request.uri)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        kept = [(name, value) for name, value in query if not _is_secret_name(name)]
+        if len(kept) < len(query):
+            found.update(value for name, value in query if _is_secret_name(name))
+            request.uri = urlunsplit(parts._replace(query=urlencode(kept)))
+        secrets = self._learn(found)
+        for name, value in list(headers.items()):
+            headers[name] = _scrubbed(value, secrets)
+        request.uri = _scrubbed(request.uri, secrets)
+        if isinstance(request.body, bytes):
+            request.body = _scrubbed(request.body, secrets)
+        return request
+
+    def response(self, response: dict[str, Any]) -> dict[str, Any]:
+        """The response as written: no account header, no known secret in it."""
+        secrets = self._learn(set())
+        headers: dict[str, Any] = response.get("headers") or {}
+        response["headers"] = {
+            name: [_scrubbed(v, secrets) for v in value] if isinstance(value, list) else value
+            for name, value in headers.items()
+            if name.lower() not in _ACCOUNT_RESPONSE_HEADERS
+        }
+        body = response.get("body")
+        if isinstance(body, dict) and "string" in body:
+            body["string"] = _scrubbed(body["string"], secrets)
+        return response
+
+    def _learn(self, found: set[str]) -> tuple[str, ...]:
+        with self._lock:
+            self._secrets.update(v for v in found if _worth_replacing(v))
+            # Longest first: a key inside a longer value is replaced with the longer one.
+            return tuple(sorted(self._secrets, key=len, reverse=True))
 
 
-def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
-    headers: dict[str, Any] = response.get("headers") or {}
-    response["headers"] = {
-        name: value
-        for name, value in headers.items()
-        if name.lower() not in _ACCOUNT_RESPONSE_HEADERS
+def _is_secret_header(name: str) -> bool:
+    return name.lower() in _SECRET_REQUEST_HEADERS or _is_secret_name(name)
+
+
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    parts = set(_NAME_PARTS.split(lowered))
+    return bool(parts & _SECRET_PARTS) or lowered.endswith(_SECRET_SUFFIXES)
+
+
+def _worth_replacing(value: str) -> bool:
+    return len(value) >= _MIN_SECRET_LENGTH and value != NO_CREDENTIAL
+
+
+def _scrubbed(value: _T, secrets: tuple[str, ...]) -> _T:
+    """`value` (text or bytes; anything else as is) with each of `secrets` replaced."""
+    if isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        return value
+    for secret in secrets:
+        data = data.replace(secret.encode(), _FILTERED.encode())
+    return cast("_T", data.decode("utf-8", "surrogatepass") if isinstance(value, str) else data)
+
+
+def _environment_secrets() -> set[str]:
+    """The provider keys of the environment: a response may echo one (an error naming it)."""
+    return {
+        value
+        for name, value in os.environ.items()
+        if name.upper().endswith("_API_KEY") and _worth_replacing(value)
     }
-    return response
+
+
+def _is_telemetry(request: Any) -> bool:
+    """An OTLP/HTTP export: sent for real, never recorded."""
+    content_type = str(request.headers.get("content-type", ""))
+    return bool(
+        request.path.endswith(_OTLP_PATHS) and content_type.startswith("application/x-protobuf")
+    )
+
+
+def _is_token_request(request: Any) -> bool:
+    """An OAuth token request (RFC 6749: a form, or JSON for some endpoints, with
+    `grant_type`)."""
+    body = request.body
+    if not isinstance(body, bytes) or b"grant_type" not in body:
+        return False
+    content_type = str(request.headers.get("content-type", "")).lower()
+    text = body.decode("utf-8", "replace")
+    if content_type.startswith(_FORM):
+        return any(name == "grant_type" for name, _ in parse_qsl(text))
+    if "json" in content_type:
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(document, dict) and "grant_type" in document
+    return False
 
 
 def _place_keys() -> dict[str, str | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +37,7 @@ from comptroller.control.testing import (
     FakeAnthropicServer,
     FakeGeminiServer,
     FakeOpenAIServer,
+    FakeTokenServer,
     GeminiBehaviour,
     ModelBehaviour,
     cassette,
@@ -273,6 +275,11 @@ def test_replay_builds_a_public_endpoint_model_with_no_key_and_restores_the_envi
 MISSABLE = {
     "openai": (FakeOpenAIServer, "gpt-4o-mini", "/chat/completions"),
     "anthropic": (FakeAnthropicServer, "claude-sonnet-4-5", "/v1/messages"),
+    "gcp.gemini": (
+        FakeGeminiServer,
+        "gemini-2.5-flash",
+        "/v1/models/gemini-2.5-flash:generateContent",
+    ),
 }
 
 
@@ -360,10 +367,16 @@ class _AccountServer:
             def do_POST(self) -> None:
                 paths.append(self.path)
                 self.rfile.read(int(self.headers.get("content-length") or 0))
-                body = json.dumps({"answer": 42}).encode()
+                answer: dict[str, Any] = {"answer": 42}
+                echo = self.headers.get("x-echo")
+                if echo is not None:  # as an error body naming the key it was sent
+                    answer["error"] = f"Incorrect API key provided: {echo}"
+                body = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
+                if echo is not None:
+                    self.send_header("x-echoed", echo)
                 self.send_header("openai-organization", "org-ACCOUNT-in-response")
                 self.send_header("set-cookie", "session=COOKIE-in-response; Path=/")
                 self.send_header("x-request-id", "req_kept_123")
@@ -487,3 +500,184 @@ def test_a_miss_the_code_under_test_swallowed_still_fails_the_block(
         ask_twice()
     assert caught.value.requests == [f"POST {url}"]
     assert account_server.paths == ["/v1/chat/completions"]
+
+
+def test_gateway_headers_and_query_keys_are_filtered_by_their_name(
+    tmp_path: Path, account_server: _AccountServer
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    headers = {
+        "Proxy-Authorization": "Basic PROXY-secret-0001",
+        "cf-aig-authorization": "Bearer GATEWAY-secret-0002",
+        "X-Portkey-Api-Key": "PORTKEY-secret-0003",
+        "helicone-auth": "Bearer HELICONE-secret-0004",
+        "x-request-label": "kept-label",
+    }
+    params = {
+        "api_key": "QUERY-secret-0005",
+        "access_token": "QUERY-secret-0006",
+        "Key": "QUERY-secret-0007",
+        "alt": "sse",
+    }
+    url = f"{account_server.url}/v1/chat/completions"
+    with cassette(path):
+        httpx.post(url, params=params, json={"q": 1}, headers=headers)
+    text = path.read_text()
+    assert "-secret-000" not in text
+    assert "kept-label" in text
+    assert f"uri: {url}?alt=sse" in text
+    with cassette(path, mode="replay"):
+        replayed = httpx.post(url, params={"alt": "sse"}, json={"q": 1})
+    assert replayed.json() == {"answer": 42}
+    assert len(account_server.paths) == 1
+
+
+def test_a_key_echoed_in_an_answer_is_replaced_wherever_it_shows(
+    tmp_path: Path, account_server: _AccountServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "echoed.yaml"
+    bearer = "sk-proj-ECHOED-bearer-4c1d"
+    in_environment = "gw-ECHOED-from-environment-77aa"
+    monkeypatch.setenv("ACME_GATEWAY_API_KEY", in_environment)
+    url = f"{account_server.url}/v1/chat/completions"
+    with cassette(path):
+        sent = httpx.post(
+            url, json={"q": 1}, headers={"authorization": f"Bearer {bearer}", "x-echo": bearer}
+        )
+        httpx.post(url, json={"q": 2}, headers={"x-echo": in_environment})
+    assert sent.json()["error"] == f"Incorrect API key provided: {bearer}"  # the live answer
+    text = path.read_text()
+    assert "ECHOED" not in text
+    assert "Incorrect API key provided: FILTERED" in text
+
+    monkeypatch.delenv("ACME_GATEWAY_API_KEY")
+    with cassette(path, mode="replay"):
+        replayed = httpx.post(url, json={"q": 1})
+    assert replayed.json() == {"answer": 42, "error": "Incorrect API key provided: FILTERED"}
+    assert replayed.headers["x-echoed"] == "FILTERED"
+
+
+def test_oauth_token_requests_are_never_recorded_and_reach_the_endpoint_in_a_replay(
+    tmp_path: Path, account_server: _AccountServer
+) -> None:
+    """A refreshable credential renewed while recording (`grant_type=refresh_token` to its
+    token endpoint) would write its refresh token, client secret and new tokens."""
+    path = tmp_path / "oauth.yaml"
+    url = f"{account_server.url}/v1/chat/completions"
+    with FakeTokenServer(client_secret="client-SECRET-of-the-app") as tokens:
+        bundle = json.loads(tokens.bundle())
+
+        def refresh() -> str:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": tokens.grants[-1]["refresh_token"]
+                if tokens.grants
+                else bundle["refresh_token"],
+                "client_id": bundle["client_id"],
+                "client_secret": bundle["client_secret"],
+            }
+            answer = httpx.post(tokens.url, data=form).json()
+            return str(answer["access_token"])
+
+        with cassette(path):
+            access = refresh()
+            httpx.post(url, json={"q": 1}, headers={"authorization": f"Bearer {access}"})
+        text = path.read_text()
+        assert len(tokens.grants) == 1
+        for secret in (bundle["refresh_token"], access, "client-SECRET-of-the-app"):
+            assert secret not in text
+        assert "grant_type" not in text
+        assert "/token" not in text
+
+        with cassette(path, mode="replay") as replay:
+            httpx.post(url, json={"q": 1})
+            assert replay.play_count == 1
+            # Not in the cassette, so not a miss: it goes to the endpoint.
+            tokens.fail(400, "invalid_grant")
+            assert httpx.post(tokens.url, data={"grant_type": "refresh_token"}).status_code == 400
+        assert len(tokens.grants) == 2
+    assert len(account_server.paths) == 1
+
+
+def test_record_mode_with_no_request_leaves_no_stale_recording(
+    tmp_path: Path, account_server: _AccountServer
+) -> None:
+    path = tmp_path / "stale.yaml"
+    url = f"{account_server.url}/v1/chat/completions"
+    with cassette(path):
+        httpx.post(url, json={"q": 1})
+    assert path.is_file()
+    with cassette(path, mode="record"):
+        pass  # the code under test no longer calls the provider
+    assert not path.exists()
+
+    def fails_after_a_call() -> None:
+        with cassette(path, mode="record"):
+            httpx.post(url, json={"q": 1})
+            raise RuntimeError("a failed block writes nothing")
+
+    with pytest.raises(RuntimeError):
+        fails_after_a_call()
+    assert not path.exists()
+
+
+REPLAY_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_cassettes import run_calls, usage_rows
+from comptroller.control.testing import cassette
+
+cassette_file, base_url, db_file = Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+with cassette(cassette_file, mode="replay"):
+    answers = run_calls(base_url, "anthropic", "claude-sonnet-4-5", db_file)
+print(json.dumps(answers))
+"""
+
+
+def test_a_fresh_process_with_no_key_anywhere_replays_to_the_same_usage_rows(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What CI does: another process, no provider, no key in the environment, none in the
+    profile store (its data directory is empty)."""
+    path = tmp_path / "ci.yaml"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_SECRET)
+    with FakeAnthropicServer() as server:
+        server.behave(
+            "claude-sonnet-4-5",
+            AnthropicBehaviour(
+                content=echo, input_tokens=64, output_tokens=8, cache_read_tokens=32
+            ),
+        )
+        with cassette(path):
+            recorded = run_calls(
+                server.base_url, "anthropic", "claude-sonnet-4-5", data_dir / "r.db"
+            )
+        base_url = server.base_url
+    assert ANTHROPIC_SECRET not in path.read_text()
+
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.endswith(("_API_KEY", "_ORG_ID", "_PROJECT_ID"))
+    }
+    environment["COMPTROLLER_DATA_DIR"] = str(tmp_path / "ci-data")
+    replay_db = tmp_path / "ci-data" / "replayed.duckdb"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            REPLAY_SCRIPT,
+            str(Path(__file__).parent),
+            str(path),
+            base_url,
+            str(replay_db),
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == recorded
+    assert usage_rows(replay_db) == usage_rows(data_dir / "r.db")
