@@ -24,6 +24,7 @@ import functools
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -40,6 +41,31 @@ if TYPE_CHECKING:
 NO_CREDENTIAL = "comptroller-no-credential"
 """API key sent to an OpenAI-compatible endpoint when the profile has no credential
 (local servers and cassette replay ignore it)."""
+
+_replays = 0
+_replays_lock = threading.Lock()
+
+
+@contextmanager
+def keyless_replay() -> Iterator[None]:
+    """While open, a model of a public endpoint without a credential builds with
+    `NO_CREDENTIAL` instead of failing: a cassette replays its answers, so nothing reaches
+    the provider. Process-wide, as the cassette's patching of the HTTP clients is; the
+    environment is left alone."""
+    global _replays
+    with _replays_lock:
+        _replays += 1
+    try:
+        yield
+    finally:
+        with _replays_lock:
+            _replays -= 1
+
+
+def _keyless(spec: ModelSpec) -> bool:
+    """Whether `spec` may be built without a credential: a local or proxied endpoint (its
+    own `base_url`), or a cassette replaying."""
+    return spec.base_url is not None or _replays > 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,13 +97,14 @@ def openai_api_key(spec: ModelSpec) -> str | None:
     """
     api_key = spec.api_key
     if api_key is None:
-        if spec.base_url is None and not os.environ.get("OPENAI_API_KEY"):
+        if spec.base_url is None and os.environ.get("OPENAI_API_KEY"):
+            return None  # the SDK reads it
+        if not _keyless(spec):
             raise UsageError(
                 f"no credential for {spec.provider}:{spec.model}: set OPENAI_API_KEY, or give "
                 "the profile a credential (comptroller credentials set …)"
             )
-        if spec.base_url is not None:
-            api_key = os.environ.get("OPENAI_API_KEY") or NO_CREDENTIAL
+        api_key = os.environ.get("OPENAI_API_KEY") or NO_CREDENTIAL
     return api_key
 
 
@@ -113,7 +140,7 @@ def anthropic_chat_model(spec: ModelSpec) -> BaseChatModel:
 
     api_key = spec.api_key or os.environ.get("ANTHROPIC_API_KEY")
     if api_key is None:
-        if spec.base_url is None:
+        if not _keyless(spec):
             raise UsageError(
                 f"no credential for {spec.provider}:{spec.model}: set ANTHROPIC_API_KEY, or "
                 "give the profile a credential (comptroller credentials set …)"
@@ -225,7 +252,7 @@ def google_chat_model(spec: ModelSpec) -> BaseChatModel:
 
     api_key = spec.api_key or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")
     if api_key is None:
-        if spec.base_url is None:
+        if not _keyless(spec):
             raise UsageError(
                 f"no credential for {spec.provider}:{spec.model}: set GOOGLE_API_KEY (or "
                 "GEMINI_API_KEY), or give the profile a credential (comptroller credentials "

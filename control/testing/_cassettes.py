@@ -20,9 +20,9 @@ cassette. What this module adds to vcrpy:
   query: a streamed call and a buffered one, or two prompts, differ in their JSON bodies
   (compared as JSON, so key order does not matter), while keys, SDK versions and retry
   counters — which differ between the recording run and CI — live in headers and query;
-- replay needs no credential: while a cassette replays, `OPENAI_API_KEY`,
-  `ANTHROPIC_API_KEY` and `GOOGLE_API_KEY` are set to a placeholder when unset, so a
-  guarded model for the public endpoints still builds;
+- replay needs no credential: while a cassette replays, a guarded model of a public
+  endpoint without a key builds with a placeholder instead of failing (the provider
+  factories are told, `keyless_replay`); the environment is left as it is;
 - a request the cassette does not hold fails the test with `CassetteMiss`, naming the
   request and the file and saying how to re-record, whatever the guarded call made of
   vcrpy's error first (raised as is, or wrapped by the SDK into a connection failure that
@@ -44,7 +44,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from comptroller.control._providers import NO_CREDENTIAL
+from comptroller.control._providers import NO_CREDENTIAL, keyless_replay
 from comptroller.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -104,14 +104,6 @@ _MATCH_ON = ("method", "scheme", "host", "port", "path", "body")
 _OTLP_PATHS = ("/v1/traces", "/v1/logs", "/v1/metrics")
 _FORM = "application/x-www-form-urlencoded"
 
-# Variable → the variables any of which already gives the provider factory a key.
-_PLACEHOLDER_KEYS: dict[str, tuple[str, ...]] = {
-    "OPENAI_API_KEY": ("OPENAI_API_KEY",),
-    "ANTHROPIC_API_KEY": ("ANTHROPIC_API_KEY",),
-    "GOOGLE_API_KEY": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
-}
-_ENV_LOCK = threading.Lock()
-
 
 class CassetteMiss(UsageError):
     """A replayed test made a request its cassette does not hold.
@@ -154,7 +146,7 @@ class Cassette:
         self.mode: CassetteMode = mode
         self._vcr_context: AbstractContextManager[Any] | None = None
         self._vcr_cassette: Any = None
-        self._placed: dict[str, str | None] = {}
+        self._keyless: AbstractContextManager[None] | None = None
         self._replaying = False
 
     @property
@@ -189,7 +181,8 @@ class Cassette:
             self.mode == "once" and bool(self._vcr_cassette.rewound)
         )
         if self._replaying:
-            self._placed = _place_keys()
+            self._keyless = keyless_replay()
+            self._keyless.__enter__()
         return self
 
     def __exit__(
@@ -201,8 +194,9 @@ class Cassette:
         context, vcr_cassette = self._vcr_context, self._vcr_cassette
         self._vcr_context = self._vcr_cassette = None
         self._replaying = False
-        _remove_keys(self._placed)
-        self._placed = {}
+        if self._keyless is not None:
+            self._keyless.__exit__(None, None, None)
+            self._keyless = None
         if context is None:
             return
         # vcrpy writes nothing when nothing was recorded: a re-recording whose block made no
@@ -472,27 +466,3 @@ def _is_token_request(request: Any) -> bool:
             return False
         return isinstance(document, dict) and "grant_type" in document
     return False
-
-
-def _place_keys() -> dict[str, str | None]:
-    """Set a placeholder key for each provider without one; returns what each variable held
-    before (None: unset)."""
-    placed: dict[str, str | None] = {}
-    with _ENV_LOCK:
-        for name, any_of in _PLACEHOLDER_KEYS.items():
-            if not any(os.environ.get(variable) for variable in any_of):
-                placed[name] = os.environ.get(name)
-                os.environ[name] = NO_CREDENTIAL
-    return placed
-
-
-def _remove_keys(placed: dict[str, str | None]) -> None:
-    with _ENV_LOCK:
-        for name, before in placed.items():
-            # Left alone if the code under test set its own value meanwhile.
-            if os.environ.get(name) != NO_CREDENTIAL:
-                continue
-            if before is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = before

@@ -244,7 +244,7 @@ def test_a_gemini_recording_replays_with_its_key_filtered(
     assert usage_rows(data_dir / "rep.duckdb") == rows
 
 
-def test_replay_builds_a_public_endpoint_model_with_no_key_and_restores_the_environment(
+def test_replay_builds_a_public_endpoint_model_with_no_key_and_leaves_the_environment_alone(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "public.yaml"
@@ -257,19 +257,52 @@ def test_replay_builds_a_public_endpoint_model_with_no_key_and_restores_the_envi
         path.write_text(path.read_text().replace(server.base_url, "https://api.openai.com/v1"))
     no_provider_keys(monkeypatch)
     monkeypatch.setenv("GEMINI_API_KEY", "a-gemini-key-of-the-developer")
+    before = dict(os.environ)
 
     with pytest.raises(UsageError, match="set OPENAI_API_KEY"):  # what replay has to get past
         run_calls(None, "openai", "gpt-4o-mini", data_dir / "b.duckdb")
     with cassette(path):
-        assert os.environ["OPENAI_API_KEY"] == os.environ["ANTHROPIC_API_KEY"]
-        assert "GOOGLE_API_KEY" not in os.environ  # Gemini already has a key
+        assert dict(os.environ) == before  # a subprocess or another thread sees no placeholder
         replayed = run_calls(None, "openai", "gpt-4o-mini", data_dir / "c.duckdb")
 
     assert replayed == recorded
-    assert "OPENAI_API_KEY" not in os.environ
-    assert "ANTHROPIC_API_KEY" not in os.environ
-    assert os.environ["GEMINI_API_KEY"] == "a-gemini-key-of-the-developer"
+    assert dict(os.environ) == before
     assert usage_rows(data_dir / "c.duckdb") == usage_rows(data_dir / "a.duckdb")
+    with pytest.raises(UsageError, match="set OPENAI_API_KEY"):  # and only while it replays
+        run_calls(None, "openai", "gpt-4o-mini", data_dir / "d.duckdb")
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "variable", "field"),
+    [
+        ("openai", "gpt-4o-mini", "OPENAI_API_KEY", "openai_api_key"),
+        ("anthropic", "claude-sonnet-4-5", "ANTHROPIC_API_KEY", "anthropic_api_key"),
+        ("gcp.gemini", "gemini-2.5-flash", "GOOGLE_API_KEY", "google_api_key"),
+    ],
+)
+def test_a_public_endpoint_of_each_provider_builds_keyless_only_while_replaying(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    model: str,
+    variable: str,
+    field: str,
+) -> None:
+    from comptroller.control._providers import NO_CREDENTIAL, ModelSpec, ProviderRegistry
+
+    no_provider_keys(monkeypatch)
+    spec = ModelSpec(provider=provider, model=model)
+    registry = ProviderRegistry()
+    with pytest.raises(UsageError, match=f"set {variable}"):
+        registry.build(spec)
+    path = tmp_path / "empty.yaml"
+    path.write_text("interactions: []\nversion: 1\n")
+    with cassette(path, mode="replay"):
+        built = registry.build(spec)
+        assert variable not in os.environ
+    assert getattr(built, field).get_secret_value() == NO_CREDENTIAL
+    with pytest.raises(UsageError, match=f"set {variable}"):
+        registry.build(spec)
 
 
 MISSABLE = {
