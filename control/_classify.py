@@ -19,6 +19,7 @@ it only as its cause (429, 401, 403, 404, 400 lose their status and Retry-After 
 from __future__ import annotations
 
 import email.utils
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -177,6 +178,23 @@ def _google_status(exc: BaseException) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
+def _google_retry_delay(exc: BaseException) -> float | None:
+    """The `retryDelay` of a google.rpc.RetryInfo in a Gemini error body ("37s"): Gemini
+    says when to retry there, not in a Retry-After header."""
+    details: Any = getattr(exc, "details", None)
+    error = details.get("error", details) if isinstance(details, dict) else None
+    items = error.get("details") if isinstance(error, dict) else None
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = str(item.get("retryDelay") or "")
+            try:
+                seconds = float(delay.removesuffix("s"))
+            except ValueError:
+                return None
+            return max(0.0, seconds) if math.isfinite(seconds) else None
+    return None
+
+
 def classify(exc: BaseException) -> Classified:
     """Classify an exception raised by (or instead of) a provider attempt.
 
@@ -206,11 +224,14 @@ def classify(exc: BaseException) -> Classified:
         if status == 402 or (status in (400, 403, 429) and code in _QUOTA_CODES):
             return Classified(kind="quota", error_type=error_type, status=status, rejected=True)
         if status in _TRANSPORT_STATUS or status >= 500:
+            retry_after = _retry_after(exc)
+            if retry_after is None and google_error is not None:
+                retry_after = _google_retry_delay(exc)
             return Classified(
                 kind="transport",
                 error_type=error_type,
                 status=status,
-                retry_after_s=_retry_after(exc),
+                retry_after_s=retry_after,
                 rejected=True,
             )
         return Classified(kind="other", error_type=error_type, status=status, rejected=True)

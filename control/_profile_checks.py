@@ -18,6 +18,7 @@ from comptroller.control._profile_errors import (
 from comptroller.control._profile_events import ModelCatalog
 from comptroller.control._profile_types import ModelRef
 from comptroller.control._profiles import Scope
+from comptroller.control._provider_names import canonical_provider
 from comptroller.control._purposes import Purpose
 from comptroller.control._resolution import Resolution
 
@@ -62,6 +63,22 @@ def _check_models_known(
                 "registry (or `control.known_models`), or use a purpose whose override "
                 f"class is 'open'{hint}"
             )
+
+
+def _check_chain_providers(scope: Scope, after: Resolution | None) -> None:
+    """Refuse a chain whose fallbacks leave the model's provider while the profile does not
+    allow it: such a fallback would be accepted and then never tried."""
+    if after is None or after.profile.allow_cross_provider:
+        return
+    profile = after.profile
+    own = canonical_provider(profile.model.provider)
+    crossing = [str(ref) for ref in profile.fallbacks if canonical_provider(ref.provider) != own]
+    if crossing:
+        raise ProfileRefused(
+            f"{scope}/{profile.purpose}: fallback {', '.join(crossing)} leaves the model's "
+            f"provider {own!r} and would never be tried; allow it with --cross-provider "
+            "(allow_cross_provider = true) or remove the fallback"
+        )
 
 
 def _check_credentials(

@@ -23,7 +23,12 @@ from comptroller.control._credential_crypto import MasterKeySource
 from comptroller.control._credentials import CredentialStore
 from comptroller.control._governance import Actor, authorize_profile_change
 from comptroller.control._profile_audit import _audit_change, _Change, _emit_change
-from comptroller.control._profile_checks import _chain_of, _check_credentials, _check_models_known
+from comptroller.control._profile_checks import (
+    _chain_of,
+    _check_chain_providers,
+    _check_credentials,
+    _check_models_known,
+)
 from comptroller.control._profile_errors import (
     PermissionDenied,
     ProfileRefused,
@@ -203,6 +208,7 @@ class ProfileService(_ProfileReads):
             base = ProfileSpec() if replace or current is None else current.spec
             new_spec = base.updated(spec, unset=unset)
             before, after = self._effect(connection, scope, purpose, new_spec)
+            _check_chain_providers(scope, after)
             check_credentials = set(spec.models())
             if spec.credential_source is not None or spec.credential_ref is not None:
                 check_credentials |= (
@@ -292,6 +298,7 @@ class ProfileService(_ProfileReads):
             authorize_profile_change(actor, scope, definition, target.spec, recorded_org=recorded)
             _check_models_known(self.catalog, definition, target.spec.models())
             before, after = self._effect(connection, scope, purpose, target.spec)
+            _check_chain_providers(scope, after)
             models = {after.profile.model, *after.profile.fallbacks} if after else set()
             _check_credentials(
                 self.credentials, self.keyless_providers, connection, scope, after, models

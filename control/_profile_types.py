@@ -25,7 +25,7 @@ class ModelRef:
 
     provider: str
     """Provider id as the OpenTelemetry conventions name it (`openai`, `anthropic`,
-    `gcp.gemini`, …); `parse` and profile writes turn aliases (`google`) into it."""
+    `gcp.gemini`, …); an alias given (`google`) is turned into it."""
     model: str
     """The provider's model id."""
     base_url: str | None = None
@@ -34,6 +34,10 @@ class ModelRef:
     provider's default. Lets a fallback chain cross to another provider's endpoint."""
 
     def __post_init__(self) -> None:
+        canonical = canonical_provider(self.provider)
+        if canonical != self.provider:
+            # One provider, one name: rows, spans, circuits and chains compare it as text.
+            object.__setattr__(self, "provider", canonical)
         if self.base_url is not None:
             # Checked here, not only in `parse`: a ref is stored as text and read back with
             # `parse`, which finds the endpoint by its `@http(s)://`.

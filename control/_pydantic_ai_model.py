@@ -69,6 +69,9 @@ class RequestBinder(Binder):
         self.response_format = response_format
         # Once per binding, as `ToolsBinder` does: the tools' tokens are in every request.
         self.tool_tokens = estimate_tool_tokens(tools)
+        cap = settings.get("max_tokens")
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+            self.max_output_tokens = cap  # what every request may produce: reserved for
 
     def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
         runnable: Runnable[Any, Any] = model

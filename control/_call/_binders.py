@@ -29,6 +29,9 @@ class Binder:
     """Validation errors are returned in the result (`include_raw=True`), not raised."""
     tool_tokens = 0
     """Input tokens the bound tools add to every request (counted in the reservation)."""
+    max_output_tokens: int | None = None
+    """The output cap every request of this binding sends (pydantic-ai's `max_tokens`
+    setting), reserved for instead of the profile's."""
     may_estimate = False
     """Results are not chat answers: they may carry usage the provider did not report
     (`usage_estimated`) and describe themselves on the span (`note_result`)."""

@@ -106,6 +106,8 @@ class CallFlow(AttemptOutcomes):
         self.service_tier: str | None = None
         self.model_override: str | None = None
         self.attribution = of_call(config)
+        self.prep = prep = route.prepared()
+        self.max_output = prep.max_output
         if kwargs:
             # A per-call tier (flex, priority) is reserved at that tier's prices; a per-call
             # model is what the provider is asked for, so it is what is recorded and priced.
@@ -113,7 +115,10 @@ class CallFlow(AttemptOutcomes):
             self.service_tier = tier if isinstance(tier, str) else None
             override = kwargs.get("model") or kwargs.get("model_name")
             self.model_override = override if isinstance(override, str) else None
-        self.prep = route.prepared()
+            if prep.max_output:
+                self.max_output = _output_cap(kwargs) or self.max_output
+        if binder.max_output_tokens is not None and prep.max_output:
+            self.max_output = binder.max_output_tokens
         self.errors: list[Exception] = []
         self.chain_index = 0
         self.tries_on_model = 0
@@ -258,9 +263,16 @@ class CallFlow(AttemptOutcomes):
         if unreachable is not None:
             return unreachable  # one line, not a group of identical connection errors
         models = ", ".join(str(ref) for ref in self.prep.chain)
+        skipped = [str(ref) for ref in self.prep.profile.fallbacks if ref not in self.prep.chain]
+        note = (
+            f"; not tried: {', '.join(skipped)} (another provider: set allow_cross_provider "
+            "on the profile, `--cross-provider`, to fall back to it)"
+            if skipped
+            else ""
+        )
         return ExhaustedFallbacks(
             f"every model of the chain failed for purpose {self.route.scope.purpose!r} "
-            f"({models}; {len(self.errors)} errors)",
+            f"({models}; {len(self.errors)} errors){note}",
             self.errors,
         )
 
@@ -282,7 +294,7 @@ class CallFlow(AttemptOutcomes):
                 at.ref.provider,
                 at.model,
                 input_tokens=self.input_tokens,
-                max_output_tokens=self.prep.max_output,
+                max_output_tokens=self.max_output,
                 at=core.clock.time(),
                 service_tier=self.service_tier,
                 org=self.route.scope.org,
@@ -295,7 +307,7 @@ class CallFlow(AttemptOutcomes):
         return Admit(
             guard,
             self.prep.guard_key,
-            self.input_tokens + self.prep.max_output,
+            self.input_tokens + self.max_output,
             reserve,
             profile.rate_limit,
             profile.budget,
@@ -358,3 +370,17 @@ class CallFlow(AttemptOutcomes):
                 self.attribution,
             )
         )
+
+
+_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _output_cap(kwargs: dict[str, Any]) -> int | None:
+    """The output cap a call's own keywords send (`invoke(x, max_tokens=…)`, `.bind(…)`):
+    what the request may produce, so what its reservation covers, above or below the
+    profile's."""
+    for name in _OUTPUT_CAPS:
+        value = kwargs.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

@@ -52,6 +52,7 @@ class AttemptOutcomes:
         "core",
         "errors",
         "input_tokens",
+        "max_output",
         "outcome",
         "prep",
         "renewed",
@@ -69,6 +70,7 @@ class AttemptOutcomes:
     tries_on_model: int
     outcome: str
     input_tokens: int
+    max_output: int
     renewed: bool
 
     def _price(self, at: Attempt, response_model: str) -> None:
@@ -108,7 +110,7 @@ class AttemptOutcomes:
         if at.ticket is None or guard is None:
             return None
         if tokens is None:
-            tokens = self.input_tokens + self.prep.max_output
+            tokens = self.input_tokens + self.max_output
         return Settle(
             guard,
             at.ticket,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from comptroller.control.testing import _replies
 from comptroller.control.testing._http_server import ScriptedReply, ScriptedServer
 
 _ERROR_TYPES: dict[str, str] = {
@@ -50,6 +51,28 @@ class AnthropicBehaviour:
     web_search_requests: int = 0
     """Web searches the answer reports it ran (`usage.server_tool_use.web_search_requests`,
     billed per search on top of the tokens)."""
+    tool_calls: (
+        Sequence[Mapping[str, Any]] | Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]]
+    ) = ()
+    """Tool calls to answer with (`{"name": …, "arguments": {…}}`; without `arguments`, a
+    minimal valid instance of the tool's `input_schema`), or a function of the request JSON
+    returning them: `tool_use` blocks, made only when the request sends `tools` and as its
+    `tool_choice` allows (`any` or a named tool makes a call even when none is scripted, as
+    `with_structured_output` relies on; `disable_parallel_tool_use` keeps the first)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_5m_tokens",
+            "cache_write_1h_tokens",
+            "web_search_requests",
+            "latency_s",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"AnthropicBehaviour.{name} must be >= 0, got {value}")
 
 
 class FakeAnthropicServer(ScriptedServer[AnthropicBehaviour, AnthropicReply]):
@@ -59,8 +82,12 @@ class FakeAnthropicServer(ScriptedServer[AnthropicBehaviour, AnthropicReply]):
     `content_block_start`/`content_block_delta`/`content_block_stop`, `message_delta` with
     the cumulative usage, `message_stop`, as the API sends them), reports cache reads and
     5-minute / 1-hour cache writes, and can be scripted per model: latency, 429 with
-    `retry-after`, 5xx, 529 overloaded, truncated streams. Point `ChatAnthropic` (or a
-    comptroller profile's `base_url`) at `base_url`. Use it as a context manager.
+    `retry-after`, 5xx, 529 overloaded, truncated streams. Answers the request as the API
+    does: `tool_use` blocks when `tools` are sent (obeying `tool_choice`; streamed as
+    `input_json_delta`s), JSON valid against the schema of `output_config.format` (or
+    `output_format`), text cut at `stop_sequences`; `POST /v1/messages/count_tokens` counts
+    as it would. Point `ChatAnthropic` (or a comptroller
+    profile's `base_url`) at `base_url`. Use it as a context manager.
 
     Example:
         >>> with FakeAnthropicServer() as server:  # doctest: +SKIP
@@ -77,13 +104,58 @@ class FakeAnthropicServer(ScriptedServer[AnthropicBehaviour, AnthropicReply]):
 
         Args:
             default: Behaviour of models not configured with `behave`.
+
+        Raises:
+            TypeError: `default` is not an `AnthropicBehaviour`.
         """
+        if default is not None and not isinstance(default, AnthropicBehaviour):
+            raise TypeError(
+                f"{type(self).__name__} takes an AnthropicBehaviour, not {type(default).__name__}"
+            )
         super().__init__(default or AnthropicBehaviour())
 
     @property
     def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`: the `base_url` for ChatAnthropic (the SDK adds `/v1`)."""
+        """`http://127.0.0.1:<port>`: the `base_url` for ChatAnthropic (the SDK adds `/v1`).
+
+        Raises:
+            RuntimeError: The server is not started.
+        """
+        if not self.port:
+            # Port 0 would send the SDK to a URL nothing listens on, failing far from here.
+            raise RuntimeError(
+                f"{type(self).__name__} is not started: use it as a context manager "
+                f"(`with {type(self).__name__}() as server:`) or call start() first"
+            )
         return f"http://127.0.0.1:{self.port}"
+
+    def behave(self, model: str, behaviour: AnthropicBehaviour) -> None:
+        """Answer requests for `model` with `behaviour`.
+
+        Raises:
+            TypeError: `behaviour` is not an `AnthropicBehaviour` (another server's behaviour would
+                fail inside the server, where the test sees only an HTTP 500).
+        """
+        if not isinstance(behaviour, AnthropicBehaviour):
+            raise TypeError(
+                f"{type(self).__name__}.behave takes an AnthropicBehaviour, not "
+                f"{type(behaviour).__name__}"
+            )
+        super().behave(model, behaviour)
+
+    def script(self, model: str, *replies: AnthropicReply) -> None:
+        """Answer the next requests for `model` with `replies`, in order, then normally.
+
+        Raises:
+            TypeError: A reply is not a `AnthropicReply` (e.g. `AnthropicReply.overloaded()`).
+        """
+        for reply in replies:
+            if not isinstance(reply, ScriptedReply):
+                raise TypeError(
+                    f"{type(self).__name__}.script takes AnthropicReply values (e.g. "
+                    f"AnthropicReply.rate_limited(retry_after_s=2)), not {type(reply).__name__}"
+                )
+        super().script(model, *replies)
 
     def request_count(self, model: str | None = None) -> int:
         """Requests received (for `model` only if given)."""
@@ -132,10 +204,23 @@ class FakeAnthropicServer(ScriptedServer[AnthropicBehaviour, AnthropicReply]):
                 headers=conn,
             )
 
+        async def count_tokens(request: Request) -> Response:
+            # What `ChatAnthropic.get_num_tokens_from_messages` asks; not a model call, so
+            # neither recorded nor scripted.
+            body = await request.json()
+            with self._lock:
+                behaviour = self._state(str(body.get("model", ""))).behaviour
+            return JSONResponse(
+                {"input_tokens": _input_tokens(body, behaviour)},
+                headers={"connection": "close"},
+            )
+
         return Starlette(
             routes=[
                 Route("/v1/messages", messages, methods=["POST"]),
                 Route("/messages", messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+                Route("/messages/count_tokens", count_tokens, methods=["POST"]),
             ]
         )
 
@@ -146,14 +231,36 @@ def _answer(
     content = reply.content
     if content is None:
         content = behaviour.content(body) if callable(behaviour.content) else behaviour.content
-    prompt_chars = sum(len(json.dumps(m.get("content") or "")) for m in body.get("messages", []))
-    input_tokens = (
-        behaviour.input_tokens if behaviour.input_tokens is not None else prompt_chars // 4 + 8
+    output_format = (body.get("output_config") or {}).get("format") or body.get("output_format")
+    if isinstance(output_format, Mapping) and output_format.get("type") == "json_schema":
+        content = _replies.structured_content(output_format.get("schema") or {}, content)
+    stop_sequence = _first_stop(content, body.get("stop_sequences"))
+    if stop_sequence is not None:
+        content = content[: content.index(stop_sequence)]
+    scripted = (
+        behaviour.tool_calls(body) if callable(behaviour.tool_calls) else behaviour.tool_calls
+    )
+    calls = _replies.anthropic_tool_calls(body, scripted)
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "tool_use",
+            "id": f"toolu_fake{number}_{index}",
+            "name": call["name"],
+            "input": call["arguments"],
+        }
+        for index, call in enumerate(calls)
+    ]
+    if not calls:
+        blocks.append({"type": "text", "text": content})
+    input_tokens = _input_tokens(body, behaviour)
+    said = " ".join(
+        str(block["text"]) if block["type"] == "text" else json.dumps(block["input"])
+        for block in blocks
     )
     output_tokens = (
         behaviour.output_tokens
         if behaviour.output_tokens is not None
-        else max(1, len(content.split()))
+        else max(1, len(said.split()))
     )
     writes = behaviour.cache_write_5m_tokens + behaviour.cache_write_1h_tokens
     server_tools = (
@@ -161,14 +268,15 @@ def _answer(
         if behaviour.web_search_requests
         else {}
     )
+    stop_reason = "tool_use" if calls else "stop_sequence" if stop_sequence else "end_turn"
     return {
         "id": f"msg_fake{number}",
         "type": "message",
         "role": "assistant",
         "model": behaviour.response_model or body.get("model"),
-        "content": [{"type": "text", "text": content}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
+        "content": blocks,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
         "usage": {
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
@@ -184,6 +292,20 @@ def _answer(
     }
 
 
+def _input_tokens(body: Mapping[str, Any], behaviour: AnthropicBehaviour) -> int:
+    """Uncached input tokens of a request: the behaviour's, else ~ 1 per 4 characters."""
+    if behaviour.input_tokens is not None:
+        return behaviour.input_tokens
+    prompt_chars = sum(len(json.dumps(m.get("content") or "")) for m in body.get("messages", []))
+    return prompt_chars // 4 + 8
+
+
+def _first_stop(content: str, stop: Any) -> str | None:
+    """The stop sequence the text meets first (Anthropic reports which one), if any."""
+    found = [(content.index(s), s) for s in stop or () if isinstance(s, str) and s and s in content]
+    return min(found)[1] if found else None
+
+
 async def _events(
     answer: Mapping[str, Any], behaviour: AnthropicBehaviour, *, truncated: bool
 ) -> AsyncIterator[bytes]:
@@ -193,31 +315,51 @@ async def _events(
         return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
     usage = answer["usage"]
-    text = answer["content"][0]["text"]
-    pieces = [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
-    pause = behaviour.latency_s / max(1, len(pieces)) if behaviour.latency_s else 0.0
+    blocks = answer["content"]
+    words = sum(len(str(block.get("text", "")).split(" ")) for block in blocks)
+    pause = behaviour.latency_s / max(1, words) if behaviour.latency_s else 0.0
     # `message_start` holds the input side (and 1 output token so far), as the API does.
-    start = {**answer, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    start = {
+        **answer,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
     yield event("message_start", {"type": "message_start", "message": start})
-    yield event(
-        "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-    )
-    yield event("ping", {"type": "ping"})
-    for piece in pieces:
-        if pause:
-            await asyncio.sleep(pause)
+    for index, block in enumerate(blocks):
+        if block["type"] == "text":
+            opened: dict[str, Any] = {"type": "text", "text": ""}
+            text = str(block["text"])
+            deltas = [
+                {"type": "text_delta", "text": word if i == 0 else " " + word}
+                for i, word in enumerate(text.split(" "))
+            ]
+        else:
+            opened = {**block, "input": {}}
+            arguments = json.dumps(block["input"], ensure_ascii=False)
+            size = max(1, len(arguments) // 3)
+            # The arguments in fragments, as the API streams them: clients must join them.
+            deltas = [
+                {"type": "input_json_delta", "partial_json": arguments[i : i + size]}
+                for i in range(0, len(arguments), size)
+            ]
         yield event(
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": piece},
-            },
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": opened},
         )
-        if truncated:
-            return
-    yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        if index == 0:
+            yield event("ping", {"type": "ping"})
+        for delta in deltas:
+            if pause and delta["type"] == "text_delta":
+                await asyncio.sleep(pause)
+            yield event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
+            if truncated:
+                return
+        yield event("content_block_stop", {"type": "content_block_stop", "index": index})
     # The final usage is cumulative; like the API, it carries the cache counts but not the
     # `cache_creation` split by lifetime (that is only in `message_start`).
     final = {
@@ -235,7 +377,10 @@ async def _events(
         "message_delta",
         {
             "type": "message_delta",
-            "delta": {"stop_reason": answer["stop_reason"], "stop_sequence": None},
+            "delta": {
+                "stop_reason": answer["stop_reason"],
+                "stop_sequence": answer["stop_sequence"],
+            },
             "usage": final,
         },
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from comptroller.control.testing import _replies
 from comptroller.control.testing._http_server import ScriptedReply, ScriptedServer
 
 _ERROR_STATUS: dict[int, str] = {
@@ -49,6 +50,26 @@ class GeminiBehaviour:
     """Delay before answering (and between streamed chunks, divided by their number)."""
     response_model: str | None = None
     """`modelVersion` reported in the answer (default: the requested model)."""
+    tool_calls: (
+        Sequence[Mapping[str, Any]] | Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]]
+    ) = ()
+    """Function calls to answer with (`{"name": …, "arguments": {…}}`; without `arguments`,
+    a minimal valid instance of the declaration's parameters), or a function of the request
+    JSON returning them: `functionCall` parts, made only when the request declares functions
+    and as `toolConfig.functionCallingConfig` allows (`ANY`, or one allowed name, makes a
+    call even when none is scripted, as `with_structured_output` relies on)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "prompt_tokens",
+            "candidates_tokens",
+            "cached_tokens",
+            "thoughts_tokens",
+            "latency_s",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"GeminiBehaviour.{name} must be >= 0, got {value}")
 
 
 class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
@@ -57,9 +78,15 @@ class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
     Serves `POST /v1beta/models/{model}:generateContent` and
     `:streamGenerateContent?alt=sse` (server-sent `GenerateContentResponse` chunks, the last
     with the finish reason), reports `usageMetadata` with cached-content and thinking
-    tokens, and can be scripted per model: latency, 429 with `retry-after`, 5xx, 529,
-    truncated streams. Point `ChatGoogleGenerativeAI(base_url=…)` (or a comptroller
-    profile's `base_url`) at `base_url`. Use it as a context manager.
+    tokens, and can be scripted per model: latency, 429 with `retry-after` (and, as Gemini
+    says it, a `google.rpc.RetryInfo` `retryDelay` in the body), 5xx, 529, truncated
+    streams. Answers the request as the API does: `functionCall` parts when
+    functions are declared (obeying `toolConfig`), JSON valid against
+    `generationConfig.responseJsonSchema` / `responseSchema` (a JSON object for
+    `responseMimeType: application/json` alone), text cut at `stopSequences`; `:countTokens`
+    counts as it would. Point
+    `ChatGoogleGenerativeAI(base_url=…)` (or a comptroller profile's `base_url`) at
+    `base_url`. Use it as a context manager.
 
     Example:
         >>> with FakeGeminiServer() as server:  # doctest: +SKIP
@@ -77,7 +104,14 @@ class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
 
         Args:
             default: Behaviour of models not configured with `behave`.
+
+        Raises:
+            TypeError: `default` is not a `GeminiBehaviour`.
         """
+        if default is not None and not isinstance(default, GeminiBehaviour):
+            raise TypeError(
+                f"{type(self).__name__} takes a GeminiBehaviour, not {type(default).__name__}"
+            )
         super().__init__(default or GeminiBehaviour())
         self.request_models: list[str] = []
         """The model of every request (it is in the path, not the body), in order."""
@@ -85,8 +119,46 @@ class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
     @property
     def base_url(self) -> str:
         """`http://127.0.0.1:<port>`: the `base_url` for ChatGoogleGenerativeAI (the SDK adds
-        `/v1beta/models/…`)."""
+        `/v1beta/models/…`).
+
+        Raises:
+            RuntimeError: The server is not started.
+        """
+        if not self.port:
+            # Port 0 would send the SDK to a URL nothing listens on, failing far from here.
+            raise RuntimeError(
+                f"{type(self).__name__} is not started: use it as a context manager "
+                f"(`with {type(self).__name__}() as server:`) or call start() first"
+            )
         return f"http://127.0.0.1:{self.port}"
+
+    def behave(self, model: str, behaviour: GeminiBehaviour) -> None:
+        """Answer requests for `model` with `behaviour`.
+
+        Raises:
+            TypeError: `behaviour` is not a `GeminiBehaviour` (another server's behaviour would
+                fail inside the server, where the test sees only an HTTP 500).
+        """
+        if not isinstance(behaviour, GeminiBehaviour):
+            raise TypeError(
+                f"{type(self).__name__}.behave takes a GeminiBehaviour, not "
+                f"{type(behaviour).__name__}"
+            )
+        super().behave(model, behaviour)
+
+    def script(self, model: str, *replies: GeminiReply) -> None:
+        """Answer the next requests for `model` with `replies`, in order, then normally.
+
+        Raises:
+            TypeError: A reply is not a `GeminiReply` (e.g. `GeminiReply.overloaded()`).
+        """
+        for reply in replies:
+            if not isinstance(reply, ScriptedReply):
+                raise TypeError(
+                    f"{type(self).__name__}.script takes GeminiReply values (e.g. "
+                    f"GeminiReply.rate_limited(retry_after_s=2)), not {type(reply).__name__}"
+                )
+        super().script(model, *replies)
 
     def request_count(self, model: str | None = None) -> int:
         """Requests received (for `model` only if given)."""
@@ -104,6 +176,17 @@ class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
         async def generate(request: Request) -> Response:
             model, _, method = str(request.path_params["target"]).partition(":")
             model = model.removeprefix("models/")
+            if method == "countTokens":
+                # What `ChatGoogleGenerativeAI.get_num_tokens` asks; not a model call, so
+                # neither recorded nor scripted.
+                counted = await request.json()
+                request_body = counted.get("generateContentRequest") or counted
+                with self._lock:
+                    behaviour = self._state(model).behaviour
+                return JSONResponse(
+                    {"totalTokens": _prompt_tokens(request_body, behaviour)},
+                    headers={"connection": "close"},
+                )
             if method not in ("generateContent", "streamGenerateContent"):
                 return JSONResponse(
                     {
@@ -131,17 +214,21 @@ class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
                 if reply.retry_after_s is not None:
                     headers["retry-after"] = f"{reply.retry_after_s:g}"
                 status = _ERROR_STATUS.get(reply.status, "INTERNAL")
-                return JSONResponse(
-                    {
-                        "error": {
-                            "code": reply.status,
-                            "message": f"scripted {reply.kind}",
-                            "status": status,
+                error: dict[str, Any] = {
+                    "code": reply.status,
+                    "message": f"scripted {reply.kind}",
+                    "status": status,
+                }
+                if reply.retry_after_s is not None:
+                    # Gemini says when to retry in the body (google.rpc.RetryInfo); the
+                    # header above serves clients that only read Retry-After.
+                    error["details"] = [
+                        {
+                            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                            "retryDelay": f"{reply.retry_after_s:g}s",
                         }
-                    },
-                    status_code=reply.status,
-                    headers=headers,
-                )
+                    ]
+                return JSONResponse({"error": error}, status_code=reply.status, headers=headers)
             answer = _answer(model, body, behaviour, reply, number)
             if method == "generateContent":
                 return JSONResponse(answer, headers=conn)
@@ -169,16 +256,28 @@ def _answer(
     content = reply.content
     if content is None:
         content = behaviour.content(body) if callable(behaviour.content) else behaviour.content
-    prompt_chars = len(json.dumps(body.get("contents") or []))
-    prompt = (
-        behaviour.prompt_tokens
-        if behaviour.prompt_tokens is not None
-        else prompt_chars // 4 + 8 + behaviour.cached_tokens
+    config: Mapping[str, Any] = body.get("generationConfig") or {}
+    schema = config.get("responseJsonSchema") or config.get("responseSchema")
+    if schema:
+        content = _replies.structured_content(_replies.json_schema_of(schema), content)
+    elif config.get("responseMimeType") == "application/json":
+        content = _replies.structured_content(None, content)
+    content = _replies.cut_at_stop(content, config.get("stopSequences"))
+    scripted = (
+        behaviour.tool_calls(body) if callable(behaviour.tool_calls) else behaviour.tool_calls
     )
+    calls = _replies.gemini_function_calls(body, scripted)
+    parts: list[dict[str, Any]] = (
+        [{"functionCall": {"name": call["name"], "args": call["arguments"]}} for call in calls]
+        if calls
+        else [{"text": content}]
+    )
+    said = json.dumps([call["arguments"] for call in calls]) if calls else content
+    prompt = _prompt_tokens(body, behaviour)
     candidates = (
         behaviour.candidates_tokens
         if behaviour.candidates_tokens is not None
-        else max(1, len(content.split()))
+        else max(1, len(said.split()))
     )
     usage: dict[str, Any] = {
         "promptTokenCount": prompt,
@@ -193,7 +292,7 @@ def _answer(
     return {
         "candidates": [
             {
-                "content": {"parts": [{"text": content}], "role": "model"},
+                "content": {"parts": parts, "role": "model"},
                 "finishReason": "STOP",
                 "index": 0,
             }
@@ -204,18 +303,35 @@ def _answer(
     }
 
 
+def _prompt_tokens(body: Mapping[str, Any], behaviour: GeminiBehaviour) -> int:
+    """`promptTokenCount` of a request: the behaviour's, else ~ 1 per 4 characters of the
+    contents plus the cached tokens."""
+    if behaviour.prompt_tokens is not None:
+        return behaviour.prompt_tokens
+    return len(json.dumps(body.get("contents") or [])) // 4 + 8 + behaviour.cached_tokens
+
+
 async def _chunks(
     answer: Mapping[str, Any], behaviour: GeminiBehaviour, *, truncated: bool
 ) -> AsyncIterator[bytes]:
-    """The answer as `streamGenerateContent?alt=sse` streams it: one chunk per word, each
-    with the prompt counts; the last one with the finish reason and the full usage."""
+    """The answer as `streamGenerateContent?alt=sse` streams it: one chunk per word (function
+    calls in one chunk), each with the prompt counts; the last one with the finish reason
+    and the full usage."""
 
     def chunk(data: Mapping[str, Any]) -> bytes:
         return f"data: {json.dumps(data, ensure_ascii=False)}\r\n\r\n".encode()
 
     usage = answer["usageMetadata"]
-    text = answer["candidates"][0]["content"]["parts"][0]["text"]
-    pieces = [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
+    parts = answer["candidates"][0]["content"]["parts"]
+    # Text word by word; function calls whole, in one chunk, as Gemini streams them.
+    pieces: list[list[dict[str, Any]]] = (
+        [
+            [{"text": word if i == 0 else " " + word}]
+            for i, word in enumerate(str(parts[0]["text"]).split(" "))
+        ]
+        if "text" in parts[0]
+        else [list(parts)]
+    )
     pause = behaviour.latency_s / max(1, len(pieces)) if behaviour.latency_s else 0.0
     head = {key: answer[key] for key in ("modelVersion", "responseId")}
     for i, piece in enumerate(pieces):
@@ -223,7 +339,7 @@ async def _chunks(
             await asyncio.sleep(pause)
         last = i == len(pieces) - 1
         candidate: dict[str, Any] = {
-            "content": {"parts": [{"text": piece}], "role": "model"},
+            "content": {"parts": piece, "role": "model"},
             "index": 0,
         }
         if last:

@@ -3,13 +3,19 @@ Messages API server (the real `anthropic` SDK, no network)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import re
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
+from langchain_core.messages import AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from pydantic import BaseModel
 
 from comptroller import semconv
 from comptroller.config import load_settings
@@ -19,6 +25,7 @@ from comptroller.control import (
     CircuitPolicy,
     ControlPlane,
     ExhaustedFallbacks,
+    GuardedChatModel,
     MemoryGuard,
     ModelRef,
     ProviderError,
@@ -35,6 +42,7 @@ from comptroller.control.testing import (
     FakeOpenAIServer,
     InMemorySink,
     ModelBehaviour,
+    ServerReply,
 )
 from comptroller.errors import UsageError
 
@@ -324,3 +332,278 @@ def test_importing_the_control_plane_loads_no_anthropic_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# -- tools and structured output through the guarded model ----------------------------------
+
+
+class Verdict(BaseModel):
+    score: int
+    reason: str
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather of a city."""
+    return "sunny"
+
+
+def _joined(chunks: list[AIMessageChunk]) -> AIMessageChunk:
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole = whole + chunk
+    return whole
+
+
+async def test_tool_calls_come_back_buffered_and_streamed_and_each_is_priced(
+    server: FakeAnthropicServer,
+) -> None:
+    server.behave(
+        CLAUDE,
+        AnthropicBehaviour(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}]),
+    )
+    plane, sink, _ = make_plane(server)
+    expected = [("get_weather", {"city": "Paris"})]
+    with plane:
+        model = plane.chat_model("reasoning").bind_tools([get_weather])
+        buffered = model.invoke("Weather in Paris?")
+        streamed = _joined(list(model.stream("Weather in Paris?")))
+        astreamed = _joined([chunk async for chunk in model.astream("Weather in Paris?")])
+        # Given the tool's result, the model answers in text.
+        answer = model.invoke(
+            [
+                HumanMessage("Weather in Paris?"),
+                buffered,
+                ToolMessage("sunny", tool_call_id=buffered.tool_calls[0]["id"]),
+            ]
+        )
+        plane.flush()
+
+    for message in (buffered, streamed, astreamed):
+        assert [(c["name"], c["args"]) for c in message.tool_calls] == expected
+    assert answer.tool_calls == []
+    assert answer.content == "Hello from the fake Anthropic server."
+    assert server.requests[0]["tools"][0]["name"] == "get_weather"
+    rows = sink.usage_rows()
+    assert [r[semconv.OUTCOME] for r in rows] == ["ok"] * 4
+    assert all(Decimal(r[semconv.COST_USD]) > 0 for r in rows)
+
+
+def test_a_forced_tool_choice_is_obeyed_without_a_scripted_call(
+    server: FakeAnthropicServer,
+) -> None:
+    plane, _, _ = make_plane(server)
+    with plane:
+        model = plane.chat_model("reasoning")
+        free = model.bind_tools([get_weather]).invoke("hello")
+        forced = model.bind_tools([get_weather], tool_choice="get_weather").invoke("hello")
+
+    assert free.tool_calls == []
+    (call,) = forced.tool_calls
+    assert call["name"] == "get_weather"
+    # A minimal valid instance of the tool's parameters: a non-empty string.
+    assert call["args"]["city"] == "example"
+    assert server.requests[-1]["tool_choice"] == {"type": "tool", "name": "get_weather"}
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema"])
+def test_structured_output_parses_through_the_guarded_model(
+    server: FakeAnthropicServer, method: str
+) -> None:
+    plane, sink, _ = make_plane(server)
+    with plane:
+        structured = plane.chat_model("reasoning").with_structured_output(Verdict, method=method)
+        verdict = structured.invoke("Rate it")
+        streamed = list(structured.stream("Rate it"))[-1]
+        plane.flush()
+
+    assert isinstance(verdict, Verdict)
+    assert isinstance(streamed, Verdict)
+    assert [r[semconv.OUTCOME] for r in sink.usage_rows()] == ["ok", "ok"]
+
+
+def test_a_scripted_json_answer_is_returned_as_is_under_a_schema(
+    server: FakeAnthropicServer,
+) -> None:
+    server.behave(CLAUDE, AnthropicBehaviour(content='{"score": 4, "reason": "clear"}'))
+    plane, _, _ = make_plane(server)
+    with plane:
+        structured = plane.chat_model("reasoning").with_structured_output(
+            Verdict, method="json_schema"
+        )
+        assert structured.invoke("Rate it") == Verdict(score=4, reason="clear")
+
+
+def test_a_stop_sequence_cuts_the_answer_as_the_api_does(server: FakeAnthropicServer) -> None:
+    server.behave(CLAUDE, AnthropicBehaviour(content="alpha beta END gamma"))
+    plane, _, _ = make_plane(server)
+    with plane:
+        reply = plane.chat_model("reasoning").invoke("q", stop=["END"])
+
+    assert reply.content == "alpha beta "
+    assert reply.response_metadata["stop_reason"] == "stop_sequence"
+
+
+# -- the fake server refuses misuse where the test makes it ---------------------------------
+
+
+def test_the_fake_server_refuses_misuse_with_what_to_do_instead() -> None:
+    idle = FakeAnthropicServer()
+    with pytest.raises(RuntimeError, match="not started: use it as a context manager"):
+        _ = idle.base_url
+    with pytest.raises(TypeError, match="takes an AnthropicBehaviour, not ModelBehaviour"):
+        idle.behave(CLAUDE, ModelBehaviour())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes AnthropicReply values .* not ServerReply"):
+        idle.script(CLAUDE, ServerReply.server_error())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="takes an AnthropicBehaviour"):
+        FakeAnthropicServer(ModelBehaviour())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cache_read_tokens must be >= 0"):
+        AnthropicBehaviour(cache_read_tokens=-1)
+
+
+def test_the_fake_server_counts_tokens_as_the_api_does_without_recording_a_call(
+    server: FakeAnthropicServer,
+) -> None:
+    from langchain_anthropic import ChatAnthropic
+
+    bare = ChatAnthropic(model=CLAUDE, base_url=server.base_url, api_key="x", max_retries=0)  # type: ignore[call-arg]
+    counted = bare.get_num_tokens_from_messages([HumanMessage("one two three four")])
+
+    assert counted == len(json.dumps("one two three four")) // 4 + 8
+    server.behave(CLAUDE, AnthropicBehaviour(input_tokens=321))
+    assert bare.get_num_tokens_from_messages([HumanMessage("q")]) == 321
+    assert server.request_count() == 0
+
+
+@tool
+def current_time() -> str:
+    """The time now."""
+    return "noon"
+
+
+def test_a_forced_call_of_a_tool_without_parameters_has_empty_arguments(
+    server: FakeAnthropicServer,
+) -> None:
+    plane, _, _ = make_plane(server)
+    with plane:
+        model = plane.chat_model("reasoning").bind_tools([current_time], tool_choice="any")
+        (call,) = model.invoke("What time is it?").tool_calls
+
+    assert (call["name"], call["args"]) == ("current_time", {})
+
+
+# -- LangChain's standard integration suite: the guarded ChatAnthropic ----------------------
+# The suite builds models as `chat_model_class(**params)`; `_GuardedClaude` turns those
+# parameters into a profile and returns the plane's model for it. The server plays a model
+# that uses the tool the prompt names (`magic_function(3)` → `{"input": 3}`), as the
+# suite's prompts expect of a real one.
+
+
+def _last_user_text(request: Mapping[str, Any]) -> str:
+    for message in reversed(request.get("messages") or ()):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(str(block.get("text", "")) for block in content)
+            return str(content or "")
+    return ""
+
+
+def _brain(request: Mapping[str, Any]) -> list[dict[str, Any]]:
+    tools = [(str(t["name"]), t.get("input_schema") or {}) for t in request.get("tools") or ()]
+    if not tools:
+        return []
+    text = _last_user_text(request)
+    named = [tool for tool in tools if tool[0] in text]
+    name, schema = max(named, key=lambda tool: len(tool[0])) if named else tools[0]
+    properties: dict[str, Any] = schema.get("properties") or {}
+    positional = re.search(re.escape(name) + r"\(([^)]*)\)", text)
+    if positional is not None:
+        values = json.loads(f"[{positional.group(1)}]")
+        return [{"name": name, "arguments": dict(zip(properties, values, strict=False))}]
+    quoted = re.search(r"'([^']+)'", text)
+    strings = [key for key, spec in properties.items() if spec.get("type") == "string"]
+    if quoted is not None and strings:
+        arguments = {key: "example" for key in schema.get("required", strings)}
+        arguments[strings[0]] = quoted.group(1)
+        return [{"name": name, "arguments": arguments}]
+    return [{"name": name}]
+
+
+@pytest.fixture(scope="module")
+def standard_server() -> Iterator[FakeAnthropicServer]:
+    brain = AnthropicBehaviour(content="Hello! How can I help you today?", tool_calls=_brain)
+    with FakeAnthropicServer(brain) as running:
+        yield running
+
+
+class _ParamsProfiles:
+    """One profile per set of constructor parameters."""
+
+    def __init__(self) -> None:
+        self.base_url = ""
+        self._profiles: dict[str, ResolvedProfile] = {}
+
+    def purpose_for(self, params: Mapping[str, Any]) -> str:
+        # Keyed by the server too: a module fixture may be started again in the same worker.
+        purpose = f"standard-{abs(hash(repr((self.base_url, sorted(params.items())))))}"
+        self._profiles.setdefault(
+            purpose,
+            ResolvedProfile(
+                purpose=purpose,
+                model=ModelRef(provider="anthropic", model=str(params.get("model", CLAUDE))),
+                base_url=self.base_url,
+                defaults=CallDefaults(
+                    temperature=params.get("temperature"),
+                    max_tokens=params.get("max_tokens"),
+                    timeout_s=params.get("timeout"),
+                ),
+            ),
+        )
+        return purpose
+
+    def resolve(self, purpose: str, *, domain: str | None, org: str | None) -> ResolvedProfile:
+        return self._profiles[purpose]
+
+
+class _GuardedClaude(GuardedChatModel):
+    """Called with ChatAnthropic's constructor parameters, returns the plane's model for a
+    profile holding them (a `GuardedChatModel`, not an instance of this class)."""
+
+    plane: ClassVar[ControlPlane | None] = None
+    profiles: ClassVar[_ParamsProfiles] = _ParamsProfiles()
+
+    def __new__(cls, **params: Any) -> GuardedChatModel:  # type: ignore[misc]
+        assert cls.plane is not None, "the _plane fixture sets the plane"
+        # Retries are the plane's, stop sequences are per call: not profile fields.
+        kept = {k: v for k, v in params.items() if k in ("model", "temperature", "max_tokens")}
+        model = cls.plane.chat_model(cls.profiles.purpose_for(kept))
+        if "output_version" in params:
+            model = model.model_copy(update={"output_version": params["output_version"]})
+        return model
+
+
+class TestGuardedChatAnthropicStandard(ChatModelIntegrationTests):
+    chat_model_class = _GuardedClaude
+    has_tool_choice = True
+    supports_image_inputs = False
+    supports_json_mode = False
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": CLAUDE}
+
+    @pytest.fixture(autouse=True)
+    def _plane(self, standard_server: FakeAnthropicServer) -> Iterator[None]:
+        _GuardedClaude.profiles.base_url = standard_server.base_url
+        with ControlPlane(
+            load_settings(telemetry="none"),
+            resolver=_GuardedClaude.profiles,
+            guard=MemoryGuard(),
+            sink=InMemorySink(),
+            retry_policy=RetryPolicy(max_retries=0),
+            circuit_policy=CircuitPolicy(consecutive_failures=1000),
+        ) as plane:
+            _GuardedClaude.plane = plane
+            yield
+        _GuardedClaude.plane = None

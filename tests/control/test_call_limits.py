@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -150,3 +151,42 @@ def _max_tokens(n: int):  # type: ignore[no-untyped-def]
     from comptroller.control import CallDefaults
 
     return CallDefaults(max_tokens=n)
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens", "max_output_tokens"])
+def test_a_per_call_output_cap_is_what_the_reservation_covers(name: str) -> None:
+    # gpt-4o-mini output costs $0.60 a million tokens: 100 tokens reserve $0.00006, 100k
+    # reserve $0.06, more than the $0.01 cap.
+    r = rig(
+        FakeChatModel(responses={"reasoning": "ok"}),
+        {
+            "reasoning": profile(budget="0.01", defaults=_max_tokens(100)),
+            "scoring": profile("scoring", budget="0.01", defaults=_max_tokens(100_000)),
+        },
+    )
+    model = r.plane.chat_model("reasoning", domain="acme", context="c")
+    assert model.invoke("q").content == "ok"
+    with pytest.raises(BudgetExceeded) as caught:
+        model.invoke("q", **{name: 100_000})
+    assert caught.value.requested > Decimal("0.05")
+    with pytest.raises(BudgetExceeded):
+        model.bind(**{name: 100_000}).invoke("q")
+    # Below the profile's cap, a call's own cap reserves less and is admitted.
+    scoring = r.plane.chat_model("scoring", domain="acme", context="c")
+    with pytest.raises(BudgetExceeded):
+        scoring.invoke("q")
+    assert scoring.invoke("q", **{name: 100}).content == "ok"
+
+
+def test_a_pydantic_ai_max_tokens_setting_is_what_the_reservation_covers() -> None:
+    from pydantic_ai import Agent
+
+    r = rig(
+        FakeChatModel(responses={"reasoning": "ok"}),
+        {"reasoning": profile(budget="0.01", defaults=_max_tokens(100))},
+    )
+    agent = Agent(r.plane.pydantic_ai_model("reasoning", domain="acme", context="c"))
+    # `asyncio.run`, not `run_sync`: pydantic-ai leaves the loop of `run_sync` open.
+    assert asyncio.run(agent.run("q")).output == "ok"
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(agent.run("q", model_settings={"max_tokens": 100_000}))

@@ -3,13 +3,19 @@ local Gemini API server (the real `google-genai` SDK, no network)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import re
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
+from langchain_core.messages import AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from pydantic import BaseModel
 
 from comptroller import semconv
 from comptroller.config import load_settings
@@ -19,6 +25,7 @@ from comptroller.control import (
     CircuitPolicy,
     ControlPlane,
     ExhaustedFallbacks,
+    GuardedChatModel,
     MemoryGuard,
     ModelRef,
     ProviderError,
@@ -28,6 +35,7 @@ from comptroller.control import (
 )
 from comptroller.control._providers import ModelSpec, google_chat_model
 from comptroller.control.testing import (
+    AnthropicBehaviour,
     FakeClock,
     FakeGeminiServer,
     GeminiBehaviour,
@@ -133,7 +141,8 @@ async def test_invoke_ainvoke_stream_astream_land_one_row_each_priced_as_genai_p
     assert [Decimal(row[semconv.COST_USD]) for row in rows] == [expected] * 4
     for row in rows:
         assert row[semconv.OUTCOME] == "ok"
-        assert row[semconv.GEN_AI_PROVIDER_NAME] == provider
+        # `google` is an alias: the row names the provider as OpenTelemetry does.
+        assert row[semconv.GEN_AI_PROVIDER_NAME] == "gcp.gemini"
         assert row[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 3000
         # Gemini's candidates exclude the thoughts; the row's output includes them.
         assert row[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == 40 + 900
@@ -304,6 +313,43 @@ def test_the_google_genai_errors_are_classified() -> None:
     assert classify(cases[5][0]).error_type == "401"
 
 
+def test_a_429_says_when_to_retry_in_its_body_as_gemini_does(server: FakeGeminiServer) -> None:
+    import httpx
+
+    server.script(FLASH, GeminiReply.rate_limited(retry_after_s=37))
+    response = httpx.post(
+        f"{server.base_url}/v1beta/models/{FLASH}:generateContent",
+        json={"contents": [{"role": "user", "parts": [{"text": "q"}]}]},
+    )
+
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["status"] == "RESOURCE_EXHAUSTED"
+    assert error["details"] == [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}
+    ]
+
+
+def test_a_gemini_429_without_a_retry_after_header_waits_its_retry_delay() -> None:
+    import httpx
+    from google.genai import errors
+
+    from comptroller.control._classify import classify
+
+    request = httpx.Request("POST", "https://generativelanguage.googleapis.com/v1beta/x")
+    body = {
+        "error": {
+            "code": 429,
+            "message": "Resource has been exhausted",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}],
+        }
+    }
+    exc = errors.ClientError(429, body, httpx.Response(429, request=request))
+
+    assert classify(exc).retry_after_s == 37.0
+
+
 def test_importing_the_control_plane_loads_no_google_sdk() -> None:
     import subprocess
     import sys
@@ -315,3 +361,288 @@ def test_importing_the_control_plane_loads_no_google_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# -- tools and structured output through the guarded model ----------------------------------
+
+
+class Verdict(BaseModel):
+    score: int
+    reason: str
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather of a city."""
+    return "sunny"
+
+
+def _joined(chunks: list[AIMessageChunk]) -> AIMessageChunk:
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole = whole + chunk
+    return whole
+
+
+async def test_function_calls_come_back_buffered_and_streamed_and_each_is_priced(
+    server: FakeGeminiServer,
+) -> None:
+    server.behave(
+        FLASH,
+        GeminiBehaviour(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}]),
+    )
+    plane, sink, _ = make_plane(server)
+    expected = [("get_weather", {"city": "Paris"})]
+    with plane:
+        model = plane.chat_model("reasoning").bind_tools([get_weather])
+        buffered = model.invoke("Weather in Paris?")
+        streamed = _joined(list(model.stream("Weather in Paris?")))
+        astreamed = _joined([chunk async for chunk in model.astream("Weather in Paris?")])
+        # Given the function's response, the model answers in text.
+        answer = model.invoke(
+            [
+                HumanMessage("Weather in Paris?"),
+                buffered,
+                ToolMessage("sunny", tool_call_id=buffered.tool_calls[0]["id"]),
+            ]
+        )
+        plane.flush()
+
+    for message in (buffered, streamed, astreamed):
+        assert [(c["name"], c["args"]) for c in message.tool_calls] == expected
+    assert answer.tool_calls == []
+    assert answer.content == "Hello from the fake Gemini server."
+    declared = server.requests[0]["tools"][0]["functionDeclarations"][0]
+    assert declared["name"] == "get_weather"
+    rows = sink.usage_rows()
+    assert [r[semconv.OUTCOME] for r in rows] == ["ok"] * 4
+    assert all(Decimal(r[semconv.COST_USD]) > 0 for r in rows)
+
+
+def test_a_forced_function_is_called_without_a_scripted_call(server: FakeGeminiServer) -> None:
+    plane, _, _ = make_plane(server)
+    with plane:
+        model = plane.chat_model("reasoning")
+        free = model.bind_tools([get_weather]).invoke("hello")
+        forced = model.bind_tools([get_weather], tool_choice="get_weather").invoke("hello")
+
+    assert free.tool_calls == []
+    (call,) = forced.tool_calls
+    assert call["name"] == "get_weather"
+    # A minimal valid instance of the declared (OpenAPI, upper-case typed) parameters.
+    assert call["args"] == {"city": "example"}
+    config = server.requests[-1]["toolConfig"]["functionCallingConfig"]
+    assert config == {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
+def test_structured_output_parses_through_the_guarded_model(
+    server: FakeGeminiServer, method: str
+) -> None:
+    plane, sink, _ = make_plane(server)
+    with plane:
+        structured = plane.chat_model("reasoning").with_structured_output(Verdict, method=method)
+        verdict = structured.invoke("Rate it")
+        streamed = list(structured.stream("Rate it"))[-1]
+        plane.flush()
+
+    assert isinstance(verdict, Verdict)
+    assert isinstance(streamed, Verdict)
+    assert [r[semconv.OUTCOME] for r in sink.usage_rows()] == ["ok", "ok"]
+
+
+def test_a_scripted_json_answer_is_returned_as_is_under_a_schema(
+    server: FakeGeminiServer,
+) -> None:
+    server.behave(FLASH, GeminiBehaviour(content='{"score": 4, "reason": "clear"}'))
+    plane, _, _ = make_plane(server)
+    with plane:
+        structured = plane.chat_model("reasoning").with_structured_output(Verdict)
+        assert structured.invoke("Rate it") == Verdict(score=4, reason="clear")
+
+
+def test_a_stop_sequence_cuts_the_answer_as_the_api_does(server: FakeGeminiServer) -> None:
+    server.behave(FLASH, GeminiBehaviour(content="alpha beta END gamma"))
+    plane, _, _ = make_plane(server)
+    with plane:
+        reply = plane.chat_model("reasoning").invoke("q", stop=["END"])
+
+    assert reply.content == "alpha beta "
+
+
+# -- the fake server refuses misuse where the test makes it ---------------------------------
+
+
+def test_the_fake_server_refuses_misuse_with_what_to_do_instead() -> None:
+    idle = FakeGeminiServer()
+    with pytest.raises(RuntimeError, match="not started: use it as a context manager"):
+        _ = idle.base_url
+    with pytest.raises(TypeError, match="takes a GeminiBehaviour, not AnthropicBehaviour"):
+        idle.behave(FLASH, AnthropicBehaviour())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes GeminiReply values .* not str"):
+        idle.script(FLASH, "429")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="takes a GeminiBehaviour"):
+        FakeGeminiServer(AnthropicBehaviour())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="thoughts_tokens must be >= 0"):
+        GeminiBehaviour(thoughts_tokens=-5)
+
+
+def test_the_fake_server_counts_tokens_as_the_api_does_without_recording_a_call(
+    server: FakeGeminiServer,
+) -> None:
+    from langchain_google_genai import ChatGoogleGenerativeAI
+
+    bare = ChatGoogleGenerativeAI(model=FLASH, base_url=server.base_url, api_key="x")  # type: ignore[call-arg]
+    server.behave(FLASH, GeminiBehaviour(prompt_tokens=1234))
+
+    assert bare.get_num_tokens("one two three four") == 1234
+    assert server.request_count() == 0
+
+
+def test_json_mode_without_a_schema_answers_a_json_object(server: FakeGeminiServer) -> None:
+    import httpx
+
+    response = httpx.post(
+        f"{server.base_url}/v1beta/models/{FLASH}:generateContent",
+        json={
+            "contents": [{"role": "user", "parts": [{"text": "q"}]}],
+            "generationConfig": {"responseMimeType": "application/json"},
+        },
+    )
+
+    text = response.json()["candidates"][0]["content"]["parts"][0]["text"]
+    assert json.loads(text) == {"content": "Hello from the fake Gemini server."}
+
+
+@tool
+def current_time() -> str:
+    """The time now."""
+    return "noon"
+
+
+def test_a_forced_call_of_a_function_without_parameters_has_empty_arguments(
+    server: FakeGeminiServer,
+) -> None:
+    plane, _, _ = make_plane(server)
+    with plane:
+        model = plane.chat_model("reasoning").bind_tools([current_time], tool_choice="any")
+        (call,) = model.invoke("What time is it?").tool_calls
+
+    assert (call["name"], call["args"]) == ("current_time", {})
+
+
+# -- LangChain's standard integration suite: the guarded ChatGoogleGenerativeAI -------------
+# The suite builds models as `chat_model_class(**params)`; `_GuardedGemini` turns those
+# parameters into a profile and returns the plane's model for it. The server plays a model
+# that calls the function the prompt names (`magic_function(3)` → `{"input": 3}`), as the
+# suite's prompts expect of a real one.
+
+
+def _last_user_text(request: Mapping[str, Any]) -> str:
+    for content in reversed(request.get("contents") or ()):
+        if content.get("role") == "user":
+            return " ".join(str(part.get("text", "")) for part in content.get("parts") or ())
+    return ""
+
+
+def _brain(request: Mapping[str, Any]) -> list[dict[str, Any]]:
+    tools = [
+        (str(d["name"]), d.get("parametersJsonSchema") or d.get("parameters") or {})
+        for tool_ in request.get("tools") or ()
+        for d in tool_.get("functionDeclarations") or ()
+    ]
+    if not tools:
+        return []
+    text = _last_user_text(request)
+    named = [tool_ for tool_ in tools if tool_[0] in text]
+    name, schema = max(named, key=lambda tool_: len(tool_[0])) if named else tools[0]
+    properties: dict[str, Any] = schema.get("properties") or {}
+    positional = re.search(re.escape(name) + r"\(([^)]*)\)", text)
+    if positional is not None:
+        values = json.loads(f"[{positional.group(1)}]")
+        return [{"name": name, "arguments": dict(zip(properties, values, strict=False))}]
+    quoted = re.search(r"'([^']+)'", text)
+    strings = [k for k, spec in properties.items() if str(spec.get("type")).lower() == "string"]
+    if quoted is not None and strings:
+        arguments = {key: "example" for key in schema.get("required", strings)}
+        arguments[strings[0]] = quoted.group(1)
+        return [{"name": name, "arguments": arguments}]
+    return [{"name": name}]
+
+
+@pytest.fixture(scope="module")
+def standard_server() -> Iterator[FakeGeminiServer]:
+    brain = GeminiBehaviour(content="Hello! How can I help you today?", tool_calls=_brain)
+    with FakeGeminiServer(brain) as running:
+        yield running
+
+
+class _ParamsProfiles:
+    """One profile per set of constructor parameters."""
+
+    def __init__(self) -> None:
+        self.base_url = ""
+        self._profiles: dict[str, ResolvedProfile] = {}
+
+    def purpose_for(self, params: Mapping[str, Any]) -> str:
+        # Keyed by the server too: a module fixture may be started again in the same worker.
+        purpose = f"standard-{abs(hash(repr((self.base_url, sorted(params.items())))))}"
+        self._profiles.setdefault(
+            purpose,
+            ResolvedProfile(
+                purpose=purpose,
+                model=ModelRef(provider="gcp.gemini", model=str(params.get("model", FLASH))),
+                base_url=self.base_url,
+                defaults=CallDefaults(
+                    temperature=params.get("temperature"),
+                    max_tokens=params.get("max_tokens"),
+                ),
+            ),
+        )
+        return purpose
+
+    def resolve(self, purpose: str, *, domain: str | None, org: str | None) -> ResolvedProfile:
+        return self._profiles[purpose]
+
+
+class _GuardedGemini(GuardedChatModel):
+    """Called with ChatGoogleGenerativeAI's constructor parameters, returns the plane's model
+    for a profile holding them (a `GuardedChatModel`, not an instance of this class)."""
+
+    plane: ClassVar[ControlPlane | None] = None
+    profiles: ClassVar[_ParamsProfiles] = _ParamsProfiles()
+
+    def __new__(cls, **params: Any) -> GuardedChatModel:  # type: ignore[misc]
+        assert cls.plane is not None, "the _plane fixture sets the plane"
+        # Retries are the plane's, stop sequences are per call: not profile fields.
+        kept = {k: v for k, v in params.items() if k in ("model", "temperature", "max_tokens")}
+        model = cls.plane.chat_model(cls.profiles.purpose_for(kept))
+        if "output_version" in params:
+            model = model.model_copy(update={"output_version": params["output_version"]})
+        return model
+
+
+class TestGuardedChatGeminiStandard(ChatModelIntegrationTests):
+    chat_model_class = _GuardedGemini
+    has_tool_choice = True
+    supports_image_inputs = False
+    supports_json_mode = True
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": FLASH}
+
+    @pytest.fixture(autouse=True)
+    def _plane(self, standard_server: FakeGeminiServer) -> Iterator[None]:
+        _GuardedGemini.profiles.base_url = standard_server.base_url
+        with ControlPlane(
+            load_settings(telemetry="none"),
+            resolver=_GuardedGemini.profiles,
+            guard=MemoryGuard(),
+            sink=InMemorySink(),
+            retry_policy=RetryPolicy(max_retries=0),
+            circuit_policy=CircuitPolicy(consecutive_failures=1000),
+        ) as plane:
+            _GuardedGemini.plane = plane
+            yield
+        _GuardedGemini.plane = None

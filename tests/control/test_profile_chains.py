@@ -7,6 +7,7 @@ to the local fake provider servers."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -27,21 +28,32 @@ from test_profiles_kit import (
 
 from comptroller import semconv
 from comptroller.config import load_settings
-from comptroller.control import ControlPlane, MemoryGuard, ModelRef, RetryPolicy
+from comptroller.control import (
+    ControlPlane,
+    ExhaustedFallbacks,
+    MemoryGuard,
+    ModelRef,
+    ResolvedProfile,
+    RetryPolicy,
+    StaticProfiles,
+)
 from comptroller.control._profiles import read_profile_set
 from comptroller.control._provider_names import canonical_provider
 from comptroller.control._store_schema import profile_versions
 from comptroller.control.profiles import (
     ConfiguredCatalog,
+    ProfileRefused,
     ProfileService,
     ProfileSpec,
     UnknownModel,
 )
 from comptroller.control.testing import (
     AnthropicBehaviour,
+    AnthropicReply,
     FakeAnthropicServer,
     FakeGeminiServer,
     FakeOpenAIServer,
+    GeminiBehaviour,
     GeminiReply,
     InMemorySink,
     ServerReply,
@@ -301,6 +313,71 @@ def test_a_fallback_crosses_to_another_providers_endpoint_set_in_the_store(rig: 
         assert "Bearer sk-test-openai" in openai_server.headers[-1].values()
 
 
+def test_a_seeded_claude_chain_may_fall_back_to_gemini_once_the_profile_allows_it(
+    rig: Rig,
+) -> None:
+    seeded = seeds()["reasoning"]
+    with FakeAnthropicServer() as anthropic_server, FakeGeminiServer() as gemini_server:
+        for ref in seeded.models():
+            anthropic_server.script(ref.model, AnthropicReply.overloaded())
+        gemini_server.behave(FLASH, GeminiBehaviour(content="from gemini"))
+        rig.service.set_profile(
+            GLOBAL,
+            "reasoning",
+            spec(
+                model=f"{seeded.model}@{anthropic_server.base_url}",
+                fallbacks=[
+                    *(f"{ref}@{anthropic_server.base_url}" for ref in seeded.fallbacks),
+                    f"google:{FLASH}@{gemini_server.base_url}",
+                ],
+                allow_cross_provider=True,
+            ),
+            actor=PLATFORM,
+        )
+        with plane_over(rig.service) as plane:
+            answer = plane.chat_model("reasoning", org="acme", domain="acme-eu").invoke("q")
+
+        assert answer.content == "from gemini"
+        assert anthropic_server.request_count() == 3
+        assert gemini_server.request_count(FLASH) == 1
+        assert gemini_server.headers[-1]["x-goog-api-key"] == "key-gcp.gemini"
+
+
+def test_a_fallback_of_another_provider_without_allowing_it_is_refused(rig: Rig) -> None:
+    with pytest.raises(ProfileRefused, match=r"openai:gpt-4\.1-mini.*--cross-provider"):
+        rig.service.set_profile(
+            GLOBAL,
+            "scoring",
+            spec(model=f"gcp.gemini:{FLASH}", fallbacks=["openai:gpt-4.1-mini"]),
+            actor=PLATFORM,
+        )
+
+
+def test_a_chain_that_left_out_another_providers_fallback_says_so() -> None:
+    with FakeGeminiServer() as gemini_server:
+        gemini_server.script(FLASH, GeminiReply.server_error())
+        profile = ResolvedProfile(
+            purpose="scoring",
+            model=ModelRef(provider="gcp.gemini", model=FLASH),
+            fallbacks=(ModelRef.parse("openai:gpt-4.1-mini@http://127.0.0.1:9/v1"),),
+            base_url=gemini_server.base_url,
+        )
+        with (
+            ControlPlane(
+                load_settings(telemetry="none"),
+                resolver=StaticProfiles({"scoring": profile}),
+                guard=MemoryGuard(),
+                sink=InMemorySink(),
+                retry_policy=RetryPolicy(max_retries=0, base_s=0.01),
+            ) as plane,
+            pytest.raises(ExhaustedFallbacks) as failed,
+        ):
+            plane.chat_model("scoring").invoke("q")
+
+    assert "openai:gpt-4.1-mini" in str(failed.value)
+    assert "allow_cross_provider" in str(failed.value)
+
+
 # --- the seeds' chains -----------------------------------------------------------------------
 
 SEED_CHAINS = {
@@ -339,6 +416,16 @@ def test_the_shipped_seeds_are_the_design_notes_chains_all_priced() -> None:
             assert pricer.knows(ref.provider, ref.model), ref
             assert ref.provider == canonical_provider(ref.provider)
             assert ref.base_url is None
+
+
+def test_the_seeds_file_names_the_import_command_that_runs() -> None:
+    # `profiles import --seeds` without a scope is refused ("name the scope"); the file a
+    # user copies must show the command that works.
+    text = resources.files("comptroller.control.profiles").joinpath("seeds.toml").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    commands = re.findall(r"`(comptroller profiles import [^`]*)`", header)
+    assert commands
+    assert all("--global" in command for command in commands), commands
 
 
 def test_seed_chains_activated_resolve_model_by_model(rig: Rig) -> None:

@@ -245,7 +245,11 @@ def test_fallback_of_another_provider_needs_its_credential_too(rig: Rig) -> None
     rig.service.set_profile(
         ACME,
         "agent_turn",
-        spec(model="openai:gpt-4o", fallbacks=["anthropic:claude-sonnet-4-5"]),
+        spec(
+            model="openai:gpt-4o",
+            fallbacks=["anthropic:claude-sonnet-4-5"],
+            allow_cross_provider=True,
+        ),
         actor=PLATFORM,
     )
 
