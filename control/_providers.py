@@ -85,6 +85,48 @@ class ModelSpec:
     no `max_tokens`): for providers that require a maximum on every request."""
 
 
+_OUTPUT_CAP_NAMES = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_OUTPUT_CAP_NAME = {
+    "gcp.gemini": "max_output_tokens",
+    "anthropic": "max_tokens",
+    "openai": "max_tokens",
+}
+"""The keyword each built-in integration reads a call's output cap under."""
+
+
+def output_cap(kwargs: Mapping[str, Any]) -> int | None:
+    """The output cap a call's own keywords send (`invoke(x, max_tokens=…)`, `.bind(…)`):
+    what the request may produce, so what its reservation covers, above or below the
+    profile's."""
+    for name in _OUTPUT_CAP_NAMES:
+        value = kwargs.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def provider_kwargs(provider: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's keywords in the names `provider`'s integration reads.
+
+    A guarded call may fall back to another provider, so its caller writes the output cap
+    once, under any of `max_tokens`, `max_completion_tokens` or `max_output_tokens`; each
+    built-in provider gets it under its own name (Gemini's request config refuses
+    `max_tokens`, Anthropic's API `max_completion_tokens`). Other providers get the keywords
+    as they were given.
+    """
+    name = _OUTPUT_CAP_NAME.get(provider)
+    out = dict(kwargs)
+    if name is None:
+        return out
+    given = [key for key in _OUTPUT_CAP_NAMES if key in out]
+    if given and given != [name]:
+        value = out.pop(given[0])
+        for key in given[1:]:
+            out.pop(key)
+        out[name] = value
+    return out
+
+
 ChatModelFactory: TypeAlias = "Callable[[ModelSpec], BaseChatModel]"
 
 

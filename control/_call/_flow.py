@@ -49,6 +49,7 @@ from comptroller.control._errors import (
     RateLimited,
 )
 from comptroller.control._profile_errors import CredentialError
+from comptroller.control._providers import output_cap, provider_kwargs
 from comptroller.control._telemetry import SAMPLED, new_span_id, new_trace_id
 from comptroller.control._unreachable import provider_unavailable
 
@@ -83,6 +84,7 @@ class CallFlow(AttemptOutcomes):
         "input",
         "kwargs",
         "model_override",
+        "output_cap_named",
         "service_tier",
     )
 
@@ -108,6 +110,7 @@ class CallFlow(AttemptOutcomes):
         self.attribution = of_call(config)
         self.prep = prep = route.prepared()
         self.max_output = prep.max_output
+        self.output_cap_named = False
         if kwargs:
             # A per-call tier (flex, priority) is reserved at that tier's prices; a per-call
             # model is what the provider is asked for, so it is what is recorded and priced.
@@ -115,8 +118,12 @@ class CallFlow(AttemptOutcomes):
             self.service_tier = tier if isinstance(tier, str) else None
             override = kwargs.get("model") or kwargs.get("model_name")
             self.model_override = override if isinstance(override, str) else None
-            if prep.max_output:
-                self.max_output = _output_cap(kwargs) or self.max_output
+            cap = output_cap(kwargs)
+            if cap is not None:
+                # Each model of the chain gets it under its own integration's name.
+                self.output_cap_named = True
+                if prep.max_output:
+                    self.max_output = cap
         if binder.max_output_tokens is not None and prep.max_output:
             self.max_output = binder.max_output_tokens
         self.errors: list[Exception] = []
@@ -158,15 +165,18 @@ class CallFlow(AttemptOutcomes):
                         raise _Stop(self._refused(refusal))
                 self._start(at, ticket)
                 runnable = core.runnable(self.route, self.prep, at.depth, self.binder)
+                kwargs = self.kwargs
+                if self.output_cap_named:
+                    kwargs = provider_kwargs(at.ref.provider, kwargs)
                 acc = StreamAccumulator() if streaming else None
                 failure: BaseException | None = None
                 try:
                     if acc is not None:
-                        yield Stream(at, runnable, self.input, self.config, self.kwargs, acc)
+                        yield Stream(at, runnable, self.input, self.config, kwargs, acc)
                         message = acc.complete(at.ref)
                         validation, value = None, None
                     else:
-                        result = yield Invoke(at, runnable, self.input, self.config, self.kwargs)
+                        result = yield Invoke(at, runnable, self.input, self.config, kwargs)
                         message, validation, value = self.binder.split(result)
                 except BaseException as exc:
                     failure = exc
@@ -370,17 +380,3 @@ class CallFlow(AttemptOutcomes):
                 self.attribution,
             )
         )
-
-
-_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-def _output_cap(kwargs: dict[str, Any]) -> int | None:
-    """The output cap a call's own keywords send (`invoke(x, max_tokens=…)`, `.bind(…)`):
-    what the request may produce, so what its reservation covers, above or below the
-    profile's."""
-    for name in _OUTPUT_CAPS:
-        value = kwargs.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None

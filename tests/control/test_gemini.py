@@ -646,3 +646,32 @@ class TestGuardedChatGeminiStandard(ChatModelIntegrationTests):
             _GuardedGemini.plane = plane
             yield
         _GuardedGemini.plane = None
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens", "max_output_tokens"])
+async def test_a_calls_output_cap_reaches_each_provider_of_the_chain_under_its_own_name(
+    server: FakeGeminiServer, name: str
+) -> None:
+    # The caller names the cap once; Gemini reads max_output_tokens (its request config
+    # refuses max_tokens) and Anthropic max_tokens, also after a fallback across them.
+    from comptroller.control.testing import FakeAnthropicServer
+
+    with FakeAnthropicServer() as claude:
+        plane, sink, _ = make_plane(
+            server,
+            fallbacks=(f"anthropic:claude-haiku-4-5@{claude.base_url}",),
+            max_retries=0,
+            allow_cross_provider=True,
+        )
+        with plane:
+            model = plane.chat_model("reasoning", org="acme")
+            assert model.invoke("q", **{name: 77}).content
+            assert [c async for c in model.astream("q", **{name: 78})]
+            server.script(FLASH, GeminiReply.server_error(503))
+            assert model.invoke("q", **{name: 79}).content
+            assert plane.flush()
+        caps = [body["generationConfig"]["maxOutputTokens"] for body in server.requests]
+        assert caps == [77, 78, 79]
+        assert [body["max_tokens"] for body in claude.requests] == [79]
+    depths = [row[semconv.FALLBACK_DEPTH] for row in sink.usage_rows()]
+    assert depths == [0, 0, 0, 1]
