@@ -234,6 +234,30 @@ class GuardedChatModel(BaseChatModel):
         """The circuits of this model's control plane."""
         return self._route.core.circuits.snapshots()
 
+    # Token counting is the profile's model's own (a request to the provider's counting
+    # endpoint for Anthropic and Gemini, tiktoken for OpenAI): LangChain's generic fallback
+    # needs `transformers` and counts with GPT-2's vocabulary, a different model's tokens.
+    def _counting_model(self) -> BaseChatModel:
+        route = self._route
+        model: BaseChatModel = route.core.runnable(route, route.prepared(), 0, IDENTITY)
+        return model
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of `messages` as the profile's model counts them (not a guarded call:
+        no limit, budget or usage row)."""
+        return self._counting_model().get_num_tokens_from_messages(messages, tools=tools)
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of `text` as the profile's model counts them."""
+        return self._counting_model().get_num_tokens(text)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` in the profile's model's vocabulary, where its integration
+        has one locally (OpenAI's); others raise as their integration does."""
+        return self._counting_model().get_token_ids(text)
+
 
 def _text(chunk: Any) -> str:
     content = getattr(chunk, "content", "")

@@ -607,3 +607,16 @@ class TestGuardedChatAnthropicStandard(ChatModelIntegrationTests):
             _GuardedClaude.plane = plane
             yield
         _GuardedClaude.plane = None
+
+
+def test_the_guarded_model_counts_tokens_as_its_profiles_model_does(
+    server: FakeAnthropicServer,
+) -> None:
+    server.behave(CLAUDE, AnthropicBehaviour(input_tokens=321))
+    plane, sink, _ = make_plane(server)
+    with plane:
+        model = plane.chat_model("reasoning", org="acme")
+        assert model.get_num_tokens_from_messages([HumanMessage("q")]) == 321
+        assert plane.flush()
+    assert server.request_count() == 0  # counting is not a model call
+    assert sink.usage_rows() == []

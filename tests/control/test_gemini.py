@@ -675,3 +675,16 @@ async def test_a_calls_output_cap_reaches_each_provider_of_the_chain_under_its_o
         assert [body["max_tokens"] for body in claude.requests] == [79]
     depths = [row[semconv.FALLBACK_DEPTH] for row in sink.usage_rows()]
     assert depths == [0, 0, 0, 1]
+
+
+def test_the_guarded_model_counts_tokens_as_its_profiles_model_does(
+    server: FakeGeminiServer,
+) -> None:
+    server.behave(FLASH, GeminiBehaviour(prompt_tokens=1234))
+    plane, sink, _ = make_plane(server)
+    with plane:
+        model = plane.chat_model("reasoning", org="acme")
+        assert model.get_num_tokens("one two three four") == 1234
+        assert plane.flush()
+    assert server.request_count() == 0  # counting is not a model call
+    assert sink.usage_rows() == []
