@@ -239,7 +239,8 @@ class GuardedChatModel(BaseChatModel):
     # needs `transformers` and counts with GPT-2's vocabulary, a different model's tokens.
     def _counting_model(self) -> BaseChatModel:
         route = self._route
-        model: BaseChatModel = route.core.runnable(route, route.prepared(), 0, IDENTITY)
+        model = route.core.runnable(route, route.prepared(), 0, IDENTITY)
+        assert isinstance(model, BaseChatModel)  # the identity binder binds nothing
         return model
 
     def get_num_tokens_from_messages(
