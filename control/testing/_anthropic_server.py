@@ -96,66 +96,9 @@ class FakeAnthropicServer(ScriptedServer[AnthropicBehaviour, AnthropicReply]):
         ...     ChatAnthropic(base_url=server.base_url, api_key="x", model="claude-sonnet-4-5")
     """
 
+    _behaviour = AnthropicBehaviour
     _reply = AnthropicReply
     _thread_name = "fake-anthropic"
-
-    def __init__(self, default: AnthropicBehaviour | None = None) -> None:
-        """Build a server (call `start`, or use it as a context manager).
-
-        Args:
-            default: Behaviour of models not configured with `behave`.
-
-        Raises:
-            TypeError: `default` is not an `AnthropicBehaviour`.
-        """
-        if default is not None and not isinstance(default, AnthropicBehaviour):
-            raise TypeError(
-                f"{type(self).__name__} takes an AnthropicBehaviour, not {type(default).__name__}"
-            )
-        super().__init__(default or AnthropicBehaviour())
-
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`: the `base_url` for ChatAnthropic (the SDK adds `/v1`).
-
-        Raises:
-            RuntimeError: The server is not started.
-        """
-        if not self.port:
-            # Port 0 would send the SDK to a URL nothing listens on, failing far from here.
-            raise RuntimeError(
-                f"{type(self).__name__} is not started: use it as a context manager "
-                f"(`with {type(self).__name__}() as server:`) or call start() first"
-            )
-        return f"http://127.0.0.1:{self.port}"
-
-    def behave(self, model: str, behaviour: AnthropicBehaviour) -> None:
-        """Answer requests for `model` with `behaviour`.
-
-        Raises:
-            TypeError: `behaviour` is not an `AnthropicBehaviour` (another server's behaviour would
-                fail inside the server, where the test sees only an HTTP 500).
-        """
-        if not isinstance(behaviour, AnthropicBehaviour):
-            raise TypeError(
-                f"{type(self).__name__}.behave takes an AnthropicBehaviour, not "
-                f"{type(behaviour).__name__}"
-            )
-        super().behave(model, behaviour)
-
-    def script(self, model: str, *replies: AnthropicReply) -> None:
-        """Answer the next requests for `model` with `replies`, in order, then normally.
-
-        Raises:
-            TypeError: A reply is not a `AnthropicReply` (e.g. `AnthropicReply.overloaded()`).
-        """
-        for reply in replies:
-            if not isinstance(reply, ScriptedReply):
-                raise TypeError(
-                    f"{type(self).__name__}.script takes AnthropicReply values (e.g. "
-                    f"AnthropicReply.rate_limited(retry_after_s=2)), not {type(reply).__name__}"
-                )
-        super().script(model, *replies)
 
     def request_count(self, model: str | None = None) -> int:
         """Requests received (for `model` only if given)."""

@@ -96,6 +96,7 @@ class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
         ...                            model="gemini-2.5-flash")
     """
 
+    _behaviour = GeminiBehaviour
     _reply = GeminiReply
     _thread_name = "fake-gemini"
 
@@ -108,57 +109,9 @@ class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):
         Raises:
             TypeError: `default` is not a `GeminiBehaviour`.
         """
-        if default is not None and not isinstance(default, GeminiBehaviour):
-            raise TypeError(
-                f"{type(self).__name__} takes a GeminiBehaviour, not {type(default).__name__}"
-            )
-        super().__init__(default or GeminiBehaviour())
+        super().__init__(default)
         self.request_models: list[str] = []
         """The model of every request (it is in the path, not the body), in order."""
-
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`: the `base_url` for ChatGoogleGenerativeAI (the SDK adds
-        `/v1beta/models/…`).
-
-        Raises:
-            RuntimeError: The server is not started.
-        """
-        if not self.port:
-            # Port 0 would send the SDK to a URL nothing listens on, failing far from here.
-            raise RuntimeError(
-                f"{type(self).__name__} is not started: use it as a context manager "
-                f"(`with {type(self).__name__}() as server:`) or call start() first"
-            )
-        return f"http://127.0.0.1:{self.port}"
-
-    def behave(self, model: str, behaviour: GeminiBehaviour) -> None:
-        """Answer requests for `model` with `behaviour`.
-
-        Raises:
-            TypeError: `behaviour` is not a `GeminiBehaviour` (another server's behaviour would
-                fail inside the server, where the test sees only an HTTP 500).
-        """
-        if not isinstance(behaviour, GeminiBehaviour):
-            raise TypeError(
-                f"{type(self).__name__}.behave takes a GeminiBehaviour, not "
-                f"{type(behaviour).__name__}"
-            )
-        super().behave(model, behaviour)
-
-    def script(self, model: str, *replies: GeminiReply) -> None:
-        """Answer the next requests for `model` with `replies`, in order, then normally.
-
-        Raises:
-            TypeError: A reply is not a `GeminiReply` (e.g. `GeminiReply.overloaded()`).
-        """
-        for reply in replies:
-            if not isinstance(reply, ScriptedReply):
-                raise TypeError(
-                    f"{type(self).__name__}.script takes GeminiReply values (e.g. "
-                    f"GeminiReply.rate_limited(retry_after_s=2)), not {type(reply).__name__}"
-                )
-        super().script(model, *replies)
 
     def request_count(self, model: str | None = None) -> int:
         """Requests received (for `model` only if given)."""

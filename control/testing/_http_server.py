@@ -20,6 +20,8 @@ class LocalHttpServer:
 
     _thread_name = "fake-server"
     _backlog = 256
+    _url_path = ""
+    """What the SDK's `base_url` adds to the server's address (OpenAI's `/v1`)."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -29,6 +31,21 @@ class LocalHttpServer:
 
     def _app(self) -> Any:
         raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        """The `base_url` to give the provider's SDK (or a comptroller profile).
+
+        Raises:
+            RuntimeError: The server is not started.
+        """
+        if not self.port:
+            # Port 0 would send the SDK to a URL nothing listens on, failing far from here.
+            raise RuntimeError(
+                f"{type(self).__name__} is not started: use it as a context manager "
+                f"(`with {type(self).__name__}() as server:`) or call start() first"
+            )
+        return f"http://127.0.0.1:{self.port}{self._url_path}"
 
     def _uvicorn_options(self) -> dict[str, Any]:
         """More `uvicorn.Config` settings (e.g. backlog, keep-alive)."""
@@ -138,10 +155,22 @@ class ScriptedServer(LocalHttpServer, Generic[B, R]):
     scripted for it first (`behave`, `script`). Subclasses name their reply type (`_reply`)
     and serve the API in `_app`, taking each answer from `_next`."""
 
+    _behaviour: type[B]
     _reply: type[R]
 
-    def __init__(self, default: B) -> None:
+    def __init__(self, default: B | None = None) -> None:
+        """Build a server (call `start`, or use it as a context manager).
+
+        Args:
+            default: Behaviour of models not configured with `behave`.
+
+        Raises:
+            TypeError: `default` is not this server's behaviour type.
+        """
+        if default is not None:
+            self._check_behaviour(default, "")
         super().__init__()
+        default = default if default is not None else self._behaviour()
         self._default = default
         self._models: dict[str, _ModelState[B, R]] = {}
         self._lock = threading.Lock()
@@ -152,14 +181,40 @@ class ScriptedServer(LocalHttpServer, Generic[B, R]):
         self._counter = 0
 
     def behave(self, model: str, behaviour: B) -> None:
-        """Answer requests for `model` with `behaviour`."""
+        """Answer requests for `model` with `behaviour`.
+
+        Raises:
+            TypeError: `behaviour` is another server's (it would fail inside the server,
+                where the test sees only an HTTP 500).
+        """
+        self._check_behaviour(behaviour, ".behave")
         with self._lock:
             self._state(model).behaviour = behaviour
 
     def script(self, model: str, *replies: R) -> None:
-        """Answer the next requests for `model` with `replies`, in order, then normally."""
+        """Answer the next requests for `model` with `replies`, in order, then normally.
+
+        Raises:
+            TypeError: A reply is not a scripted reply (e.g. another server's).
+        """
+        name = self._reply.__name__
+        for reply in replies:
+            if not isinstance(reply, ScriptedReply):
+                raise TypeError(
+                    f"{type(self).__name__}.script takes {name} values (e.g. "
+                    f"{name}.rate_limited(retry_after_s=2)), not {type(reply).__name__}"
+                )
         with self._lock:
             self._state(model).script.extend(replies)
+
+    def _check_behaviour(self, behaviour: object, method: str) -> None:
+        wanted = self._behaviour.__name__
+        if not isinstance(behaviour, self._behaviour):
+            article = "an" if wanted[0] in "AEIOU" else "a"
+            raise TypeError(
+                f"{type(self).__name__}{method} takes {article} {wanted}, not "
+                f"{type(behaviour).__name__}"
+            )
 
     def _state(self, model: str) -> _ModelState[B, R]:
         state = self._models.get(model)

@@ -121,6 +121,7 @@ class FakeOpenAIServer(LocalHttpServer):
 
     _thread_name = "fake-openai"
     _backlog = 2048
+    _url_path = "/v1"
 
     def __init__(self, default: ModelBehaviour | None = None, *, keep_alive: bool = False) -> None:
         """Build a server (call `start`, or use it as a context manager).
@@ -166,11 +167,6 @@ class FakeOpenAIServer(LocalHttpServer):
             reply = state.script.popleft() if state.script else ServerReply.ok()
             self._counter += 1
             return state.behaviour, reply
-
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:<port>/v1`: the `base_url` for ChatOpenAI."""
-        return f"http://127.0.0.1:{self.port}/v1"
 
     def request_count(self, model: str | None = None) -> int:
         """Requests received (for `model` only if given)."""
