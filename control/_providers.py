@@ -333,19 +333,22 @@ class ProviderRegistry:
 
     def __init__(self, factories: Mapping[str, ChatModelFactory] | None = None) -> None:
         self._lock = threading.Lock()
+        # Under canonical names only: a model's ref names its provider so (`google:` is
+        # `gcp.gemini:`), and a factory registered under an alias must serve it.
         self._factories: dict[str, ChatModelFactory] = {
             "openai": openai_chat_model,
             "anthropic": anthropic_chat_model,
             "gcp.gemini": google_chat_model,
-            "google": google_chat_model,
         }
-        self._factories.update(factories or {})
+        for name, factory in (factories or {}).items():
+            self._factories[canonical_provider(name)] = factory
         self._embeddings: dict[str, EmbeddingsFactory] = {"openai": _openai_embedder}
 
     def register(self, name: str, factory: ChatModelFactory) -> None:
-        """Use `factory` to build the models of provider `name` (replacing any before)."""
+        """Use `factory` to build the models of provider `name` (replacing any before; an
+        alias such as `google` registers its provider, `gcp.gemini`)."""
         with self._lock:
-            self._factories[name] = factory
+            self._factories[canonical_provider(name)] = factory
 
     def names(self) -> list[str]:
         """The registered provider names, sorted."""
@@ -379,7 +382,7 @@ class ProviderRegistry:
         (usage as the provider reports it) or any LangChain `Embeddings` (usage estimated
         from the input, flagged so)."""
         with self._lock:
-            self._embeddings[name] = factory
+            self._embeddings[canonical_provider(name)] = factory
 
     def build_embeddings(self, spec: ModelSpec) -> Embedder:
         """Build the embedding model of `spec`; an unregistered provider with a `base_url`
