@@ -364,6 +364,9 @@ class CallFlow(AttemptOutcomes):
         # profile's attributes and it in the export thread (see `AttemptRecord.span_item`).
         if core.telemetry.record_content:
             at.attrs[semconv.GEN_AI_INPUT_MESSAGES] = content_json(self.input)
+        if self.output_cap_named:
+            # The call's own cap, not the profile's, is what the request sends.
+            at.attrs[semconv.GEN_AI_REQUEST_MAX_TOKENS] = self.max_output
         call = self.call_ctx
         at.span_ctx = span_ctx = SpanContext(call.trace_id, new_span_id(), False, call.trace_flags)
         at.otel_ctx = trace.set_span_in_context(NonRecordingSpan(span_ctx))

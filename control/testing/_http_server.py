@@ -52,8 +52,15 @@ class LocalHttpServer:
         return {}
 
     def start(self) -> Self:
-        """Start serving in a background thread; returns when the port accepts connections."""
+        """Start serving in a background thread; returns when the port accepts connections.
+
+        Raises:
+            RuntimeError: Already started (a second server would leak the first).
+        """
         import uvicorn
+
+        if self._thread is not None:
+            raise RuntimeError(f"{type(self).__name__} is already started (port {self.port})")
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,7 +136,8 @@ class ScriptedReply:
 
     @classmethod
     def server_error(cls, status: int = 500) -> Self:
-        """HTTP 5xx."""
+        """An HTTP error with status `status`: 5xx by default, any other to script one
+        (401 for an expired token, 400 for a refused request)."""
         return cls(kind="server_error", status=status)
 
     @classmethod

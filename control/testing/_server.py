@@ -37,7 +37,8 @@ class ServerReply:
 
     @classmethod
     def server_error(cls, status: int = 500) -> ServerReply:
-        """HTTP 5xx."""
+        """An HTTP error with status `status`: 5xx by default, any other to script one
+        (401 for an expired token, 400 for a refused request)."""
         return cls(kind="server_error", status=status)
 
     @classmethod

@@ -13,7 +13,12 @@ from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from comptroller.control.testing import FakeOpenAIServer, ModelBehaviour
+from comptroller.control.testing import (
+    FakeAnthropicServer,
+    FakeGeminiServer,
+    FakeOpenAIServer,
+    ModelBehaviour,
+)
 from comptroller.control.testing._json_instance import minimal_instance
 
 MODEL = "gpt-4o-mini"
@@ -355,3 +360,16 @@ def test_usage_is_in_every_answer_and_streamed_only_when_asked(server: FakeOpenA
     assert final["usage"]["prompt_tokens"] == 11
     assert all(chunk["usage"] is None for chunk in body)
     assert all("usage" not in chunk for chunk in without)
+
+
+@pytest.mark.parametrize("server_type", [FakeOpenAIServer, FakeAnthropicServer, FakeGeminiServer])
+def test_a_fake_server_refuses_to_be_used_unstarted_or_started_twice(
+    server_type: type[FakeOpenAIServer | FakeAnthropicServer | FakeGeminiServer],
+) -> None:
+    idle = server_type()
+    with pytest.raises(RuntimeError, match="is not started"):
+        _ = idle.base_url
+    with server_type() as running:
+        with pytest.raises(RuntimeError, match="is already started"):
+            running.start()
+        assert running.base_url.startswith(f"http://127.0.0.1:{running.port}")

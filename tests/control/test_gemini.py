@@ -675,6 +675,11 @@ async def test_a_calls_output_cap_reaches_each_provider_of_the_chain_under_its_o
         assert [body["max_tokens"] for body in claude.requests] == [79]
     depths = [row[semconv.FALLBACK_DEPTH] for row in sink.usage_rows()]
     assert depths == [0, 0, 0, 1]
+    # The spans say what was sent, not the profile's default.
+    sent = [
+        (s.attributes or {}).get(semconv.GEN_AI_REQUEST_MAX_TOKENS) for s in sink.attempt_spans()
+    ]
+    assert sorted(sent) == [77, 78, 79, 79]
 
 
 def test_the_guarded_model_counts_tokens_as_its_profiles_model_does(
