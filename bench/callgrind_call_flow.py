@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_call_paths import PROMPT, BenchModel, build  # noqa: E402
+from bench_call_paths import PROMPT, BenchModel, build
 
 
 def main() -> None:
