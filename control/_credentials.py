@@ -61,6 +61,7 @@ from comptroller.control._profile_store import ProfileStore
 from comptroller.control._profile_types import CredentialSource, ResolvedProfile
 from comptroller.control._profiles import Scope
 from comptroller.control._provider_names import canonical_provider, provider_names
+from comptroller.control._providers import BearerToken
 from comptroller.control._redact import Redactor, looks_like_secret
 from comptroller.control._store_schema import credentials
 
@@ -511,7 +512,7 @@ class CredentialStore:
             if len(self._issued) >= _MAX_ISSUED:
                 self._issued.clear()
             self._issued[(row["ref"], profile.credential_revision)] = fingerprint(token)
-            return token
+            return BearerToken(token)  # sent as Authorization: Bearer, never as an API key
         secret = self._open(row)
         self.redactor.add(secret)  # before it leaves: a provider may echo it in an error
         return secret

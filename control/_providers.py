@@ -16,6 +16,10 @@ usage rows carry the semconv name) and its alias `google` (what genai-prices and
 LangChain call it) are built as `langchain_google_genai.ChatGoogleGenerativeAI`: SDK
 retries off, usage on every answer (Gemini always reports it), the profile's `max_tokens`
 else the plane's default max output tokens.
+
+A credential resolved as a `BearerToken` (an OAuth access token) is sent as
+`Authorization: Bearer`, never as an API key: the Gemini API refuses an OAuth token in
+`x-goog-api-key`. The OpenAI and Anthropic SDKs send every key as a bearer token already.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ if TYPE_CHECKING:
     from langchain_core.outputs import ChatGenerationChunk
 
     from comptroller.control._embedders import Embedder, EmbeddingsFactory
+
+
+class BearerToken(str):
+    """A secret to send as `Authorization: Bearer`, never as an API key: what a credential
+    store resolves an OAuth access token to."""
+
+    __slots__ = ()
+
 
 NO_CREDENTIAL = "comptroller-no-credential"
 """API key sent to an OpenAI-compatible endpoint when the profile has no credential
@@ -312,6 +324,9 @@ def google_chat_model(spec: ModelSpec) -> BaseChatModel:
     max_output_tokens = spec.max_tokens or spec.default_max_tokens
     if max_output_tokens is not None:
         kwargs["max_output_tokens"] = max_output_tokens
+    bearer = isinstance(spec.api_key, BearerToken)
+    if bearer:
+        kwargs["additional_headers"] = {"authorization": f"Bearer {api_key}"}
     model: BaseChatModel = ChatGoogleGenerativeAI(
         model=spec.model,
         api_key=SecretStr(api_key),
@@ -320,7 +335,31 @@ def google_chat_model(spec: ModelSpec) -> BaseChatModel:
         max_retries=1,
         **kwargs,
     )
+    if bearer:
+        _drop_gemini_api_key(model, spec)
     return model
+
+
+def _drop_gemini_api_key(model: Any, spec: ModelSpec) -> None:
+    """Stop `model` sending its key as `x-goog-api-key` (it carries it as a bearer token).
+
+    langchain-google-genai builds a Gemini API client only from an API key, and google-genai
+    puts that key in the headers every request copies (sync, async and streamed alike,
+    whichever HTTP library sends them); the headers are held by the client's private
+    `_api_client`, so a google-genai that keeps them elsewhere is refused rather than
+    sending the OAuth token as an API key.
+
+    Raises:
+        UsageError: This google-genai keeps its headers where they cannot be changed.
+    """
+    client = getattr(getattr(model, "client", None), "_api_client", None)
+    headers = getattr(getattr(client, "_http_options", None), "headers", None)
+    if not isinstance(headers, dict) or headers.pop("x-goog-api-key", None) is None:
+        raise UsageError(
+            f"cannot send the OAuth token of {spec.provider}:{spec.model} as a bearer token "
+            "with this version of google-genai: use an API key for the Gemini API, or "
+            "install the google-genai version comptroller is tested with"
+        )
 
 
 class ProviderRegistry:
