@@ -86,7 +86,7 @@ still works is used, and one that expired fails the calls with the same error.""
 _MAX_ISSUED = 10_000
 _ALLOW_HINT = (
     "they are allowed by default only in local development (COMPTROLLER_ENVIRONMENT="
-    "development); set control.allow_oauth_credentials = true "
+    "development), unless control.allow_oauth_credentials = false; set it to true "
     "(COMPTROLLER_CONTROL_ALLOW_OAUTH_CREDENTIALS=1) to allow them here, or store an API key "
     "instead"
 )

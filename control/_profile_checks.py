@@ -4,9 +4,11 @@ the changed scope can resolve for every provider it calls."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Connection
 
+from comptroller.control._call._route import endpoint
 from comptroller.control._credential_lookup import credential_chain
 from comptroller.control._credentials import CredentialStore
 from comptroller.control._profile_errors import (
@@ -110,7 +112,10 @@ def _check_credentials(
                 f"credential ref {profile.credential_ref!r} belongs to {info.scope}, outside "
                 f"the scopes {scope} may use ({allowed})"
             )
-    for provider in sorted({ref.provider for ref in models}):
+    # A provider whose every model is served on this machine (a local OpenAI-compatible
+    # server) needs no key: the call path builds it keyless, as it does for tests.
+    remote = {ref.provider for ref in models if not _on_this_machine(endpoint(profile, ref))}
+    for provider in sorted(remote):
         if provider in keyless_providers:
             continue
         found = credentials.find(
@@ -141,3 +146,7 @@ def _check_credentials(
                 f"set one with `comptroller credentials set --provider {provider} {hint}` "
                 "or list the provider in control.keyless_providers"
             )
+
+
+def _on_this_machine(url: str | None) -> bool:
+    return url is not None and (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")

@@ -193,7 +193,8 @@ class PurposeRegistry(Mapping[str, Purpose]):
             known = ", ".join(sorted(self._table))
             raise UnknownPurpose(
                 f"unknown purpose {name!r}: declare it under [control.purposes.{name}] "
-                f"in comptroller.toml, or use one of: {known}"
+                f"in comptroller.toml (or set COMPTROLLER_MODEL_{name.upper()}=provider:model), "
+                f"or use one of: {known}"
             )
         return purpose
 

@@ -99,7 +99,11 @@ def set_(
     as_json: bool,
 ) -> None:
     """Store (or overwrite) the secret of PROVIDER at a scope, read from stdin, --from-env or
-    --from-file."""
+    --from-file.
+
+    A credential at an org or domain serves profiles with --credential-source byo (or
+    --credential-ref); the default (managed) uses the global one.
+    """
     if stray:
         # Click would echo the stray argument in its error: it may well be the secret.
         raise UsageError(

@@ -288,12 +288,18 @@ def profiles() -> None:
 @click.option("--temperature", type=float)
 @click.option("--max-tokens", type=click.IntRange(min=1))
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
-@click.option("--credential-source", type=click.Choice(["managed", "byo"]))
+@click.option(
+    "--credential-source",
+    type=click.Choice(["managed", "byo"]),
+    help="Whose credential a call uses: managed (default), the provider's at the global "
+    "scope; byo, the call's domain's, else its org's.",
+)
 @click.option("--credential-ref", metavar="REF", help="A stored credential's ref.")
 @click.option(
     "--base-url",
     metavar="URL",
-    help="Endpoint of the model's provider (an OpenAI-compatible server, a proxy).",
+    help="Endpoint of the model and of fallbacks of its provider (an OpenAI-compatible "
+    "server, a proxy); a fallback of another provider takes its own as PROVIDER:MODEL@URL.",
 )
 @click.option("--degrade-after", type=click.IntRange(min=1), help="Failures that upgrade.")
 @click.option("--degrade-window", type=click.FloatRange(min=0, min_open=True), help="Seconds.")

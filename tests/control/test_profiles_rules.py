@@ -254,6 +254,16 @@ def test_fallback_of_another_provider_needs_its_credential_too(rig: Rig) -> None
     )
 
 
+def test_a_provider_served_on_this_machine_needs_no_credential(rig: Rig) -> None:
+    # A local OpenAI-compatible server: the call is built without a key, so the profile is
+    # not refused for lacking one; an endpoint elsewhere still needs the provider's key.
+    local = spec(model="anthropic:claude-haiku-4-5@http://127.0.0.1:11434/v1")
+    rig.service.set_profile(ACME, "agent_turn", local, actor=PLATFORM)
+    remote = spec(model="anthropic:claude-haiku-4-5@https://proxy.example/v1")
+    with pytest.raises(MissingCredential, match="provider 'anthropic'"):
+        rig.service.set_profile(ACME, "agent_turn", remote, actor=PLATFORM)
+
+
 def test_byo_source_looks_at_the_domain_then_the_org_never_global(rig: Rig) -> None:
     with pytest.raises(
         MissingCredential,
