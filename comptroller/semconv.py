@@ -67,6 +67,7 @@ FEES: Final = "comptroller.fees"
 USER_ID: Final = _user.USER_ID
 """The end user a call was made for (attribution)."""
 SESSION_ID: Final = _session.SESSION_ID
+GEN_AI_CONVERSATION_ID: Final = _g.GEN_AI_CONVERSATION_ID
 """The session or conversation a call belongs to (attribution)."""
 FEATURE: Final = "comptroller.feature"
 """The product feature that made the call (attribution)."""

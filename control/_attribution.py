@@ -284,13 +284,17 @@ class AttributionBudgetRules:
         return tuple(found)
 
 
-def attribution_attributes(attribution: Attribution) -> dict[str, str]:
-    """The span and usage-record attributes of an attribution (only the parts it has)."""
+def attribution_attributes(attribution: Attribution, *, span: bool = False) -> dict[str, str]:
+    """The span and usage-record attributes of an attribution (only the parts it has); a
+    span also names the session as the GenAI conventions' conversation."""
     out: dict[str, str] = {}
     if attribution.user is not None:
         out[semconv.USER_ID] = attribution.user
     if attribution.session is not None:
         out[semconv.SESSION_ID] = attribution.session
+        if span:
+            # What GenAI tools group a conversation's calls by (session, thread).
+            out[semconv.GEN_AI_CONVERSATION_ID] = attribution.session
     if attribution.feature is not None:
         out[semconv.FEATURE] = attribution.feature
     tags = attribution.tags_json()

@@ -107,7 +107,7 @@ class AttemptRecord:
             if at.fee_cost is not None:
                 attrs[semconv.COST_FEES_USD] = float(at.fee_cost)
         if at.attribution is not None:
-            attrs.update(attribution_attributes(at.attribution))
+            attrs.update(attribution_attributes(at.attribution, span=True))
         name = self.prep.attempt_names[at.depth]
         if at.model != at.ref.model:
             name = self.prep.operation + " " + at.model
@@ -198,7 +198,7 @@ class CallRecord:
         attrs = dict(self.prep.parent_attrs)
         attrs[semconv.OUTCOME] = self.outcome
         if self.attribution is not None:
-            attrs.update(attribution_attributes(self.attribution))
+            attrs.update(attribution_attributes(self.attribution, span=True))
         status = UNSET
         if self.error_type is not None:
             attrs[semconv.ERROR_TYPE] = self.error_type

@@ -197,6 +197,12 @@ def test_the_span_and_row_attributes_name_each_part(server: FakeOpenAIServer) ->
     assert row[semconv.FEATURE] == "chat"
     assert json.loads(row[semconv.TAGS]) == {"a": "1", "b": "2"}
     assert row[semconv.TAGS] == '{"a":"1","b":"2"}'  # sorted, compact: one text per tag set
+    # Spans also name the session as the GenAI conventions' conversation; rows need not.
+    for span in (*sink.attempt_spans(), *sink.call_spans()):
+        attrs = span.attributes or {}
+        assert attrs[semconv.SESSION_ID] == "s-1"
+        assert attrs[semconv.GEN_AI_CONVERSATION_ID] == "s-1"
+    assert semconv.GEN_AI_CONVERSATION_ID not in row
 
 
 def test_bad_metadata_is_refused_before_anything_is_sent(server: FakeOpenAIServer) -> None:
