@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 import click
@@ -172,7 +173,11 @@ def list_(
         click.echo("no credentials configured")
     for info in infos:
         expiry = expiries.get(info.ref)
-        expires = f"\texpires {expiry.isoformat(timespec='seconds')}" if expiry else ""
+        expires = ""
+        if expiry is not None:
+            # Past: renewed on first use (or refused, if its refresh token is gone too).
+            word = "expired" if expiry <= datetime.now(UTC) else "expires"
+            expires = f"\t{word} {expiry.isoformat(timespec='seconds')}"
         click.echo(
             f"{info.scope}\t{info.provider}\t{info.name}\t{info.kind}\t{info.ref}"
             f"\tupdated {info.updated_at.isoformat(timespec='seconds')} by {info.updated_by}"

@@ -550,6 +550,14 @@ def test_cli_sets_an_oauth_bundle_from_a_file_only_when_allowed(
     assert expires == pytest.approx(stored["expires_at"], abs=1)
     assert stored["access_token"] not in out
     assert stored["refresh_token"] not in out
+    # A bundle stored already expired says so (it is renewed on first use).
+    bundle.write_text(tokens.bundle(expires_at=time.time() - 60))
+    anthropic = ("credentials", "set", "--provider", "anthropic", "--global", "--kind", "oauth")
+    assert run(*anthropic, "--from-file", str(bundle))[0] == 0
+    code, out, err = run("credentials", "list")
+    lines = {line.split("\t")[1]: line for line in out.splitlines()}
+    assert "\texpired " in lines["anthropic"]
+    assert "\texpires " in lines["openai"]
 
 
 def test_a_token_endpoint_that_does_not_answer_in_time_fails_with_timeout(
