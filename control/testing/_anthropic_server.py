@@ -61,18 +61,18 @@ class AnthropicBehaviour:
     `with_structured_output` relies on; `disable_parallel_tool_use` keeps the first)."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_5m_tokens",
-            "cache_write_1h_tokens",
-            "web_search_requests",
-            "latency_s",
-        ):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"AnthropicBehaviour.{name} must be >= 0, got {value}")
+        _replies.require_not_negative(
+            self,
+            (
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_5m_tokens",
+                "cache_write_1h_tokens",
+                "web_search_requests",
+                "latency_s",
+            ),
+        )
 
 
 class FakeAnthropicServer(ScriptedServer[AnthropicBehaviour, AnthropicReply]):

@@ -60,16 +60,16 @@ class GeminiBehaviour:
     call even when none is scripted, as `with_structured_output` relies on)."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "prompt_tokens",
-            "candidates_tokens",
-            "cached_tokens",
-            "thoughts_tokens",
-            "latency_s",
-        ):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"GeminiBehaviour.{name} must be >= 0, got {value}")
+        _replies.require_not_negative(
+            self,
+            (
+                "prompt_tokens",
+                "candidates_tokens",
+                "cached_tokens",
+                "thoughts_tokens",
+                "latency_s",
+            ),
+        )
 
 
 class FakeGeminiServer(ScriptedServer[GeminiBehaviour, GeminiReply]):

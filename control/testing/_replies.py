@@ -19,6 +19,19 @@ from typing import Any
 from comptroller.control.testing._json_instance import minimal_instance
 
 
+def require_not_negative(behaviour: object, names: Sequence[str]) -> None:
+    """Refuse a behaviour whose counts or latency are negative (a test's typo, which would
+    otherwise surface as an SDK error far from it).
+
+    Raises:
+        ValueError: Naming the field and its value.
+    """
+    for name in names:
+        value = getattr(behaviour, name)
+        if value is not None and value < 0:
+            raise ValueError(f"{type(behaviour).__name__}.{name} must be >= 0, got {value}")
+
+
 def tool_calls(
     body: Mapping[str, Any], scripted: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
