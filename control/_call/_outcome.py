@@ -130,7 +130,8 @@ class AttemptOutcomes:
         response_model = meta.get("model_name") or meta.get("model") or at.model
         attrs = at.attrs
         response_id = meta.get("id") or getattr(message, "id", None)
-        if response_id:
+        # `lc_run-…` is LangChain's own run id (what its streams carry), not the provider's.
+        if response_id and not response_id.startswith("lc_"):
             attrs[semconv.GEN_AI_RESPONSE_ID] = response_id
         finish = meta.get("finish_reason")
         if finish:

@@ -334,3 +334,20 @@ def test_chat_openai_call_lands_its_span_and_usage_row_in_the_duckdb_file(
         "reasoning",
         "ok",
     )
+
+
+def test_a_span_never_names_langchains_run_id_as_the_providers_response_id(
+    server: FakeOpenAIServer,
+) -> None:
+    # langchain-openai's streams carry LangChain's own run id (`lc_run-…`), not the
+    # provider's: the span then leaves gen_ai.response.id out rather than mislabel it.
+    plane, sink, _ = make_plane(server)
+    with plane:
+        model = plane.chat_model("reasoning", org="acme", domain="acme-eu", context="support")
+        model.invoke("q")
+        assert "".join(str(c.content) for c in model.stream("q"))
+        plane.flush()
+    ids = [(s.attributes or {}).get(semconv.GEN_AI_RESPONSE_ID) for s in sink.attempt_spans()]
+    assert len(ids) == 2
+    assert str(ids[0]).startswith("chatcmpl-fake")  # the buffered answer's, from the API
+    assert ids[1] is None
