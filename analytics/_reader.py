@@ -543,7 +543,13 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     if not text:
         return type(exc).__name__
-    line = text.splitlines()[0]
+    lines = text.splitlines()
+    line = lines[0]
     for advice in _UNUSABLE_ADVICE:
         line = line.replace(advice, "")
-    return line
+    # DuckDB's suggestions (close column or table names) stay, on the same line.
+    hints = [h.strip() for h in lines[1:] if h.startswith(_HINTS)]
+    return " ".join([line.rstrip(), *hints])
+
+
+_HINTS = ("Candidate bindings:", "Did you mean")

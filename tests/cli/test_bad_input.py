@@ -24,6 +24,9 @@ CASES: list[tuple[str, str]] = [
     ('sql --db {db} -f parquet -o {missing}/out.parquet "select 1"', "does not exist"),
     ('sql --db {db} -f xml "select 1"', "'xml' is not one of"),
     ('sql --db {db} "select nosuch from llm_usage"', "nosuch"),
+    # DuckDB's suggestions stay on the one line: close column and table names.
+    ('sql --db {db} "select cost_us from llm_usage"', 'Candidate bindings: "cost_usd"'),
+    ('sql --db {db} "select * from llm_usag"', 'Did you mean "llm_usage"'),
     ('sql --db {db} "drop table llm_usage"', "read-only"),
     ('sql --db {db} "select 1 // 0"', "Division by zero"),
     # ...and the advice it gives is advice the read API takes (TRY, not a refused SET).
