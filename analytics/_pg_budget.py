@@ -57,8 +57,21 @@ _TS: Final = pa.timestamp("us", tz="UTC")
 _SPENT: Final = pa.decimal128(38, 10)
 _MONEY: Final = pa.decimal128(20, 10)
 
-# The rating and the status columns both budget-state queries end with: the shipped panels'
-# rules, written once for PostgreSQL.
+# The counts both budget-state queries join (the day's spend `s`, the last refusal `r`), then
+# the rating and the status columns they end with: the shipped panels' rules, written once for
+# PostgreSQL.
+_JOINED_COUNTS: Final = """           coalesce(s.calls, 0) AS calls,
+           coalesce(s.errors, 0) AS errors,
+           coalesce(s.estimated_calls, 0) AS estimated_calls,
+           coalesce(s.unpriced_calls, 0) AS unpriced_calls,
+           coalesce(s.unpriced_models, '{}') AS unpriced_models,
+           s.last_ts,
+           coalesce(r.refused_calls, 0) AS refused_calls,
+           r.refused_calls IS NOT NULL AS refused,
+           r.cap_usd AS last_cap_usd, r.spent_usd AS last_spent_usd,
+           r.reserved_usd AS last_reserved_usd, r.attributes::TEXT AS last_attributes,
+           r.ts AS last_refusal_ts
+"""
 _RATED: Final = """), rated AS (
     SELECT *,
            CASE WHEN cap_usd > 0 THEN spent_usd::FLOAT8 / cap_usd::FLOAT8
@@ -120,18 +133,9 @@ WITH s AS (
            coalesce(s.purpose, r.purpose) AS purpose,
            coalesce(s.spent_usd, 0) AS spent_usd,
            coalesce(s.budget_cap_usd, r.cap_usd) AS cap_usd,
-           coalesce(s.calls, 0) AS calls,
-           coalesce(s.errors, 0) AS errors,
-           coalesce(s.estimated_calls, 0) AS estimated_calls,
-           coalesce(s.unpriced_calls, 0) AS unpriced_calls,
-           coalesce(s.unpriced_models, '{}') AS unpriced_models,
-           s.last_ts,
-           coalesce(r.refused_calls, 0) AS refused_calls,
-           r.refused_calls IS NOT NULL AS refused,
-           r.cap_usd AS last_cap_usd, r.spent_usd AS last_spent_usd,
-           r.reserved_usd AS last_reserved_usd, r.attributes::TEXT AS last_attributes,
-           r.ts AS last_refusal_ts
-    FROM s FULL OUTER JOIN r
+"""
+    + _JOINED_COUNTS
+    + """    FROM s FULL OUTER JOIN r
       ON r.tenant = s.tenant AND r.context = s.context AND r.purpose = s.purpose
 """
     + _RATED
@@ -201,18 +205,9 @@ WITH calls AS (
            coalesce(s.attribute, r.attribute) AS attribute,
            coalesce(s.spent_usd, 0) AS spent_usd,
            $8::NUMERIC(20, 10) AS cap_usd,
-           coalesce(s.calls, 0) AS calls,
-           coalesce(s.errors, 0) AS errors,
-           coalesce(s.estimated_calls, 0) AS estimated_calls,
-           coalesce(s.unpriced_calls, 0) AS unpriced_calls,
-           coalesce(s.unpriced_models, '{}') AS unpriced_models,
-           s.last_ts,
-           coalesce(r.refused_calls, 0) AS refused_calls,
-           r.refused_calls IS NOT NULL AS refused,
-           r.cap_usd AS last_cap_usd, r.spent_usd AS last_spent_usd,
-           r.reserved_usd AS last_reserved_usd, r.attributes::TEXT AS last_attributes,
-           r.ts AS last_refusal_ts
-    FROM spent AS s FULL OUTER JOIN r
+"""
+    + _JOINED_COUNTS
+    + """    FROM spent AS s FULL OUTER JOIN r
       ON r.tenant = s.tenant AND r.attribute = s.attribute
 """
     + _RATED

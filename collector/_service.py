@@ -25,7 +25,6 @@ import datetime as dt
 import fcntl
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import re
@@ -42,6 +41,7 @@ import pyarrow as pa
 from google.protobuf.message import Message
 
 from comptroller import analytics
+from comptroller._net import is_loopback
 from comptroller.budget_alerts import WarningPolicy
 from comptroller.collector._alert_log import start_notifier, start_pg_notifier
 from comptroller.collector._decode import Encoding, decode
@@ -202,16 +202,6 @@ def claim_collector_id(con: PgConnection, collector_id: str, *, wait_s: float) -
             time.sleep(0.2)
     finally:
         cur.close()
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and the loopback addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Collector:

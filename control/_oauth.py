@@ -25,12 +25,12 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from comptroller._net import is_loopback
 from comptroller.control._profile_errors import CredentialError
 
 DEFAULT_EXPIRES_IN_S = 3600.0
 """Lifetime assumed when a token endpoint's answer has no `expires_in` (RFC 6749 §5.1 only
 recommends it)."""
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class OAuthNotAllowed(CredentialError):
@@ -131,7 +131,7 @@ def _check_token_url(url: str) -> None:
     host = parts.hostname or ""
     if parts.scheme == "https" and host:
         return
-    if parts.scheme == "http" and host in _LOOPBACK:
+    if parts.scheme == "http" and is_loopback(host):
         return  # a token endpoint on this machine (development, tests)
     raise ValueError(
         "the OAuth credential's token_url must be an https:// URL (plain http only on "

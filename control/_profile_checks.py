@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Connection
 
+from comptroller._net import is_loopback
 from comptroller.control._call._route import endpoint
 from comptroller.control._credential_lookup import credential_chain
 from comptroller.control._credentials import CredentialStore
@@ -149,4 +150,4 @@ def _check_credentials(
 
 
 def _on_this_machine(url: str | None) -> bool:
-    return url is not None and (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+    return url is not None and is_loopback(urlsplit(url).hostname or "")

@@ -84,7 +84,7 @@ _SIGNATURE = "gemini_thought_signature"
 
 _SETTINGS_SENT = ("temperature", "top_p", "max_tokens")
 """The `ModelSettings` sent with a request: every LangChain integration of a fallback chain
-reads them (`model_kwargs` renames `max_tokens` for the ones that call it otherwise)."""
+reads them (`max_tokens` goes through the call flow, which names it per provider)."""
 
 
 def langchain_messages(
@@ -257,14 +257,12 @@ def model_kwargs(
 ) -> dict[str, Any]:
     """The call keywords of one concrete model of the chain, in the names it reads.
 
-    Gemini's integration reads the output cap as `max_output_tokens` (a `max_tokens`
-    keyword fails its request config). langchain-openai sends a `response_format` through
-    the SDK's `parse`, which refuses function tools that are not strict, so with tools the
-    format goes in the body as it is (`extra_body`), as the API takes it.
+    langchain-openai sends a `response_format` through the SDK's `parse`, which refuses
+    function tools that are not strict, so with tools the format goes in the body as it is
+    (`extra_body`), as the API takes it. The output cap is not among them: the call flow
+    sends it under each provider's own name.
     """
     kwargs = dict(sent)
-    if "max_tokens" in kwargs and _names_max_output_tokens(model):
-        kwargs["max_output_tokens"] = kwargs.pop("max_tokens")
     if response_format is not None:
         if with_tools and _parses_response_format(model):
             extra = dict(getattr(model, "extra_body", None) or {})
@@ -272,11 +270,6 @@ def model_kwargs(
         else:
             kwargs["response_format"] = dict(response_format)
     return kwargs
-
-
-def _names_max_output_tokens(model: Any) -> bool:
-    fields = getattr(type(model), "model_fields", None) or {}
-    return "max_output_tokens" in fields and "max_tokens" not in fields
 
 
 def _parses_response_format(model: Any) -> bool:

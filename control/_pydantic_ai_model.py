@@ -65,13 +65,15 @@ class RequestBinder(Binder):
     ) -> None:
         self.tools = tools
         self.tool_choice = tool_choice
-        self.settings = settings
+        # The output cap is not bound: the call flow reserves it and sends it to each model
+        # of the chain under its integration's name, as for any call's own cap.
+        self.settings = {k: v for k, v in settings.items() if k != "max_tokens"}
         self.response_format = response_format
         # Once per binding, as `ToolsBinder` does: the tools' tokens are in every request.
         self.tool_tokens = estimate_tool_tokens(tools)
         cap = settings.get("max_tokens")
         if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
-            self.max_output_tokens = cap  # what every request may produce: reserved for
+            self.max_output_tokens = cap
 
     def apply(self, model: BaseChatModel) -> Runnable[Any, Any]:
         runnable: Runnable[Any, Any] = model

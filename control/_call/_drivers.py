@@ -76,12 +76,15 @@ async def _renew_off_the_loop(route: Route) -> None:
     """Renew an OAuth credential that is due in a worker thread, before the flow resolves
     the route on the event loop and would wait there for the token endpoint.
 
-    Checked cheaply on every call (`renewal_pending`); a route's first call always goes
-    through the thread, since nothing is known yet about the credentials it uses.
+    Checked cheaply on every call (`renewal_pending`); where OAuth credentials may be used,
+    a route's first call goes through the thread, since nothing is known yet about the
+    credentials it uses. Where they may not (the default), nothing can be renewed.
     """
     credentials = route.core.credentials
     pending = getattr(credentials, "renewal_pending", None)
-    if pending is None or not (route._prepared is None or pending()):
+    if pending is None or not getattr(credentials, "allow_oauth", False):
+        return
+    if route._prepared is not None and not pending():
         return
     await asyncio.to_thread(_prepare_route, route)
 

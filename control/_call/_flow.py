@@ -124,8 +124,12 @@ class CallFlow(AttemptOutcomes):
                 self.output_cap_named = True
                 if prep.max_output:
                     self.max_output = cap
-        if binder.max_output_tokens is not None and prep.max_output:
-            self.max_output = binder.max_output_tokens
+        cap = binder.max_output_tokens
+        if cap is not None and prep.max_output and not self.output_cap_named:
+            # A binding's cap (pydantic-ai's setting) travels as a call's own would.
+            self.kwargs = {**self.kwargs, "max_tokens": cap}
+            self.output_cap_named = True
+            self.max_output = cap
         self.errors: list[Exception] = []
         self.chain_index = 0
         self.tries_on_model = 0
